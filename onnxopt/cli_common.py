@@ -1,0 +1,109 @@
+"""Shared pieces of the command line: options, error handling, output.
+
+Errors: an :class:`OnnxoptError` prints ``error: <one line>`` on stderr and exits 2; any
+other exception is a bug and prints one line asking for ``--debug`` (exit 3), which shows
+the traceback. Ctrl-C exits 130. Output files are written atomically by the API, so an
+error never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "console",
+    "err_console",
+    "command",
+    "data_options",
+    "output_options",
+    "shape_option",
+    "load_dataset",
+]
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+import click
+from rich.console import Console
+
+from onnxopt.errors import OnnxoptError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_ERROR = 2
+EXIT_BUG = 3
+
+
+def command(fn: Callable) -> Callable:
+    """Wrap a click callback: ``--debug`` option and one-line errors."""
+
+    @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+    @functools.wraps(fn)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        debug = debug or bool(os.environ.get("ONNXOPT_DEBUG"))
+        try:
+            return fn(*args, **kwargs)
+        except OnnxoptError as exc:
+            if debug:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            msg = str(exc).splitlines()[0] if str(exc) else ""
+            err_console.print(
+                f"[bold red]internal error:[/bold red] {type(exc).__name__}: {msg} "
+                "(run again with --debug for the traceback, and please report it)",
+                soft_wrap=True,
+            )
+            sys.exit(EXIT_BUG)
+
+    return wrapper
+
+
+def shape_option(fn: Callable) -> Callable:
+    return click.option(
+        "--shape",
+        "shapes",
+        multiple=True,
+        metavar="NAME=DxD…",
+        help="Fix an input shape, e.g. input=1x3x224x224 (repeatable). Dynamic dims default to 1.",
+    )(fn)
+
+
+def output_options(fn: Callable) -> Callable:
+    fn = click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")(fn)
+    fn = click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model path (default: <input>.opt.onnx).")(fn)
+    return fn
+
+
+def data_options(fn: Callable) -> Callable:
+    fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, sampling and search.")(fn)
+    fn = click.option(
+        "--metric",
+        type=str,
+        default=None,
+        help="Task metric for budgets: accuracy, agreement, top1, cosine, rel-l2 (default: accuracy with labels, else agreement).",
+    )(fn)
+    fn = click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out evaluation data (.npz); default: half of --data.")(fn)
+    fn = click.option("--data", type=click.Path(dir_okay=False), help="Calibration data: .npz with one array per model input (+ optional 'labels').")(fn)
+    return fn
+
+
+def load_dataset(path: str | None, model, *, min_samples: int = 1):
+    from onnxopt.calibration import load_npz
+
+    return None if path is None else load_npz(path, model, min_samples=min_samples)
+
+
+def default_output(input_path: str, suffix: str) -> str:
+    base = input_path[:-5] if input_path.endswith(".onnx") else input_path
+    return f"{base}.{suffix}.onnx"

@@ -1,0 +1,152 @@
+"""Parameters and multiply-accumulates (MACs) per node and per model.
+
+Counting rules (one MAC = one multiply + one add; per inference of the given input shape):
+- Conv: ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose: ``in_elements *
+  (C_out / group) * prod(kernel)``.
+- Gemm / MatMul: ``prod(output batch dims) * M * N * K``.
+- Element-wise arithmetic, activations, normalisations, pooling: about one MAC per output
+  element (pooling: per window element), so cheap ops are visible but never dominate.
+- Parameters: elements of constant float inputs (initializers, Constant nodes) of the node;
+  an initializer shared by several nodes is counted once per model.
+Shapes come from ONNX shape inference with the inputs pinned (dynamic dims: given by the
+user, else 1). A node whose shapes stay unknown counts 0 MACs and is flagged ``unknown``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NodeCost", "ModelCost", "model_cost"]
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.graph import attr, static_shapes
+
+_ELEMENTWISE = {
+    "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip",
+    "HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu", "Erf", "Sqrt", "Pow", "Exp", "Log",
+    "Softmax", "LogSoftmax", "Max", "Min", "Sum", "Mean", "Neg", "Abs", "Mish", "Softplus",
+    "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+    "GroupNormalization", "Where", "QuantizeLinear", "DequantizeLinear",
+}
+_POOLS = {"MaxPool", "AveragePool", "LpPool"}
+_GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "ReduceMean", "ReduceSum", "ReduceMax"}
+
+
+@dataclasses.dataclass
+class NodeCost:
+    name: str
+    op_type: str
+    macs: int
+    params: int
+    unknown: bool = False
+
+
+@dataclasses.dataclass
+class ModelCost:
+    nodes: list[NodeCost]
+    macs: int
+    params: int
+
+    def by_op(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            out[n.op_type] = out.get(n.op_type, 0) + n.macs
+        return out
+
+    def to_dict(self) -> dict:
+        return {"macs": self.macs, "params": self.params, "nodes": [dataclasses.asdict(n) for n in self.nodes]}
+
+
+def _known(shape: Sequence | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    return int(math.prod(shape)) if shape else 1
+
+
+def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
+    def shape_of(i: int, outputs: bool = False):
+        values = node.outputs if outputs else node.inputs
+        if i >= len(values) or values[i] is None:
+            return None
+        s = shapes.get(values[i].name)
+        return s if _known(s) else None
+
+    op = node.op_type
+    out = shape_of(0, outputs=True)
+    if op == "Conv":
+        w = shape_of(1)
+        if out is None or w is None:
+            return None
+        return _prod(out) * _prod(w[1:])
+    if op == "ConvTranspose":
+        x, w = shape_of(0), shape_of(1)
+        if x is None or w is None:
+            return None
+        return _prod(x) * _prod(w[1:])
+    if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        a = shape_of(0)
+        if out is None or a is None:
+            return None
+        k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
+        return _prod(out) * k
+    if op in _POOLS:
+        if out is None:
+            return None
+        return _prod(out) * _prod(attr(node, "kernel_shape", [1]))
+    if op in _GLOBAL_POOLS:
+        x = shape_of(0)
+        return None if x is None else _prod(x)
+    if op in _ELEMENTWISE:
+        return None if out is None else _prod(out)
+    return 0
+
+
+def _const_params(value: ir.Value | None) -> int:
+    if value is None or value.is_graph_input():
+        return 0
+    tensor = value.const_value
+    if tensor is None:
+        producer = value.producer()
+        if producer is None or producer.op_type != "Constant":
+            return 0
+        a = producer.attributes.get("value")
+        tensor = a.value if a is not None else None
+        if tensor is None:
+            return 0
+    try:
+        if np.dtype(tensor.dtype.numpy()).kind not in "fiu":
+            return 0
+    except Exception:
+        return 0
+    return _prod(tuple(tensor.shape))
+
+
+_WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "PRelu", "Add", "Mul",
+               "LayerNormalization", "InstanceNormalization", "DequantizeLinear", "Gather"}
+
+
+def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelCost:
+    """MACs and parameters of every main-graph node (subgraphs are not counted)."""
+    shapes = static_shapes(model, input_shapes)
+    nodes: list[NodeCost] = []
+    counted: set[str] = set()
+    total_params = 0
+    for node in model.graph:
+        macs = _node_macs(node, shapes)
+        params = 0
+        if node.op_type in _WEIGHT_OPS:
+            for value in node.inputs:
+                p = _const_params(value)
+                if p and value is not None:
+                    params += p
+                    if value.name not in counted:
+                        counted.add(value.name)
+                        total_params += p
+        nodes.append(NodeCost(node.name or node.op_type, node.op_type, macs or 0, params, macs is None))
+    return ModelCost(nodes, sum(n.macs for n in nodes), total_params)

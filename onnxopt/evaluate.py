@@ -1,0 +1,360 @@
+"""Run models with onnxruntime and measure how far a candidate is from the original.
+
+Two families of numbers:
+- **Fidelity** (:func:`compare`): max-abs and max-relative error, cosine similarity and
+  top-1 agreement of every output, plus label accuracy when labels are given. Used to
+  verify lossless passes (tolerance) and to report lossy ones.
+- **Task score** (:func:`task_score`): the single number an accuracy budget is measured
+  on. With labels: accuracy. Without: agreement with the original, chosen from the output
+  shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences,
+  ``1 - relative L2 error`` for dense maps and embeddings — and the worst output counts.
+  A callable ``(original_outputs, candidate_outputs) -> float`` can replace it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Fidelity",
+    "OutputFidelity",
+    "session",
+    "run",
+    "compare",
+    "task_score",
+    "accuracy",
+    "METRICS",
+    "Evaluator",
+    "agreement",
+    "metric_name",
+]
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxopt.calibration import Dataset
+from onnxopt.errors import OnnxoptError
+from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
+
+Outputs = list[np.ndarray]
+Metric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float]
+
+
+def session(
+    model: ir.Model | str | os.PathLike,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    opt_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.InferenceSession:
+    """An onnxruntime session for a model object or a file path."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = opt_level
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        if isinstance(model, ir.Model):
+            if model_bytes(model) > _PROTOBUF_LIMIT:
+                return _session_via_file(model, options, providers)
+            data = _embedded_proto(model).SerializeToString()
+            return ort.InferenceSession(data, options, providers=list(providers))
+        return ort.InferenceSession(str(model), options, providers=list(providers))
+    except OnnxoptError:
+        raise
+    except Exception as exc:
+        raise OnnxoptError(f"onnxruntime cannot load the model: {_first_line(exc)}") from exc
+
+
+def _session_via_file(model: ir.Model, options, providers) -> ort.InferenceSession:
+    with tempfile.TemporaryDirectory(prefix="onnxopt-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        ir.save(model, path, external_data="model.onnx.data")
+        return ort.InferenceSession(path, options, providers=list(providers))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch the model's inputs fix on their first axis, if any (None = dynamic)."""
+    sizes = set()
+    for inp in sess.get_inputs():
+        if not inp.shape:
+            return 1
+        first = inp.shape[0]
+        sizes.add(first if isinstance(first, int) else None)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def run(
+    model: ir.Model | str | os.PathLike | ort.InferenceSession,
+    data: Dataset | Mapping[str, np.ndarray],
+    *,
+    batch_size: int = 64,
+) -> Outputs:
+    """Run ``model`` on every sample of ``data``; outputs are concatenated on axis 0.
+
+    Samples are fed ``batch_size`` at a time, or as many as a fixed batch dimension allows.
+    """
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
+    inputs = data.inputs if isinstance(data, Dataset) else dict(data)
+    names = [i.name for i in sess.get_inputs()]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise OnnxoptError(f"no data for model input(s) {missing}")
+    n = len(inputs[names[0]]) if names else 1
+    fixed = _fixed_batch(sess)
+    step = fixed if fixed else batch_size
+    chunks: list[Outputs] = []
+    try:
+        for start in range(0, max(n, 1), step):
+            feed = {k: inputs[k][start : start + step] for k in names}
+            chunks.append(sess.run(None, feed))
+    except Exception as exc:
+        raise OnnxoptError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
+    if len(chunks) == 1:
+        return chunks[0]
+    return [_concat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    if all(p.ndim > 0 for p in parts):
+        try:
+            return np.concatenate(parts, axis=0)
+        except ValueError:
+            pass
+    return np.stack(parts)
+
+
+@dataclasses.dataclass
+class OutputFidelity:
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    top1_agreement: float | None  # None when the output is not a score vector
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Fidelity:
+    """How closely a candidate model reproduces the original on the same inputs."""
+
+    outputs: list[OutputFidelity]
+    samples: int
+    accuracy_original: float | None = None
+    accuracy_candidate: float | None = None
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    @property
+    def cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=1.0)
+
+    @property
+    def top1_agreement(self) -> float | None:
+        values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return min(values) if values else None
+
+    def within(self, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+        """True when every output matches to ``|a-b| <= atol + rtol*max|a|`` (per output)."""
+        return all(o.max_rel <= rtol or o.max_abs <= atol for o in self.outputs)
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+            "accuracy_original": self.accuracy_original,
+            "accuracy_candidate": self.accuracy_candidate,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+def _is_scores(a: np.ndarray) -> bool:
+    return a.dtype.kind == "f" and a.ndim in (2, 3) and a.shape[-1] > 1
+
+
+def compare(
+    reference: Outputs,
+    candidate: Outputs,
+    *,
+    names: Sequence[str] | None = None,
+    labels: np.ndarray | None = None,
+) -> Fidelity:
+    """Per-output error statistics of ``candidate`` against ``reference``.
+
+    ``max_rel`` is the largest absolute error divided by the largest magnitude of the
+    reference output (a scale-aware error that does not explode near zeros).
+    """
+    if len(reference) != len(candidate):
+        raise OnnxoptError(f"models have {len(reference)} and {len(candidate)} outputs")
+    results = []
+    for i, (a, b) in enumerate(zip(reference, candidate)):
+        name = names[i] if names else f"output{i}"
+        if a.shape != b.shape:
+            raise OnnxoptError(f"output {name!r}: shapes differ: {list(a.shape)} vs {list(b.shape)}")
+        a64 = a.astype(np.float64) if a.dtype.kind in "fiub" else a
+        b64 = b.astype(np.float64) if b.dtype.kind in "fiub" else b
+        if a64.dtype.kind != "f":  # strings etc.: exact comparison only
+            equal = bool(np.array_equal(a, b))
+            results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, None))
+            continue
+        both_nan = np.isnan(a64) & np.isnan(b64)
+        diff = np.where(both_nan, 0.0, np.abs(a64 - b64))
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        finite_a = np.where(np.isfinite(a64), np.abs(a64), 0.0)
+        max_abs = float(diff.max()) if diff.size else 0.0
+        scale = float(finite_a.max()) if finite_a.size else 0.0
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else np.inf)
+        fa, fb = np.nan_to_num(a64.ravel()), np.nan_to_num(b64.ravel())
+        na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
+        cosine = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
+        top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if _is_scores(a) else None
+        results.append(OutputFidelity(name, max_abs, max_rel, cosine, top1))
+    n = len(reference[0]) if reference and reference[0].ndim else 1
+    fid = Fidelity(results, n)
+    if labels is not None and reference:
+        fid.accuracy_original = accuracy(reference, labels)
+        fid.accuracy_candidate = accuracy(candidate, labels)
+    return fid
+
+
+def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
+    """Top-1 accuracy of the first output that has one score per class and sample."""
+    for out in outputs:
+        if _is_scores(out) and len(out) == len(labels):
+            pred = out.argmax(-1)
+            return float(np.mean(pred.reshape(labels.shape) == labels))
+    raise OnnxoptError("labels were given but no output has shape [N, classes] to compare them with")
+
+
+def _agreement_output(a: np.ndarray, b: np.ndarray) -> float:
+    """Task agreement for one output, by its shape (see module docstring)."""
+    if a.dtype.kind != "f":
+        return float(np.mean(a == b)) if a.shape == b.shape else 0.0
+    if _is_scores(a):
+        return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    denom = np.linalg.norm(a64)
+    if denom == 0:
+        return 1.0 if np.linalg.norm(b64) == 0 else 0.0
+    return float(max(0.0, 1.0 - np.linalg.norm(a64 - b64) / denom))
+
+
+def agreement(reference: Outputs, candidate: Outputs) -> float:
+    """Worst task agreement over all outputs (1.0 = same decisions as the original)."""
+    return min((_agreement_output(a, b) for a, b in zip(reference, candidate)), default=1.0)
+
+
+def top1(reference: Outputs, candidate: Outputs) -> float:
+    scores = [float(np.mean(a.argmax(-1) == b.argmax(-1))) for a, b in zip(reference, candidate) if _is_scores(a)]
+    if not scores:
+        raise OnnxoptError("metric 'top1' needs an output of shape [N, C] or [N, T, C]")
+    return min(scores)
+
+
+def cosine(reference: Outputs, candidate: Outputs) -> float:
+    return compare(reference, candidate).cosine
+
+
+def rel_l2(reference: Outputs, candidate: Outputs) -> float:
+    worst = 1.0
+    for a, b in zip(reference, candidate):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        denom = np.linalg.norm(a64)
+        err = np.linalg.norm(a64 - b64) / denom if denom > 0 else float(np.linalg.norm(b64) > 0)
+        worst = min(worst, max(0.0, 1.0 - err))
+    return worst
+
+
+METRICS: dict[str, Metric] = {"agreement": agreement, "top1": top1, "cosine": cosine, "rel-l2": rel_l2}
+
+
+def task_score(
+    reference: Outputs,
+    candidate: Outputs,
+    *,
+    labels: np.ndarray | None = None,
+    metric: str | Metric | None = None,
+) -> float:
+    """The number a budget is judged on (higher is better, 1.0 = perfect)."""
+    if callable(metric):
+        return float(metric(reference, candidate))
+    if metric is not None:
+        if metric == "accuracy":
+            if labels is None:
+                raise OnnxoptError("metric 'accuracy' needs labels in the data (key 'labels')")
+            return accuracy(candidate, labels)
+        if metric not in METRICS:
+            raise OnnxoptError(f"unknown metric {metric!r}; choose from accuracy, {', '.join(METRICS)}")
+        return float(METRICS[metric](reference, candidate))
+    if labels is not None:
+        return accuracy(candidate, labels)
+    return agreement(reference, candidate)
+
+
+def metric_name(labels: np.ndarray | None, metric: str | Metric | None) -> str:
+    """What :func:`task_score` measures, in words, for reports."""
+    if callable(metric):
+        return getattr(metric, "__name__", "custom metric")
+    if metric:
+        return metric
+    return "accuracy (labels)" if labels is not None else "agreement with original"
+
+
+class Evaluator:
+    """Scores candidate models on held-out data, against the original model.
+
+    The original is run once; each :meth:`score` runs only the candidate. ``baseline`` is
+    the original's own score (its accuracy with labels, 1.0 for agreement metrics), and a
+    candidate is inside a budget when ``baseline - score <= max_drop``.
+    """
+
+    def __init__(
+        self,
+        original: ir.Model,
+        data: Dataset,
+        *,
+        metric: str | Metric | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.data = data
+        self.metric = metric
+        self.batch_size = batch_size
+        self.reference = run(original, data, batch_size=batch_size)
+        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=metric)
+        self.metric_name = metric_name(data.labels, metric)
+
+    def outputs(self, candidate: ir.Model) -> Outputs:
+        return run(candidate, self.data, batch_size=self.batch_size)
+
+    def score(self, candidate: ir.Model) -> float:
+        return task_score(self.reference, self.outputs(candidate), labels=self.data.labels, metric=self.metric)
+
+    def fidelity(self, candidate: ir.Model) -> Fidelity:
+        return compare(self.reference, self.outputs(candidate), labels=self.data.labels)
+
+    def drop(self, score: float) -> float:
+        return self.baseline - score
+
+    def within(self, score: float, max_drop: float) -> bool:
+        return self.baseline - score <= max_drop + 1e-12

@@ -1,0 +1,220 @@
+"""Thin helpers over ``onnx_ir`` that every pass needs.
+
+Rules the passes rely on:
+1. A constant is an initializer or the output of a ``Constant`` node; :func:`const_array`
+   reads both. A graph input that also has an initializer is *not* constant (it can be
+   overridden at run time).
+2. Tensors are never modified in place: a pass builds a new array and calls
+   :func:`set_const_input`. This keeps ``Model.clone()`` (which shares tensors) a cheap and
+   safe snapshot for rollback.
+3. An initializer used by several nodes is copied before it is changed for one of them
+   (copy on write), so simplifier-merged tensors (e.g. identical zero biases) stay correct.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "const_array",
+    "consumers",
+    "producer",
+    "attr",
+    "set_const_input",
+    "new_initializer",
+    "unique_name",
+    "default_opset",
+    "static_shapes",
+    "iter_nodes",
+]
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant behind ``value`` as a numpy array, or None if it is not constant."""
+    if value is None or value.is_graph_input():
+        return None
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:
+        return None
+    if tensor is None:
+        return None
+    try:
+        return tensor.numpy()
+    except Exception:  # unreadable external data or an unsupported dtype
+        return None
+
+
+def producer(value: ir.Value | None) -> ir.Node | None:
+    return None if value is None else value.producer()
+
+
+def consumers(value: ir.Value) -> list[ir.Node]:
+    """Nodes that read ``value`` (each once, in graph order of first use)."""
+    seen: dict[int, ir.Node] = {}
+    for node, _ in value.uses():
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+
+
+def attr(node: ir.Node, name: str, default: Any = None) -> Any:
+    """An attribute's Python value (int, float, str, list, tensor), or ``default``."""
+    a = node.attributes.get(name)
+    if a is None:
+        return default
+    value = a.value
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    return value
+
+
+def default_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    """A value name not yet used in ``graph`` (initializers, inputs, node outputs)."""
+    taken = set(graph.initializers)
+    taken.update(v.name for v in graph.inputs)
+    for node in graph:
+        taken.update(o.name for o in node.outputs)
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
+
+
+def new_initializer(graph: ir.Graph, array: np.ndarray, name_hint: str) -> ir.Value:
+    """Register a new initializer holding ``array`` under a fresh name."""
+    name = unique_name(graph, name_hint)
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    value.shape = ir.Shape(array.shape)
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def set_const_input(node: ir.Node, index: int, array: np.ndarray, name_hint: str | None = None) -> ir.Value:
+    """Make input ``index`` of ``node`` the constant ``array``.
+
+    Updates the initializer in place when ``node`` is its only user, otherwise (shared
+    initializer, ``Constant`` node, missing optional input) creates a new initializer, so
+    no other node sees the change.
+    """
+    graph = node.graph
+    assert graph is not None, "node must belong to a graph"
+    old = node.inputs[index] if index < len(node.inputs) else None
+    array = np.ascontiguousarray(array)
+    if (
+        old is not None
+        and old.is_initializer()
+        and not old.is_graph_input()
+        and not old.is_graph_output()
+        and old.graph is graph
+        and len(old.uses()) == 1
+    ):
+        old.const_value = ir.tensor(array, name=old.name)
+        old.shape = ir.Shape(array.shape)
+        old.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+        return old
+    hint = name_hint or (old.name if old is not None and old.name else f"{node.name}_input{index}")
+    value = new_initializer(graph, array, hint)
+    if index < len(node.inputs):
+        node.replace_input_with(index, value)
+    else:
+        node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+    return value
+
+
+def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Every node of the main graph and its subgraphs (not functions)."""
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+
+
+def static_shapes(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, tuple[int | str | None, ...]]:
+    """Shapes of all values after ONNX shape inference, with graph inputs pinned.
+
+    ``input_shapes`` fixes dynamic input dimensions (e.g. ``{"input": [1, 3, 224, 224]}``);
+    unset dynamic dimensions are taken as 1 so that costs can still be counted per sample.
+    Returns name → shape; dims that stay unknown are ``None`` or a symbol string.
+    """
+    input_shapes = dict(input_shapes or {})
+    proto = _proto_without_weights(model)
+    init_names = set(model.graph.initializers)
+    for inp in proto.graph.input:
+        if inp.name in init_names:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        forced = input_shapes.get(inp.name)
+        if forced is not None:
+            del dims[:]
+            for d in forced:
+                dims.add().dim_value = int(d)
+        else:
+            for d in dims:
+                if not d.HasField("dim_value"):
+                    d.Clear()
+                    d.dim_value = 1
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:
+        inferred = proto
+    shapes: dict[str, tuple[int | str | None, ...]] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        shapes[vi.name] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
+        )
+    for name, value in model.graph.initializers.items():
+        if value.const_value is not None:
+            shapes[name] = tuple(value.const_value.shape)
+    return shapes
+
+
+def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
+    """Serialize the graph structure with large initializers replaced by shape-only stubs.
+
+    Shape inference needs initializer shapes but not their bytes; skipping the bytes keeps
+    it fast and memory-light on big models. Small integer tensors (shape arguments of
+    Reshape etc.) are kept because data propagation reads them.
+    """
+    keep_limit = 1024
+    swapped: list[tuple[ir.Value, Any]] = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is None or tensor.size <= keep_limit:
+            continue
+        swapped.append((value, tensor))
+        value.const_value = None
+    serde_log = logging.getLogger("onnx_ir.serde")
+    level = serde_log.level
+    serde_log.setLevel(logging.ERROR)  # it warns about every stubbed initializer
+    try:
+        proto = ir.to_proto(model)
+    finally:
+        serde_log.setLevel(level)
+        for value, tensor in swapped:
+            value.const_value = tensor
+    existing = {i.name for i in proto.graph.input}
+    for value, tensor in swapped:
+        if value.name in existing:
+            continue
+        vi = onnx.helper.make_tensor_value_info(
+            value.name, int(tensor.dtype), list(tensor.shape)
+        )
+        proto.graph.input.append(vi)
+    return proto

@@ -1,0 +1,231 @@
+"""Load and save ONNX models safely.
+
+Rules:
+1. Loading never writes: the input file and its external data are only read.
+2. Every load error becomes one :class:`OnnxoptError` line: missing path, a directory,
+   bytes that are not an ONNX protobuf, a truncated file, a graph the checker rejects,
+   an opset outside what onnx knows.
+3. Saving is atomic: the model (and its external data, if any) is written into a
+   temporary folder next to the destination and moved into place only when complete;
+   on any failure nothing is left behind.
+4. An output path equal to the input path (or sharing its external-data file) is refused.
+5. Models whose tensors exceed the 2 GB protobuf limit are saved with external data
+   (``<output name>.data`` beside the output), which onnxruntime loads transparently.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "load_model",
+    "save_model",
+    "model_bytes",
+    "file_size",
+    "check_output_path",
+    "MIN_OPSET",
+]
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxopt.errors import OnnxoptError
+
+MIN_OPSET = 7
+# Protobuf cannot serialize a message of 2 GiB or more; stay well below it.
+_PROTOBUF_LIMIT = 1_800_000_000
+
+
+def _external_files(proto: onnx.ModelProto) -> set[str]:
+    files = set()
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    files.add(entry.value)
+    return files
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise OnnxoptError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise OnnxoptError(f"{path}: is a directory; give the path of a .onnx file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as exc:
+        raise OnnxoptError(
+            f"{path}: not a valid ONNX model (protobuf could not be parsed: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "is the file truncated or of another format?"
+        ) from exc
+    except OSError as exc:
+        raise OnnxoptError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise OnnxoptError(
+            f"{path}: not a valid ONNX model (no graph found); is the file truncated or of another format?"
+        )
+    return proto
+
+
+def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            if opset.version < MIN_OPSET or opset.version > newest:
+                raise OnnxoptError(
+                    f"{path}: opset {opset.version} is not supported (supported: {MIN_OPSET}-{newest}); "
+                    "convert it with onnx.version_converter or re-export with another opset"
+                )
+            return
+    # A model with no default-domain opset but default-domain nodes is invalid; the
+    # checker below reports it.
+
+
+def _check_model(path: Path, proto: onnx.ModelProto) -> None:
+    try:
+        if proto.ByteSize() < _PROTOBUF_LIMIT and not _external_files(proto):
+            onnx.checker.check_model(proto)
+        else:
+            onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "invalid graph")
+        raise OnnxoptError(f"{path}: the ONNX checker rejects this model: {first}") from exc
+
+
+def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
+    """Load ``path`` into an ``onnx_ir`` model, with one-line errors for bad input.
+
+    External data is memory-mapped lazily from beside the file, as ``onnx_ir`` does.
+    """
+    path = Path(path)
+    proto = _read_proto(path)
+    _check_opset(path, proto)
+    missing = [f for f in _external_files(proto) if not (path.parent / f).is_file()]
+    if missing:
+        raise OnnxoptError(
+            f"{path}: external data file {missing[0]!r} is missing; keep it beside the model"
+        )
+    if check:
+        _check_model(path, proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # the IR rejects a few things the checker lets pass
+        raise OnnxoptError(f"{path}: cannot be read into the IR: {exc}") from exc
+    ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
+    return model
+
+
+def model_bytes(model: ir.Model) -> int:
+    """Sum of the byte sizes of all initializers (a lower bound of the file size)."""
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Size of a model file on disk, its external data files included."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return size
+    for name in _external_files(proto):
+        f = path.parent / name
+        if f.is_file():
+            size += f.stat().st_size
+    return size
+
+
+def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None) -> Path:
+    """Refuse an output that would overwrite the input model or its external data."""
+    output = Path(output)
+    if output.is_dir():
+        raise OnnxoptError(f"{output}: output path is a directory; give a file name")
+    if input_path is not None:
+        input_path = Path(input_path)
+        if output.resolve() == input_path.resolve():
+            raise OnnxoptError(
+                f"{output}: output path equals the input; give another -o/--output path"
+            )
+        data_name = output.name + ".data"
+        try:
+            inputs_data = {
+                (input_path.parent / f).resolve()
+                for f in _external_files(onnx.load(str(input_path), load_external_data=False))
+            }
+        except Exception:
+            inputs_data = set()
+        if (output.parent / data_name).resolve() in inputs_data:
+            raise OnnxoptError(
+                f"{output}: its external data file would overwrite the input's; choose another name"
+            )
+    if not output.parent.exists():
+        raise OnnxoptError(f"{output}: folder {output.parent} does not exist")
+    return output
+
+
+def _embedded_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialize with every tensor inside the protobuf (external ones read into memory)."""
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                swapped.append((value, tensor))
+                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+    try:
+        return ir.to_proto(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    input_path: str | os.PathLike | None = None,
+    external_data: bool | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically; returns the path.
+
+    ``external_data=None`` chooses external data only when the tensors would not fit in a
+    protobuf. The model object is not changed.
+    """
+    path = check_output_path(path, input_path)
+    if external_data is None:
+        external_data = model_bytes(model) > _PROTOBUF_LIMIT
+    data_name = path.name + ".data" if external_data else None
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxopt-", dir=path.parent))
+    try:
+        tmp_model = tmp_dir / path.name
+        if data_name:
+            ir.save(model, tmp_model, external_data=data_name)
+        else:
+            onnx.save_model(_embedded_proto(model), str(tmp_model))
+        if data_name:
+            os.replace(tmp_dir / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path

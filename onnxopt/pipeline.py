@@ -1,0 +1,181 @@
+"""Ordered stages with verification and rollback after each one.
+
+How a pipeline runs (:func:`run_stages`):
+1. The model before a stage is kept as a snapshot (``Model.clone()`` shares tensors, and
+   passes never mutate tensors in place, so this costs no weight copies).
+2. The stage runs on a clone. An exception inside it is caught: the stage is rolled back
+   and the reason is recorded; the run goes on.
+3. The result is checked: it must pass the ONNX checker and run in onnxruntime.
+4. It is verified against the snapshot on the verification inputs. A **lossless** stage
+   whose outputs differ beyond ``rtol``/``atol`` is rolled back ("not exact"). A **lossy**
+   stage is checked against the original model's task score on held-out data and rolled
+   back when the accumulated drop exceeds the budget.
+5. Every stage leaves a :class:`StageRecord` (what changed, fidelity, cost, time, skips).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Context",
+    "Stage",
+    "StageOutcome",
+    "StageRecord",
+    "pass_stage",
+    "run_stages",
+]
+
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset
+from onnxopt.cost import model_cost
+from onnxopt.errors import OnnxoptError
+from onnxopt.model_io import _embedded_proto
+
+
+@dataclasses.dataclass
+class Context:
+    """What stages may use besides the model."""
+
+    verify_data: Dataset
+    calib: Dataset | None = None
+    evaluator: evaluate.Evaluator | None = None  # held-out data, scored against the original
+    max_drop: float | None = None
+    shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+    progress: Callable[[str], None] = lambda message: None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class StageOutcome:
+    model: ir.Model
+    modified: bool
+    applied: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Stage:
+    """A named step: ``run(model, ctx)`` returns a :class:`StageOutcome`.
+
+    ``lossless`` stages must reproduce their input's outputs; the others are judged by the
+    task score against the budget.
+    """
+
+    name: str
+    run: Callable[[ir.Model, Context], StageOutcome]
+    lossless: bool = True
+
+
+def pass_stage(name: str, make_pass: Callable[[], ir.passes.PassBase], *, lossless: bool = True) -> Stage:
+    """A stage that applies one ``onnx_ir`` pass (a fresh instance per run)."""
+
+    def _run(model: ir.Model, ctx: Context) -> StageOutcome:
+        p = make_pass()
+        result = p(model)
+        return StageOutcome(
+            result.model,
+            result.modified,
+            list(getattr(p, "applied", [])),
+            list(getattr(p, "skipped", [])),
+        )
+
+    return Stage(name, _run, lossless)
+
+
+@dataclasses.dataclass
+class StageRecord:
+    name: str
+    lossless: bool
+    modified: bool
+    kept: bool
+    seconds: float
+    reason: str = ""  # why it was rolled back, if it was
+    macs: int | None = None
+    params: int | None = None
+    fidelity: dict | None = None
+    score: float | None = None
+    applied: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["applied"] = [list(a) for a in self.applied]
+        d["skipped"] = [list(s) for s in self.skipped]
+        return d
+
+
+def check_model(model: ir.Model) -> None:
+    """Raise OnnxoptError when the ONNX checker rejects ``model``."""
+    try:
+        onnx.checker.check_model(_embedded_proto(model))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise OnnxoptError(f"result fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+
+
+def run_stages(
+    model: ir.Model,
+    stages: Sequence[Stage],
+    ctx: Context,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> tuple[ir.Model, list[StageRecord]]:
+    """Apply ``stages`` in order with verification and rollback (see module docstring)."""
+    current = model
+    current_outputs = evaluate.run(current, ctx.verify_data)
+    records: list[StageRecord] = []
+    for stage in stages:
+        ctx.progress(stage.name)
+        start = time.perf_counter()
+        record = StageRecord(stage.name, stage.lossless, False, False, 0.0)
+        try:
+            outcome = stage.run(current.clone(), ctx)
+            record.modified = outcome.modified
+            record.applied, record.skipped, record.details = outcome.applied, outcome.skipped, outcome.details
+            if outcome.modified:
+                candidate = outcome.model
+                check_model(candidate)
+                outputs = evaluate.run(candidate, ctx.verify_data)
+                fid = evaluate.compare(current_outputs, outputs, names=[o.name for o in current.graph.outputs])
+                record.fidelity = fid.to_dict()
+                if stage.lossless and not fid.within(rtol, atol):
+                    record.reason = (
+                        f"not exact: max abs error {fid.max_abs:.3g}, relative {fid.max_rel:.3g} "
+                        f"(tolerance {rtol:g})"
+                    )
+                else:
+                    if not stage.lossless and ctx.evaluator is not None:
+                        record.score = ctx.evaluator.score(candidate)
+                        budget = ctx.max_drop if ctx.max_drop is not None else 0.0
+                        if not ctx.evaluator.within(record.score, budget):
+                            record.reason = (
+                                f"{ctx.evaluator.metric_name} drop {ctx.evaluator.drop(record.score):.4f} "
+                                f"exceeds the budget {budget:g}"
+                            )
+                    if not record.reason:
+                        record.kept = True
+                        current, current_outputs = candidate, outputs
+        except OnnxoptError as exc:
+            record.reason = str(exc)
+        except Exception as exc:  # a pass bug must not kill the run: roll back and say so
+            record.reason = f"stage failed: {type(exc).__name__}: {exc}".splitlines()[0]
+            record.details["traceback"] = traceback.format_exc()
+        record.seconds = time.perf_counter() - start
+        try:
+            cost = model_cost(current, ctx.shapes)
+            record.macs, record.params = cost.macs, cost.params
+        except Exception:
+            pass
+        records.append(record)
+    return current, records

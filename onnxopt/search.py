@@ -1,0 +1,93 @@
+"""Binary search of one global compression knob under an accuracy budget (thesis §4).
+
+The lossy passes expose one scalar that orders candidates from "keeps everything" to
+"removes the most": pruning's cumulative contribution rate ``cr``, low-rank's energy
+threshold, quantization's number of float-kept layers. Importances are computed once by
+the caller; :func:`search_budget` only builds and scores candidates.
+
+Algorithm (thesis ch. 4, generalised): the knob lies in ``[lo, hi]`` and
+``more_compression`` says which direction removes more. Evaluate the midpoint; if the
+score drop is within the budget, accept it and move towards more compression, else
+towards less; stop when the interval is narrower than ``tolerance``. Returns the most
+compressed accepted candidate (None when even the least compressed one breaks the budget).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SearchStep", "SearchResult", "search_budget"]
+
+import dataclasses
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class SearchStep:
+    knob: float
+    score: float
+    accepted: bool
+    cost: float | None = None  # e.g. MACs kept as a fraction of the original
+    note: str = ""
+
+
+@dataclasses.dataclass
+class SearchResult(Generic[T]):
+    best: T | None
+    best_knob: float | None
+    steps: list[SearchStep]
+
+    def to_dict(self) -> dict:
+        return {"best_knob": self.best_knob, "steps": [dataclasses.asdict(s) for s in self.steps]}
+
+
+def search_budget(
+    build: Callable[[float], T],
+    evaluate: Callable[[T], tuple[float, bool]],
+    *,
+    lo: float,
+    hi: float,
+    more_compression: str = "down",
+    tolerance: float = 0.01,
+    cost: Callable[[T], float] | None = None,
+    max_steps: int = 20,
+) -> SearchResult[T]:
+    """Binary search on ``knob`` in ``[lo, hi]``.
+
+    ``build(knob)`` makes a candidate; ``evaluate(candidate)`` returns ``(score, accepted)``.
+    ``more_compression="down"`` means smaller knob values compress more (pruning's cr).
+    """
+    if more_compression not in ("down", "up"):
+        raise ValueError("more_compression must be 'down' or 'up'")
+    steps: list[SearchStep] = []
+    best: T | None = None
+    best_knob: float | None = None
+    # The search interval in terms of "compression" c in [0, 1]: c=0 least, c=1 most.
+    def knob_of(c: float) -> float:
+        return hi - c * (hi - lo) if more_compression == "down" else lo + c * (hi - lo)
+
+    c_lo, c_hi = 0.0, 1.0
+    span = abs(hi - lo)
+    for _ in range(max_steps):
+        if (c_hi - c_lo) * span < tolerance:
+            break
+        c_mid = (c_lo + c_hi) / 2
+        knob = knob_of(c_mid)
+        candidate = build(knob)
+        score, ok = evaluate(candidate)
+        steps.append(SearchStep(knob, score, ok, cost(candidate) if cost else None))
+        if ok:
+            best, best_knob = candidate, knob
+            c_lo = c_mid
+        else:
+            c_hi = c_mid
+    if best is None:
+        # The least compressed end itself: evaluate it so the caller knows why nothing fit.
+        knob = knob_of(c_lo)
+        candidate = build(knob)
+        score, ok = evaluate(candidate)
+        steps.append(SearchStep(knob, score, ok, cost(candidate) if cost else None))
+        if ok:
+            best, best_knob = candidate, knob
+    return SearchResult(best, best_knob, steps)
