@@ -113,7 +113,7 @@ def stage_table(records: Sequence[Any]) -> Table:
             result = "no change"
         err = f"{r.fidelity['max_rel']:.2e}" if r.fidelity else "-"
         score = f"{r.score:.4f}" if r.score is not None else "-"
-        note = r.reason or "; ".join(m for _, m in r.applied[:3]) + (" …" if len(r.applied) > 3 else "")
+        note = r.reason or ", ".join(m for _, m in r.applied[:4]) + (" …" if len(r.applied) > 4 else "")
         if r.skipped and not r.reason:
             note = (note + "; " if note else "") + f"{len(r.skipped)} skipped"
         table.add_row(r.name, result, err, score, fmt_count(r.macs), f"{r.seconds:.2f}s", note)

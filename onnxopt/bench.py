@@ -1,0 +1,273 @@
+"""Latency and throughput with onnxruntime, several models interleaved in one process.
+
+Method: one session per (model, provider, batch); inputs generated once from the model's
+signature (seeded); ``warmup`` untimed runs each; then rounds in which every model runs
+once, in rotating order, until ``iterations`` rounds or ``seconds`` have passed. Because
+the models alternate, machine noise hits them alike and the **ratio** column (p50 of the
+first model / p50 of this one; > 1 means faster) is the number to trust across runs.
+``session_mb`` is the process RSS growth while the session was created and warmed up
+(Linux only), a rough peak-memory figure per model.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BenchRow", "BenchResult", "benchmark", "PROVIDERS", "resolve_providers"]
+
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxopt.calibration import synthetic
+from onnxopt.errors import OnnxoptError
+from onnxopt.evaluate import session
+from onnxopt.model_io import load_model
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+}
+OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclasses.dataclass
+class BenchRow:
+    model: str
+    provider: str
+    batch: int
+    threads: int | None
+    runs: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    throughput: float  # samples per second at p50
+    session_mb: float | None
+    ratio: float | None = None  # p50 of the first model / p50 of this one (>1 = faster)
+
+
+@dataclasses.dataclass
+class BenchResult:
+    rows: list[BenchRow]
+    skipped: list[str]
+    environment: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "skipped": self.skipped,
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            "| model | provider | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | samples/s | session MB | ratio |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in self.rows:
+            mem = f"{r.session_mb:.0f}" if r.session_mb is not None else "-"
+            ratio = f"{r.ratio:.2f}×" if r.ratio is not None else "-"
+            lines.append(
+                f"| {r.model} | {r.provider} | {r.batch} | {r.p50_ms:.3f} | {r.p90_ms:.3f} | {r.p99_ms:.3f} | "
+                f"{r.mean_ms:.3f} ± {r.std_ms:.3f} | {r.throughput:.1f} | {mem} | {ratio} |"
+            )
+        env = self.environment
+        lines.append("")
+        lines.append(
+            f"onnxruntime {env.get('onnxruntime')}, {env.get('cpu')}, threads={env.get('threads')}, "
+            f"optimization={env.get('opt_level')}; models interleaved in one process."
+        )
+        for s in self.skipped:
+            lines.append(f"- skipped: {s}")
+        return "\n".join(lines) + "\n"
+
+
+def resolve_providers(names: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Map short names to onnxruntime providers; unavailable ones are returned as skipped."""
+    available = set(ort.get_available_providers())
+    chosen, skipped = [], []
+    for name in names:
+        key = name.strip().lower()
+        full = PROVIDERS.get(key, name.strip())
+        if full not in available:
+            skipped.append(f"{name}: {full} is not available in this onnxruntime build (available: {', '.join(sorted(available))})")
+            continue
+        chosen.append((key, full))
+    return chosen, skipped
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def benchmark(
+    models: Sequence[str | os.PathLike | tuple[str, ir.Model | str | os.PathLike]],
+    *,
+    providers: Sequence[str] = ("cpu",),
+    threads: int | None = None,
+    batch_sizes: Sequence[int] = (1,),
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    warmup: int = 10,
+    iterations: int | None = None,
+    seconds: float | None = None,
+    opt_level: str = "all",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Benchmark ``models`` (paths, or ``(label, model_or_path)`` pairs) interleaved.
+
+    Stops after ``iterations`` rounds, or ``seconds`` of timed running per (provider,
+    batch) group, whichever is given (default: 100 rounds).
+    """
+    if not models:
+        raise OnnxoptError("no model to benchmark")
+    if opt_level not in OPT_LEVELS:
+        raise OnnxoptError(f"unknown optimization level {opt_level!r}; choose from {', '.join(OPT_LEVELS)}")
+    if iterations is None and seconds is None:
+        iterations = 100
+    labelled = []
+    for item in models:
+        label, src = (item if isinstance(item, tuple) else (Path(item).name, item))
+        model = src if isinstance(src, ir.Model) else load_model(src)
+        labelled.append((label, src, model))
+    chosen, skipped = resolve_providers(providers)
+    if not chosen:
+        raise OnnxoptError("no requested execution provider is available: " + "; ".join(skipped))
+    rows: list[BenchRow] = []
+    for key, provider in chosen:
+        for batch in batch_sizes:
+            rows.extend(
+                _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress)
+            )
+    env = {
+        "onnxruntime": ort.__version__,
+        "cpu": _cpu_name(),
+        "threads": threads,
+        "opt_level": opt_level,
+        "providers_available": ort.get_available_providers(),
+    }
+    return BenchResult(rows, skipped, env)
+
+
+def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:
+    out = {}
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        if shapes and value.name in shapes:
+            dims = list(shapes[value.name])
+        elif value.shape is not None:
+            dims = [d if isinstance(d, int) else 1 for d in value.shape]
+        else:
+            raise OnnxoptError(f"input {value.name!r} has no shape; give it with --shape {value.name}=...")
+        first_dynamic = value.shape is not None and len(value.shape) > 0 and not isinstance(value.shape[0], int)
+        if dims and (first_dynamic or (shapes and value.name in shapes)):
+            dims[0] = batch
+        out[value.name] = dims
+    return out
+
+
+def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress):
+    sessions, feeds, mems = [], [], []
+    for label, src, model in labelled:
+        before = _rss_mb()
+        sess = session(src if not isinstance(src, ir.Model) else model, providers=[provider], threads=threads, opt_level=OPT_LEVELS[opt_level])
+        dims = _batch_shapes(model, batch, shapes)
+        n = next(iter(dims.values()))[0] if dims and next(iter(dims.values())) else 1
+        data = synthetic(model, n, seed=seed, shapes=dims).inputs
+        feed = {i.name: data[i.name] for i in sess.get_inputs()}
+        for _ in range(warmup):
+            sess.run(None, feed)
+        after = _rss_mb()
+        sessions.append(sess)
+        feeds.append(feed)
+        mems.append(after - before if before is not None and after is not None else None)
+    times: list[list[float]] = [[] for _ in labelled]
+    deadline = time.perf_counter() + seconds if seconds else None
+    rounds = 0
+    while True:
+        if iterations is not None and rounds >= iterations:
+            break
+        if deadline is not None and time.perf_counter() >= deadline and rounds >= 3:
+            break
+        order = range(len(sessions))
+        order = list(order)[rounds % len(sessions):] + list(order)[: rounds % len(sessions)]
+        for i in order:
+            t0 = time.perf_counter()
+            sessions[i].run(None, feeds[i])
+            times[i].append(time.perf_counter() - t0)
+        rounds += 1
+        if progress and rounds % 20 == 0:
+            progress(f"{key} batch {batch}: {rounds} rounds")
+    rows = []
+    for (label, _, _), t, mem, feed in zip(labelled, times, mems, feeds):
+        ms = np.asarray(t) * 1e3
+        b = len(next(iter(feed.values()))) if feed else 1
+        p50 = float(np.percentile(ms, 50))
+        rows.append(
+            BenchRow(
+                label, key, b, threads, len(ms), p50, float(np.percentile(ms, 90)), float(np.percentile(ms, 99)),
+                float(ms.mean()), float(ms.std()), b / (p50 / 1e3) if p50 > 0 else 0.0, mem,
+            )
+        )
+    base = rows[0].p50_ms
+    for r in rows:
+        r.ratio = base / r.p50_ms if r.p50_ms > 0 else None
+    return rows
+
+
+def plot(result: BenchResult, path: str | os.PathLike) -> None:
+    """Bar chart of p50 latency per model and provider (needs the ``plot`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise OnnxoptError("--plot needs matplotlib: pip install 'onnxopt[plot]'") from exc
+    groups = sorted({(r.provider, r.batch) for r in result.rows})
+    labels = list(dict.fromkeys(r.model for r in result.rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * len(groups)), 4))
+    width = 0.8 / max(1, len(groups))
+    for gi, (prov, batch) in enumerate(groups):
+        vals = [next((r.p50_ms for r in result.rows if r.model == m and r.provider == prov and r.batch == batch), 0) for m in labels]
+        ax.bar([i + gi * width for i in range(len(labels))], vals, width, label=f"{prov} b{batch}")
+    ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=20, ha="right")
+    ax.set_ylabel("p50 latency (ms)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,737 @@
+"""Channel dependency groups: which channels of an ONNX graph must be removed together.
+
+Idea (Torch-Pruning's DepGraph, done on ONNX values and at the granularity of single
+channels): every output channel of a *source* op (a Conv / Gemm / MatMul with a constant
+weight) is an element of a union-find structure. Walking the graph in topological order, a
+table of small handlers (one per op type, :data:`HANDLERS`) says how the channels of a node's
+output relate to the channels of its inputs:
+
+- *pass-through* ops (activations, pooling, BatchNormalization, Pad, Resize, …) give their
+  output the same channel elements as their input;
+- element-wise ops with several channel-carrying operands (residual ``Add``, SE ``Mul``)
+  **unite** channel *c* of every operand: the channels become one *unit*;
+- ``Concat`` on the channel axis lays the operands' elements side by side (channel ranges
+  map to inputs); ``Flatten``/``Reshape`` that merge ``C×H×W`` into features give each
+  channel a *block* of ``H·W`` consecutive features;
+- depthwise Conv ties input channel *c* to output channel *c*.
+
+A connected component of elements is a **unit**: the set of (value, channel) positions that
+disappear when one channel is pruned. Units created by the same source ops form one
+:class:`ChannelGroup`; importance criteria score its units and allocation removes units.
+
+Anything a handler cannot prove safe marks the elements it touches as unprunable with a
+reason, instead of guessing: graph outputs, reshapes that mix channels (channel shuffle),
+grouped convolutions, non-constant weights, ops that read the channel axis (Softmax over
+channels, Shape, Gather, …), and any op without a handler.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS"]
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.graph import attr, const_array, static_shapes
+
+# Member roles (what the pruning pass does to ``node`` for removed channels of ``value``):
+PRODUCER = "producer"  # slice the weight's output axis (and the bias) of a source op
+CONSUMER = "consumer"  # slice the weight's input axis (blocks of ``block`` columns)
+DEPTHWISE = "depthwise"  # slice weight/bias axis 0 and lower the ``group`` attribute
+PARAM = "param"  # slice a per-channel constant input along ``axis``
+SHAPE = "shape"  # rewrite entry ``axis`` of a Reshape's constant shape input
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One place that changes when channels of ``value`` are removed.
+
+    ``input_index`` is the input of ``node`` holding the tensor to slice, ``axis`` the axis
+    of that tensor, ``block`` how many consecutive entries one channel owns there (``H·W``
+    after a Flatten, else 1).
+    """
+
+    node: ir.Node
+    role: str
+    value: str
+    input_index: int
+    axis: int
+    block: int = 1
+
+    def describe(self) -> str:
+        name = self.node.name or self.node.op_type
+        return f"{self.role} {self.node.op_type} {name} (input {self.input_index}, axis {self.axis}, block {self.block})"
+
+
+@dataclasses.dataclass
+class ChannelGroup:
+    """Channels that must be pruned together.
+
+    ``index[value_name][p]`` is the unit (0 … ``units``-1) that channel ``p`` of that value
+    belongs to, or -1 when that channel belongs to another group (a Concat output holds
+    the channels of several groups). Pruning unit *u* removes every position mapped to *u*
+    from every value, and every :class:`Member` slices its tensor accordingly.
+
+    Worked example — ``Conv_a(16 filters) → BN → Relu → Conv_b`` and a residual
+    ``Add(Relu_out, Conv_c_out)`` feeding ``Conv_d``::
+
+        group "a_out": 16 units, sources Conv_a, Conv_c
+          index: a_out [0..15], bn_out [0..15], relu_out [0..15], c_out [0..15], add_out [0..15]
+          members: producer Conv_a (W axis 0 + bias), param BN (scale, B, mean, var, axis 0),
+                   consumer Conv_b (W axis 1), producer Conv_c (W axis 0),
+                   consumer Conv_d (W axis 1)
+
+    Removing unit 3 removes filter 3 of Conv_a and of Conv_c, entry 3 of the BN parameters,
+    and input channel 3 of Conv_b and of Conv_d.
+    """
+
+    name: str
+    units: int
+    index: dict[str, np.ndarray]
+    members: list[Member]
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def sources(self) -> list[Member]:
+        return [m for m in self.members if m.role == PRODUCER]
+
+    def removed_positions(self, value: str, units: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Channel positions of ``value`` that disappear when ``units`` are pruned."""
+        idx = self.index.get(value)
+        if idx is None or len(units) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.nonzero(np.isin(idx, np.asarray(units)))[0]
+
+    def describe(self) -> str:
+        lines = [f"group {self.name}: {self.units} units" + ("" if self.prunable else " (unprunable)")]
+        lines += [f"  {m.describe()}" for m in self.members]
+        lines += [f"  unprunable: {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class GroupAnalysis:
+    groups: list[ChannelGroup]
+    channels: dict[str, int] = dataclasses.field(default_factory=dict)  # value → channel count
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def unprunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if not g.prunable]
+
+    def by_name(self) -> dict[str, ChannelGroup]:
+        return {g.name: g for g in self.groups}
+
+
+@dataclasses.dataclass
+class _Track:
+    """Channel bookkeeping of one value: element ids per channel, the channel axis, block."""
+
+    elems: np.ndarray
+    axis: int
+    block: int = 1
+
+    @property
+    def channels(self) -> int:
+        return len(self.elems)
+
+
+class _Walker:
+    """Union-find over channel elements plus the tracked values and members."""
+
+    def __init__(self, model: ir.Model, shapes: Mapping[str, tuple]) -> None:
+        self.model = model
+        self.shapes = shapes
+        self.parent: list[int] = []
+        self.reasons: dict[int, list[str]] = {}
+        self.tracks: dict[str, _Track] = {}
+        self.members: list[Member] = []
+        self.handled: set[int] = set()
+
+    # union-find -----------------------------------------------------------------------
+    def new_elems(self, n: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n)
+
+    def find(self, e: int) -> int:
+        parent = self.parent
+        while parent[e] != e:
+            parent[e] = parent[parent[e]]
+            e = parent[e]
+        return e
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[ry] = rx
+
+    # bookkeeping ----------------------------------------------------------------------
+    def track(self, value: ir.Value | None) -> _Track | None:
+        return None if value is None else self.tracks.get(value.name)
+
+    def set_track(self, value: ir.Value, track: _Track) -> None:
+        self.tracks[value.name] = track
+
+    def block(self, track: _Track | None, reason: str) -> None:
+        if track is None:
+            return
+        for e in track.elems.tolist():
+            self.reasons.setdefault(e, []).append(reason)
+
+    def member(self, node: ir.Node, role: str, value: ir.Value, input_index: int, axis: int, block: int = 1) -> None:
+        self.members.append(Member(node, role, value.name, input_index, axis, block))
+
+    def shape(self, value: ir.Value | None) -> tuple | None:
+        if value is None:
+            return None
+        s = self.shapes.get(value.name)
+        if s is None and value.shape is not None:
+            s = tuple(d if isinstance(d, int) else None for d in value.shape)
+        return s
+
+    def rank(self, value: ir.Value | None) -> int | None:
+        s = self.shape(value)
+        return None if s is None else len(s)
+
+
+def _label(node: ir.Node) -> str:
+    return f"{node.op_type} {node.name or '?'}"
+
+
+def _known(dims: Sequence | None) -> bool:
+    return dims is not None and all(isinstance(d, int) and d >= 0 for d in dims)
+
+
+# --------------------------------------------------------------------------- handlers
+# A handler ``(walker, node)`` is called for every node of the main graph in topological
+# order; it reads the tracks of the node's inputs and sets the tracks of its outputs.
+
+Handler = Callable[[_Walker, ir.Node], None]
+
+
+def _block_inputs(w: _Walker, node: ir.Node, why: str) -> None:
+    for value in node.inputs:
+        w.block(w.track(value), f"{_label(node)}: {why}")
+
+
+def _unknown(w: _Walker, node: ir.Node) -> None:
+    _block_inputs(w, node, "reads the channels in a way onnxopt does not model")
+
+
+def _passthrough(w: _Walker, node: ir.Node) -> None:
+    """Output 0 has the input's channels (activations, pooling, casts)."""
+    t = w.track(node.inputs[0]) if node.inputs else None
+    for extra in node.inputs[1:]:  # e.g. Clip min/max, Dropout ratio: must be scalars
+        arr = const_array(extra) if extra is not None else None
+        if w.track(extra) is not None or (extra is not None and arr is None and (w.rank(extra) or 0) > 0):
+            _block_inputs(w, node, "non-scalar extra operand")
+            return
+    if t is not None and node.outputs:
+        w.set_track(node.outputs[0], t)
+
+
+def _channel_axis_safe(axis_attr: str, default: int) -> Handler:
+    """Pass-through unless the op works along the channel axis (Softmax, LpNormalization)."""
+
+    def handler(w: _Walker, node: ir.Node) -> None:
+        t = w.track(node.inputs[0])
+        if t is None:
+            return
+        rank = w.rank(node.inputs[0])
+        axis = attr(node, axis_attr, default)
+        if rank is None or axis % rank == t.axis:
+            w.block(t, f"{_label(node)}: works along the channel axis")
+            return
+        w.set_track(node.outputs[0], t)
+
+    return handler
+
+
+def _batchnorm(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    if len([o for o in node.outputs if o is not None and o.uses()]) > 1:
+        w.block(t, f"{_label(node)}: training-mode outputs")
+        return
+    for i in range(1, min(5, len(node.inputs))):
+        if const_array(node.inputs[i]) is None:
+            w.block(t, f"{_label(node)}: parameter {i} is not constant")
+            return
+    if t.axis != 1 or t.block != 1:
+        w.block(t, f"{_label(node)}: channel axis is not 1")
+        return
+    for i in range(1, min(5, len(node.inputs))):
+        w.member(node, PARAM, node.inputs[0], i, 0)
+    w.set_track(node.outputs[0], t)
+
+
+def _scale_bias_norm(w: _Walker, node: ir.Node) -> None:
+    """InstanceNormalization: per-channel scale and bias (inputs 1, 2)."""
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    if t.axis != 1 or any(const_array(v) is None for v in node.inputs[1:3]):
+        w.block(t, f"{_label(node)}: scale/bias not constant or channel axis is not 1")
+        return
+    for i in (1, 2):
+        w.member(node, PARAM, node.inputs[0], i, 0)
+    w.set_track(node.outputs[0], t)
+
+
+def _conv(w: _Walker, node: ir.Node) -> None:
+    x, weight_value = node.inputs[0], node.inputs[1]
+    t = w.track(x)
+    weight = const_array(weight_value)
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    if weight is None or (bias_value is not None and const_array(bias_value) is None):
+        w.block(t, f"{_label(node)}: weight or bias is not constant")
+        return
+    groups = attr(node, "group", 1)
+    cout, cin_per_group = weight.shape[:2]
+    cin = cin_per_group * groups
+    if groups == 1:
+        if t is not None:
+            if t.axis != 1 or t.block != 1:
+                w.block(t, f"{_label(node)}: input channel axis is not 1")
+            else:
+                w.member(node, CONSUMER, x, 1, 1)
+        out = node.outputs[0]
+        w.set_track(out, _Track(w.new_elems(cout), 1))
+        w.member(node, PRODUCER, out, 1, 0)
+        return
+    if groups == cin and cout == cin and cin_per_group == 1:
+        if t is not None:  # depthwise: input channel c is output channel c
+            if t.axis != 1 or t.block != 1:
+                w.block(t, f"{_label(node)}: input channel axis is not 1")
+                return
+            w.member(node, DEPTHWISE, x, 1, 0)
+            w.set_track(node.outputs[0], t)
+        return
+    w.block(t, f"{_label(node)}: grouped convolution (group={groups}) couples channels across groups")
+
+
+def _gemm(w: _Walker, node: ir.Node) -> None:
+    a = node.inputs[0]
+    t = w.track(a)
+    weight = const_array(node.inputs[1])
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    bias = const_array(bias_value) if bias_value is not None else None
+    if weight is None or weight.ndim != 2 or attr(node, "transA", 0) or (bias_value is not None and bias is None):
+        w.block(t, f"{_label(node)}: weight not a constant matrix, transA, or bias not constant")
+        return
+    trans_b = attr(node, "transB", 0)
+    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+    if t is not None:
+        if t.axis != 1 or t.channels * t.block != weight.shape[k_axis]:
+            w.block(t, f"{_label(node)}: input features do not match the channel layout")
+        else:
+            w.member(node, CONSUMER, a, 1, k_axis, t.block)
+    n = weight.shape[n_axis]
+    if bias is not None and bias.size not in (1, n):
+        return  # a bias broadcast over the batch cannot be sliced per feature
+    out = node.outputs[0]
+    w.set_track(out, _Track(w.new_elems(n), 1))
+    w.member(node, PRODUCER, out, 1, n_axis)
+
+
+def _matmul(w: _Walker, node: ir.Node) -> None:
+    a = node.inputs[0]
+    t = w.track(a)
+    weight = const_array(node.inputs[1])
+    rank = w.rank(a)
+    if weight is None or weight.ndim != 2 or rank is None or rank < 2:
+        w.block(t, f"{_label(node)}: weight is not a constant matrix")
+        _block_inputs(w, node, "non-constant MatMul operand")
+        return
+    if t is not None:
+        if t.axis != rank - 1 or t.channels * t.block != weight.shape[0]:
+            w.block(t, f"{_label(node)}: channels are not the contracted axis")
+        else:
+            w.member(node, CONSUMER, a, 1, 0, t.block)
+    out = node.outputs[0]
+    w.set_track(out, _Track(w.new_elems(weight.shape[1]), rank - 1))
+    w.member(node, PRODUCER, out, 1, 1)
+
+
+def _operand_dim(shape: tuple, out_rank: int, out_axis: int) -> int | None:
+    """Size of an operand's dimension that broadcasts onto output axis ``out_axis``."""
+    offset = out_rank - len(shape)
+    i = out_axis - offset
+    if i < 0:
+        return 1
+    d = shape[i]
+    return d if isinstance(d, int) else None
+
+
+def _elementwise(w: _Walker, node: ir.Node) -> None:
+    """Add/Sub/Mul/Div/…: tracked operands unite channel-wise; constants are sliced."""
+    out = node.outputs[0]
+    out_rank = w.rank(out)
+    tracked = [(i, w.track(v)) for i, v in enumerate(node.inputs) if w.track(v) is not None]
+    if out_rank is None:
+        _block_inputs(w, node, "output rank unknown")
+        return
+    ref: _Track | None = None
+    out_axis = None
+    for i, t in tracked:
+        axis = t.axis + out_rank - (w.rank(node.inputs[i]) or out_rank)
+        if ref is None:
+            ref, out_axis = t, axis
+        elif axis != out_axis or t.channels != ref.channels or t.block != ref.block:
+            _block_inputs(w, node, "operands disagree on the channel layout")
+            return
+    assert ref is not None and out_axis is not None
+    width = ref.channels * ref.block
+    for i, v in enumerate(node.inputs):
+        if v is None or w.track(v) is not None:
+            continue
+        arr = const_array(v)
+        shape = arr.shape if arr is not None else w.shape(v)
+        if shape is None:
+            _block_inputs(w, node, "operand of unknown shape")
+            return
+        d = _operand_dim(tuple(shape), out_rank, out_axis)
+        if d == 1:
+            continue
+        if arr is not None and d == width:
+            w.member(node, PARAM, node.inputs[tracked[0][0]], i, out_axis - (out_rank - arr.ndim), ref.block)
+            continue
+        _block_inputs(w, node, "an operand of fixed channel count (not constant, or a size that does not match)")
+        return
+    for _, t in tracked[1:]:
+        w.union(ref.elems, t.elems)
+    w.set_track(out, _Track(ref.elems, out_axis, ref.block))
+
+
+def _prelu(w: _Walker, node: ir.Node) -> None:
+    _elementwise(w, node)
+
+
+def _concat(w: _Walker, node: ir.Node) -> None:
+    out = node.outputs[0]
+    rank = w.rank(out)
+    tracked = [w.track(v) for v in node.inputs]
+    if rank is None:
+        _block_inputs(w, node, "rank unknown")
+        return
+    axis = attr(node, "axis", 1) % rank
+    ref = next(t for t in tracked if t is not None)
+    if axis != ref.axis:
+        # Concat along another axis: the operands keep their channels, all must agree.
+        if any(t is None or t.axis != ref.axis or t.channels != ref.channels or t.block != ref.block for t in tracked):
+            _block_inputs(w, node, "concatenation along a non-channel axis with fixed-channel operands")
+            return
+        for t in tracked[1:]:
+            w.union(ref.elems, t.elems)
+        w.set_track(out, ref)
+        return
+    parts = []
+    for v, t in zip(node.inputs, tracked):
+        if t is not None and t.block == 1 and t.axis == axis:
+            parts.append(t.elems)
+            continue
+        shape = w.shape(v)
+        if shape is None or not isinstance(shape[axis], int):
+            _block_inputs(w, node, "operand of unknown channel count")
+            return
+        fresh = _Track(w.new_elems(shape[axis]), axis)
+        w.block(fresh, f"{_label(node)}: operand with fixed channels")
+        w.block(t, f"{_label(node)}: operand with a flattened layout")
+        parts.append(fresh.elems)
+    w.set_track(out, _Track(np.concatenate(parts), axis))
+
+
+def _flatten(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    shape = w.shape(node.inputs[0])
+    if t is None:
+        return
+    axis = attr(node, "axis", 1)
+    if shape is None:
+        w.block(t, f"{_label(node)}: input shape unknown")
+        return
+    axis %= max(len(shape), 1)
+    inner = shape[t.axis + 1 :]
+    if axis != t.axis or axis == 0 or not _known(inner):
+        w.block(t, f"{_label(node)}: flattening mixes the channel axis with the batch")
+        return
+    w.set_track(node.outputs[0], _Track(t.elems, 1, t.block * math.prod(inner)))
+
+
+def _reshape(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    in_shape, out_shape = w.shape(node.inputs[0]), w.shape(node.outputs[0])
+    target = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if not _known(in_shape) or not _known(out_shape) or target is None:
+        w.block(t, f"{_label(node)}: shapes or target shape not constant")
+        return
+    prefix = math.prod(in_shape[: t.axis])
+    inner = math.prod(in_shape[t.axis + 1 :])
+    b = 0
+    while b < len(out_shape) and math.prod(out_shape[:b]) < prefix:
+        b += 1
+    ok = b < len(out_shape) and math.prod(out_shape[:b]) == prefix
+    if ok and out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner:
+        new = _Track(t.elems, b, t.block)  # channel axis kept, other axes regrouped
+    elif ok and b == len(out_shape) - 1 and out_shape[b] == in_shape[t.axis] * inner:
+        new = _Track(t.elems, b, t.block * inner)  # C×H×W merged into features
+    else:
+        w.block(t, f"{_label(node)}: reshape mixes channels (e.g. channel shuffle)")
+        return
+    entry = int(target.reshape(-1)[b]) if b < target.size else None
+    if entry is None or (entry == 0 and b != t.axis):
+        w.block(t, f"{_label(node)}: target shape copies a channel dimension")
+        return
+    if entry > 0:
+        w.member(node, SHAPE, node.inputs[0], 1, b, new.block)
+    w.set_track(node.outputs[0], new)
+
+
+def _axes_of(node: ir.Node, index: int = 1) -> list[int] | None:
+    axes = attr(node, "axes")
+    if axes is None and len(node.inputs) > index and node.inputs[index] is not None:
+        arr = const_array(node.inputs[index])
+        if arr is None:
+            return None
+        axes = arr.reshape(-1).tolist()
+    return axes
+
+
+def _squeeze(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None:
+        return
+    axes = _axes_of(node)
+    if axes is None or rank is None:
+        w.block(t, f"{_label(node)}: axes not constant")
+        return
+    axes = [a % rank for a in axes]
+    if t.axis in axes:
+        w.block(t, f"{_label(node)}: squeezes the channel axis")
+        return
+    w.set_track(node.outputs[0], _Track(t.elems, t.axis - sum(a < t.axis for a in axes), t.block))
+
+
+def _unsqueeze(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    out_rank = w.rank(node.outputs[0])
+    if t is None:
+        return
+    axes = _axes_of(node)
+    if axes is None or out_rank is None:
+        w.block(t, f"{_label(node)}: axes not constant")
+        return
+    inserted = {a % out_rank for a in axes}
+    kept = [i for i in range(out_rank) if i not in inserted]
+    w.set_track(node.outputs[0], _Track(t.elems, kept[t.axis], t.block))
+
+
+def _transpose(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None:
+        return
+    perm = attr(node, "perm") or (list(range(rank))[::-1] if rank else None)
+    if perm is None or t.block != 1:
+        w.block(t, f"{_label(node)}: permutation unknown")
+        return
+    w.set_track(node.outputs[0], _Track(t.elems, list(perm).index(t.axis), t.block))
+
+
+def _reduce(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None:
+        return
+    axes = _axes_of(node)
+    if not axes or rank is None or t.block != 1:
+        w.block(t, f"{_label(node)}: reduces over all axes or axes not constant")
+        return
+    axes = [a % rank for a in axes]
+    if t.axis in axes:
+        w.block(t, f"{_label(node)}: reduces over the channel axis")
+        return
+    keep = attr(node, "keepdims", 1)
+    axis = t.axis if keep else t.axis - sum(a < t.axis for a in axes)
+    w.set_track(node.outputs[0], _Track(t.elems, axis, t.block))
+
+
+def _pad(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None:
+        return
+    pads = attr(node, "pads")
+    if pads is None and len(node.inputs) > 1:
+        arr = const_array(node.inputs[1])
+        pads = None if arr is None else arr.tolist()
+    if pads is None or rank is None or len(node.inputs) > 3 or pads[t.axis] or pads[t.axis + rank]:
+        w.block(t, f"{_label(node)}: pads the channel axis or pads not constant")
+        return
+    w.set_track(node.outputs[0], t)
+
+
+def _resize(w: _Walker, node: ir.Node) -> None:
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    for i in range(1, len(node.inputs)):
+        if w.track(node.inputs[i]) is not None:
+            w.block(t, f"{_label(node)}: channel-carrying size input")
+            return
+    scales = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if scales is not None and scales.size > t.axis and scales.reshape(-1)[t.axis] != 1:
+        w.block(t, f"{_label(node)}: resizes the channel axis")
+        return
+    w.set_track(node.outputs[0], t)
+
+
+def _slice_like(w: _Walker, node: ir.Node) -> None:
+    """Slice / Split along a non-channel axis keep the channels."""
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None:
+        return
+    if node.op_type == "Slice":
+        axes = _axes_of(node, 3)
+        if axes is None and len(node.inputs) > 1:
+            starts = const_array(node.inputs[1])
+            axes = None if starts is None else list(range(starts.size))
+    else:
+        axes = [attr(node, "axis", 0)]
+    if axes is None or rank is None or t.axis in [a % rank for a in axes]:
+        w.block(t, f"{_label(node)}: slices the channel axis")
+        return
+    for out in node.outputs:
+        w.set_track(out, t)
+
+
+_PASSTHROUGH = (
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu",
+    "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Cast", "Abs",
+    "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu",
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "Upsample",
+)  # fmt: skip
+
+HANDLERS: dict[str, Handler] = {
+    **{op: _passthrough for op in _PASSTHROUGH},
+    **{op: _elementwise for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")},
+    "BatchNormalization": _batchnorm,
+    "InstanceNormalization": _scale_bias_norm,
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Concat": _concat,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Transpose": _transpose,
+    "ReduceMean": _reduce,
+    "ReduceSum": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceMin": _reduce,
+    "Pad": _pad,
+    "Resize": _resize,
+    "Slice": _slice_like,
+    "Split": _slice_like,
+    "Softmax": _channel_axis_safe("axis", -1),
+    "LogSoftmax": _channel_axis_safe("axis", -1),
+}
+"""op type → handler. Supporting a new op is one entry here. Source ops (Conv, Gemm,
+MatMul) create channels even when no input is tracked; the others act only on tracked inputs."""
+
+_SOURCES = {"Conv", "Gemm", "MatMul"}
+
+
+def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> GroupAnalysis:
+    """The channel groups of ``model``'s main graph (see the module docstring)."""
+    all_shapes = static_shapes(model, shapes)
+    w = _Walker(model, all_shapes)
+    for node in model.graph:
+        w.handled.add(id(node))
+        if node.domain not in ("", "ai.onnx"):
+            _unknown(w, node)
+            continue
+        has_tracked = any(w.track(v) is not None for v in node.inputs)
+        if not has_tracked and node.op_type not in _SOURCES:
+            continue
+        HANDLERS.get(node.op_type, _unknown)(w, node)
+    for value in model.graph.outputs:
+        w.block(w.track(value), f"{value.name} is a graph output")
+    for name, t in w.tracks.items():  # uses inside subgraphs or by unhandled nodes
+        value = _find_value(model, name)
+        if value is not None and any(id(node) not in w.handled for node, _ in value.uses()):
+            w.block(t, f"{name} is read inside a subgraph")
+    return _collect(w)
+
+
+def _find_value(model: ir.Model, name: str) -> ir.Value | None:
+    for node in model.graph:
+        for out in node.outputs:
+            if out.name == name:
+                return out
+    return None
+
+
+def _collect(w: _Walker) -> GroupAnalysis:
+    n_elems = len(w.parent)
+    roots = np.array([w.find(e) for e in range(n_elems)], dtype=np.int64)
+    reasons: dict[int, list[str]] = {}
+    for e, rs in w.reasons.items():
+        reasons.setdefault(int(roots[e]), []).extend(rs)
+    # A unit's signature: the source values that own one of its elements.
+    sources = [m for m in w.members if m.role == PRODUCER]
+    signature: dict[int, list[str]] = {}
+    for m in sources:
+        for e in w.tracks[m.value].elems.tolist():
+            signature.setdefault(int(roots[e]), []).append(m.value)
+    by_sig: dict[tuple[str, ...], list[int]] = {}
+    for root, sig in signature.items():
+        by_sig.setdefault(tuple(sorted(set(sig))), []).append(root)
+    order = {m.value: i for i, m in enumerate(sources)}
+    groups: list[ChannelGroup] = []
+    unit_of_root: dict[int, tuple[int, int]] = {}
+    for sig, group_roots in sorted(by_sig.items(), key=lambda kv: min(order[v] for v in kv[0])):
+        first = min(sig, key=order.__getitem__)
+        # Units numbered by the channel order of the first source.
+        first_roots = [int(roots[e]) for e in w.tracks[first].elems.tolist()]
+        ordered = list(dict.fromkeys(r for r in first_roots if r in set(group_roots)))
+        ordered += [r for r in group_roots if r not in set(ordered)]
+        gi = len(groups)
+        for u, r in enumerate(ordered):
+            unit_of_root[r] = (gi, u)
+        why = sorted({x for r in ordered for x in reasons.get(r, [])})
+        groups.append(ChannelGroup(first, len(ordered), {}, [], why))
+    group_of = np.full(n_elems, -1, dtype=np.int64)
+    unit_of = np.full(n_elems, -1, dtype=np.int64)
+    for r, (gi, u) in unit_of_root.items():
+        group_of[r], unit_of[r] = gi, u
+    for name, t in w.tracks.items():
+        rs = roots[t.elems]
+        gis, units = group_of[rs], unit_of[rs]
+        for gi in np.unique(gis[gis >= 0]).tolist():
+            groups[gi].index[name] = np.where(gis == gi, units, -1)
+    for m in w.members:
+        for g in groups:
+            if m.value in g.index:
+                g.members.append(m)
+    return GroupAnalysis(groups, {name: t.channels for name, t in w.tracks.items()})

@@ -1,0 +1,186 @@
+"""``optimize``: the default recipe, as one function pipelines can call.
+
+Recipe: cleanup (onnxscript optimizer + onnx_ir common passes) → fold_bn, all lossless and
+verified on the verification inputs; with calibration data, the lossy stages registered in
+:data:`LOSSY_STAGES` follow, judged on held-out data against the original under one
+accuracy budget. Without data only lossless passes run, and the result says so.
+
+Data handling: ``data`` is split into calibration and evaluation halves (seeded) unless
+``eval_data`` is given; evaluation samples are never used for calibration. Lossless
+stages are verified on real samples when there are any, else on seeded random inputs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["OptimizeResult", "optimize", "lossless_stages", "verify_models"]
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset, load_npz, synthetic
+from onnxopt.errors import OnnxoptError
+from onnxopt.model_io import check_output_path, load_model, save_model
+from onnxopt.passes.cleanup import CleanupPass
+from onnxopt.passes.fold_bn import FoldBatchNormPass
+from onnxopt.pipeline import Context, Stage, StageRecord, pass_stage, run_stages
+from onnxopt.report import ModelSummary, summarize
+
+VERIFY_SAMPLES = 16
+
+
+def lossless_stages() -> list[Stage]:
+    return [
+        pass_stage("cleanup", CleanupPass),
+        pass_stage("fold_bn", FoldBatchNormPass),
+    ]
+
+
+# name -> factory(options) -> Stage; filled by the lossy pass modules that are installed.
+LOSSY_STAGES: dict[str, Callable[..., Stage]] = {}
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    model: ir.Model
+    output: Path | None
+    before: ModelSummary
+    after: ModelSummary
+    stages: list[StageRecord]
+    fidelity: evaluate.Fidelity
+    verified_on: str
+    lossless_only: bool
+    bench: Any = None  # onnxopt.bench.BenchResult when measured
+    metric: str | None = None
+    baseline_score: float | None = None
+    final_score: float | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "output": str(self.output) if self.output else None,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "stages": [s.to_dict() for s in self.stages],
+            "verification": {"inputs": self.verified_on, **self.fidelity.to_dict()},
+            "lossless_only": self.lossless_only,
+            "metric": self.metric,
+            "baseline_score": self.baseline_score,
+            "final_score": self.final_score,
+            "bench": self.bench.to_dict() if self.bench is not None else None,
+        }
+
+
+def _as_dataset(data: Dataset | str | os.PathLike | None, model: ir.Model) -> Dataset | None:
+    if data is None or isinstance(data, Dataset):
+        return data
+    return load_npz(data, model)
+
+
+def optimize(
+    model: str | os.PathLike | ir.Model,
+    output: str | os.PathLike | None = None,
+    *,
+    data: Dataset | str | os.PathLike | None = None,
+    eval_data: Dataset | str | os.PathLike | None = None,
+    max_drop: float = 0.01,
+    metric: str | evaluate.Metric | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    stages: Sequence[str] | None = None,
+    lossless: Sequence[Stage] | None = None,
+    stage_options: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    bench: bool = False,
+    bench_threads: int | None = 2,
+    progress: Callable[[str], None] | None = None,
+) -> OptimizeResult:
+    """Run the recipe on ``model`` (a path or a model), write ``output`` if given.
+
+    ``stages`` restricts the lossy stages (names in :data:`LOSSY_STAGES`); ``lossless``
+    replaces the default lossless stages (e.g. only fold_bn). ``stage_options`` passes settings to a stage by name.
+    """
+    input_path = None if isinstance(model, ir.Model) else Path(model)
+    if output is not None:
+        check_output_path(output, input_path)
+    original = load_model(input_path) if input_path is not None else model
+    shapes = dict(shapes or {})
+    calib = _as_dataset(data, original)
+    held_out = _as_dataset(eval_data, original)
+    if calib is not None and held_out is None:
+        calib, held_out = calib.split(0.5, seed)
+    if held_out is not None:
+        verify_data = held_out.take(slice(0, VERIFY_SAMPLES))
+        verified_on = f"{len(verify_data)} held-out samples"
+    else:
+        verify_data = synthetic(original, VERIFY_SAMPLES, seed=seed, shapes=shapes)
+        verified_on = f"{len(verify_data)} random samples (seed {seed})"
+    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
+    ctx = Context(
+        verify_data=verify_data,
+        calib=calib,
+        evaluator=evaluator,
+        max_drop=max_drop,
+        shapes=shapes,
+        seed=seed,
+        progress=progress or (lambda message: None),
+    )
+    pipeline = list(lossless) if lossless is not None else lossless_stages()
+    lossless_only = calib is None
+    if not lossless_only:
+        names = list(stages) if stages is not None else list(LOSSY_STAGES)
+        for name in names:
+            if name not in LOSSY_STAGES:
+                raise OnnxoptError(f"unknown stage {name!r}; available: {', '.join(LOSSY_STAGES) or 'none'}")
+            pipeline.append(LOSSY_STAGES[name](**dict((stage_options or {}).get(name, {}))))
+    before = summarize(original, input_path, shapes)
+    optimized, records = run_stages(original.clone(), pipeline, ctx)
+    final_outputs = evaluate.run(optimized, verify_data)
+    reference = evaluate.run(original, verify_data)
+    fidelity = evaluate.compare(reference, final_outputs, names=[o.name for o in original.graph.outputs], labels=verify_data.labels)
+    written = save_model(optimized, output, input_path=input_path) if output is not None else None
+    after = summarize(optimized, written, shapes)
+    result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only)
+    if evaluator is not None:
+        result.metric = evaluator.metric_name
+        result.baseline_score = evaluator.baseline
+        result.final_score = evaluator.score(optimized)
+    if bench:
+        from onnxopt.bench import benchmark
+
+        result.bench = benchmark(
+            [("original", original), ("optimized", optimized)],
+            threads=bench_threads,
+            shapes=shapes,
+            seconds=5.0,
+        )
+    return result
+
+
+def verify_models(
+    original: str | os.PathLike | ir.Model,
+    candidate: str | os.PathLike | ir.Model,
+    *,
+    data: Dataset | str | os.PathLike | None = None,
+    samples: int = VERIFY_SAMPLES,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+) -> tuple[evaluate.Fidelity, str]:
+    """Run both models on the same inputs; returns the fidelity and what the inputs were."""
+    a = original if isinstance(original, ir.Model) else load_model(original)
+    b = candidate if isinstance(candidate, ir.Model) else load_model(candidate)
+    dataset = _as_dataset(data, a)
+    if dataset is None:
+        dataset = synthetic(a, samples, seed=seed, shapes=shapes)
+        described = f"{len(dataset)} random samples (seed {seed})"
+    else:
+        described = f"{len(dataset)} samples from data"
+    names_a = [v.name for v in a.graph.outputs]
+    names_b = [v.name for v in b.graph.outputs]
+    if len(names_a) != len(names_b):
+        raise OnnxoptError(f"the models have different numbers of outputs ({len(names_a)} vs {len(names_b)})")
+    fid = evaluate.compare(evaluate.run(a, dataset), evaluate.run(b, dataset), names=names_a, labels=dataset.labels)
+    return fid, described

@@ -1,0 +1,127 @@
+"""model_io: friendly errors, atomic saves, external data, the input is never touched."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.errors import OnnxoptError
+from onnxopt.evaluate import run
+from onnxopt.model_io import check_output_path, file_size, load_model, save_model
+from tests.builders import conv_bn_relu_gemm, save
+
+
+def _hash(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    return save(conv_bn_relu_gemm(), tmp_path / "m.onnx")
+
+
+def test_roundtrip_preserves_outputs(model_path, tmp_path):
+    model = load_model(model_path)
+    out = save_model(model, tmp_path / "copy.onnx", input_path=model_path)
+    x = {"input": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(load_model(model_path), x)[0], run(load_model(out), x)[0])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a valid ONNX model"),
+        (b"hello, I am not a model", "not a valid ONNX model"),
+    ],
+)
+def test_bad_bytes(tmp_path, content, message):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(content)
+    with pytest.raises(OnnxoptError, match=message):
+        load_model(p)
+
+
+def test_truncated(model_path):
+    data = model_path.read_bytes()
+    model_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OnnxoptError, match="not a valid ONNX model"):
+        load_model(model_path)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(OnnxoptError, match="no such file"):
+        load_model(tmp_path / "nope.onnx")
+    with pytest.raises(OnnxoptError, match="is a directory"):
+        load_model(tmp_path)
+
+
+def test_checker_rejects(tmp_path):
+    m = conv_bn_relu_gemm()
+    m.graph.node[1].input[0] = "does_not_exist"
+    p = save(m, tmp_path / "invalid.onnx")
+    with pytest.raises(OnnxoptError, match="checker rejects"):
+        load_model(p)
+
+
+def test_unsupported_opset(tmp_path):
+    m = conv_bn_relu_gemm()
+    m.opset_import[0].version = 5
+    p = save(m, tmp_path / "old.onnx")
+    with pytest.raises(OnnxoptError, match="opset 5 is not supported"):
+        load_model(p)
+    m.opset_import[0].version = onnx.defs.onnx_opset_version() + 5
+    p = save(m, tmp_path / "new.onnx")
+    with pytest.raises(OnnxoptError, match="not supported"):
+        load_model(p)
+
+
+def test_refuses_output_equal_to_input(model_path):
+    before = _hash(model_path)
+    model = load_model(model_path)
+    with pytest.raises(OnnxoptError, match="equals the input"):
+        save_model(model, model_path, input_path=model_path)
+    assert _hash(model_path) == before
+
+
+def test_save_failure_leaves_nothing(model_path, tmp_path, monkeypatch):
+    model = load_model(model_path)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(onnx, "save_model", boom)
+    with pytest.raises(RuntimeError):
+        save_model(model, out_dir / "x.onnx")
+    assert list(out_dir.iterdir()) == []
+
+
+def test_external_data_roundtrip(model_path, tmp_path):
+    model = load_model(model_path)
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    out = save_model(model, ext / "big.onnx", external_data=True)
+    assert (ext / "big.onnx.data").is_file()
+    assert file_size(out) > out.stat().st_size
+    reloaded = load_model(out)
+    # Saving an external-data model as a self-contained file embeds the tensors.
+    embedded = save_model(reloaded, tmp_path / "embedded.onnx", input_path=out)
+    x = {"input": np.ones((1, 3, 8, 8), np.float32)}
+    np.testing.assert_array_equal(run(load_model(model_path), x)[0], run(load_model(embedded), x)[0])
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(embedded), load_external_data=False).graph.initializer)
+
+
+def test_external_data_missing(model_path, tmp_path):
+    out = save_model(load_model(model_path), tmp_path / "e.onnx", external_data=True)
+    (tmp_path / "e.onnx.data").unlink()
+    with pytest.raises(OnnxoptError, match="external data file"):
+        load_model(out)
+
+
+def test_output_in_missing_folder(model_path, tmp_path):
+    with pytest.raises(OnnxoptError, match="does not exist"):
+        check_output_path(tmp_path / "no" / "x.onnx", model_path)
