@@ -201,7 +201,7 @@ def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int
 
 def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress):
     sessions, feeds, mems = [], [], []
-    for label, src, model in labelled:
+    for _label, src, model in labelled:
         before = _rss_mb()
         sess = session(src if not isinstance(src, ir.Model) else model, providers=[provider], threads=threads, opt_level=OPT_LEVELS[opt_level])
         dims = _batch_shapes(model, batch, shapes)

@@ -54,7 +54,7 @@ class CleanupPass(LoggedPass):
         for op in sorted(set(ops_before) | set(ops_after)):
             delta = ops_after.get(op, 0) - ops_before.get(op, 0)
             if delta:
-                self.did(op, f"{delta:+d} {op} node(s)")
+                self.did(op, f"{op} {delta:+d}")
         return ir.passes.PassResult(model, modified=_fingerprint(model) != before)
 
 
