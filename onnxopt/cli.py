@@ -18,7 +18,14 @@ from onnxopt.cli_common import (
     output_options,
     shape_option,
 )
-from onnxopt.report import before_after_table, fmt_bytes, fmt_count, stage_table, to_json_text, write_json
+from onnxopt.report import (
+    before_after_table,
+    fmt_bytes,
+    fmt_count,
+    stage_table,
+    to_json_text,
+    write_json,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -108,8 +115,8 @@ def fold_bn_cmd(model, output, report_path, shapes):
     """Fold BatchNormalization into neighbouring Conv/ConvTranspose/Gemm/MatMul (exact)."""
     from onnxopt.calibration import parse_shapes
     from onnxopt.optimize import optimize
-    from onnxopt.pipeline import pass_stage
     from onnxopt.passes.fold_bn import FoldBatchNormPass
+    from onnxopt.pipeline import pass_stage
 
     output = output or default_output(model, "foldbn")
     result = optimize(model, output, shapes=parse_shapes(shapes), stages=[], progress=_progress,
@@ -266,7 +273,8 @@ def _register_optional_commands() -> None:
             mod = __import__(module, fromlist=[name])
         except ImportError:
             continue
-        main.add_command(getattr(mod, name))
+        if hasattr(mod, name):
+            main.add_command(getattr(mod, name))
 
 
 _register_optional_commands()
