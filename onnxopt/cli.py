@@ -62,7 +62,7 @@ def print_optimize_result(result) -> None:
         rows = {r.model: r for r in result.bench.rows}
         o, n = rows.get("original"), rows.get("optimized")
         if o and n:
-            extra.append(("latency p50 (ms)", f"{o.p50_ms:.3f}", f"{n.p50_ms:.3f}", f"{n.ratio:.2f}× faster"))
+            extra.append(("latency p50 (ms)", f"{o.p50_ms:.3f}", f"{n.p50_ms:.3f}", f"speed-up {n.ratio:.2f}×"))
     console.print(stage_table(result.stages))
     console.print(before_after_table(result.before, result.after, extra))
     if result.lossless_only:

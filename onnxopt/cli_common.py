@@ -29,8 +29,10 @@ from rich.console import Console
 
 from onnxopt.errors import OnnxoptError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Reports are wide tables: when output is not a terminal (CI logs, pipes), do not squeeze
+# them into 80 columns.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 140)
 
 EXIT_ERROR = 2
 EXIT_BUG = 3

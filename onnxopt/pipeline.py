@@ -10,7 +10,11 @@ How a pipeline runs (:func:`run_stages`):
    whose outputs differ beyond ``rtol``/``atol`` is rolled back ("not exact"). A **lossy**
    stage is checked against the original model's task score on held-out data and rolled
    back when the accumulated drop exceeds the budget.
-5. Every stage leaves a :class:`StageRecord` (what changed, fidelity, cost, time, skips).
+5. With ``ctx.speed_check`` set, a lossy stage must also make the model faster on the
+   target: candidate and current model are timed interleaved in one process
+   (:mod:`onnxopt.bench`) and the stage is rolled back unless the p50 ratio reaches
+   ``ctx.min_speedup``. A smaller but slower model is not what ``optimize`` promises.
+6. Every stage leaves a :class:`StageRecord` (what changed, fidelity, cost, time, skips).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = [
     "StageOutcome",
     "StageRecord",
     "pass_stage",
+    "measure_speedup",
     "run_stages",
 ]
 
@@ -52,6 +57,26 @@ class Context:
     seed: int = 0
     progress: Callable[[str], None] = lambda message: None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    speed_check: bool = False
+    min_speedup: float = 1.0
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int | None = 2
+    speed_seconds: float = 2.0
+
+
+def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context) -> float:
+    """p50(current) / p50(candidate), timed interleaved on the context's provider."""
+    from onnxopt.bench import benchmark
+
+    result = benchmark(
+        [("current", current), ("candidate", candidate)],
+        providers=ctx.providers[:1],
+        threads=ctx.threads,
+        shapes=ctx.shapes,
+        seconds=ctx.speed_seconds,
+        warmup=3,
+    )
+    return result.rows[1].ratio or 0.0
 
 
 @dataclasses.dataclass
@@ -162,6 +187,14 @@ def run_stages(
                             record.reason = (
                                 f"{ctx.evaluator.metric_name} drop {ctx.evaluator.drop(record.score):.4f} "
                                 f"exceeds the budget {budget:g}"
+                            )
+                    if not record.reason and not stage.lossless and ctx.speed_check:
+                        speedup = measure_speedup(current, candidate, ctx)
+                        record.details["speedup"] = speedup
+                        if speedup < ctx.min_speedup:
+                            record.reason = (
+                                f"not faster on {ctx.providers[0]}: speed-up {speedup:.2f}× "
+                                f"(needs ≥ {ctx.min_speedup:g}×)"
                             )
                     if not record.reason:
                         record.kept = True

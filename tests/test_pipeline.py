@@ -85,3 +85,46 @@ def test_stage_returning_invalid_model_is_rolled_back():
     result, records = run_stages(model, [Stage("broken", breaks_graph)], ctx)
     assert not records[0].kept and records[0].reason
     assert len(result.graph) == len(_model().graph)
+
+
+def test_lossy_stage_that_slows_the_model_is_rolled_back_under_speed_check():
+    """A stage adding a large useless MatMul (output + 0·sum(A·B)) keeps the outputs but is slower."""
+
+    def add_dead_weight(model: ir.Model, ctx: Context) -> StageOutcome:
+        graph = model.graph
+        out = graph.outputs[0]
+        producer = out.producer()
+        a = ir.Value(name="big_a", const_value=ir.tensor(np.ones((384, 384), np.float32)))
+        graph.register_initializer(a)
+        zero = ir.Value(name="zero", const_value=ir.tensor(np.zeros((), np.float32)))
+        graph.register_initializer(zero)
+        # The MatMul input depends on the model input, so onnxruntime cannot constant-fold it.
+        x = graph.inputs[0]
+        shape = ir.Value(name="flat_shape", const_value=ir.tensor(np.array([-1, 384], np.int64)))
+        graph.register_initializer(shape)
+        pad_to = ir.Value(name="pads", const_value=ir.tensor(np.array([0, 0, 0, 0, 0, 381, 0, 0], np.int64)))
+        graph.register_initializer(pad_to)
+        padded = ir.node("Pad", [x, pad_to], num_outputs=1)
+        flat = ir.node("Reshape", [padded.outputs[0], shape], num_outputs=1)
+        mm = ir.node("MatMul", [flat.outputs[0], a], num_outputs=1)
+        mm2 = ir.node("MatMul", [mm.outputs[0], a], num_outputs=1)
+        total = ir.node("ReduceSum", [mm2.outputs[0]], attributes={"keepdims": 0}, num_outputs=1)
+        scaled = ir.node("Mul", [total.outputs[0], zero], num_outputs=1)
+        new_out = ir.node("Add", [producer.outputs[0], scaled.outputs[0]], num_outputs=1)
+        for n in (padded, flat, mm, mm2, total, scaled, new_out):
+            graph.append(n)
+        graph.outputs[0] = new_out.outputs[0]
+        new_out.outputs[0].name, producer.outputs[0].name = out.name, out.name + "_inner"
+        new_out.outputs[0].type, new_out.outputs[0].shape = out.type, out.shape
+        return StageOutcome(model, True)
+
+    model = _model()
+    ctx = _ctx(model)
+    ctx.speed_check = True
+    ctx.threads = 1
+    ctx.speed_seconds = 0.5
+    result, records = run_stages(model, [Stage("slower", add_dead_weight, lossless=False)], ctx)
+    assert not records[0].kept, records[0].reason
+    assert "not faster" in records[0].reason
+    assert records[0].details["speedup"] < 1.0
+    assert len(result.graph) == len(_model().graph)
