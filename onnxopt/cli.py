@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from onnxopt import __version__
@@ -18,6 +19,9 @@ from onnxopt.cli_common import (
     output_options,
     shape_option,
 )
+from onnxopt.cli_lowrank import lowrank_command
+from onnxopt.cli_prune import prune_command
+from onnxopt.cli_quantize import quantize_command
 from onnxopt.report import (
     before_after_table,
     fmt_bytes,
@@ -78,10 +82,14 @@ def print_optimize_result(result) -> None:
 @click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True, help="Budget for the lossy stages, on held-out data.")
 @click.option("--stages", "stage_names", type=str, default=None, help="Comma-separated lossy stages to run (default: all).")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure latency of original vs optimized (interleaved).")
-@click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime threads for --bench.")
+@click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime threads for --bench and the speed check.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Execution provider to be fast on.")
+@click.option("--speed-check/--no-speed-check", default=True, show_default=True, help="Keep a lossy stage only if it is measurably faster.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="TOML recipe pinning the settings of every stage.")
 @shape_option
 @command
-def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, max_accuracy_drop, stage_names, bench, threads, shapes):
+def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, max_accuracy_drop, stage_names, bench, threads,
+                 target, speed_check, recipe, shapes):
     """Optimize MODEL: lossless passes, and with --data the lossy ones under a budget."""
     from onnxopt.calibration import parse_shapes
     from onnxopt.optimize import optimize
@@ -97,6 +105,9 @@ def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, max_
         shapes=parse_shapes(shapes),
         stages=stage_names.split(",") if stage_names else None,
         seed=seed,
+        target=target,
+        speed_check=speed_check,
+        recipe=recipe,
         bench=bench,
         bench_threads=threads,
         progress=_progress,
@@ -123,7 +134,7 @@ def fold_bn_cmd(model, output, report_path, shapes):
                       lossless=[pass_stage("fold_bn", FoldBatchNormPass)])
     print_optimize_result(result)
     for name, reason in result.stages[0].skipped:
-        console.print(f"[dim]skipped {name}: {reason}[/dim]")
+        console.print(f"[dim]skipped {escape(name)}: {escape(reason)}[/dim]")
     if report_path:
         write_json(report_path, result.to_dict())
 
@@ -183,7 +194,7 @@ def inspect_cmd(model, as_json, top, shapes):
     if as_json:
         click.echo(to_json_text(info))
         return
-    console.print(f"[bold]{model}[/bold]  {fmt_bytes(info['file_size'])}, IR v{info['ir_version']}, "
+    console.print(f"[bold]{escape(model)}[/bold]  {fmt_bytes(info['file_size'])}, IR v{info['ir_version']}, "
                   f"opsets {info['opsets']}, producer {info['producer'] or '?'}")
     console.print(f"{info['nodes']} nodes, {fmt_count(info['params'])} parameters, {fmt_count(info['macs'])} MACs"
                   + (f" ({info['macs_unknown_nodes']} nodes with unknown shapes)" if info["macs_unknown_nodes"] else ""))
@@ -192,19 +203,19 @@ def inspect_cmd(model, as_json, top, shapes):
         io.add_column(col)
     for kind in ("inputs", "outputs"):
         for v in info[kind]:
-            io.add_row(kind[:-1], v["name"], str(v["dtype"]), str(v["shape"]))
+            io.add_row(kind[:-1], escape(v["name"]), str(v["dtype"]), escape(str(v["shape"])))
     console.print(io)
     ops = Table(title="ops")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, n in info["ops"].items():
-        ops.add_row(op, str(n))
+        ops.add_row(escape(op), str(n))
     console.print(ops)
     layers = Table(title=f"top {top} layers by MACs")
     for col in ("layer", "op", "MACs", "params"):
         layers.add_column(col)
     for layer in sorted(info["layers"], key=lambda x: -x["macs"])[:top]:
-        layers.add_row(layer["name"], layer["op_type"], fmt_count(layer["macs"]), fmt_count(layer["params"]))
+        layers.add_row(escape(layer["name"]), escape(layer["op_type"]), fmt_count(layer["macs"]), fmt_count(layer["params"]))
     console.print(layers)
 
 
@@ -267,14 +278,6 @@ def demo_cmd(workdir):
     run_demo(Path(workdir), console=console, progress=_progress)
 
 
-def _register_optional_commands() -> None:
-    for module, name in (("onnxopt.cli_prune", "prune"), ("onnxopt.cli_lowrank", "lowrank"), ("onnxopt.cli_quantize", "quantize")):
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ImportError:
-            continue
-        if hasattr(mod, name):
-            main.add_command(getattr(mod, name))
-
-
-_register_optional_commands()
+main.add_command(prune_command)
+main.add_command(lowrank_command)
+main.add_command(quantize_command)

@@ -1,9 +1,17 @@
 """``optimize``: the default recipe, as one function pipelines can call.
 
 Recipe: cleanup (onnxscript optimizer + onnx_ir common passes) → fold_bn, all lossless and
-verified on the verification inputs; with calibration data, the lossy stages registered in
-:data:`LOSSY_STAGES` follow, judged on held-out data against the original under one
-accuracy budget. Without data only lossless passes run, and the result says so.
+verified on the verification inputs; with calibration data the lossy stages follow —
+prune → lowrank → quantize (:data:`LOSSY_STAGES`) — judged on held-out data against the
+original under one accuracy budget. Without data only lossless passes run, and the result
+says so.
+
+How the budget B is shared: every candidate of every stage is scored against the
+*original* model, so a stage sees the loss of the stages before it. Each stage may use the
+budget up to a cumulative cap — prune ``0.5·B``, lowrank ``0.75·B``, quantize ``B`` —
+so that pruning (the largest MAC saving) cannot leave nothing to the later stages, and the
+total never exceeds B. With ``speed_check`` a lossy stage is also kept only when it makes
+the model faster on the target, timed interleaved (see :mod:`onnxopt.pipeline`).
 
 Data handling: ``data`` is split into calibration and evaluation halves (seeded) unless
 ``eval_data`` is given; evaluation samples are never used for calibration. Lossless
@@ -23,12 +31,15 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxopt import evaluate
-from onnxopt.calibration import Dataset, load_npz, synthetic
+from onnxopt.calibration import Dataset, check_dataset, load_npz, synthetic
 from onnxopt.errors import OnnxoptError
+from onnxopt.lowrank import lowrank_stage
 from onnxopt.model_io import check_output_path, load_model, save_model
 from onnxopt.passes.cleanup import CleanupPass
 from onnxopt.passes.fold_bn import FoldBatchNormPass
 from onnxopt.pipeline import Context, Stage, StageRecord, pass_stage, run_stages
+from onnxopt.pruning import prune_stage
+from onnxopt.quantization import quantize_stage
 from onnxopt.report import ModelSummary, summarize
 
 VERIFY_SAMPLES = 16
@@ -41,8 +52,13 @@ def lossless_stages() -> list[Stage]:
     ]
 
 
-# name -> factory(options) -> Stage; filled by the lossy pass modules that are installed.
-LOSSY_STAGES: dict[str, Callable[..., Stage]] = {}
+# name -> (factory(**options) -> Stage, cumulative share of the budget it may use)
+LOSSY_STAGES: dict[str, tuple[Callable[..., Stage], float]] = {
+    "prune": (prune_stage, 0.5),
+    "lowrank": (lowrank_stage, 0.75),
+    "quantize": (quantize_stage, 1.0),
+}
+TARGETS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 
 
 @dataclasses.dataclass
@@ -76,8 +92,10 @@ class OptimizeResult:
 
 
 def _as_dataset(data: Dataset | str | os.PathLike | None, model: ir.Model) -> Dataset | None:
-    if data is None or isinstance(data, Dataset):
-        return data
+    if data is None:
+        return None
+    if isinstance(data, Dataset):
+        return check_dataset(data, model)
     return load_npz(data, model)
 
 
@@ -94,6 +112,9 @@ def optimize(
     lossless: Sequence[Stage] | None = None,
     stage_options: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
+    target: str = "cpu",
+    speed_check: bool = True,
+    recipe: str | os.PathLike | None = None,
     bench: bool = False,
     bench_threads: int | None = 2,
     progress: Callable[[str], None] | None = None,
@@ -127,6 +148,9 @@ def optimize(
         shapes=shapes,
         seed=seed,
         progress=progress or (lambda message: None),
+        speed_check=speed_check,
+        providers=TARGETS[target],
+        threads=bench_threads,
     )
     pipeline = list(lossless) if lossless is not None else lossless_stages()
     lossless_only = calib is None
@@ -135,7 +159,9 @@ def optimize(
         for name in names:
             if name not in LOSSY_STAGES:
                 raise OnnxoptError(f"unknown stage {name!r}; available: {', '.join(LOSSY_STAGES) or 'none'}")
-            pipeline.append(LOSSY_STAGES[name](**dict((stage_options or {}).get(name, {}))))
+            factory, share = LOSSY_STAGES[name]
+            options = {"max_drop": max_drop * share, **dict((stage_options or {}).get(name, {}))}
+            pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
     final_outputs = evaluate.run(optimized, verify_data)
@@ -153,6 +179,7 @@ def optimize(
 
         result.bench = benchmark(
             [("original", original), ("optimized", optimized)],
+            providers=TARGETS[target],
             threads=bench_threads,
             shapes=shapes,
             seconds=5.0,

@@ -26,7 +26,7 @@ from typing import Any
 
 from onnxopt.errors import OnnxoptError
 
-_OPTIMIZE_KEYS = {"max_accuracy_drop", "stages", "metric", "seed", "eval_fraction"}
+_OPTIMIZE_KEYS = {"max_accuracy_drop", "stages", "metric", "seed"}
 
 
 @dataclasses.dataclass

@@ -1,0 +1,253 @@
+"""The headline benchmark (issue 7): onnxopt against the tools people use today.
+
+Per model, every variant is built from the same exported file and all are timed in ONE
+interleaved onnxruntime run (``onnxopt.bench.benchmark``: CPU EP, ENABLE_ALL, 2 threads,
+batch 1). Quality is measured on held-out inputs the optimizers never saw: label accuracy
+for the hard-digits CNN, agreement with the original otherwise (top-1 for classifiers,
+per-step argmax for the OCR recognizer, 1 − relative L2 error for dense outputs).
+
+Variants: original; ``onnxscript`` optimizer (+ its rewrite rules); ``onnxsim``;
+``onnxslim``; onnxruntime ``quantize_static`` with its defaults; for the encoder the
+onnxruntime transformer optimizer (``onnxruntime.transformers``, successor of the dead
+``onnxruntime-tools``) and ``quantize_dynamic``; onnxopt lossless (no data) and onnxopt full
+(with calibration data, 1 % budget).
+
+Run: ``python -m benchmarks.suite [--quick] [--only NAME …]`` → ``benchmarks/results/suite.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxopt import evaluate
+from onnxopt.bench import _cpu_name, benchmark
+from onnxopt.calibration import Dataset, load_npz
+from onnxopt.model_io import file_size, load_model
+from onnxopt.optimize import optimize
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BUDGET = 0.01
+
+
+# ---------------------------------------------------------------- competitors (file → file)
+def onnxscript_opt(src: Path, dst: Path, calib: Dataset) -> None:
+    import onnxscript.optimizer
+
+    onnx.save(onnxscript.optimizer.optimize(onnx.load(str(src))), str(dst))
+
+
+def onnxsim_opt(src: Path, dst: Path, calib: Dataset) -> None:
+    import onnxsim
+
+    model, ok = onnxsim.simplify(onnx.load(str(src)))
+    if not ok:
+        raise RuntimeError("onnxsim: check failed")
+    onnx.save(model, str(dst))
+
+
+def onnxslim_opt(src: Path, dst: Path, calib: Dataset) -> None:
+    import onnxslim
+
+    onnx.save(onnxslim.slim(onnx.load(str(src))), str(dst))
+
+
+class _Reader:
+    def __init__(self, data: Dataset) -> None:
+        self.items = [{k: v[i : i + 1] for k, v in data.inputs.items()} for i in range(len(data))]
+
+    def get_next(self):
+        return self.items.pop(0) if self.items else None
+
+
+def ort_static_int8(src: Path, dst: Path, calib: Dataset) -> None:
+    from onnxruntime.quantization import quantize_static
+
+    quantize_static(str(src), str(dst), _Reader(calib))
+
+
+def ort_dynamic_int8(src: Path, dst: Path, calib: Dataset) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst))
+
+
+def ort_transformers(src: Path, dst: Path, calib: Dataset, *, heads: int = 12, hidden: int = 768) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden).save_model_to_file(str(dst))
+
+
+def onnxopt_lossless(src: Path, dst: Path, calib: Dataset) -> None:
+    optimize(src, dst)
+
+
+def onnxopt_full(src: Path, dst: Path, calib: Dataset, held_out: Dataset | None = None, metric=None) -> dict:
+    result = optimize(src, dst, data=calib, eval_data=held_out, max_drop=BUDGET, metric=metric, speed_check=True)
+    return {"stages": [(s.name, s.kept, s.reason) for s in result.stages]}
+
+
+# ---------------------------------------------------------------- models
+def _export(name: str, tmp: Path, *, quick: bool) -> tuple[Path, Dataset, Dataset]:
+    import torch
+
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+    from benchmarks.real_data import photo_crops
+
+    torch.manual_seed(0)
+    if name == "bert_encoder":
+        layers = 2 if quick else 12
+        net = archs.bert_encoder(layers=layers)
+        example = torch.randn(1, 128, 768)
+        data = np.random.default_rng(0).standard_normal((24, 128, 768)).astype(np.float32)
+    else:
+        net = archs.randomize_bn_stats(archs.ARCHS[name]())
+        example = torch.randn(1, 3, 224, 224)
+        data = photo_crops(24)
+    path = export_onnx(net, (example,), tmp / f"{name}.onnx", dynamo=False, input_names=["input"])
+    ds = Dataset({"input": data})
+    return path, ds.take(slice(0, 12)), ds.take(slice(12, 24))
+
+
+def _hard_digits() -> tuple[Path, Dataset, Dataset]:
+    path = ROOT / "benchmarks/models/hard_digits_cnn.onnx"
+    calib, held_out = load_npz(ROOT / "benchmarks/models/hard_digits.npz", load_model(path)).split(0.5, seed=0)
+    return path, calib, held_out
+
+
+def models(tmp: Path, quick: bool) -> list[tuple[str, str, Callable[[], tuple[Path, Dataset, Dataset]]]]:
+    """(name, kind, loader)."""
+    from benchmarks.real_data import real_models
+
+    out: list = [("hard-digits CNN", "labelled", _hard_digits)]
+    for name, path, calib, held_out in real_models():
+        out.append((name, "real", lambda p=path, c=calib, h=held_out: (p, c, h)))
+    archs_ = ["resnet18", "mobilenet_v2"] + ([] if quick else ["resnet50", "vgg16"])
+    for arch in archs_:
+        out.append((arch, "random-weights", lambda a=arch: _export(a, tmp, quick=quick)))
+    out.append(("bert_encoder", "transformer", lambda: _export("bert_encoder", tmp, quick=quick)))
+    return out
+
+
+# ---------------------------------------------------------------- run
+def run_model(name: str, kind: str, loader, tmp: Path, seconds: float) -> dict:
+    print(f"== {name}", flush=True)
+    src, calib, held_out = loader()
+    variants: dict[str, Callable] = {
+        "onnxscript": onnxscript_opt,
+        "onnxsim": onnxsim_opt,
+        "onnxslim": onnxslim_opt,
+    }
+    if kind == "transformer":
+        variants["ort transformers"] = ort_transformers
+        variants["ort dynamic int8"] = ort_dynamic_int8
+    else:
+        variants["ort static int8"] = ort_static_int8
+    variants["onnxopt lossless"] = onnxopt_lossless
+    metric = None if held_out.labels is not None else ("cosine" if kind == "transformer" else None)
+    variants["onnxopt full"] = lambda s, d, c: onnxopt_full(s, d, c, held_out, metric)
+    paths = {"original": src}
+    info: dict[str, dict] = {"original": {}}
+    for label, fn in variants.items():
+        dst = tmp / f"{name.replace(' ', '_')}.{label.replace(' ', '_')}.onnx"
+        t0 = time.perf_counter()
+        try:
+            extra = fn(src, dst, calib) or {}
+            paths[label] = dst
+            info[label] = {"seconds": time.perf_counter() - t0, **extra}
+        except Exception as exc:  # a competitor failing is a result
+            info[label] = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"}
+        print(f"  {label}: {info[label]}", flush=True)
+    original = load_model(src)
+    reference = evaluate.run(original, held_out)
+    runnable = {}
+    for label, p in paths.items():
+        try:
+            out = evaluate.run(load_model(p), held_out)
+        except Exception as exc:
+            info[label]["error"] = f"does not run: {exc}"[:200]
+            continue
+        info[label]["score"] = evaluate.task_score(reference, out, labels=held_out.labels, metric=metric)
+        info[label]["max_rel"] = evaluate.compare(reference, out).max_rel
+        info[label]["size"] = file_size(p)
+        runnable[label] = p
+    baseline = evaluate.task_score(reference, reference, labels=held_out.labels, metric=metric)
+    result = benchmark(list(runnable.items()), threads=2, seconds=seconds, warmup=3)
+    for r in result.rows:
+        info[r.model]["p50_ms"] = r.p50_ms
+        info[r.model]["speedup"] = r.ratio
+    return {
+        "model": name,
+        "kind": kind,
+        "metric": evaluate.metric_name(held_out.labels, metric),
+        "baseline": baseline,
+        "variants": info,
+    }
+
+
+def write(results: list[dict], meta: dict) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "suite.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")
+    lines = [
+        "# onnxopt vs the tools people use today",
+        "",
+        f"CPU: {meta['cpu']}, onnxruntime {meta['onnxruntime']}, CPU EP, ENABLE_ALL, {meta['threads']} threads, batch 1. "
+        "Variants of one model are timed interleaved in one process; **speed-up** = p50(original) / p50(variant). "
+        f"Quality on held-out inputs never used for calibration; onnxopt full runs under a {BUDGET:.0%} budget. "
+        f"Load average during the run: {meta['loadavg']}. {meta['note']}",
+        "",
+    ]
+    for res in results:
+        lines += [f"## {res['model']} ({res['kind']})", "",
+                  f"quality = {res['metric']}; original: {res['baseline']:.4f}", "",
+                  "| variant | speed-up | p50 ms | quality | size | max rel. error | note |",
+                  "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for label, v in res["variants"].items():
+            if "error" in v and "p50_ms" not in v:
+                lines.append(f"| {label} | - | - | - | - | - | failed: {v['error']} |")
+                continue
+            note = ""
+            if "stages" in v:
+                note = ", ".join(f"{n}{'' if kept else ' ✗'}" for n, kept, _ in v["stages"] if kept or _)
+            lines.append(
+                f"| {label} | {v.get('speedup', 0):.2f}× | {v.get('p50_ms', 0):.2f} | {v.get('score', float('nan')):.4f} | "
+                f"{v.get('size', 0) / 1e6:.2f} MB | {v.get('max_rel', float('nan')):.1e} | {note} |"
+            )
+        lines.append("")
+    (RESULTS / "suite.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2-layer encoder, no resnet50/vgg16, shorter timing")
+    parser.add_argument("--only", nargs="*", help="model names to run")
+    args = parser.parse_args()
+    import onnxruntime
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kind, loader in models(Path(tmp), args.quick):
+            if args.only and name not in args.only:
+                continue
+            results.append(run_model(name, kind, loader, Path(tmp), seconds=3.0 if args.quick else 8.0))
+    meta = {
+        "cpu": _cpu_name(), "onnxruntime": onnxruntime.__version__, "threads": 2,
+        "loadavg": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "note": "--quick run (2-layer encoder)." if args.quick else "",
+    }  # fmt: skip
+    write(results, meta)
+    print((RESULTS / "suite.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
