@@ -18,12 +18,12 @@ __all__ = [
     "InputSpec",
     "input_specs",
     "load_npz",
+    "check_dataset",
     "synthetic",
     "parse_shapes",
 ]
 
 import dataclasses
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -92,11 +92,13 @@ class Dataset:
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values()))) if self.inputs else 0
+        # scalar inputs (a flag, a step count) have no sample axis and are shared by all
+        batched = [v for v in self.inputs.values() if np.ndim(v) > 0]
+        return len(batched[0]) if batched else (1 if self.inputs else 0)
 
     def take(self, index: np.ndarray | slice) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels)
+        return Dataset({k: v[index] if np.ndim(v) > 0 else v for k, v in self.inputs.items()}, labels)
 
     def split(self, eval_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint (calibration, evaluation) halves, shuffled with ``seed``."""
@@ -152,8 +154,9 @@ def load_npz(path: str | Path, model: ir.Model, *, min_samples: int = 1) -> Data
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise OnnxoptError(f"{path}: not a readable .npz file ({exc}); write it with numpy.savez") from None
+    except Exception as exc:  # a damaged file fails deep inside zipfile/zlib/numpy's header parser
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise OnnxoptError(f"{path}: not a readable .npz file ({detail}); write it with numpy.savez") from None
     specs = input_specs(model)
     labels = None
     for key in _LABEL_KEYS:
@@ -182,6 +185,21 @@ def load_npz(path: str | Path, model: ir.Model, *, min_samples: int = 1) -> Data
     if labels is not None:
         labels = np.asarray(labels).reshape(n, -1) if labels.ndim > 1 else np.asarray(labels)
     return Dataset(inputs, labels)
+
+
+def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
+    """Validate a :class:`Dataset` built in Python as :func:`load_npz` validates a file."""
+    specs = input_specs(model)
+    missing = [s.name for s in specs if s.name not in dataset.inputs]
+    if missing:
+        raise OnnxoptError(f"data has no array for model input(s) {missing}; its keys are {sorted(dataset.inputs)}")
+    inputs = {s.name: _check_array(s.name, np.asarray(dataset.inputs[s.name]), s) for s in specs}
+    counts = {len(a) for a in inputs.values() if a.ndim}
+    if dataset.labels is not None:
+        counts.add(len(dataset.labels))
+    if len(counts) > 1:
+        raise OnnxoptError(f"data arrays disagree on the number of samples ({sorted(counts)})")
+    return Dataset(inputs, dataset.labels)
 
 
 def synthetic(

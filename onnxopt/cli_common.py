@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from onnxopt.errors import OnnxoptError
 
@@ -50,7 +51,7 @@ def command(fn: Callable) -> Callable:
         except OnnxoptError as exc:
             if debug:
                 traceback.print_exc()
-            err_console.print(f"[bold red]error:[/bold red] {exc}", markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, soft_wrap=True)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -62,7 +63,7 @@ def command(fn: Callable) -> Callable:
                 traceback.print_exc()
             msg = str(exc).splitlines()[0] if str(exc) else ""
             err_console.print(
-                f"[bold red]internal error:[/bold red] {type(exc).__name__}: {msg} "
+                f"[bold red]internal error:[/bold red] {type(exc).__name__}: {escape(msg)} "
                 "(run again with --debug for the traceback, and please report it)",
                 soft_wrap=True,
             )

@@ -54,7 +54,7 @@ def session(
     """An onnxruntime session for a model object or a file path."""
     options = ort.SessionOptions()
     options.graph_optimization_level = opt_level
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors are raised as one-line OnnxoptError, not logged
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -87,8 +87,8 @@ def _fixed_batch(sess: ort.InferenceSession) -> int | None:
     """The batch the model's inputs fix on their first axis, if any (None = dynamic)."""
     sizes = set()
     for inp in sess.get_inputs():
-        if not inp.shape:
-            return 1
+        if not inp.shape:  # a scalar (a flag, a step count) has no sample axis
+            continue
         first = inp.shape[0]
         sizes.add(first if isinstance(first, int) else None)
     return sizes.pop() if len(sizes) == 1 else None
@@ -110,19 +110,34 @@ def run(
     missing = [n for n in names if n not in inputs]
     if missing:
         raise OnnxoptError(f"no data for model input(s) {missing}")
-    n = len(inputs[names[0]]) if names else 1
+    arrays = [inputs[k] for k in names if isinstance(inputs[k], np.ndarray) and inputs[k].ndim]
+    n = len(arrays[0]) if arrays else 1  # samples: the first axis of the first non-scalar input
     fixed = _fixed_batch(sess)
     step = fixed if fixed else batch_size
+    # Only arrays with the sample axis are cut into batches; scalars (a flag, a step count)
+    # and inputs of another length are fed whole with every batch. Sequences, maps and
+    # optionals cannot be cut: then everything is fed at once, as are small sets.
+    batched = {k for k in names if isinstance(inputs[k], np.ndarray) and inputs[k].ndim and len(inputs[k]) == n}
+    whole = n <= step or not batched or any(not isinstance(inputs[k], np.ndarray) for k in names)
     chunks: list[Outputs] = []
     try:
         for start in range(0, max(n, 1), step):
-            feed = {k: inputs[k][start : start + step] for k in names}
+            feed = {k: inputs[k][start : start + step] if k in batched and not whole else inputs[k] for k in names}
             chunks.append(sess.run(None, feed))
+            if whole:
+                break
     except Exception as exc:
         raise OnnxoptError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
     if len(chunks) == 1:
         return chunks[0]
     return [_concat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def _samples(value) -> int:
+    """Length of the first axis (1 for a scalar)."""
+    if isinstance(value, np.ndarray):
+        return len(value) if value.ndim else 1
+    return len(value) if hasattr(value, "__len__") else 1
 
 
 def _concat(parts: list[np.ndarray]) -> np.ndarray:
@@ -210,16 +225,18 @@ def compare(
     results = []
     for i, (a, b) in enumerate(zip(reference, candidate)):
         name = names[i] if names else f"output{i}"
-        if a.shape != b.shape:
-            raise OnnxoptError(f"output {name!r}: shapes differ: {list(a.shape)} vs {list(b.shape)}")
-        a64 = a.astype(np.float64) if a.dtype.kind in "fiub" else a
-        b64 = b.astype(np.float64) if b.dtype.kind in "fiub" else b
-        if a64.dtype.kind != "f":  # strings etc.: exact comparison only
-            equal = bool(np.array_equal(a, b))
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.dtype.kind != "f":
+            # sequences, maps, optionals, integers, bools, strings: exact comparison only
+            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape != b.shape:
+                raise OnnxoptError(f"output {name!r}: shapes differ: {list(a.shape)} vs {list(b.shape)}")
+            equal = _same_value(a, b)
             results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, None))
             continue
-        both_nan = np.isnan(a64) & np.isnan(b64)
-        diff = np.where(both_nan, 0.0, np.abs(a64 - b64))
+        if a.shape != b.shape:
+            raise OnnxoptError(f"output {name!r}: shapes differ: {list(a.shape)} vs {list(b.shape)}")
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        same = (np.isnan(a64) & np.isnan(b64)) | (a64 == b64)  # NaN = NaN, inf = inf
+        diff = np.where(same, 0.0, np.abs(a64 - b64))
         diff = np.where(np.isnan(diff), np.inf, diff)
         finite_a = np.where(np.isfinite(a64), np.abs(a64), 0.0)
         max_abs = float(diff.max()) if diff.size else 0.0
@@ -230,12 +247,23 @@ def compare(
         cosine = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
         top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if _is_scores(a) else None
         results.append(OutputFidelity(name, max_abs, max_rel, cosine, top1))
-    n = len(reference[0]) if reference and reference[0].ndim else 1
+    n = _samples(reference[0]) if reference else 1
     fid = Fidelity(results, n)
     if labels is not None and reference:
         fid.accuracy_original = accuracy(reference, labels)
         fid.accuracy_candidate = accuracy(candidate, labels)
     return fid
+
+
+def _same_value(a, b) -> bool:
+    """Exact equality of two onnxruntime outputs of any kind (NaN equals NaN)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)
+    return type(a) is type(b) and bool(a == b)
 
 
 def accuracy(outputs: Outputs, labels: np.ndarray) -> float:

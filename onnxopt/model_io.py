@@ -31,7 +31,8 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from onnxopt.errors import OnnxoptError
 
@@ -81,7 +82,28 @@ def _read_proto(path: Path) -> onnx.ModelProto:
         raise OnnxoptError(
             f"{path}: not a valid ONNX model (no graph found); is the file truncated or of another format?"
         )
+    bad_text = _invalid_text(proto)
+    if bad_text:
+        raise OnnxoptError(
+            f"{path}: not a valid ONNX model ({bad_text} is not UTF-8 text); is the file corrupted?"
+        )
     return proto
+
+
+def _invalid_text(message: Message) -> str | None:
+    """The first string field holding bytes that are not UTF-8 (protobuf hands those out
+    as ``bytes``; the checker and the IR then fail on them), or None."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for text in [value] if isinstance(value, (str, bytes)) else value:
+                if isinstance(text, bytes):
+                    return f"field {field.name!r} ({text[:30]!r})"
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                found = _invalid_text(item)
+                if found:
+                    return found
+    return None
 
 
 def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
@@ -216,7 +238,11 @@ def save_model(
     if external_data is None:
         external_data = model_bytes(model) > _PROTOBUF_LIMIT
     data_name = path.name + ".data" if external_data else None
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxopt-", dir=path.parent))
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxopt-", dir=path.parent))
+    except OSError as exc:
+        raise OnnxoptError(f"{path}: cannot write in {path.parent} ({exc.strerror or exc})") from exc
+    moved_data: Path | None = None  # an external-data file already moved into place
     try:
         tmp_model = tmp_dir / path.name
         if data_name:
@@ -225,7 +251,13 @@ def save_model(
             onnx.save_model(_embedded_proto(model), str(tmp_model))
         if data_name:
             os.replace(tmp_dir / data_name, path.parent / data_name)
+            moved_data = path.parent / data_name
         os.replace(tmp_model, path)
+        moved_data = None
+    except OSError as exc:
+        raise OnnxoptError(f"{path}: cannot write the model ({exc.strerror or exc})") from exc
     finally:
+        if moved_data is not None:  # the model itself did not make it: no orphan data file
+            moved_data.unlink(missing_ok=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return path

@@ -42,7 +42,8 @@ from onnxopt import evaluate
 from onnxopt.calibration import Dataset
 from onnxopt.cost import model_cost
 from onnxopt.errors import OnnxoptError
-from onnxopt.model_io import _embedded_proto
+from onnxopt.graph import _proto_without_weights
+from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
 
 
 @dataclasses.dataclass
@@ -143,7 +144,10 @@ class StageRecord:
 def check_model(model: ir.Model) -> None:
     """Raise OnnxoptError when the ONNX checker rejects ``model``."""
     try:
-        onnx.checker.check_model(_embedded_proto(model))
+        if model_bytes(model) > _PROTOBUF_LIMIT:  # > 2 GB cannot be one protobuf: check the structure
+            onnx.checker.check_model(_proto_without_weights(model))
+        else:
+            onnx.checker.check_model(_embedded_proto(model))
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise OnnxoptError(f"result fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from rich.markup import escape
 from rich.table import Table
 
 from onnxopt.cost import model_cost
@@ -116,7 +117,7 @@ def stage_table(records: Sequence[Any]) -> Table:
         note = r.reason or ", ".join(m for _, m in r.applied[:4]) + (" …" if len(r.applied) > 4 else "")
         if r.skipped and not r.reason:
             note = (note + "; " if note else "") + f"{len(r.skipped)} skipped"
-        table.add_row(r.name, result, err, score, fmt_count(r.macs), f"{r.seconds:.2f}s", note)
+        table.add_row(escape(r.name), result, err, score, fmt_count(r.macs), f"{r.seconds:.2f}s", escape(note))
     return table
 
 

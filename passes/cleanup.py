@@ -8,6 +8,8 @@ Rules, in order:
 2. ``onnx_ir`` common passes: Identity elimination (an Identity between a graph input and
    a graph output is kept), ``Constant`` nodes lifted to initializers (so later passes see
    every weight the same way), unused-node removal, topological sort.
+In IR < 4 models (every initializer is also a graph input) the initializers created by
+folding are listed as graph inputs too, as that IR version requires.
 Initializers are never de-duplicated here: a merged tensor would be shared by several
 nodes and pruning would then have to copy it back.
 ``modified`` is computed from a structural fingerprint taken before and after.
@@ -16,6 +18,9 @@ nodes and pruning would then have to copy it back.
 from __future__ import annotations
 
 __all__ = ["CleanupPass"]
+
+import contextlib
+import logging
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
@@ -43,19 +48,48 @@ class CleanupPass(LoggedPass):
         before = _fingerprint(model)
         ops_before = _op_counts(model)
         if self.onnxscript_rules:
-            onnxscript.optimizer.optimize_ir(model)
+            with _quiet("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
+                onnxscript.optimizer.optimize_ir(model)
         ir.passes.Sequential(
             common.IdentityEliminationPass(),
             common.LiftConstantsToInitializersPass(),
             common.RemoveUnusedNodesPass(),
             common.TopologicalSortPass(),
         )(model)
+        if model.ir_version is not None and model.ir_version < 4:
+            _list_initializers_as_inputs(model)
         ops_after = _op_counts(model)
         for op in sorted(set(ops_before) | set(ops_after)):
             delta = ops_after.get(op, 0) - ops_before.get(op, 0)
             if delta:
                 self.did(op, f"{op} {delta:+d}")
         return ir.passes.PassResult(model, modified=_fingerprint(model) != before)
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Raise the given loggers to ERROR for the duration (their levels are restored)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _list_initializers_as_inputs(model: ir.Model) -> None:
+    """IR < 4 requires every initializer to be a graph input too: list the folded ones."""
+    listed = {id(v) for v in model.graph.inputs}
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if id(value) in listed or tensor is None:
+            continue
+        value.dtype = value.dtype or tensor.dtype
+        value.shape = value.shape or ir.Shape(tensor.shape)
+        model.graph.inputs.append(value)
 
 
 def _op_counts(model: ir.Model) -> dict[str, int]:

@@ -1,0 +1,162 @@
+"""Peak memory of ``optimize`` on large models: resnet50 and a BERT-base encoder.
+
+Run ``python -m benchmarks.memory``; writes ``benchmarks/results/memory.md`` and ``.json``.
+
+Each measurement runs in a fresh child process and reads its own peak resident set size
+(``ru_maxrss``), so one phase cannot hide another's peak:
+- ``imports``: Python + onnx + onnxruntime + onnxscript + onnxopt imported, nothing loaded;
+- ``onnxruntime session``: the model loaded with :func:`onnxopt.model_io.load_model` and one
+  onnxruntime session created and run once (the floor: verification must run the model);
+- ``optimize``: :func:`onnxopt.optimize.optimize` (lossless recipe: cleanup → fold_bn, each
+  verified with rollback, final verification, atomic save), no benchmark.
+The models are exported once from ``benchmarks.archs`` (TorchScript exporter, BN kept) into
+a temporary folder in another child, so torch's memory is never counted.
+"Weights" is the file size. The number to watch is ``optimize`` minus the session floor:
+what optimizing costs beyond running the model once. The floor itself is several times the
+weights (the IR model, the serialized protobuf handed to onnxruntime, onnxruntime's own
+copy and its pre-packed weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = Path(tempfile.gettempdir()) / "onnxopt-memory-models"  # exported once, outside the repo
+
+MODELS = {
+    "resnet50": ("resnet50", "(1, 3, 224, 224)", {}),
+    "bert_base_encoder": ("bert_encoder", "(1, 128, 768)", {}),
+}
+
+_EXPORT = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from benchmarks import archs
+from benchmarks.export import export_onnx
+torch.manual_seed(0)
+model = archs.ARCHS[{arch!r}]()
+archs.randomize_bn_stats(model) if hasattr(archs, "randomize_bn_stats") else None
+export_onnx(model, (torch.randn{shape},), {path!r}, dynamo=False, input_names=["input"])
+"""
+
+_PREAMBLE = """
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import numpy, onnx, onnx_ir, onnxruntime, onnxscript
+import onnxopt.optimize, onnxopt.evaluate, onnxopt.model_io
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.perf_counter()
+"""
+
+_PHASES = {
+    "imports": "",
+    "onnxruntime session": """
+model = onnxopt.model_io.load_model({path!r})
+data = onnxopt.calibration.synthetic(model, 1)
+onnxopt.evaluate.run(model, data)
+""",
+    "optimize": """
+result = onnxopt.optimize.optimize({path!r}, {out!r}, bench=False)
+extra = {{"stages": [[s.name, s.kept, s.reason] for s in result.stages],
+          "max_rel": result.fidelity.max_rel, "nodes": [result.before.nodes, result.after.nodes]}}
+""",
+}
+
+_EPILOGUE = """
+print(json.dumps({{"peak_mb": peak_mb(), "seconds": time.perf_counter() - start, **globals().get("extra", {{}})}}))
+"""
+
+
+def _child(code: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"child failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export(name: str) -> Path:
+    arch, shape, _ = MODELS[name]
+    path = CACHE / f"{name}.onnx"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        code = _EXPORT.format(root=str(ROOT), arch=arch, shape=shape, path=str(path))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            raise RuntimeError(f"export of {name} failed: {done.stderr.strip()[-500:]}")
+    return path
+
+
+def measure(name: str) -> dict:
+    path = export(name)
+    out = CACHE / f"{name}.opt.onnx"
+    row: dict = {"model": name, "weights_mb": path.stat().st_size / 2**20}
+    for phase, body in _PHASES.items():
+        code = textwrap.dedent(_PREAMBLE + body + _EPILOGUE).format(root=str(ROOT), path=str(path), out=str(out))
+        row[phase] = _child(code)
+        print(f"  {name} {phase}: {row[phase]['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+    out.unlink(missing_ok=True)
+    base = row["imports"]["peak_mb"]
+    row["extra_mb"] = row["optimize"]["peak_mb"] - base
+    row["extra_per_weights"] = row["extra_mb"] / row["weights_mb"]
+    row["session_extra_mb"] = row["onnxruntime session"]["peak_mb"] - base
+    return row
+
+
+def write(rows: list[dict], seconds: float) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "seconds": seconds, "rows": rows}, indent=1) + "\n")
+    lines = [
+        "# Peak memory of `optimize` (lossless recipe) on large models",
+        "",
+        f"Generated by `python -m benchmarks.memory` on {time.strftime('%Y-%m-%d')} ({seconds:.0f} s). "
+        "Peak RSS of a fresh process per phase (see the module docstring); MB = 2^20 bytes.",
+        "",
+        "| model | weights (MB) | imports only | load + 1 onnxruntime session | optimize | optimize − imports (× weights) "
+        "| optimize − session floor (× weights) | optimize time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        over_session = r["optimize"]["peak_mb"] - r["onnxruntime session"]["peak_mb"]
+        lines.append(
+            f"| {r['model']} | {r['weights_mb']:.0f} | {r['imports']['peak_mb']:.0f} | {r['onnxruntime session']['peak_mb']:.0f} | "
+            f"{r['optimize']['peak_mb']:.0f} | {r['extra_mb']:.0f} ({r['extra_per_weights']:.2f}×) | "
+            f"{over_session:.0f} ({over_session / r['weights_mb']:.2f}×) | {r['optimize']['seconds']:.1f} |"
+        )
+    lines += ["", "Stages (kept / reason) and node counts before → after:", ""]
+    for r in rows:
+        stages = ", ".join(f"{n} {'kept' if k else 'not kept' + (': ' + why if why else '')}" for n, k, why in r["optimize"]["stages"])
+        before, after = r["optimize"]["nodes"]
+        lines.append(f"- {r['model']}: {stages}; nodes {before} → {after}; max rel. error {r['optimize']['max_rel']:.2g}")
+    (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
+    parser.add_argument("--render", action="store_true", help="only rewrite memory.md from memory.json")
+    args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads((RESULTS / "memory.json").read_text())
+        write(saved["rows"], saved["seconds"])
+        return 0
+    start = time.time()
+    rows = [measure(name) for name in args.models.split(",")]
+    write(rows, time.time() - start)
+    for r in rows:
+        print(f"{r['model']}: weights {r['weights_mb']:.0f} MB, optimize peak {r['optimize']['peak_mb']:.0f} MB "
+              f"(+{r['extra_mb']:.0f} MB over imports = {r['extra_per_weights']:.2f}× weights)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
