@@ -156,6 +156,8 @@ class OutputFidelity:
     max_rel: float
     cosine: float
     top1_agreement: float | None  # None when the output is not a score vector
+    # Machine epsilon of the output's float type: a float16 result cannot be "exact" to 1e-4.
+    eps: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,8 +190,12 @@ class Fidelity:
         return min(values) if values else None
 
     def within(self, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
-        """True when every output matches to ``|a-b| <= atol + rtol*max|a|`` (per output)."""
-        return all(o.max_rel <= rtol or o.max_abs <= atol for o in self.outputs)
+        """True when every output matches to ``|a-b| <= atol`` or ``<= rtol·max|a|``.
+
+        For low-precision outputs the relative tolerance is at least 4 units of their
+        machine epsilon (float16: 3.9e-3), since a single rounding step already exceeds 1e-4.
+        """
+        return all(o.max_rel <= max(rtol, 4 * o.eps) or o.max_abs <= atol for o in self.outputs)
 
     def to_dict(self) -> dict:
         return {
@@ -246,7 +252,11 @@ def compare(
         na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
         cosine = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
         top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if _is_scores(a) else None
-        results.append(OutputFidelity(name, max_abs, max_rel, cosine, top1))
+        try:
+            eps = float(np.finfo(a.dtype).eps) if a.dtype.itemsize < 4 else 0.0
+        except (TypeError, ValueError):  # an exotic float type numpy has no finfo for
+            eps = 2.0**-7
+        results.append(OutputFidelity(name, max_abs, max_rel, cosine, top1, eps))
     n = _samples(reference[0]) if reference else 1
     fid = Fidelity(results, n)
     if labels is not None and reference:

@@ -128,3 +128,14 @@ def test_lossy_stage_that_slows_the_model_is_rolled_back_under_speed_check():
     assert "not faster" in records[0].reason
     assert records[0].details["speedup"] < 1.0
     assert len(result.graph) == len(_model().graph)
+
+
+def test_float16_model_verified_with_float16_tolerance():
+    """A one-ulp float16 difference (relative ~1e-3) is exact for a float16 output."""
+    from onnxopt.evaluate import compare
+
+    a = np.array([[1.0, 2.0, 1000.0]], np.float16)
+    b = a.copy()
+    b[0, 2] = np.nextafter(a[0, 2], np.float16(2000))  # 1000 → 1000.5
+    assert compare([a], [b]).within(1e-4, 1e-5)
+    assert not compare([a.astype(np.float32)], [b.astype(np.float32)]).within(1e-4, 1e-5)
