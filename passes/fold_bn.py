@@ -142,9 +142,20 @@ class FoldBatchNormPass(LoggedPass):
                     modified |= self._try_fold(node)
         finally:
             self._model = self._shapes = None  # do not keep the model alive
+        self._report_unreached(model)
         if modified:
             logger.info("folded %d BatchNormalization node(s)", len(self.applied))
         return ir.passes.PassResult(model, modified=modified)
+
+    def _report_unreached(self, model: ir.Model) -> None:
+        """List BNs inside subgraphs (If/Loop/Scan bodies) and functions, which are not visited."""
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+            if node.op_type == "BatchNormalization" and node.graph is not model.graph:
+                self.skip(node, "inside a subgraph (If/Loop/Scan body): not visited")
+        for function in model.functions.values():
+            for node in function:
+                if node.op_type == "BatchNormalization":
+                    self.skip(node, f"inside local function {function.name!r}: not visited")
 
     # ------------------------------------------------------------------ driver
 
