@@ -1,0 +1,121 @@
+"""``onnxopt quantize``: int8 (static / dynamic), ternary or binary weights, with a report."""
+
+from __future__ import annotations
+
+__all__ = ["quantize_command"]
+
+import click
+from rich.table import Table
+
+from onnxopt.cli_common import (
+    command,
+    console,
+    data_options,
+    default_output,
+    err_console,
+    load_dataset,
+    output_options,
+    shape_option,
+)
+from onnxopt.report import before_after_table, write_json
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[dim]… {message}[/dim]")
+
+
+def layer_table(result) -> Table:
+    """One row per layer: quantized or float, and why it stayed float."""
+    table = Table(title=f"{result.mode} layers")
+    for col in ("layer", "result", "sensitivity", "note"):
+        table.add_column(col)
+    for name in result.layers_quantized:
+        sens = result.sensitivity.get(name)
+        table.add_row(name, "[green]quantized[/green]", "-" if sens is None else f"{sens:.3g}", "")
+    for name, reason in result.layers_float.items():
+        sens = result.sensitivity.get(name)
+        table.add_row(name, "[yellow]float[/yellow]", "-" if sens is None else f"{sens:.3g}", reason)
+    return table
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@output_options
+@data_options
+@click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "ternary", "binary"]), default="int8", show_default=True,
+              help="int8: static QDQ (needs --data); int8-dynamic: MatMul/Gemm weights, for transformers; "
+                   "ternary/binary: TWN / binary weights, packed (layers ≥16× smaller, fp32 speed).")  # fmt: skip
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
+              help="Calibration method for static int8.")  # fmt: skip
+@click.option("--max-accuracy-drop", "max_drop", type=float, default=None,
+              help="Keep the most sensitive layers float until the drop on held-out data is within this.")  # fmt: skip
+@click.option("--exclude", multiple=True, metavar="NODE", help="Keep this node float (repeatable).")
+@click.option("--keep-first-last/--quantize-first-last", "keep_first_last", default=None,
+              help="Keep the first and last weighted layer float (default: yes for ternary/binary, no for int8).")  # fmt: skip
+@click.option("--types", type=click.Choice(["u8s8", "s8s8", "auto"]), default="u8s8", show_default=True,
+              help="Static int8 activation×weight types; auto measures both and keeps the faster.")  # fmt: skip
+@click.option("--storage", type=click.Choice(["packed", "dq"]), default="packed", show_default=True,
+              help="Ternary/binary storage: packed uint8 decoded at load (fp32 speed) or INT2/INT4 + DequantizeLinear.")  # fmt: skip
+@click.option("--allow-slower", is_flag=True, help="Keep an int8 model even when it is not faster than float.")
+@shape_option
+@command
+def quantize_command(model, output, report_path, data, eval_data, metric, seed, mode, method, max_drop, exclude,
+                     keep_first_last, types, storage, allow_slower, shapes):  # fmt: skip
+    """Quantize MODEL's weights (and activations for int8) and report what it cost."""
+    from onnxopt import evaluate
+    from onnxopt.calibration import parse_shapes, synthetic
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.model_io import check_output_path, load_model, save_model
+    from onnxopt.quantization import quantize_model
+    from onnxopt.report import summarize
+
+    output = output or default_output(model, mode)
+    original = load_model(model)
+    check_output_path(output, model)
+    shape_map = parse_shapes(shapes)
+    calib = load_dataset(data, original)
+    held_out = load_dataset(eval_data, original)
+    if mode == "int8" and calib is None:
+        raise OnnxoptError("--mode int8 needs calibration data (--data calib.npz); or use --mode int8-dynamic")
+    if max_drop is not None and calib is None and held_out is None:
+        raise OnnxoptError("--max-accuracy-drop needs data to measure the drop on (--data or --eval-data)")
+    if calib is not None and held_out is None and len(calib) >= 4:
+        calib, held_out = calib.split(0.5, seed)
+    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
+    act, wt = {"u8s8": ("u8", "s8"), "s8s8": ("s8", "s8"), "auto": ("auto", None)}[types]
+    result = quantize_model(
+        original, calib, evaluator, mode=mode, calibrate_method=method, activation_type=act, weight_type=wt,
+        exclude=exclude, max_drop=max_drop, skip_first_last=keep_first_last, storage=storage,
+        check_speed=None if not allow_slower else False, seed=seed, progress=_progress,
+    )  # fmt: skip
+    save_model(result.model, output, input_path=model)
+    verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
+    fidelity = evaluate.compare(
+        evaluate.run(original, verify_data), evaluate.run(result.model, verify_data),
+        names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
+    )  # fmt: skip
+    before, after = summarize(original, model, shape_map), summarize(result.model, output, shape_map)
+    extra = [("max rel. error", "", f"{fidelity.max_rel:.3g}", ""), ("cosine", "", f"{fidelity.cosine:.6f}", "")]
+    if fidelity.top1_agreement is not None:
+        extra.append(("top-1 agreement", "", f"{fidelity.top1_agreement:.4f}", ""))
+    if result.score is not None:
+        extra.append((f"score ({result.metric})", f"{result.baseline:.4f}", f"{result.score:.4f}",
+                      f"{result.score - result.baseline:+.4f}"))  # fmt: skip
+    if result.latency_ms:
+        extra.append(("latency (ms, interleaved)", f"{result.latency_ms['float']:.3f}",
+                      f"{result.latency_ms['quantized']:.3f}", f"×{result.latency_ratio:.2f}"))  # fmt: skip
+    console.print(layer_table(result))
+    console.print(before_after_table(before, after, extra))
+    for step in result.search:
+        console.print(f"[dim]search: {step['float_layers']} layer(s) float → score {step['score']:.4f} "
+                      f"({'accepted' if step['accepted'] else 'rejected'})[/dim]")  # fmt: skip
+    for note in result.notes:
+        console.print(f"[dim]{note}[/dim]")
+    if not result.applied:
+        console.print(f"[yellow]{result.reason}[/yellow]")
+    console.print(f"wrote {output}")
+    if report_path:
+        write_json(report_path, {
+            "input": model, "output": output, "before": before, "after": after,
+            "fidelity": fidelity.to_dict(), "quantize": result.to_dict(),
+        })  # fmt: skip

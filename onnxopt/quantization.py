@@ -1,0 +1,485 @@
+"""Quantize a model: int8 (static QDQ / dynamic) or ternary / binary weights, under a budget.
+
+``quantize_model`` runs one mode and, with an accuracy budget, the accuracy-aware fallback:
+
+1. Quantize every eligible layer (user ``exclude`` and, if asked, the first and last weighted
+   layer stay float). int8 calibrates once (onnxruntime ``quantize_static``); later variants
+   are derived from that model by :func:`onnxopt.passes.quantize.keep_float`.
+2. If the task score on held-out data drops by more than ``max_drop``: measure each layer's
+   **sensitivity** — the relative L2 error of the outputs, on a few calibration samples, when
+   only that layer is quantized (pass-through ops such as Relu/MaxPool/Reshape add no rounding
+   and are never ranked; above 48 candidates only Conv/Gemm/MatMul are, to bound the cost)
+   — rank layers from most to least sensitive, and find the
+   smallest number ``k`` of most-sensitive layers kept float for which the held-out drop is
+   within the budget, with the shared binary search :func:`onnxopt.search.search_budget`
+   (knob ``k``; fewer float layers = more compression). Every float layer is reported with its
+   reason (user exclusion, first/last layer, or its sensitivity rank).
+3. int8 is only worth it when it is faster: the latency of the result and of the float input is
+   measured interleaved (same process, ENABLE_ALL, one calibration sample, 25th percentile of
+   single runs — see :func:`latency_ratio`). An int8 model not at least 5 % faster (ratio >
+   0.95) is not returned — the float model comes back with the reason ("no int8"). The same
+   happens when no number of float layers meets the budget. The ratio is measured with 1 and
+   2 onnxruntime threads (``latency_threads``) and the worse one decides: a model with many
+   float layers can win on one thread and lose on two (measured on ddddocr's detector).
+
+Types: on the CPU execution provider the default is u8 activations × s8 per-channel weights
+(QDQ) — the combination onnxruntime's x86 kernels are built for (U8S8; on CPUs without VNNI
+S8S8 needs extra conversions). ``activation_type="auto"`` measures u8×s8 against s8×s8 on the
+model at hand and keeps the faster (``benchmarks/results/quantize.md`` has the measurement).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MODES", "QuantizeResult", "quantize_model", "quantize_stage", "latency_ratio"]
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset, synthetic
+from onnxopt.errors import OnnxoptError
+from onnxopt.graph import default_opset
+from onnxopt.model_io import _embedded_proto
+from onnxopt.passes.lowbit import LowBitWeightPass
+from onnxopt.passes.quantize import (
+    DYNAMIC_OPS,
+    keep_float,
+    name_unnamed_nodes,
+    preprocess,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    quantized_nodes,
+)
+from onnxopt.pipeline import Context, Stage, StageOutcome
+from onnxopt.search import search_budget
+
+MODES = ("int8", "int8-dynamic", "ternary", "binary")
+DEFAULT_TYPES = {"CPUExecutionProvider": ("u8", "s8")}
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_SENSITIVITY_SAMPLES = 8
+_MAX_RANKED = 48  # above this many candidate layers, only Conv/Gemm/MatMul are ranked
+# Quantized nodes that add no rounding of their own (same scale in and out): never ranked, they
+# stay quantized so that the int8 chain around them is not broken for nothing.
+_PASS_THROUGH = frozenset({
+    "Relu", "Clip", "MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice",
+    "Split", "Gather", "GatherElements", "Pad", "Resize", "Identity", "Expand", "Tile",
+})  # fmt: skip
+# int8 is kept only when measured at least this much faster (ratio ≤ 0.95): the guard must not
+# keep a model that is really slower because one noisy measurement said "0.99".
+MAX_LATENCY_RATIO = 0.95
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """What :func:`quantize_model` did. ``model`` is the float input when ``applied`` is False."""
+
+    model: ir.Model
+    mode: str
+    applied: bool
+    layers_quantized: list[str]
+    layers_float: dict[str, str]  # name → reason
+    size_before: int
+    size_after: int
+    reason: str = ""  # why nothing was applied
+    score: float | None = None
+    baseline: float | None = None
+    metric: str | None = None
+    fidelity: dict | None = None
+    latency_ratio: float | None = None  # quantized / float; < 1 is faster
+    latency_ms: dict[str, float] | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
+    search: list[dict] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    layer_stats: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def drop(self) -> float | None:
+        return None if self.score is None or self.baseline is None else self.baseline - self.score
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+        d["drop"] = self.drop
+        d["size_ratio"] = self.size_before / self.size_after if self.size_after else None
+        d["layer_stats"] = [{k: v for k, v in s.items() if k not in ("alpha", "delta")} for s in self.layer_stats]
+        return d
+
+
+def _size(model: ir.Model) -> int:
+    return _embedded_proto(model).ByteSize()
+
+
+# --------------------------------------------------------------------------- latency
+def latency_ratio(
+    baseline: ir.Model, candidate: ir.Model, feed: dict[str, np.ndarray], *, rounds: int = 9, threads: int = 1
+) -> tuple[float, float, float]:
+    """(candidate/baseline latency ratio, baseline ms, candidate ms), measured interleaved.
+
+    Rounds alternate blocks of single timed runs of both models; each model's latency is the
+    25th percentile of its runs. On a shared machine a run is only ever slowed down by other
+    processes, so a low percentile is the stable estimate of what the model itself costs
+    (medians of 2-thread runs swung by ±30 % under load 9 on 2 cores; p25 stayed within 3 %).
+    """
+    sessions = [evaluate.session(m, threads=threads) for m in (baseline, candidate)]
+    for sess in sessions:
+        for _ in range(2):
+            sess.run(None, feed)
+    start = time.perf_counter()
+    sessions[0].run(None, feed)
+    one = max(time.perf_counter() - start, 1e-5)
+    runs = max(1, min(20, int(0.02 / one)))
+    times: list[list[float]] = [[], []]
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            for _ in range(runs):
+                start = time.perf_counter()
+                sessions[i].run(None, feed)
+                times[i].append(time.perf_counter() - start)
+    base, cand = (float(np.percentile(t, 25)) for t in times)
+    return cand / base, base * 1e3, cand * 1e3
+
+
+def _one_batch(model: ir.Model, calib: Dataset | None) -> dict[str, np.ndarray]:
+    if calib is not None and len(calib):
+        return calib.take(slice(0, 1)).inputs
+    return synthetic(model, 1, seed=0).inputs
+
+
+# --------------------------------------------------------------------------- builders
+class _Builder:
+    """Makes the quantized model for a given set of float layers (cached)."""
+
+    def __init__(self, make: Callable[[frozenset[str]], ir.Model], layers: list[str], model: ir.Model) -> None:
+        self.make = make
+        self.layers = layers
+        ops = {n.name: n.op_type for n in model.graph}
+        self.ranked = [n for n in layers if ops.get(n) not in _PASS_THROUGH]
+        if len(self.ranked) > _MAX_RANKED:  # bound the sensitivity cost: weighted layers only
+            self.ranked = [n for n in self.ranked if ops.get(n) in _WEIGHTED]
+        self.cache: dict[frozenset[str], ir.Model] = {}
+
+    def __call__(self, float_layers: Iterable[str]) -> ir.Model:
+        key = frozenset(float_layers)
+        if key not in self.cache:
+            if len(self.cache) > 8:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = self.make(key)
+        return self.cache[key]
+
+
+def _first_last(model: ir.Model, names: list[str]) -> list[str]:
+    order = [n.name for n in model.graph if n.op_type in _WEIGHTED and n.name in set(names)]
+    return sorted({order[0], order[-1]}) if order else []
+
+
+def _resolve_types(activation_type: str | None, weight_type: str | None, provider: str) -> tuple[str, str]:
+    default = DEFAULT_TYPES.get(provider, ("u8", "s8"))
+    return activation_type or default[0], weight_type or default[1]
+
+
+def _int8_static(model, calib, result, *, method, per_channel, activation_type, weight_type, exclude, skip_first_last):
+    if calib is None or len(calib) == 0:
+        raise OnnxoptError("mode int8 needs calibration data (--data); use --mode int8-dynamic without data")
+    if per_channel and default_opset(model) < 13:
+        model = _upgrade_opset(model, result, (13,), "for per-channel DequantizeLinear (axis needs opset 13)")
+        if default_opset(model) < 13:
+            per_channel = False
+            result.notes.append("per-channel weights need opset 13: quantized per tensor instead")
+    pre, note = preprocess(model)
+    result.notes.append(f"pre-processing: {note}")
+    weighted = [n.name for n in pre.graph if n.op_type in _WEIGHTED]
+    forced = {n: "excluded by the user" for n in exclude}
+    if skip_first_last:
+        forced.update({n: "first/last layer kept float" for n in _first_last(pre, weighted) if n not in forced})
+    if activation_type == "auto":
+        activation_type, weight_type = _measure_types(pre, calib, method, per_channel, forced, result)
+    result.settings.update(activation_type=activation_type, weight_type=weight_type, method=method, per_channel=per_channel)
+    qdq = quantize_static_int8(pre, calib, method=method, per_channel=per_channel, activation_type=activation_type,
+                               weight_type=weight_type, exclude=sorted(forced))  # fmt: skip
+    layers = [n for n in quantized_nodes(qdq) if n not in forced]
+    build = _Builder(lambda keep: keep_float(qdq, pre, _with_followers(qdq, keep, frozenset(build.ranked)))[0], layers, qdq)
+    return build, forced
+
+
+def _with_followers(qdq: ir.Model, keep: frozenset[str], ranked: frozenset[str]) -> frozenset[str]:
+    """``keep`` plus every node outside ``ranked`` that is fed by a float node.
+
+    Outside the ranking are pass-through ops (Relu, MaxPool, Reshape, …: quantized only so
+    that an int8 chain stays int8), float ops that read a quantized tensor (a Sigmoid after a
+    quantized Conv) and, on large models, the unranked Add/Mul/… Behind a float layer their
+    DQ(Q(x)) input would just round the float output again, so they follow their producer
+    (first input) and read ``x`` itself. With every ranked layer float, the model is float.
+    """
+    if not keep:
+        return keep
+    result = set(keep)
+    for node in qdq.graph:  # topological order: a producer is decided before its consumers
+        if node.name in ranked or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if not node.inputs or node.inputs[0] is None:
+            continue
+        source = node.inputs[0].producer()
+        while source is not None and source.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            source = source.inputs[0].producer() if source.inputs[0] is not None else None
+        if source is not None and source.name in result:
+            result.add(node.name)
+    return frozenset(result)
+
+
+def _measure_types(pre, calib, method, per_channel, forced, result) -> tuple[str, str]:
+    feed = _one_batch(pre, calib)
+    measured = {}
+    for act in ("u8", "s8"):
+        q = quantize_static_int8(pre, calib, method=method, per_channel=per_channel, activation_type=act,
+                                 weight_type="s8", exclude=sorted(forced))  # fmt: skip
+        measured[act] = latency_ratio(pre, q, feed)[0]
+    best = min(measured, key=measured.get)
+    result.notes.append("type choice by measurement (latency vs float): " + ", ".join(f"{a}×s8 {r:.2f}" for a, r in measured.items()))
+    return best, "s8"
+
+
+def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_first_last):
+    pre, note = preprocess(model)
+    result.notes.append(f"pre-processing: {note}")
+    candidates = [n.name for n in pre.graph if n.op_type in DYNAMIC_OPS]
+    forced = {n: "excluded by the user" for n in exclude}
+    if skip_first_last:
+        forced.update({n: "first/last layer kept float" for n in _first_last(pre, candidates) if n not in forced})
+    weight_type = weight_type or "s8"
+    result.settings.update(weight_type=weight_type, per_channel=per_channel, op_types=list(DYNAMIC_OPS))
+    full = quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced))
+    remaining = {n.name for n in full.graph}
+    layers = [n for n in candidates if n not in forced and n not in remaining]
+
+    def make(keep: frozenset[str]) -> ir.Model:
+        if not keep:
+            return full
+        return quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(set(forced) | keep))
+
+    return _Builder(make, layers, pre), forced
+
+
+def _upgrade_opset(model: ir.Model, result: QuantizeResult, targets: tuple[int, ...], why: str) -> ir.Model:
+    """Raise the default opset to the first of ``targets`` that onnx.version_converter reaches.
+
+    Returns ``model`` itself when its opset is already ≥ the last target or no conversion works
+    (each failure is noted).
+    """
+    opset = default_opset(model)
+    if opset >= min(targets):
+        return model
+    proto = _embedded_proto(model)
+    for target in targets:
+        try:
+            converted = onnx.version_converter.convert_version(proto, target)
+            onnx.checker.check_model(converted)
+            upgraded = ir.serde.deserialize_model(converted)
+        except Exception as exc:
+            result.notes.append(f"opset {opset} → {target} conversion failed: {str(exc).splitlines()[0][:120]}")
+            continue
+        result.notes.append(f"opset raised {opset} → {target} (onnx.version_converter) {why}")
+        return upgraded
+    return model
+
+
+def _lowbit(model, result, *, bits, storage, exclude, skip_first_last):
+    base = model.clone()
+    if storage == "dq":
+        base = _upgrade_opset(base, result, (25, 21), "for INT2/INT4 DequantizeLinear weights")
+    name_unnamed_nodes(base)
+    result.settings.update(bits=bits, storage=storage)
+    probe = LowBitWeightPass(bits, storage, skip_first_last=skip_first_last, exclude=exclude)
+    probe(base.clone())
+    forced = {name: reason for name, reason in probe.skipped}
+    layers = [name for name, _ in probe.applied]
+
+    def make(keep: frozenset[str]) -> ir.Model:
+        m = base.clone()
+        p = LowBitWeightPass(bits, storage, skip_first_last=skip_first_last, exclude=set(exclude) | keep)
+        p(m)
+        m.meta["lowbit_stats"] = p.stats  # type: ignore[index]
+        return m
+
+    return _Builder(make, layers, base), forced
+
+
+# --------------------------------------------------------------------------- fallback
+def _rel_error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    errors = []
+    for a, b in zip(reference, candidate):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        denom = np.linalg.norm(a64)
+        errors.append(np.linalg.norm(a64 - b64) / denom if denom > 0 else float(np.linalg.norm(b64) > 0))
+    return float(max(errors, default=0.0))
+
+
+def _sensitivities(build: _Builder, model: ir.Model, probe: Dataset) -> dict[str, float]:
+    reference = evaluate.run(model, probe)
+    everything = set(build.layers)
+    scores = {}
+    for layer in build.ranked:
+        candidate = build.make(frozenset(everything - {layer}))  # only `layer` quantized
+        scores[layer] = _rel_error(reference, evaluate.run(candidate, probe))
+    return scores
+
+
+def quantize_model(
+    model: ir.Model,
+    calib: Dataset | None = None,
+    evaluator: evaluate.Evaluator | None = None,
+    *,
+    mode: str = "int8",
+    calibrate_method: str = "minmax",
+    per_channel: bool = True,
+    activation_type: str | None = None,
+    weight_type: str | None = None,
+    exclude: Iterable[str] = (),
+    max_drop: float | None = None,
+    skip_first_last: bool | None = None,
+    storage: str = "packed",
+    check_speed: bool | None = None,
+    provider: str = "CPUExecutionProvider",
+    latency_threads: Iterable[int] = (1, 2),
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda message: None,
+) -> QuantizeResult:
+    """Quantize ``model`` (not modified) in ``mode``; see the module docstring.
+
+    ``evaluator`` scores candidates on held-out data; with ``max_drop`` and no evaluator, half
+    of ``calib`` (split with ``seed``) becomes the held-out set. ``skip_first_last`` defaults to
+    True for ternary/binary and False for int8. ``check_speed`` (default: True for int8 modes)
+    refuses an int8 model that is not faster than the float input. ``activation_type`` /
+    ``weight_type``: ``"u8"``/``"s8"``, ``None`` for the provider's default, ``"auto"`` to measure.
+    """
+    if mode not in MODES:
+        raise OnnxoptError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    exclude = list(exclude)
+    known = {n.name for n in model.graph}
+    unknown = [n for n in exclude if n not in known]
+    if unknown:
+        raise OnnxoptError(f"--exclude {unknown[0]!r}: no node of that name in the model")
+    int8 = mode.startswith("int8")
+    skip_first_last = (not int8) if skip_first_last is None else skip_first_last
+    check_speed = int8 if check_speed is None else check_speed
+    if max_drop is not None and evaluator is None:
+        if calib is None or len(calib) < 4:
+            raise OnnxoptError("--max-accuracy-drop needs data to measure it on (--data, or --eval-data)")
+        calib, held_out = calib.split(0.5, seed)
+        evaluator = evaluate.Evaluator(model, held_out)
+    result = QuantizeResult(model, mode, False, [], {}, _size(model), _size(model))
+    result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
+
+    progress(f"quantize: building the {mode} model")
+    if mode == "int8":
+        act, wt = (activation_type, weight_type) if activation_type == "auto" else _resolve_types(activation_type, weight_type, provider)
+        build, forced = _int8_static(model, calib, result, method=calibrate_method, per_channel=per_channel,
+                                     activation_type=act, weight_type=wt, exclude=exclude, skip_first_last=skip_first_last)  # fmt: skip
+    elif mode == "int8-dynamic":
+        build, forced = _int8_dynamic(model, result, per_channel=per_channel, weight_type=weight_type, exclude=exclude,
+                                      skip_first_last=skip_first_last)  # fmt: skip
+    else:
+        build, forced = _lowbit(model, result, bits=2 if mode == "ternary" else 1, storage=storage, exclude=exclude,
+                                skip_first_last=skip_first_last)  # fmt: skip
+    if not build.layers:
+        result.layers_float = forced
+        result.reason = "no layer can be quantized"
+        return result
+
+    float_layers: dict[str, str] = {}
+    candidate = build(frozenset())
+    if evaluator is not None:
+        result.baseline, result.metric = evaluator.baseline, evaluator.metric_name
+        result.score = evaluator.score(candidate)
+    if max_drop is not None and evaluator is not None and not evaluator.within(result.score, max_drop):
+        progress("quantize: budget missed, measuring per-layer sensitivity")
+        probe_data = calib if calib is not None and len(calib) else evaluator.data
+        probe = probe_data.take(slice(0, _SENSITIVITY_SAMPLES))
+        result.sensitivity = _sensitivities(build, model, probe)
+        ranked = sorted(build.ranked, key=lambda n: -result.sensitivity[n])
+        result.notes.append(f"all {len(ranked)} layers quantized: {evaluator.metric_name} drop "
+                            f"{evaluator.drop(result.score):.4f} > budget {max_drop:g}; fallback search")  # fmt: skip
+
+        def build_k(knob: float) -> ir.Model:
+            return build(ranked[: int(math.ceil(knob - 1e-9))])
+
+        def judge(m: ir.Model) -> tuple[float, bool]:
+            score = evaluator.score(m)
+            return score, evaluator.within(score, max_drop)
+
+        search = search_budget(build_k, judge, lo=0, hi=len(ranked), more_compression="down", tolerance=1.0)
+        result.search = [dataclasses.asdict(s) | {"float_layers": int(math.ceil(s.knob - 1e-9))} for s in search.steps]
+        k = None if search.best_knob is None else int(math.ceil(search.best_knob - 1e-9))
+        if k is None or k >= len(ranked):
+            result.layers_float = forced | {n: "the budget holds only with every layer float" for n in ranked}
+            result.reason = f"no {mode}: the budget {max_drop:g} holds only with every layer float"
+            result.notes.append(f"best {mode} candidate scored {result.score:.4f}")
+            result.score = result.baseline
+            return result
+        candidate = search.best
+        result.score = next(s.score for s in reversed(search.steps) if s.accepted and int(math.ceil(s.knob - 1e-9)) == k)
+        for rank, name in enumerate(ranked[:k]):
+            float_layers[name] = (f"sensitive: rank {rank + 1}/{len(ranked)}, output error "
+                                  f"{result.sensitivity[name]:.3g} when quantized alone")  # fmt: skip
+    elif max_drop is not None and evaluator is not None:
+        result.notes.append(f"all layers quantized within the budget ({evaluator.metric_name} drop {evaluator.drop(result.score):.4f})")
+
+    result.layers_float = forced | float_layers
+    result.layers_quantized = [n for n in build.layers if n not in float_layers]
+    result.layer_stats = list(candidate.meta.get("lowbit_stats", []) or [])
+    # Latency is always measured and reported; only check_speed refuses a slower model.
+    progress("quantize: measuring latency against the float model")
+    try:
+        feed = _one_batch(model, calib)
+        for threads in latency_threads:  # the worst thread count decides
+            ratio, base_ms, cand_ms = latency_ratio(model, candidate, feed, threads=threads)
+            result.settings[f"latency_ratio_{threads}_threads"] = ratio
+            if result.latency_ratio is None or ratio > result.latency_ratio:
+                result.latency_ratio, result.latency_ms = ratio, {"float": base_ms, "quantized": cand_ms, "threads": threads}
+    except OnnxoptError as exc:
+        result.notes.append(f"latency not measured: {exc}")
+    if check_speed and result.latency_ratio is not None and result.latency_ratio > MAX_LATENCY_RATIO:
+        result.reason = (f"no {mode}: the quantized model is not faster than the float one "
+                         f"(latency ratio {result.latency_ratio:.2f} > {MAX_LATENCY_RATIO}); the float model is kept")  # fmt: skip
+        if result.score is not None:
+            result.notes.append(f"the {mode} candidate scored {result.score:.4f}")
+            result.score = result.baseline
+        return result
+    result.model, result.applied = candidate, True
+    result.size_after = _size(candidate)
+    if evaluator is not None:
+        result.fidelity = evaluator.fidelity(candidate).to_dict()
+    elif calib is not None and len(calib):
+        probe = calib.take(slice(0, 64))
+        result.fidelity = evaluate.compare(evaluate.run(model, probe), evaluate.run(candidate, probe), labels=probe.labels).to_dict()
+    return result
+
+
+def quantize_stage(**options: Any) -> Stage:
+    """A lossy pipeline stage running :func:`quantize_model` with ``ctx.calib`` / ``ctx.evaluator``.
+
+    int8 is only kept when it is faster than the stage's input (``check_speed``); otherwise the
+    stage reports "no int8" with the reason in ``details`` and leaves the model unchanged.
+    """
+    options.setdefault("mode", "int8")
+
+    def run(model: ir.Model, ctx: Context) -> StageOutcome:
+        if options["mode"] == "int8" and (ctx.calib is None or len(ctx.calib) == 0):
+            return StageOutcome(model, False, details={"reason": "no int8: no calibration data"})
+        opts = dict(options)
+        opts.setdefault("max_drop", ctx.max_drop if ctx.evaluator is not None else None)
+        opts.setdefault("seed", ctx.seed)
+        opts.setdefault("progress", ctx.progress)
+        result = quantize_model(model, ctx.calib, ctx.evaluator, **opts)
+        applied = [(name, opts["mode"]) for name in result.layers_quantized] if result.applied else []
+        skipped = sorted(result.layers_float.items())
+        details = result.to_dict()
+        return StageOutcome(result.model, result.applied, applied, skipped, details)
+
+    return Stage(f"quantize-{options['mode']}", run, lossless=False)

@@ -1,0 +1,317 @@
+"""int8 quantization through ``onnxruntime.quantization`` (not re-implemented here).
+
+Static QDQ: for a tensor ``x`` with calibrated range, onnxruntime inserts
+``DequantizeLinear(QuantizeLinear(x, s, z), s, z)`` with ``s = (max − min)/255`` (u8) and
+weights are stored as int8 per output channel, ``W ≈ s_c · (q_c − 0)``; the CPU execution
+provider fuses ``DQ → Conv/MatMul → Q`` into integer kernels at session load.
+
+What this module adds around onnxruntime (which works on files, so every call goes through a
+temporary directory):
+
+1. :func:`preprocess` — onnxruntime's recommended ``quant_pre_process`` (symbolic shape
+   inference, basic graph optimisation, ONNX shape inference); when symbolic shape inference
+   fails it retries without it, and without any pre-processing as the last resort (the note
+   says which).
+2. :func:`quantize_static_int8` — ``quantize_static`` with a :class:`DatasetReader` over our
+   :class:`~onnxopt.calibration.Dataset`, QDQ format, per-channel weights, MinMax / entropy /
+   percentile calibration, ``nodes_to_exclude``, and ``QDQKeepRemovableActivations`` (Relu/Clip
+   stay in the graph instead of being implied by the u8 range, so a layer can be turned back
+   to float; onnxruntime still fuses them at load — measured no slower).
+3. :func:`quantize_dynamic_int8` — ``quantize_dynamic`` for MatMul-heavy transformer models
+   (weights int8, activations quantized at run time); by default only MatMul/Gemm/Attention,
+   because dynamic int8 convolutions (ConvInteger) are slower than fp32 on x86 CPUs.
+4. :func:`keep_float` — turns chosen layers of an already-quantized QDQ model back to float
+   without re-calibrating: a ``DQ(Q(x))`` input is bypassed to ``x``, a ``DQ(int8 weight)``
+   input is replaced by the original float weight, and a graph output produced by ``DQ(Q(y))``
+   of a float layer is rewired to ``y``. This makes per-layer sensitivity and the fallback
+   search cost one calibration in total. It must not act on nodes absent from the float
+   model (their float weights are unknown): those names are ignored and returned.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "METHODS",
+    "QUANT_TYPES",
+    "DatasetReader",
+    "preprocess",
+    "quantize_static_int8",
+    "quantize_dynamic_int8",
+    "quantized_nodes",
+    "keep_float",
+    "name_unnamed_nodes",
+]
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+
+from onnxopt.calibration import Dataset
+from onnxopt.errors import OnnxoptError
+from onnxopt.graph import const_array, consumers, new_initializer, producer
+from onnxopt.model_io import _embedded_proto
+
+logger = logging.getLogger(__name__)
+
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+QUANT_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")
+
+
+class DatasetReader(CalibrationDataReader):
+    """Feeds a :class:`Dataset` to onnxruntime's calibrators, ``batch_size`` samples at a time."""
+
+    def __init__(self, data: Dataset, batch_size: int = 1) -> None:
+        self.data = data
+        self.batch_size = max(1, batch_size)
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self.data.batches(self.batch_size))
+
+
+def name_unnamed_nodes(model: ir.Model) -> None:
+    """Give every unnamed node a unique name (``nodes_to_exclude`` and reports need names)."""
+    taken = {n.name for n in model.graph if n.name}
+    for i, node in enumerate(model.graph):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _save(model: ir.Model, path: str) -> None:
+    onnx.save_model(_embedded_proto(model), path)
+
+
+def _load(path: str) -> ir.Model:
+    return ir.serde.deserialize_model(onnx.load(path))
+
+
+def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
+    """onnxruntime's ``quant_pre_process`` on ``model``; returns (model, note)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    attempts = (
+        ("quant_pre_process", {}),
+        ("quant_pre_process without symbolic shape inference", {"skip_symbolic_shape": True}),
+    )
+    with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "pre.onnx")
+        _save(model, src)
+        errors = []
+        for label, kwargs in attempts:
+            try:
+                quant_pre_process(src, dst, **kwargs)
+                result = _load(dst)
+                name_unnamed_nodes(result)
+                return result, label
+            except Exception as exc:  # onnxruntime raises many kinds here
+                errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    logger.info("pre-processing failed, quantizing the model as is: %s", errors)
+    result = model.clone()
+    name_unnamed_nodes(result)
+    return result, "no pre-processing (" + "; ".join(errors) + ")"
+
+
+def _batch_size(model: ir.Model) -> int:
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers or value.shape is None or len(value.shape) == 0:
+            continue
+        first = value.shape[0]
+        if isinstance(first, int):
+            return first
+    return 16
+
+
+def quantize_static_int8(
+    model: ir.Model,
+    calib: Dataset,
+    *,
+    method: str = "minmax",
+    per_channel: bool = True,
+    activation_type: str = "u8",
+    weight_type: str = "s8",
+    exclude: Sequence[str] = (),
+    op_types: Sequence[str] | None = None,
+    max_samples: int = 256,
+) -> ir.Model:
+    """``quantize_static`` (QDQ) of an already pre-processed ``model`` on ``calib``."""
+    if method not in METHODS:
+        raise OnnxoptError(f"unknown calibration method {method!r}; choose from {', '.join(METHODS)}")
+    for t in (activation_type, weight_type):
+        if t not in QUANT_TYPES:
+            raise OnnxoptError(f"unknown int8 type {t!r}; choose u8 or s8")
+    if len(calib) == 0:
+        raise OnnxoptError("static int8 needs calibration data (--data)")
+    data = calib.take(slice(0, max_samples))
+    # Keep Relu/Clip: onnxruntime would drop them (the u8 range clips at 0), and keep_float
+    # must be able to turn a layer back to float without losing its activation.
+    extra = {"CalibMovingAverage": False, "QDQKeepRemovableActivations": True}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.99
+    with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        _save(model, src)
+        try:
+            quantize_static(
+                src,
+                dst,
+                DatasetReader(data, _batch_size(model)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QUANT_TYPES[activation_type],
+                weight_type=QUANT_TYPES[weight_type],
+                nodes_to_exclude=list(exclude),
+                op_types_to_quantize=list(op_types) if op_types else None,
+                calibrate_method=METHODS[method],
+                extra_options=extra,
+                calibration_cache_path=None,
+            )
+        except OnnxoptError:
+            raise
+        except Exception as exc:
+            raise OnnxoptError(f"onnxruntime quantize_static failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        return _load(dst)
+
+
+def quantize_dynamic_int8(
+    model: ir.Model,
+    *,
+    per_channel: bool = True,
+    weight_type: str = "s8",
+    exclude: Sequence[str] = (),
+    op_types: Sequence[str] = DYNAMIC_OPS,
+) -> ir.Model:
+    """``quantize_dynamic`` of ``model`` (weights int8, activations quantized at run time)."""
+    with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        _save(model, src)
+        try:
+            quantize_dynamic(
+                src,
+                dst,
+                op_types_to_quantize=list(op_types),
+                per_channel=per_channel,
+                weight_type=QUANT_TYPES[weight_type],
+                nodes_to_exclude=list(exclude),
+            )
+        except Exception as exc:
+            raise OnnxoptError(f"onnxruntime quantize_dynamic failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        return _load(dst)
+
+
+def quantized_nodes(qmodel: ir.Model) -> list[str]:
+    """Names of the compute nodes onnxruntime quantized in a QDQ model.
+
+    A node counts when it reads a DequantizeLinear output and either has a quantized constant
+    input (a weight) or its output is quantized again (a QuantizeLinear reads it). A float op
+    that merely consumes a quantized tensor (e.g. a Sigmoid after a quantized Conv) does not.
+    """
+    names = []
+    for node in qmodel.graph:
+        if node.op_type in _QDQ_OPS:
+            continue
+        dqs = [p for v in node.inputs if v is not None and (p := producer(v)) is not None and p.op_type == "DequantizeLinear"]
+        if not dqs:
+            continue
+        has_weight = any(const_array(dq.inputs[0]) is not None for dq in dqs)
+        requantized = any(c.op_type == "QuantizeLinear" for out in node.outputs for c in consumers(out))
+        if has_weight or requantized:
+            names.append(node.name)
+    return names
+
+
+def _dequantized(dq: ir.Node) -> np.ndarray | None:
+    """The float value of ``DequantizeLinear`` on constant inputs (numpy reference)."""
+    q = const_array(dq.inputs[0])
+    scale = const_array(dq.inputs[1])
+    if q is None or scale is None:
+        return None
+    zero = const_array(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
+    axis = dq.attributes.get("axis")
+    axis = axis.value if axis is not None else 1
+    shape = [1] * q.ndim
+    if scale.ndim == 1 and q.ndim > 0 and scale.size > 1:
+        shape[axis] = -1
+    x = q.astype(np.float64) - (0 if zero is None else zero.astype(np.float64).reshape(shape))
+    return (x * scale.astype(np.float64).reshape(shape)).astype(scale.dtype)
+
+
+def keep_float(qmodel: ir.Model, float_model: ir.Model, names: Iterable[str]) -> tuple[ir.Model, list[str]]:
+    """A copy of ``qmodel`` where the nodes ``names`` compute in float (see module docstring).
+
+    Returns (model, names that were not found in both models).
+    """
+    names = set(names)
+    model = qmodel.clone()
+    graph = model.graph
+    float_nodes = {n.name: n for n in float_model.graph}
+    found = set()
+    for node in list(graph):
+        if node.name not in names or node.op_type in _QDQ_OPS:
+            continue
+        original = float_nodes.get(node.name)
+        if original is None:
+            continue
+        found.add(node.name)
+        for i, value in enumerate(node.inputs):
+            dq = producer(value)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer(dq.inputs[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.replace_input_with(i, q.inputs[0])
+                continue
+            weight = const_array(original.inputs[i]) if i < len(original.inputs) else None
+            if weight is None:
+                weight = _dequantized(dq)
+            if weight is not None:
+                node.replace_input_with(i, new_initializer(graph, weight, f"{node.name}_float_in{i}"))
+        _rewire_quantized_outputs(graph, node)
+    ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.TopologicalSortPass())(model)
+    return model, sorted(names - found)
+
+
+def _rewire_quantized_outputs(graph: ir.Graph, node: ir.Node) -> None:
+    """Graph outputs computed as DQ(Q(y)) from a now-float node's output y become y itself."""
+    for out in node.outputs:
+        if out.is_graph_output():
+            continue
+        for q in consumers(out):
+            if q.op_type != "QuantizeLinear":
+                continue
+            for dq in consumers(q.outputs[0]):
+                final = dq.outputs[0]
+                if dq.op_type != "DequantizeLinear" or not final.is_graph_output():
+                    continue
+                index = next(i for i, v in enumerate(graph.outputs) if v is final)
+                name = final.name
+                final.name = f"{name}_int8"
+                out.name = name
+                graph.outputs[index] = out
+                return

@@ -1,0 +1,377 @@
+"""int8 (onnxruntime static/dynamic), the accuracy-aware fallback, ternary and binary weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset, load_npz
+from onnxopt.model_io import load_model, save_model
+from onnxopt.passes.lowbit import (
+    LowBitWeightPass,
+    binary_codes,
+    decode_packed,
+    pack_codes,
+    ternary_codes,
+)
+from onnxopt.passes.quantize import keep_float, preprocess, quantize_static_int8, quantized_nodes
+from onnxopt.pipeline import Context, run_stages
+from onnxopt.quantization import quantize_model, quantize_stage
+from tests import builders
+
+DEMO = Path(__file__).resolve().parents[1] / "onnxopt" / "demo"
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def digits():
+    """The trained demo digits CNN, its calibration half and an evaluator on the other half."""
+    if not (DEMO / "digits_cnn.onnx").exists():
+        pytest.skip("demo model not built")
+    model = load_model(DEMO / "digits_cnn.onnx")
+    data = load_npz(DEMO / "digits.npz", model)
+    calib, held_out = data.split(0.5, seed=0)
+    return model, calib, held_out, evaluate.Evaluator(model, held_out)
+
+
+def conv_matmul_model(opset: int = 17, channels: int = 32) -> onnx.ModelProto:
+    """input[N,8,8,8] → Conv(8→C,3×3) → Relu → Conv(C→C,3×3) → Relu → Flatten → MatMul(C·64→16) → Gemm(16→10)."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    c = channels
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((c, 8, 3, 3)) * 0.2).astype(f32), "w1"),
+        numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.1).astype(f32), "w2"),
+        numpy_helper.from_array((rng.standard_normal((c * 64, 16)) * 0.05).astype(f32), "w3"),
+        numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.3).astype(f32), "w4"),
+        numpy_helper.from_array(np.zeros(10, f32), "b4"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu1"),
+        helper.make_node("Conv", ["ar", "w2"], ["b"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["br"], name="relu2"),
+        helper.make_node("Flatten", ["br"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "w3"], ["m"], name="fc1"),
+        helper.make_node("Gemm", ["m", "w4", "b4"], ["logits"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10 if opset < 25 else 11
+    onnx.checker.check_model(model)
+    return model
+
+
+def _inputs(n: int = 4) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(1).standard_normal((n, 8, 8, 8)).astype(np.float32)}
+
+
+def _decoded_weights(model: ir.Model, names: list[str]) -> dict[str, np.ndarray]:
+    """Run onnxruntime with each named node's weight input exposed as a graph output."""
+    exposed = model.clone()
+    nodes = {n.name: n for n in exposed.graph}
+    for name in names:
+        exposed.graph.outputs.append(nodes[name].inputs[1])
+    outs = evaluate.run(exposed, _inputs(1))
+    return dict(zip(names, outs[1:]))
+
+
+# --------------------------------------------------------------------------- formulas
+def test_ternary_alpha_delta_match_twn_formula_on_hand_made_tensor():
+    weight = np.array([[0.1, -0.5, 0.9, -0.05], [2.0, 0.0, -1.0, 0.2]], np.float32)
+    codes, alpha, delta = ternary_codes(weight, axis=0)
+    # channel 0: mean|W| = 1.55/4 = 0.3875, Δ = 0.27125; above it: 0.5, 0.9 → α = 0.7
+    # channel 1: mean|W| = 3.2/4 = 0.8, Δ = 0.56; above it: 2.0, 1.0 → α = 1.5
+    np.testing.assert_allclose(delta, [0.7 * 0.3875, 0.7 * 0.8])
+    np.testing.assert_allclose(alpha, [0.7, 1.5])
+    np.testing.assert_array_equal(codes, [[0, -1, 1, 0], [1, 0, -1, 0]])
+
+
+def test_ternary_and_binary_along_the_second_axis():
+    weight = np.array([[0.1, 2.0], [-0.5, 0.0], [0.9, -1.0], [-0.05, 0.2]], np.float32)  # [K, N] of a MatMul
+    codes, alpha, _ = ternary_codes(weight, axis=1)
+    np.testing.assert_allclose(alpha, [0.7, 1.5])
+    np.testing.assert_array_equal(codes[:, 0], [0, -1, 1, 0])
+    bcodes, balpha = binary_codes(weight, axis=1)
+    np.testing.assert_allclose(balpha, [0.3875, 0.8])  # α = mean|W| per channel
+    np.testing.assert_array_equal(bcodes[:, 0], [1, -1, 1, -1])
+
+
+@pytest.mark.parametrize("bits,values", [(2, [-1, 0, 1]), (1, [-1, 1])])
+def test_pack_and_decode_roundtrip(bits, values):
+    codes = np.random.default_rng(0).choice(values, size=1003).astype(np.int8)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == np.uint8 and packed.size == -(-1003 // (5 if bits == 2 else 8))
+    np.testing.assert_array_equal(decode_packed(packed, bits, codes.size), codes)
+
+
+# --------------------------------------------------------------------------- the pass
+@pytest.mark.parametrize("bits,storage,opset", [(2, "packed", 17), (1, "packed", 17), (2, "packed", 9), (2, "dq", 25), (1, "dq", 21)])
+def test_lowbit_pass_decodes_to_per_channel_levels_in_onnxruntime(bits, storage, opset):
+    model = ir.from_proto(conv_matmul_model(opset))
+    originals = {n.name: n.inputs[1].const_value.numpy() for n in model.graph if n.op_type in ("Conv", "MatMul", "Gemm")}
+    p = LowBitWeightPass(bits, storage, skip_first_last=False)
+    assert p(model).modified
+    onnx.checker.check_model(ir.to_proto(model))
+    assert model.opset_imports[""] == opset  # the pass never changes the opset
+    quantized = [name for name, _ in p.applied]
+    expected = ["conv1", "conv2", "fc1", "fc2"] if storage == "packed" else ["conv1", "conv2", "fc2"]
+    assert quantized == expected
+    decoded = _decoded_weights(model, quantized)
+    for name in quantized:
+        node = next(n for n in model.graph if n.name == name)
+        w = decoded[name]
+        transposed = storage == "dq" and node.op_type == "Gemm" and originals[name].shape != w.shape
+        if transposed:
+            w = w.T
+        axis = 0 if node.op_type == "Conv" else 1
+        rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+        for row in rows:
+            assert len(np.unique(row)) <= (3 if bits == 2 else 2)
+        codes, alpha = (ternary_codes if bits == 2 else binary_codes)(originals[name], axis)[:2]
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        np.testing.assert_allclose(w, codes * alpha.astype(np.float32).reshape(shape), rtol=1e-6, atol=1e-7)
+    outputs = evaluate.run(model, _inputs())
+    assert np.isfinite(outputs[0]).all()
+
+
+@pytest.mark.parametrize("bits,min_ratio", [(2, 16), (1, 24)])
+def test_lowbit_packed_file_shrinks(tmp_path, bits, min_ratio):
+    proto = conv_matmul_model(channels=64)
+    model = ir.from_proto(proto)
+    p = LowBitWeightPass(bits, "packed", skip_first_last=False)
+    p(model)
+    float_bytes = sum(s["float_bytes"] for s in p.stats)
+    stored = sum(s["stored_bytes"] for s in p.stats if s["float_bytes"] > 10_000)
+    assert sum(s["float_bytes"] for s in p.stats if s["float_bytes"] > 10_000) / stored >= min_ratio
+    before = builders.save(proto, tmp_path / "f.onnx").stat().st_size
+    after = save_model(model, tmp_path / "q.onnx").stat().st_size
+    assert before > float_bytes and before / after >= min_ratio * 0.8
+
+
+def test_lowbit_skips_first_last_excluded_and_nonconstant():
+    model = ir.from_proto(conv_matmul_model())
+    p = LowBitWeightPass(2, exclude=["conv2"])
+    p(model)
+    assert [name for name, _ in p.applied] == ["fc1"]
+    reasons = dict(p.skipped)
+    assert reasons["conv1"] == "first layer kept float"
+    assert reasons["fc2"] == "last layer kept float"
+    assert reasons["conv2"] == "excluded by the user"
+    dq = LowBitWeightPass(2, "dq", skip_first_last=False)
+    dq(ir.from_proto(conv_matmul_model(17)))
+    assert not dq.applied and "opset 17 < 21" in dict(dq.skipped)["conv1"]
+
+
+# --------------------------------------------------------------------------- int8
+def test_int8_digits_cnn_within_one_percent(digits):
+    model, calib, held_out, evaluator = digits
+    result = quantize_model(model, calib, evaluator, mode="int8", check_speed=False)
+    assert result.applied and result.layers_quantized
+    ops = {n.op_type for n in result.model.graph}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert result.settings["activation_type"] == "u8" and result.settings["weight_type"] == "s8"
+    assert evaluator.baseline - result.score <= 0.01
+    assert result.size_after < result.size_before / 3
+    assert result.latency_ratio is not None
+    report = result.to_dict()
+    json.dumps(report)
+    assert report["fidelity"]["accuracy_candidate"] == pytest.approx(result.score)
+
+
+def test_keep_float_of_every_layer_restores_the_float_model(digits):
+    model, calib, _, _ = digits
+    pre, _ = preprocess(model)
+    qdq = quantize_static_int8(pre, calib.take(slice(0, 32)))
+    layers = quantized_nodes(qdq)
+    restored, missing = keep_float(qdq, pre, layers)
+    assert not missing
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in restored.graph)
+    probe = calib.take(slice(0, 16))
+    np.testing.assert_allclose(evaluate.run(restored, probe)[0], evaluate.run(model, probe)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_int8_fallback_keeps_sensitive_layers_float_within_budget(digits):
+    model, calib, held_out, _ = digits
+    strict = evaluate.Evaluator(model, held_out, metric="rel-l2")  # a budget plain int8 misses
+    plain = quantize_model(model, calib, strict, mode="int8", check_speed=False)
+    budget = strict.drop(plain.score) / 2
+    result = quantize_model(model, calib, strict, mode="int8", max_drop=budget, check_speed=False)
+    assert result.applied
+    assert strict.within(result.score, budget)
+    assert strict.within(strict.score(result.model), budget)  # the returned model itself
+    sensitive = {n: r for n, r in result.layers_float.items() if r.startswith("sensitive")}
+    assert sensitive and result.search and result.sensitivity
+    assert set(sensitive) <= set(result.sensitivity) and not set(sensitive) & set(result.layers_quantized)
+    assert not any(name.endswith("Relu") for name in result.sensitivity)  # pass-through ops are not ranked
+    nodes = {n.name: n for n in result.model.graph}
+    for name in sensitive:  # really float: no DequantizeLinear feeds it
+        assert all(v is None or v.producer() is None or v.producer().op_type != "DequantizeLinear" for v in nodes[name].inputs)
+
+
+def test_int8_zero_budget_returns_the_float_model_with_the_reason(digits):
+    model, calib, held_out, _ = digits
+    exact = evaluate.Evaluator(model, held_out, metric="rel-l2")
+    result = quantize_model(model, calib, exact, mode="int8", max_drop=0.0, check_speed=False)
+    assert not result.applied and result.model is model
+    assert "holds only with every layer float" in result.reason
+    last = result.search[-1]  # every ranked layer float (followers included) is exactly float
+    assert last["accepted"] and last["score"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_int8_per_channel_on_an_old_opset_raises_it_to_13():
+    model = ir.from_proto(conv_matmul_model(opset=11))
+    data = Dataset(_inputs(16))
+    result = quantize_model(model, data, mode="int8", check_speed=False)
+    assert result.applied and result.model.opset_imports[""] >= 13
+    assert any("opset raised 11 → 13" in note for note in result.notes)
+    ref, out = evaluate.run(model, data)[0], evaluate.run(result.model, data)[0]
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_int8_is_refused_when_not_faster(digits, monkeypatch):
+    import onnxopt.quantization as q
+
+    model, calib, _, evaluator = digits
+    monkeypatch.setattr(q, "latency_ratio", lambda *a, **k: (1.4, 1.0, 1.4))
+    result = quantize_model(model, calib, evaluator, mode="int8")
+    assert not result.applied and result.model is model
+    assert "not faster" in result.reason
+
+
+def test_int8_dynamic_quantizes_matmuls():
+    model = ir.from_proto(conv_matmul_model())
+    result = quantize_model(model, mode="int8-dynamic", check_speed=False)
+    assert result.applied and result.layers_quantized == ["fc1", "fc2"]
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in result.model.graph)
+    ref, out = evaluate.run(model, _inputs())[0], evaluate.run(result.model, _inputs())[0]
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_bad_mode_and_unknown_exclude_are_one_line_errors(digits):
+    from onnxopt.errors import OnnxoptError
+
+    model, calib, _, _ = digits
+    with pytest.raises(OnnxoptError, match="unknown mode"):
+        quantize_model(model, calib, mode="int3")
+    with pytest.raises(OnnxoptError, match="no node of that name"):
+        quantize_model(model, calib, exclude=["nope"])
+    with pytest.raises(OnnxoptError, match="needs calibration data"):
+        quantize_model(model, None, mode="int8")
+
+
+# --------------------------------------------------------------------------- ternary on a trained model
+def test_ternary_digits_reports_size_and_runs(digits):
+    model, calib, _, evaluator = digits
+    result = quantize_model(model, calib, evaluator, mode="ternary", max_drop=0.02)
+    assert result.applied
+    assert evaluator.within(result.score, 0.02)
+    assert result.size_before / result.size_after > 2
+    big = [s for s in result.layer_stats if s["float_bytes"] > 20_000]
+    assert big and all(s["float_bytes"] / s["stored_bytes"] >= 16 for s in big)
+    assert result.layers_float["/stem/stem.0/Conv"] == "first layer kept float"
+
+
+# --------------------------------------------------------------------------- outputs of other passes
+def test_int8_after_fold_bn(digits):
+    from onnxopt.passes.fold_bn import FoldBatchNormPass
+
+    model, calib, _, evaluator = digits
+    folded = model.clone()
+    FoldBatchNormPass()(folded)
+    assert not any(n.op_type == "BatchNormalization" for n in folded.graph)
+    result = quantize_model(folded, calib, evaluator, mode="int8", check_speed=False)
+    assert result.applied and evaluator.baseline - result.score <= 0.01
+
+
+def test_int8_after_lowrank(digits):
+    lowrank = pytest.importorskip("onnxopt.lowrank")
+    model, calib, _, evaluator = digits
+    split = lowrank.lowrank_model(model, None, rank=16).model
+    assert len(list(split.graph)) > len(list(model.graph))
+    result = quantize_model(split, calib, evaluator, mode="int8", check_speed=False)
+    assert result.applied and evaluator.baseline - result.score <= 0.03
+
+
+def test_int8_after_prune_model(digits):
+    pruning = pytest.importorskip("onnxopt.pruning")
+    model, calib, _, evaluator = digits
+    pruned = pruning.prune_model(model, calib.take(slice(0, 64)), criterion="l1", ratio=0.3).model
+    params = lambda m: sum(v.const_value.size for v in m.graph.initializers.values())  # noqa: E731
+    assert params(pruned) < 0.7 * params(model)
+    pruned_score = evaluator.score(pruned)
+    result = quantize_model(pruned, calib, evaluator, mode="int8", check_speed=False)
+    assert result.applied and pruned_score - result.score <= 0.01
+
+
+def _hand_pruned(keep: list[int]) -> ir.Model:
+    """builders.conv_bn_relu_gemm with conv output channels sliced to ``keep`` (a pruned model)."""
+    proto = builders.conv_bn_relu_gemm()
+    arrays = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for name in ("conv.w", "conv.b", "bn.scale", "bn.bias", "bn.mean", "bn.var"):
+        arrays[name] = arrays[name][keep]
+    arrays["fc.w"] = arrays["fc.w"].reshape(5, 4, 64)[:, keep].reshape(5, -1)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(a), n) for n, a in arrays.items())
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+@pytest.mark.parametrize("mode", ["int8", "ternary"])
+def test_quantize_a_pruned_model(mode):
+    pruned = _hand_pruned([0, 2, 3])
+    data = Dataset({"input": np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)})
+    result = quantize_model(pruned, data, mode=mode, check_speed=False, skip_first_last=False)
+    assert result.applied and result.layers_quantized
+    ref, out = evaluate.run(pruned, data)[0], evaluate.run(result.model, data)[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > (0.99 if mode == "int8" else 0.7)
+
+
+# --------------------------------------------------------------------------- pipeline and CLI
+def test_quantize_stage_in_pipeline(digits, monkeypatch):
+    import onnxopt.quantization as q
+
+    model, calib, held_out, evaluator = digits
+    ctx = Context(verify_data=held_out.take(slice(0, 32)), calib=calib, evaluator=evaluator, max_drop=0.01)
+    final, records = run_stages(model, [quantize_stage(mode="int8")], ctx)
+    assert records[0].name == "quantize-int8" and not records[0].lossless
+    if records[0].kept:  # kept only when faster and within the budget
+        assert any(n.op_type == "QuantizeLinear" for n in final.graph)
+        assert records[0].details["latency_ratio"] < 1
+    else:
+        assert final is model
+    monkeypatch.setattr(q, "latency_ratio", lambda *a, **k: (1.2, 1.0, 1.2))
+    final, records = run_stages(model, [quantize_stage(mode="int8")], ctx)
+    assert final is model and not records[0].kept
+    assert "not faster" in records[0].details["reason"]
+
+
+def test_cli_quantize_writes_model_and_report(tmp_path):
+    from onnxopt.cli_quantize import quantize_command
+
+    if not (DEMO / "digits_cnn.onnx").exists():
+        pytest.skip("demo model not built")
+    out, report = tmp_path / "t.onnx", tmp_path / "r.json"
+    args = [str(DEMO / "digits_cnn.onnx"), "--data", str(DEMO / "digits.npz"), "--mode", "ternary", "-o", str(out), "--report", str(report)]
+    res = CliRunner().invoke(quantize_command, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())
+    assert data["quantize"]["applied"] and data["after"]["size_bytes"] < data["before"]["size_bytes"] / 2
+    assert out.exists() and "first layer kept float" in res.output
+    res = CliRunner().invoke(quantize_command, [str(DEMO / "digits_cnn.onnx"), "-o", str(tmp_path / "x.onnx")])
+    assert res.exit_code == 2 and "needs calibration data" in res.output
+    assert not (tmp_path / "x.onnx").exists()
