@@ -6,8 +6,11 @@ Counting rules (one MAC = one multiply + one add; per inference of the given inp
 - Gemm / MatMul: ``prod(output batch dims) * M * N * K``.
 - Element-wise arithmetic, activations, normalisations, pooling: about one MAC per output
   element (pooling: per window element), so cheap ops are visible but never dominate.
-- Parameters: elements of constant float inputs (initializers, Constant nodes) of the node;
-  an initializer shared by several nodes is counted once per model.
+- Parameters: elements of the node's constant inputs — initializers, Constant nodes, or
+  values computed from constants only (a DequantizeLinear of int8 weights, the decode
+  subgraph of packed ternary weights), counted at their decoded shape; a weight shared by
+  several nodes is counted once per model.
+Nodes computed from constants only are folded by onnxruntime at load and count nothing.
 Shapes come from ONNX shape inference with the inputs pinned (dynamic dims: given by the
 user, else 1). A node whose shapes stay unknown counts 0 MACs and is flagged ``unknown``.
 """
@@ -128,7 +131,35 @@ def _const_params(value: ir.Value | None) -> int:
 
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "PRelu", "Add", "Mul",
-               "LayerNormalization", "InstanceNormalization", "DequantizeLinear", "Gather"}
+               "LayerNormalization", "InstanceNormalization", "Gather"}
+
+
+def _is_const_expr(value: ir.Value | None, memo: dict[int, bool]) -> bool:
+    """True when ``value`` is computed from constants only (no graph input upstream)."""
+    if value is None or value.is_graph_input():
+        return False
+    if value.const_value is not None:
+        return True
+    key = id(value)
+    if key not in memo:
+        memo[key] = False  # guards against cycles in malformed graphs
+        node = value.producer()
+        memo[key] = node is not None and not _has_subgraph(node) and all(_is_const_expr(v, memo) for v in node.inputs if v is not None)
+    return memo[key]
+
+
+def _has_subgraph(node: ir.Node) -> bool:
+    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+
+
+def _value_params(value: ir.Value, shapes: Mapping[str, tuple], memo: dict[int, bool]) -> int:
+    direct = _const_params(value)
+    if direct or value.const_value is not None:
+        return direct
+    if not _is_const_expr(value, memo):
+        return 0
+    shape = shapes.get(value.name)
+    return _prod(shape) if _known(shape) else 0
 
 
 def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelCost:
@@ -136,13 +167,19 @@ def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None
     shapes = static_shapes(model, input_shapes)
     nodes: list[NodeCost] = []
     counted: set[str] = set()
+    memo: dict[int, bool] = {}
     total_params = 0
     for node in model.graph:
+        if node.outputs and all(_is_const_expr(v, memo) for v in node.outputs):
+            # Part of a constant subgraph (weight decoding, shape arithmetic): onnxruntime
+            # folds it at load, and its result is counted where it is consumed.
+            nodes.append(NodeCost(node.name or node.op_type, node.op_type, 0, 0))
+            continue
         macs = _node_macs(node, shapes)
         params = 0
         if node.op_type in _WEIGHT_OPS:
             for value in node.inputs:
-                p = _const_params(value)
+                p = _value_params(value, shapes, memo) if value is not None else 0
                 if p and value is not None:
                     params += p
                     if value.name not in counted:

@@ -166,6 +166,9 @@ def static_shapes(
                 if not d.HasField("dim_value"):
                     d.Clear()
                     d.dim_value = 1
+    # Stale intermediate annotations (left by an exporter or a pass) make inference stop at
+    # the first disagreement; it recomputes them anyway.
+    del proto.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:
