@@ -27,7 +27,7 @@ channels, Shape, Gather, …), and any op without a handler.
 
 from __future__ import annotations
 
-__all__ = ["Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS"]
+__all__ = ["const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS"]
 
 import dataclasses
 import math
@@ -36,7 +36,23 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import attr, const_array, static_shapes
+from onnxopt.graph import attr, static_shapes
+from onnxopt.graph import const_array as _const_array
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """:func:`onnxopt.graph.const_array`, also through ``Identity`` chains (the TorchScript
+    exporter routes de-duplicated initializers, e.g. shared zero biases, through Identity)."""
+    for _ in range(8):
+        arr = _const_array(value)
+        if arr is not None or value is None:
+            return arr
+        node = value.producer()
+        if node is None or node.op_type != "Identity" or not node.inputs:
+            return None
+        value = node.inputs[0]
+    return None
+
 
 # Member roles (what the pruning pass does to ``node`` for removed channels of ``value``):
 PRODUCER = "producer"  # slice the weight's output axis (and the bias) of a source op
@@ -121,6 +137,9 @@ class ChannelGroup:
 class GroupAnalysis:
     groups: list[ChannelGroup]
     channels: dict[str, int] = dataclasses.field(default_factory=dict)  # value → channel count
+    axes: dict[str, int] = dataclasses.field(default_factory=dict)  # value → channel axis
+    blocks: dict[str, int] = dataclasses.field(default_factory=dict)  # value → features per channel
+    ranks: dict[str, int] = dataclasses.field(default_factory=dict)  # value → rank (when known)
 
     @property
     def prunable(self) -> list[ChannelGroup]:
@@ -132,6 +151,17 @@ class GroupAnalysis:
 
     def by_name(self) -> dict[str, ChannelGroup]:
         return {g.name: g for g in self.groups}
+
+    def removed_positions(self, removals: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+        """value name → sorted channel positions removed by ``removals`` (group → units),
+        the union over all groups a value holds channels of (Concat outputs)."""
+        by_name = self.by_name()
+        removed: dict[str, set[int]] = {}
+        for name, units in removals.items():
+            group = by_name[name]
+            for value in group.index:
+                removed.setdefault(value, set()).update(group.removed_positions(value, units).tolist())
+        return {k: np.asarray(sorted(v), dtype=np.int64) for k, v in removed.items() if v}
 
 
 @dataclasses.dataclass
@@ -483,10 +513,11 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         return
     prefix = math.prod(in_shape[: t.axis])
     inner = math.prod(in_shape[t.axis + 1 :])
-    b = 0
-    while b < len(out_shape) and math.prod(out_shape[:b]) < prefix:
-        b += 1
-    ok = b < len(out_shape) and math.prod(out_shape[:b]) == prefix
+    # The output axis that starts after the same leading elements (prefer the same axis:
+    # with batch 1 several axes qualify).
+    candidates = [b for b in range(len(out_shape)) if math.prod(out_shape[:b]) == prefix]
+    ok = bool(candidates)
+    b = t.axis if t.axis in candidates else (candidates[-1] if ok else 0)
     if ok and out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner:
         new = _Track(t.elems, b, t.block)  # channel axis kept, other axes regrouped
     elif ok and b == len(out_shape) - 1 and out_shape[b] == in_shape[t.axis] * inner:
@@ -677,19 +708,12 @@ def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None =
         HANDLERS.get(node.op_type, _unknown)(w, node)
     for value in model.graph.outputs:
         w.block(w.track(value), f"{value.name} is a graph output")
+    values = {out.name: out for node in model.graph for out in node.outputs}
     for name, t in w.tracks.items():  # uses inside subgraphs or by unhandled nodes
-        value = _find_value(model, name)
+        value = values.get(name)
         if value is not None and any(id(node) not in w.handled for node, _ in value.uses()):
             w.block(t, f"{name} is read inside a subgraph")
     return _collect(w)
-
-
-def _find_value(model: ir.Model, name: str) -> ir.Value | None:
-    for node in model.graph:
-        for out in node.outputs:
-            if out.name == name:
-                return out
-    return None
 
 
 def _collect(w: _Walker) -> GroupAnalysis:
@@ -734,4 +758,15 @@ def _collect(w: _Walker) -> GroupAnalysis:
         for g in groups:
             if m.value in g.index:
                 g.members.append(m)
-    return GroupAnalysis(groups, {name: t.channels for name, t in w.tracks.items()})
+    ranks = {}
+    for name in w.tracks:
+        shape = w.shapes.get(name)
+        if shape is not None:
+            ranks[name] = len(shape)
+    return GroupAnalysis(
+        groups,
+        {name: t.channels for name, t in w.tracks.items()},
+        {name: t.axis for name, t in w.tracks.items()},
+        {name: t.block for name, t in w.tracks.items()},
+        ranks,
+    )

@@ -1,0 +1,134 @@
+"""``onnxopt prune``: structured channel pruning with a per-layer report."""
+
+from __future__ import annotations
+
+__all__ = ["prune", "prune_command"]
+
+import click
+from rich.table import Table
+
+from onnxopt.cli_common import (
+    command,
+    console,
+    data_options,
+    default_output,
+    err_console,
+    load_dataset,
+    output_options,
+    shape_option,
+)
+from onnxopt.importance import CRITERIA
+from onnxopt.pruning import ALLOCATIONS
+from onnxopt.report import before_after_table, fmt_count, write_json
+
+
+def _progress(message: str) -> None:
+    err_console.print(f"[dim]… {message}[/dim]")
+
+
+def channels_table(result) -> Table:
+    table = Table(title=f"channels per group ({result.criterion}, {result.allocation})")
+    for col in ("group", "source layers", "before", "after", "kept"):
+        table.add_column(col, justify="right" if col in ("before", "after", "kept") else "left", overflow="fold")
+    for layer in result.layers:
+        sources = ", ".join(layer["sources"][:3]) + (" …" if len(layer["sources"]) > 3 else "")
+        kept = layer["after"] / layer["before"] if layer["before"] else 1.0
+        style = "" if layer["after"] < layer["before"] else "dim"
+        table.add_row(layer["group"], sources, str(layer["before"]), str(layer["after"]), f"{kept:.0%}", style=style)
+    return table
+
+
+def search_table(result) -> Table:
+    table = Table(title=f"automatic search on cr ({result.metric})")
+    for col in ("step", "cr", "MACs kept", result.metric or "score", "accepted"):
+        table.add_column(col, justify="right")
+    for i, step in enumerate(result.steps, 1):
+        table.add_row(str(i), f"{step.knob:.4f}", f"{step.cost:.1%}" if step.cost is not None else "-",
+                      f"{step.score:.4f}", "yes" if step.accepted else "no")
+    return table
+
+
+@click.command("prune")
+@click.argument("model", type=click.Path(dir_okay=False))
+@output_options
+@data_options
+@click.option("--criterion", type=click.Choice(CRITERIA), default=None,
+              help="Channel importance (default: permutation with --data, else l1).")
+@click.option("--ratio", type=float, default=None, help="Remove this share of each group's channels, e.g. 0.3.")
+@click.option("--cr", type=float, default=None, help="Cumulative contribution rate kept per group, e.g. 0.9.")
+@click.option("--max-accuracy-drop", "max_drop", type=float, default=None,
+              help="Search cr automatically under this budget on held-out data (needs --data).")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
+              help="uniform or global with --ratio; cr with --cr / --max-accuracy-drop.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Round kept channels up to a multiple (e.g. 8).")
+@click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares re-fit of consumer layers.")
+@click.option("--no-bias-compensation", is_flag=True, help="Skip moving removed channels' means into biases.")
+@shape_option
+@command
+def prune_command(model, output, report_path, data, eval_data, metric, seed, criterion, ratio, cr, max_drop,
+                  allocation, round_to, no_reconstruct, no_bias_compensation, shapes):
+    """Remove whole channels (filters) of MODEL, on channel dependency groups."""
+    from onnxopt import evaluate
+    from onnxopt.calibration import parse_shapes, synthetic
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.model_io import check_output_path, load_model, save_model
+    from onnxopt.pruning import prune_model
+    from onnxopt.report import summarize
+
+    if sum(v is not None for v in (ratio, cr, max_drop)) != 1:
+        raise OnnxoptError("give exactly one of --ratio, --cr or --max-accuracy-drop")
+    output = output or default_output(model, "pruned")
+    original = load_model(model)
+    check_output_path(output, model)
+    shape_map = parse_shapes(shapes)
+    calib = load_dataset(data, original)
+    held_out = load_dataset(eval_data, original)
+    if calib is not None and held_out is None and len(calib) >= 2:
+        calib, held_out = calib.split(0.5, seed)
+    if max_drop is not None and held_out is None:
+        raise OnnxoptError("--max-accuracy-drop needs --data (and optionally --eval-data) to score candidates")
+    criterion = criterion or ("permutation" if calib is not None else "l1")
+    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
+    result = prune_model(
+        original, calib, evaluator, criterion=criterion, ratio=ratio, cr=cr, max_drop=max_drop,
+        allocation=allocation, round_to=round_to, reconstruct=not no_reconstruct,
+        bias_compensation=not no_bias_compensation, seed=seed, shapes=shape_map or None, progress=_progress,
+    )
+    save_model(result.model, output, input_path=model)
+    verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
+    fidelity = evaluate.compare(
+        evaluate.run(original, verify_data), evaluate.run(result.model, verify_data),
+        names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
+    )
+    before, after = summarize(original, model, shape_map), summarize(result.model, output, shape_map)
+    extra = [("cosine", "", f"{fidelity.cosine:.6f}", "")]
+    if fidelity.top1_agreement is not None:
+        extra.append(("top-1 agreement", "", f"{fidelity.top1_agreement:.4f}", ""))
+    scores = result.scores
+    if "pruned" in scores:
+        base = scores["original"]
+        if "pruned_without_recovery" in scores:
+            s = scores["pruned_without_recovery"]
+            extra.append((f"{result.metric} (no recovery)", f"{base:.4f}", f"{s:.4f}", f"{s - base:+.4f}"))
+        s = scores["pruned"]
+        extra.append((f"{result.metric}", f"{base:.4f}", f"{s:.4f}", f"{s - base:+.4f}"))
+    console.print(channels_table(result))
+    if result.steps:
+        console.print(search_table(result))
+    console.print(before_after_table(before, after, extra))
+    console.print(
+        f"MACs {fmt_count(result.macs_before)} → {fmt_count(result.macs_after)} "
+        f"({1 - result.macs_after / max(result.macs_before, 1):.1%} removed), params "
+        f"{fmt_count(result.params_before)} → {fmt_count(result.params_after)}"
+    )
+    for u in result.unprunable:
+        console.print(f"[dim]unprunable {u['group']} ({u['channels']} ch): {'; '.join(u['reasons'])}[/dim]")
+    console.print(f"wrote {output}")
+    if report_path:
+        write_json(report_path, {
+            "input": model, "output": output, "before": before, "after": after,
+            "fidelity": fidelity.to_dict(), "prune": result.to_dict(),
+        })
+
+
+prune = prune_command  # the name onnxopt.cli registers

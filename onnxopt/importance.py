@@ -1,0 +1,239 @@
+"""Channel importance criteria: one score per unit of every :class:`ChannelGroup`.
+
+- ``l1`` / ``l2``: norm of each filter of every source op (Li et al., 2017).
+- ``bn-gamma``: ``|γ|`` of the BatchNormalization members (network slimming); a group
+  without BN (folded, or none) falls back to ``l2``.
+- ``apoz``: 1 − average percentage of zeros of the group's post-activation values
+  (``Relu``/``Clip``/… outputs; the source outputs when there is none) on calibration data.
+- ``permutation`` (the thesis, ch. 3): for output channel *i* of layer *l*, permute the
+  weights of filter *i* (seeded Fisher–Yates) and measure the change of the layer output
+  on real activations of the *original* network::
+
+      D_i = mean_over_samples Σ_{h,w} (Y_i − Y'_i)²,   Y − Y' = conv(X, W − W_perm)
+
+  Permuting filter *i* changes only output channel *i*, and the difference is linear in the
+  weights, so the scores of all filters of a layer come from **one** extra convolution of
+  the cached input ``X`` with ``W − W_perm`` (every filter permuted at once). All layers'
+  extra convolutions are added to a clone of the model, each followed by a sum of squares
+  per channel, and the clone runs once over the calibration data in batches — the network
+  is never run once per channel, and no activation is kept in memory.
+
+A unit of a group spanning several source layers (residual Add, SE gate) gets the **sum**
+of its members' scores. Larger score = more important.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CRITERIA", "group_importance", "Probe"]
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.calibration import Dataset
+from onnxopt.errors import OnnxoptError
+from onnxopt.evaluate import session
+from onnxopt.graph import attr, default_opset
+from onnxopt.groups import PARAM, PRODUCER, ChannelGroup, GroupAnalysis, Member, const_array
+
+CRITERIA = ("l1", "l2", "bn-gamma", "apoz", "permutation")
+_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "Sigmoid", "PRelu", "Elu", "Selu", "Gelu", "HardSigmoid"}
+
+
+class Probe:
+    """A clone of a model with extra outputs (statistics of intermediate values), run once
+    over a dataset in batches; outputs are summed over batches."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model.clone()
+        self.graph = self.model.graph
+        self.opset = default_opset(self.model)
+        self.values: dict[str, ir.Value] = {v.name: v for v in self.graph.inputs}
+        for node in self.graph:
+            for out in node.outputs:
+                self.values[out.name] = out
+        self.graph.outputs.clear()
+        self.keys: list[str] = []
+        self.weighted: set[str] = set()
+        self._count = 0
+
+    def value(self, name: str) -> ir.Value:
+        return self.values[name]
+
+    def const(self, array: np.ndarray) -> ir.Value:
+        self._count += 1
+        name = f"_probe_c{self._count}"
+        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+        value.shape = ir.Shape(array.shape)
+        value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+        self.graph.register_initializer(value)
+        return value
+
+    def add(self, op: str, inputs: Sequence[ir.Value | None], **attributes) -> ir.Value:
+        self._count += 1
+        node = ir.node(op, list(inputs), attributes=attributes or None, name=f"_probe_n{self._count}")
+        self.graph.append(node)
+        node.outputs[0].name = f"_probe_v{self._count}"
+        return node.outputs[0]
+
+    def reduce(self, op: str, x: ir.Value, axes: Sequence[int]) -> ir.Value:
+        """``op`` (ReduceSum, ReduceMean, ReduceSumSquare, ReduceMax) over ``axes``, no keepdims."""
+        if self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13):
+            return self.add(op, [x, self.const(np.asarray(list(axes), dtype=np.int64))], keepdims=0)
+        return self.add(op, [x], axes=list(axes), keepdims=0)
+
+    def output(self, key: str, value: ir.Value, *, batch_mean: bool = False) -> None:
+        """Add ``value`` as output ``key``. ``batch_mean``: the value is a mean over the
+        batch, so :meth:`run` weights it by the batch size (divide the sum by ``n``)."""
+        if batch_mean:
+            self.weighted.add(key)
+        if value.name in self.values and self.values[value.name] is value:
+            value = self.add("Identity", [value])  # keep the model's own names intact
+        value.name = key
+        value.type = ir.TensorType(ir.DataType.FLOAT)
+        self.graph.outputs.append(value)
+        self.keys.append(key)
+
+    def run(self, data: Dataset, batch_size: int = 16) -> tuple[dict[str, np.ndarray], int]:
+        if not self.keys:
+            return {}, len(data)
+        sess = session(self.model)
+        names = [i.name for i in sess.get_inputs()]
+        fixed = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
+        step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+        sums: dict[str, np.ndarray] = {}
+        n = len(data)
+        for start in range(0, n, step):
+            feed = {k: data.inputs[k][start : start + step] for k in names}
+            rows = len(next(iter(feed.values()))) if feed else 1
+            for key, out in zip(self.keys, sess.run(self.keys, feed)):
+                out = np.asarray(out, dtype=np.float64) * (rows if key in self.weighted else 1)
+                sums[key] = sums[key] + out if key in sums else out
+        return sums, n
+
+
+def _to_units(group: ChannelGroup, value: str, per_channel: np.ndarray, out: np.ndarray) -> None:
+    idx = group.index[value]
+    mask = idx >= 0
+    np.add.at(out, idx[mask], np.asarray(per_channel, dtype=np.float64)[mask])
+
+
+def _per_filter(weight: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)
+
+
+def _norm_scores(group: ChannelGroup, order: int) -> np.ndarray:
+    scores = np.zeros(group.units)
+    for m in group.sources:
+        filters = _per_filter(const_array(m.node.inputs[1]).astype(np.float64), m.axis)
+        per = np.abs(filters).sum(1) if order == 1 else np.sqrt((filters**2).sum(1))
+        _to_units(group, m.value, per, scores)
+    return scores
+
+
+def _bn_scores(group: ChannelGroup) -> np.ndarray | None:
+    scores = np.zeros(group.units)
+    found = False
+    for m in group.members:
+        if m.role == PARAM and m.node.op_type == "BatchNormalization" and m.input_index == 1:
+            _to_units(group, m.value, np.abs(const_array(m.node.inputs[1]).astype(np.float64)), scores)
+            found = True
+    return scores if found else None
+
+
+def _channel_axes(rank: int, axis: int) -> list[int]:
+    return [a for a in range(rank) if a != axis]
+
+
+def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator) -> ir.Value | None:
+    node = m.node
+    weight = const_array(node.inputs[1])
+    filters = _per_filter(weight, m.axis)
+    permuted = rng.permuted(filters, axis=1)  # Fisher–Yates per filter, all filters at once
+    diff = np.moveaxis((filters - permuted).reshape(np.moveaxis(weight, m.axis, 0).shape), 0, m.axis)
+    x = probe.value(node.inputs[0].name)
+    w = probe.const(np.ascontiguousarray(diff.astype(weight.dtype)))
+    if node.op_type == "Conv":
+        attrs = {k: a.value for k, a in node.attributes.items()}
+        y = probe.add("Conv", [x, w], **attrs)
+        rank = len(weight.shape)
+    elif node.op_type == "Gemm":
+        y = probe.add("Gemm", [x, w], transB=attr(node, "transB", 0), alpha=float(attr(node, "alpha", 1.0)))
+        rank = 2
+    else:  # MatMul
+        y = probe.add("MatMul", [x, w])
+        rank = len(probe.value(m.value).shape or ()) or 2
+    out_axis = 1 if node.op_type in ("Conv", "Gemm") else rank - 1
+    return probe.reduce("ReduceSumSquare", y, _channel_axes(rank, out_axis))
+
+
+def _activation_values(group: ChannelGroup) -> list[tuple[str, ir.Node | None]]:
+    """Post-activation values of the group (apoz looks at these), else its source outputs."""
+    found = []
+    for m in group.members:
+        for user, _ in m.node.outputs[0].uses() if m.role == PRODUCER else []:
+            if user.op_type in _ACTIVATIONS and user.outputs[0].name in group.index:
+                found.append(user.outputs[0].name)
+    if not found:
+        found = [m.value for m in group.sources]
+    return list(dict.fromkeys(found))
+
+
+def group_importance(
+    model: ir.Model,
+    analysis: GroupAnalysis,
+    criterion: str = "permutation",
+    calib: Dataset | None = None,
+    *,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """Score every unit of every prunable group: group name → array of ``units`` scores."""
+    if criterion not in CRITERIA:
+        raise OnnxoptError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    groups = analysis.prunable
+    if criterion in ("l1", "l2"):
+        return {g.name: _norm_scores(g, 1 if criterion == "l1" else 2) for g in groups}
+    if criterion == "bn-gamma":
+        out = {}
+        for g in groups:
+            s = _bn_scores(g)
+            out[g.name] = s if s is not None else _norm_scores(g, 2)
+        return out
+    if calib is None or len(calib) == 0:
+        raise OnnxoptError(f"criterion {criterion!r} needs calibration data (--data)")
+    probe = Probe(model)
+    rng = np.random.default_rng(seed)
+    ranks = analysis.ranks
+    plan: list[tuple[ChannelGroup, str, str]] = []  # (group, value, output key)
+    for gi, g in enumerate(groups):
+        if criterion == "permutation":
+            for si, m in enumerate(g.sources):
+                key = f"perm_{gi}_{si}"
+                probe.output(key, _permutation_probe(probe, m, rng))
+                plan.append((g, m.value, key))
+        else:
+            for vi, name in enumerate(_activation_values(g)):
+                x = probe.value(name)
+                rank = ranks.get(name) or len(x.shape or ()) or 4
+                axis = _value_axis(analysis, g, name, rank)
+                positive = probe.add("Cast", [probe.add("Greater", [x, probe.const(np.zeros((), np.float32))])], to=1)
+                key = f"apoz_{gi}_{vi}"
+                probe.output(key, probe.reduce("ReduceMean", positive, _channel_axes(rank, axis)), batch_mean=True)
+                plan.append((g, name, key))
+    sums, n = probe.run(calib, batch_size)
+    scores = {g.name: np.zeros(g.units) for g in groups}
+    counts = {g.name: np.zeros(g.units) for g in groups}
+    for g, value, key in plan:
+        per = sums[key] / n
+        _to_units(g, value, per, scores[g.name])
+        _to_units(g, value, np.ones_like(per), counts[g.name])
+    if criterion == "apoz":  # mean over the group's activations
+        return {k: v / np.maximum(counts[k], 1) for k, v in scores.items()}
+    return scores
+
+
+def _value_axis(analysis: GroupAnalysis, group: ChannelGroup, name: str, rank: int) -> int:
+    axis = analysis.axes.get(name)
+    return axis if axis is not None else (1 if rank > 1 else 0)

@@ -1,0 +1,613 @@
+"""Structured pruning end to end: importance → allocation → prune → recover → search.
+
+Allocation (how many units each group keeps, from per-unit scores ``s``):
+- ``uniform``: every group removes ``⌊ratio · units⌋`` of its lowest-scored units;
+- ``global``: scores are divided by their group's mean, and the ``ratio`` fraction of all
+  units with the lowest normalised score is removed, wherever it lies;
+- ``cr`` (the thesis's cumulative contribution rate): per group ``P_i = s_i / Σ_j s_j``;
+  sorted descending, keep the fewest units whose ``Σ P`` reaches ``cr``.
+Every group keeps at least one unit; ``round_to`` rounds the kept count up to a multiple.
+
+Recovery without training (reconstruction needs calibration data):
+1. *bias compensation* (``passes/prune.py``): the mean of every removed input feature times
+   the consumer's weight column moves into the consumer's bias. Without data the mean is the
+   one BatchNormalization implies: ``act(β)`` for ``BN → Relu/Clip → (pooling, Flatten)``;
+2. *reconstruction* (ThiNet / channel-pruning style): every consumer Conv (group 1) / Gemm /
+   MatMul that lost input channels is re-fitted by ridge least squares so that, on inputs
+   from the pruned network, its output matches the original layer's output::
+
+       [W'; b'] = argmin ‖[X_p, 1]·[W; b] − Y‖² + λ‖W − W₀‖²
+                = (AᵀA + λI)⁻¹ (AᵀY + λW₀),   A = [X_p, 1],  λ = 10⁻² · mean diag(AᵀA)
+
+   with ``X_p`` im2col patches at randomly sampled output positions (Conv), ``Y`` the
+   original layer's output there (kept output channels only), ``W₀`` the pruned weights.
+
+Automatic mode (``max_drop``): importances are computed once, then
+:func:`onnxopt.search.search_budget` bisects ``cr`` in [0, 1] to Δcr = 0.01 (thesis ch. 4),
+each candidate scored on held-out data; the most compressed candidate within the budget wins.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ALLOCATIONS", "Pruner", "PruneResult", "allocate", "prune_model", "prune_stage", "reconstruct"]
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.calibration import Dataset
+from onnxopt.cost import model_cost
+from onnxopt.errors import OnnxoptError
+from onnxopt.evaluate import Evaluator
+from onnxopt.graph import attr, set_const_input
+from onnxopt.groups import CONSUMER, GroupAnalysis, analyze_groups, const_array
+from onnxopt.importance import CRITERIA, Probe, group_importance
+from onnxopt.passes.prune import PruneChannelsPass
+from onnxopt.search import SearchStep, search_budget
+
+ALLOCATIONS = ("uniform", "global", "cr")
+_MAX_FEATURES = 4608  # larger consumers (e.g. VGG's 25088-wide Gemm) are not re-fitted
+
+
+# --------------------------------------------------------------------------- allocation
+def _round_keep(keep: int, units: int, round_to: int) -> int:
+    keep = max(1, keep)
+    if round_to > 1:
+        keep = math.ceil(keep / round_to) * round_to
+    return min(units, keep)
+
+
+def allocate(
+    scores: Mapping[str, np.ndarray], method: str, amount: float, *, round_to: int = 1
+) -> dict[str, np.ndarray]:
+    """Units to remove per group. ``amount`` is the ratio (uniform/global) or ``cr``."""
+    if method not in ALLOCATIONS:
+        raise OnnxoptError(f"unknown allocation {method!r}; choose one of {', '.join(ALLOCATIONS)}")
+    if not 0.0 <= amount <= 1.0:
+        raise OnnxoptError(f"{'cr' if method == 'cr' else 'ratio'} must lie in [0, 1], got {amount}")
+    keep_count: dict[str, int] = {}
+    if method == "uniform":
+        for name, s in scores.items():
+            keep_count[name] = len(s) - math.floor(amount * len(s))
+    elif method == "cr":
+        for name, s in scores.items():
+            total = float(np.sum(s))
+            if total <= 0:
+                keep_count[name] = 1
+                continue
+            cum = np.cumsum(np.sort(s)[::-1] / total)
+            keep_count[name] = int(np.searchsorted(cum, amount - 1e-9) + 1) if amount > 0 else 0
+    else:
+        names = list(scores)
+        normalised = np.concatenate([scores[n] / max(float(np.mean(scores[n])), 1e-30) for n in names])
+        owner = np.concatenate([np.full(len(scores[n]), i) for i, n in enumerate(names)])
+        n_remove = math.floor(amount * len(normalised))
+        removed_per = np.bincount(owner[np.argsort(normalised, kind="stable")[:n_remove]], minlength=len(names))
+        for i, n in enumerate(names):
+            keep_count[n] = len(scores[n]) - int(removed_per[i])
+    removals = {}
+    for name, s in scores.items():
+        keep = _round_keep(keep_count[name], len(s), round_to)
+        order = np.argsort(-np.asarray(s), kind="stable")
+        removals[name] = np.sort(order[keep:])
+    return removals
+
+
+# --------------------------------------------------------------------------- statistics
+def _feature_means(model: ir.Model, analysis: GroupAnalysis, calib: Dataset, batch_size: int) -> dict[str, np.ndarray]:
+    """Mean of every feature of every consumer input (per channel, per column after Flatten)."""
+    probe = Probe(model)
+    names = sorted({m.value for g in analysis.prunable for m in g.members if m.role == CONSUMER})
+    for name in names:
+        rank = analysis.ranks.get(name)
+        if rank is None:
+            continue
+        axis = analysis.axes[name]
+        axes = [a for a in range(rank) if a != axis]
+        probe.output(f"mean::{name}", probe.reduce("ReduceMean", probe.value(name), axes), batch_mean=True)
+    sums, n = probe.run(calib, batch_size)
+    return {k.split("::", 1)[1]: v / n for k, v in sums.items()}
+
+
+_MEAN_PRESERVING = {"Identity", "Dropout", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+
+
+def _bn_implied_means(analysis: GroupAnalysis) -> dict[str, np.ndarray]:
+    """Without data: a channel's mean after ``BN → (Relu | Clip) → mean-preserving ops`` is
+    taken as ``act(β)`` (BN makes the pre-activation mean β). Values reached any other way
+    get no entry, i.e. no compensation."""
+    means: dict[str, np.ndarray] = {}
+    for group in analysis.prunable:
+        for m in group.members:
+            if m.role != CONSUMER or m.value in means:
+                continue
+            value = m.node.inputs[0]
+            chain: list[ir.Node] = []
+            node = value.producer()
+            while node is not None and (node.op_type in _MEAN_PRESERVING or node.op_type in ("Relu", "Clip")):
+                chain.append(node)
+                node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
+            beta = const_array(node.inputs[2]) if node is not None and node.op_type == "BatchNormalization" else None
+            if beta is None:
+                continue
+            mean = beta.astype(np.float64).reshape(-1)
+            for op in reversed(chain):
+                if op.op_type == "Relu":
+                    mean = np.maximum(mean, 0.0)
+                elif op.op_type == "Clip":
+                    low = const_array(op.inputs[1]) if len(op.inputs) > 1 and op.inputs[1] is not None else attr(op, "min")
+                    high = const_array(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] is not None else attr(op, "max")
+                    mean = np.clip(mean, -np.inf if low is None else float(low), np.inf if high is None else float(high))
+            if len(mean) * m.block == analysis.channels.get(m.value, -1) * analysis.blocks.get(m.value, 1):
+                means[m.value] = np.repeat(mean, m.block)
+    return means
+
+
+# --------------------------------------------------------------------------- reconstruction
+@dataclasses.dataclass
+class _Fit:
+    node: ir.Node
+    original_output: str
+    kept_out: np.ndarray
+    gram: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    rows: int = 0
+    targets: list[np.ndarray] = dataclasses.field(default_factory=list)  # per batch
+    positions: list[tuple[np.ndarray, ...] | None] = dataclasses.field(default_factory=list)
+
+
+def _conv_patches(x: np.ndarray, node: ir.Node, kernel: Sequence[int], pos: tuple[np.ndarray, ...]) -> np.ndarray:
+    """im2col rows ``[P, C·kh·kw]`` of 2-D Conv input ``x`` at output positions ``pos``."""
+    strides = attr(node, "strides", [1, 1])
+    dil = attr(node, "dilations", [1, 1])
+    pads = attr(node, "pads", [0, 0, 0, 0])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    n_idx, oh, ow = pos
+    cols = [
+        xp[n_idx, :, oh * strides[0] + i * dil[0], ow * strides[1] + j * dil[1]]
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
+    return np.stack(cols, axis=2).reshape(len(n_idx), -1)
+
+
+def _target_rows(fit: _Fit, y: np.ndarray, rng: np.random.Generator, per_sample: int) -> None:
+    """Store the original layer's output rows (kept channels) at sampled positions."""
+    if fit.node.op_type == "Conv":
+        n, _, oh, ow = y.shape
+        take = min(per_sample, oh * ow)
+        flat = np.concatenate([rng.choice(oh * ow, take, replace=False) + i * oh * ow for i in range(n)])
+        pos = (flat // (oh * ow), (flat % (oh * ow)) // ow, flat % ow)
+        fit.positions.append(pos)
+        fit.targets.append(y[pos[0], :, pos[1], pos[2]][:, fit.kept_out].astype(np.float32))
+    else:
+        fit.positions.append(None)
+        fit.targets.append(y.reshape(-1, y.shape[-1])[:, fit.kept_out].astype(np.float32))
+
+
+def _input_rows(fit: _Fit, x: np.ndarray, batch: int) -> np.ndarray:
+    """The pruned network's input rows matching the stored targets of ``batch``."""
+    pos = fit.positions[batch]
+    if pos is None:
+        return x.reshape(-1, x.shape[-1])
+    return _conv_patches(x, fit.node, const_array(fit.node.inputs[1]).shape[2:], pos)
+
+
+def _fittable(node: ir.Node) -> bool:
+    if node.op_type == "Conv":
+        w = const_array(node.inputs[1])
+        return (
+            attr(node, "group", 1) == 1 and w is not None and w.ndim == 4
+            and attr(node, "auto_pad", "NOTSET") == "NOTSET" and int(np.prod(w.shape[1:])) <= _MAX_FEATURES
+        )  # fmt: skip
+    if node.op_type == "Gemm":
+        w = const_array(node.inputs[1])
+        return w is not None and attr(node, "transA", 0) == 0 and float(attr(node, "alpha", 1.0)) == 1.0 and (
+            w.shape[1 if attr(node, "transB", 0) else 0] <= _MAX_FEATURES
+        )
+    if node.op_type == "MatMul":
+        w = const_array(node.inputs[1])
+        return w is not None and w.ndim == 2 and w.shape[0] <= _MAX_FEATURES
+    return False
+
+
+def reconstruct(
+    original: ir.Model,
+    pruned: ir.Model,
+    calib: Dataset,
+    *,
+    removed: Mapping[str, np.ndarray],
+    consumers: Sequence[str],
+    seed: int = 0,
+    batch_size: int = 8,
+    per_sample: int = 64,
+    alpha: float = 1e-2,
+) -> list[str]:
+    """Re-fit the named consumer nodes of ``pruned`` in place (module docstring); returns
+    the names of the nodes re-fitted. ``removed`` gives the removed output positions of
+    every pruned value (to select the kept channels of the original outputs)."""
+    nodes = {n.name: n for n in pruned.graph}
+    orig_nodes = {n.name: n for n in original.graph}
+    fits = []
+    for name in consumers:
+        node = nodes.get(name)
+        if node is None or name not in orig_nodes or not _fittable(node):
+            continue
+        out_name = orig_nodes[name].outputs[0].name
+        channels = (const_array(orig_nodes[name].inputs[1]).shape)
+        n_out = channels[0] if node.op_type == "Conv" else (
+            channels[0] if node.op_type == "Gemm" and attr(node, "transB", 0) else channels[1]
+        )
+        kept = np.setdiff1d(np.arange(n_out), removed.get(out_name, np.zeros(0, np.int64)))
+        fits.append(_Fit(node, out_name, kept))
+    if not fits:
+        return []
+    fixed = _fixed_batch(original)
+    batches = list(calib.batches(fixed or batch_size))
+    outputs_probe = Probe(original)  # targets of every layer: one run of the original
+    for i, fit in enumerate(fits):
+        outputs_probe.output(f"y{i}", outputs_probe.value(fit.original_output))
+    sy = _session_of(outputs_probe)
+    rng = np.random.default_rng(seed)
+    for batch in batches:
+        ys = sy.run(outputs_probe.keys, {k: batch[k] for k in _input_names(sy)})
+        for fit, y in zip(fits, ys):
+            _target_rows(fit, y, rng, per_sample)
+        del ys
+    done = []
+    for wave in _waves(pruned, fits):
+        _accumulate(pruned, batches, wave)
+        for fit in wave:
+            _solve(fit, alpha)
+            done.append(fit.node.name)
+    return done
+
+
+def _waves(model: ir.Model, fits: list[_Fit]) -> list[list[_Fit]]:
+    """Consumers in topological order, cut into waves whose members do not feed each other:
+    a wave is fitted on inputs from the network whose earlier waves are already re-fitted."""
+    position = {id(n): i for i, n in enumerate(model.graph)}
+    fits = sorted(fits, key=lambda f: position[id(f.node)])
+    waves: list[list[_Fit]] = []
+    current: list[_Fit] = []
+    for fit in fits:
+        ancestors = _ancestors(fit.node)
+        if any(id(other.node) in ancestors for other in current):
+            waves.append(current)
+            current = []
+        current.append(fit)
+    if current:
+        waves.append(current)
+    return waves
+
+
+def _ancestors(node: ir.Node) -> set[int]:
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        for value in stack.pop().inputs:
+            parent = value.producer() if value is not None else None
+            if parent is not None and id(parent) not in seen:
+                seen.add(id(parent))
+                stack.append(parent)
+    return seen
+
+
+def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], wave: list[_Fit]) -> None:
+    """Normal equations of one wave, on inputs from the current pruned network."""
+    inputs_probe = Probe(pruned)
+    for i, fit in enumerate(wave):
+        inputs_probe.output(f"x{i}", inputs_probe.value(fit.node.inputs[0].name))
+    sx = _session_of(inputs_probe)
+    for b, batch in enumerate(batches):
+        xs = sx.run(inputs_probe.keys, {k: batch[k] for k in _input_names(sx)})
+        for fit, x in zip(wave, xs):
+            a = _input_rows(fit, x, b).astype(np.float64)
+            a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+            target = fit.targets[b].astype(np.float64)
+            fit.gram = a.T @ a if fit.gram is None else fit.gram + a.T @ a
+            fit.cross = a.T @ target if fit.cross is None else fit.cross + a.T @ target
+            fit.rows += len(a)
+    for fit in wave:
+        fit.targets, fit.positions = [], []
+
+
+def _fixed_batch(model: ir.Model) -> int | None:
+    """The batch size the model's first input fixes (None when dynamic)."""
+    for value in model.graph.inputs:
+        if value.shape is not None and len(value.shape) > 0:
+            first = value.shape[0]
+            return first if isinstance(first, int) and first > 0 else None
+    return None
+
+
+def _session_of(probe: Probe):
+    from onnxopt.evaluate import session
+
+    return session(probe.model)
+
+
+def _input_names(sess) -> list[str]:
+    return [i.name for i in sess.get_inputs()]
+
+
+def _solve(fit: _Fit, alpha: float) -> None:
+    node = fit.node
+    w = const_array(node.inputs[1])
+    dtype = w.dtype
+    if node.op_type == "Conv":
+        w0 = w.reshape(w.shape[0], -1).T  # F × Cout
+    elif node.op_type == "Gemm" and attr(node, "transB", 0):
+        w0 = w.T
+    else:
+        w0 = w
+    has_bias = node.op_type != "MatMul"
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    b0 = const_array(bias_value) if bias_value is not None else None
+    b0 = np.zeros(w0.shape[1]) if b0 is None else np.broadcast_to(b0.reshape(-1), (w0.shape[1],))
+    f = w0.shape[0]
+    gram, cross = fit.gram, fit.cross
+    if not has_bias:  # no intercept: drop the ones column
+        gram, cross = gram[:f, :f], cross[:f]
+    lam = alpha * float(np.mean(np.diag(gram)[:f])) + 1e-12
+    reg = np.eye(gram.shape[0]) * lam
+    prior = np.concatenate([w0, b0[None, :]], axis=0) if has_bias else w0.astype(np.float64)
+    if has_bias:
+        reg[f, f] = 1e-12  # the bias is not pulled towards its old value
+    solution = np.linalg.solve(gram + reg, cross + reg @ prior)
+    new_w = solution[:f]
+    if node.op_type == "Conv":
+        set_const_input(node, 1, new_w.T.reshape(w.shape).astype(dtype))
+    elif node.op_type == "Gemm" and attr(node, "transB", 0):
+        set_const_input(node, 1, new_w.T.astype(dtype))
+    else:
+        set_const_input(node, 1, new_w.astype(dtype))
+    if has_bias:
+        set_const_input(node, 2, solution[f].astype(dtype), name_hint=f"{node.name}_bias")
+
+
+# --------------------------------------------------------------------------- the API
+@dataclasses.dataclass
+class PruneResult:
+    """A pruned model and what it cost; ``to_dict()`` is the JSON report."""
+
+    model: ir.Model
+    criterion: str
+    allocation: str
+    knob: float | None
+    layers: list[dict[str, Any]]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    scores: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    steps: list[SearchStep] = dataclasses.field(default_factory=list)
+    unprunable: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reconstructed: list[str] = dataclasses.field(default_factory=list)
+    metric: str | None = None
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def modified(self) -> bool:
+        return any(layer["after"] < layer["before"] for layer in self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("model")
+        d["macs_kept"] = self.macs_after / self.macs_before if self.macs_before else None
+        d["params_kept"] = self.params_after / self.params_before if self.params_before else None
+        return d
+
+
+class Pruner:
+    """Importances and statistics computed once; ``build(knob)`` makes candidates.
+
+    ``knob`` is the ratio (uniform / global allocation) or ``cr``; ``build(knob,
+    recover=False)`` skips bias compensation and reconstruction. ``last_removals`` holds the
+    units removed by the latest build.
+    """
+
+    def __init__(
+        self, model: ir.Model, calib: Dataset | None = None, *, criterion: str = "permutation",
+        allocation: str = "cr", round_to: int = 1, reconstruct: bool = True, bias_compensation: bool = True,
+        seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
+        progress: Callable[[str], None] = lambda message: None,
+    ) -> None:  # fmt: skip
+        self.model, self.calib, self.shapes, self.seed = model, calib, shapes, seed
+        self.allocation, self.round_to = allocation, round_to
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        self.analysis = analyze_groups(model, shapes)
+        if _has_computed_weights(model):
+            folded = _fold_constants(model)  # e.g. the dynamo exporter's computed zero biases
+            if folded is not None:
+                self.model = model = folded
+                self.analysis = analyze_groups(model, shapes)
+        self.seconds["groups"] = time.perf_counter() - start
+        if not self.analysis.prunable:
+            raise OnnxoptError("no prunable channel group in this model: " + _why(self.analysis))
+        start = time.perf_counter()
+        progress(f"importance ({criterion})")
+        self.scores = group_importance(model, self.analysis, criterion, calib, seed=seed)
+        self.seconds["importance"] = time.perf_counter() - start
+        self.means = None
+        if bias_compensation and calib is not None:
+            self.means = _feature_means(model, self.analysis, calib, 16)
+        elif bias_compensation:
+            self.means = _bn_implied_means(self.analysis) or None
+        self.reconstruct = reconstruct and calib is not None
+        self.reconstructed: list[str] = []
+        self.last_removals: dict[str, np.ndarray] = {}
+        self.refitted: dict[float, list[str]] = {}
+
+    def removals_of(self, knob: float) -> dict[str, np.ndarray]:
+        """Units removed per group at ``knob`` (groups that lose nothing are left out)."""
+        removals = allocate(self.scores, self.allocation, knob, round_to=self.round_to)
+        return {k: v for k, v in removals.items() if len(v)}
+
+    def build(self, knob: float, *, recover: bool = True, refit: bool | None = None) -> ir.Model:
+        """A pruned clone; ``recover=False`` skips both recovery steps, ``refit=False`` only
+        the least-squares reconstruction."""
+        start = time.perf_counter()
+        removals = self.removals_of(knob)
+        self.last_removals = removals
+        candidate = self.model.clone()
+        analysis = analyze_groups(candidate, self.shapes)
+        PruneChannelsPass(removals, analysis=analysis, channel_means=self.means if recover else None)(candidate)
+        do_refit = self.reconstruct if refit is None else (refit and self.calib is not None)
+        if recover and do_refit and removals:
+            removed = analysis.removed_positions(removals)
+            consumers = sorted({
+                m.node.name for g in analysis.groups for m in g.members
+                if m.role == CONSUMER and m.value in removed and m.node.name
+            })  # fmt: skip
+            self.reconstructed = reconstruct(self.model, candidate, self.calib, removed=removed, consumers=consumers, seed=self.seed)
+            self.refitted[knob] = self.reconstructed
+        self.seconds["build"] = self.seconds.get("build", 0.0) + time.perf_counter() - start
+        return candidate
+
+
+def _has_computed_weights(model: ir.Model) -> bool:
+    return any(
+        v is not None and const_array(v) is None
+        for n in model.graph if n.op_type in ("Conv", "Gemm")
+        for v in n.inputs[1:]
+    )  # fmt: skip
+
+
+def _fold_constants(model: ir.Model) -> ir.Model | None:
+    """A constant-folded clone (lossless), or None when folding fails."""
+    import onnx_ir.passes.common as common
+    import onnxscript.optimizer
+
+    folded = model.clone()
+    try:
+        onnxscript.optimizer.fold_constants(folded)
+        ir.passes.Sequential(common.LiftConstantsToInitializersPass(), common.RemoveUnusedNodesPass())(folded)
+    except Exception:
+        return None
+    return folded
+
+
+def _why(analysis: GroupAnalysis) -> str:
+    reasons = list(dict.fromkeys(r for g in analysis.unprunable for r in g.reasons))
+    return "; ".join(reasons[:3]) if reasons else "no Conv/Gemm/MatMul with constant weights"
+
+
+def prune_model(
+    model: ir.Model,
+    calib: Dataset | None = None,
+    evaluator: Evaluator | None = None,
+    *,
+    criterion: str = "permutation",
+    ratio: float | None = None,
+    cr: float | None = None,
+    max_drop: float | None = None,
+    allocation: str | None = None,
+    round_to: int = 1,
+    reconstruct: bool = True,
+    bias_compensation: bool = True,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    tolerance: float = 0.01,
+    progress: Callable[[str], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` (not modified) by ``ratio``, by ``cr``, or automatically under
+    ``max_drop`` (needs ``evaluator``, or calibration data to split one off)."""
+    progress = progress or (lambda message: None)
+    chosen = [k for k, v in (("ratio", ratio), ("cr", cr), ("max_drop", max_drop)) if v is not None]
+    if len(chosen) != 1:
+        raise OnnxoptError("give exactly one of ratio, cr or max-accuracy-drop")
+    if criterion not in CRITERIA:
+        raise OnnxoptError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if round_to < 1:
+        raise OnnxoptError(f"round-to must be a positive integer, got {round_to}")
+    allocation = allocation or ("uniform" if ratio is not None else "cr")
+    if max_drop is not None and allocation != "cr":
+        raise OnnxoptError("the automatic search runs on cr; use allocation 'cr'")
+    if max_drop is not None and evaluator is None:
+        if calib is None:
+            raise OnnxoptError("max-accuracy-drop needs calibration data (--data) to evaluate candidates")
+        calib, held_out = calib.split(0.5, seed)
+        evaluator = Evaluator(model, held_out)
+    pruner = Pruner(
+        model, calib, criterion=criterion, allocation=allocation, round_to=round_to,
+        reconstruct=reconstruct, bias_compensation=bias_compensation, seed=seed,
+        shapes=shapes, progress=progress,
+    )  # fmt: skip
+    before = model_cost(model, shapes)
+    steps: list[SearchStep] = []
+    start = time.perf_counter()
+    if max_drop is not None:
+        assert evaluator is not None
+
+        def evaluate(candidate: ir.Model) -> tuple[float, bool]:
+            score = evaluator.score(candidate)
+            progress(f"candidate score {score:.4f}")
+            return score, evaluator.within(score, max_drop)
+
+        def cost(candidate: ir.Model) -> float:
+            return model_cost(candidate, shapes).macs / max(before.macs, 1)
+
+        found = search_budget(pruner.build, evaluate, lo=0.0, hi=1.0, more_compression="down", tolerance=tolerance, cost=cost)
+        steps = found.steps
+        knob = found.best_knob
+        if found.best is None:
+            knob = 1.0
+            pruned = pruner.build(knob)
+        else:
+            pruned = found.best
+            pruner.last_removals = pruner.removals_of(knob)
+            pruner.reconstructed = pruner.refitted.get(knob, [])
+    else:
+        knob = ratio if ratio is not None else cr
+        pruned = pruner.build(knob)
+    pruner.seconds["search" if max_drop is not None else "prune"] = time.perf_counter() - start
+    removals = pruner.last_removals
+    after = model_cost(pruned, shapes)
+    layers = [
+        {"group": g.name, "before": g.units, "after": g.units - len(removals.get(g.name, ())),
+         "sources": [m.node.name for m in g.sources]}
+        for g in pruner.analysis.prunable
+    ]  # fmt: skip
+    unprunable = [{"group": g.name, "channels": g.units, "reasons": g.reasons[:3]} for g in pruner.analysis.unprunable]
+    result = PruneResult(
+        pruned, criterion, allocation, knob, layers, before.macs, after.macs, before.params, after.params,
+        steps=steps, unprunable=unprunable, reconstructed=list(pruner.reconstructed), seconds=pruner.seconds,
+    )  # fmt: skip
+    if evaluator is not None:
+        result.metric = evaluator.metric_name
+        result.scores["original"] = evaluator.baseline
+        result.scores["pruned"] = evaluator.score(pruned)
+        if pruner.means is not None or pruner.reconstruct:
+            result.scores["pruned_without_recovery"] = evaluator.score(pruner.build(knob, recover=False))
+            pruner.last_removals = removals
+    return result
+
+
+def prune_stage(**options: Any):
+    """A lossy pipeline stage: prunes under ``ctx.max_drop`` on ``ctx.calib`` (skips without
+    calibration data). ``options`` go to :func:`prune_model` (e.g. ``criterion``, ``round_to``)."""
+    from onnxopt.pipeline import Stage, StageOutcome
+
+    def run(model: ir.Model, ctx) -> StageOutcome:
+        if ctx.calib is None:
+            return StageOutcome(model, False, skipped=[("prune", "no calibration data")])
+        opts = dict(options)
+        if not any(opts.get(k) is not None for k in ("ratio", "cr", "max_drop")):
+            opts["max_drop"] = ctx.max_drop if ctx.max_drop is not None else 0.01
+        opts.setdefault("seed", ctx.seed)
+        opts.setdefault("shapes", ctx.shapes or None)
+        opts.setdefault("progress", ctx.progress)
+        result = prune_model(model, ctx.calib, ctx.evaluator, **opts)
+        applied = [(layer["group"], f"{layer['before']} → {layer['after']} channels") for layer in result.layers if layer["after"] < layer["before"]]
+        skipped = [(u["group"], "; ".join(u["reasons"])) for u in result.unprunable]
+        return StageOutcome(result.model, result.modified, applied, skipped, result.to_dict())
+
+    return Stage("prune", run, lossless=False)

@@ -1,0 +1,194 @@
+"""Structured channel pruning on dependency groups (removes channels from every member).
+
+For each :class:`~onnxopt.groups.ChannelGroup` and the units chosen for removal, every
+value of the group loses the channel positions mapped to those units, and every member
+slices its tensor (``P`` = removed positions of the member's value; a channel owns ``block``
+consecutive entries after a Flatten, so position *c* expands to ``c·block … c·block+block-1``):
+
+- producer Conv / Gemm / MatMul: ``W ← W[keep]`` along the output axis, ``b ← b[keep]``;
+- consumer Conv / Gemm / MatMul: ``W ← W[:, keep]`` along the input axis;
+- depthwise Conv: ``W ← W[keep]``, ``b ← b[keep]``, ``group ← |keep|``;
+- per-channel constants (BatchNormalization scale/B/mean/var, bias ``Add``, PRelu slope,
+  SE ``Mul`` constants): sliced along their channel axis;
+- Reshape target shapes that spell the channel (or feature) count: rewritten.
+
+**Bias compensation** (optional, needs the mean ``x̄_c`` of every removed input feature of a
+consumer over calibration data): a removed channel is not zero on average, so its average
+contribution moves into the consumer's bias::
+
+    b'[o] = b[o] + Σ_{c ∈ P} x̄_c · Σ_k W[o, c, k]        (Conv: k runs over the kernel)
+    b'[n] = b[n] + Σ_{c ∈ P} x̄_c · W[c, n]              (Gemm/MatMul, W as K×N)
+
+(exact for the mean output away from zero padding). A Conv or Gemm without a bias gets one.
+
+Constants are never changed in place; :func:`onnxopt.graph.set_const_input` copies an
+initializer shared by several nodes before slicing it for one of them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PruneChannelsPass"]
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from onnxopt.errors import OnnxoptError
+from onnxopt.graph import set_const_input
+from onnxopt.groups import (
+    CONSUMER,
+    DEPTHWISE,
+    PRODUCER,
+    SHAPE,
+    GroupAnalysis,
+    Member,
+    analyze_groups,
+    const_array,
+)
+from onnxopt.passes.base import LoggedPass
+
+logger = logging.getLogger(__name__)
+
+
+def _expand(positions: np.ndarray, block: int) -> np.ndarray:
+    if block == 1:
+        return positions
+    return (positions[:, None] * block + np.arange(block)[None, :]).reshape(-1)
+
+
+class PruneChannelsPass(LoggedPass):
+    """Remove the chosen units of each channel group from every member.
+
+    Rules:
+    1. ``removals`` maps a group name to the units to remove; the analysis must describe
+       this very model (it is computed in ``call`` when not given).
+    2. An unprunable group is never touched (its reasons go to ``skipped``); a removal of
+       every unit of a group is refused (a layer needs at least one channel).
+    3. Each member is changed once, even when it belongs to several groups (a consumer
+       after a Concat): the removed positions of a value are the union over its groups.
+    4. With ``channel_means`` (value name → mean of every feature on calibration data),
+       consumers receive bias compensation (module docstring); a MatMul consumer without a
+       following constant bias ``Add`` is not compensated and says so.
+    5. Shapes of intermediate values are re-inferred; graph inputs and outputs keep theirs
+       (a group that reaches a graph output is unprunable).
+    """
+
+    def __init__(
+        self,
+        removals: Mapping[str, Sequence[int]],
+        *,
+        analysis: GroupAnalysis | None = None,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+        channel_means: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        self.removals = {k: np.asarray(sorted(set(int(u) for u in v)), dtype=np.int64) for k, v in removals.items()}
+        self.analysis = analysis
+        self.shapes = shapes
+        self.channel_means = dict(channel_means or {})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        analysis = self.analysis or analyze_groups(model, self.shapes)
+        groups = analysis.by_name()
+        accepted: dict[str, np.ndarray] = {}
+        for name, units in self.removals.items():
+            if len(units) == 0:
+                continue
+            group = groups.get(name)
+            if group is None:
+                raise OnnxoptError(f"no channel group named {name!r} in this model")
+            if not group.prunable:
+                self.skip(name, "unprunable: " + "; ".join(group.reasons[:3]))
+                continue
+            if units.min() < 0 or units.max() >= group.units:
+                raise OnnxoptError(f"group {name!r} has {group.units} units; cannot remove unit {units.max()}")
+            if len(units) >= group.units:
+                raise OnnxoptError(f"group {name!r}: removing all {group.units} channels would cut the network")
+            accepted[name] = units
+            self.did(name, f"{group.units} → {group.units - len(units)} channels")
+        removed = analysis.removed_positions(accepted)
+        done: set[tuple[int, str, int]] = set()
+        modified = False
+        for group in analysis.groups:
+            for member in group.members:
+                key = (id(member.node), member.role, member.input_index)
+                positions = removed.get(member.value, np.zeros(0, dtype=np.int64))
+                if key in done or len(positions) == 0:
+                    continue
+                done.add(key)
+                self._apply(member, positions, analysis.channels.get(member.value, 0))
+                modified = True
+        if modified:
+            _refresh_shapes(model)
+        return ir.passes.PassResult(model, modified=modified)
+
+    # one member ---------------------------------------------------------------------
+    def _apply(self, m: Member, positions: np.ndarray, channels: int) -> None:
+        node = m.node
+        if m.role == SHAPE:
+            target = const_array(node.inputs[m.input_index]).copy()
+            flat = target.reshape(-1)
+            flat[m.axis] = (channels - len(positions)) * m.block
+            set_const_input(node, m.input_index, flat.reshape(target.shape))
+            return
+        cut = _expand(positions, m.block)
+        array = const_array(node.inputs[m.input_index])
+        if m.role == CONSUMER and self.channel_means.get(m.value) is not None:
+            self._compensate(m, array, cut)
+        set_const_input(node, m.input_index, np.delete(array, cut, axis=m.axis))
+        if m.role in (PRODUCER, DEPTHWISE):
+            bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+            bias = const_array(bias_value) if bias_value is not None else None
+            if bias is not None and bias.size > 1:
+                set_const_input(node, 2, np.delete(bias, cut, axis=bias.ndim - 1))
+        if m.role == DEPTHWISE:
+            node.attributes["group"] = ir.AttrInt64("group", channels - len(positions))
+
+    def _compensate(self, m: Member, weight: np.ndarray, cut: np.ndarray) -> None:
+        node = m.node
+        means = np.asarray(self.channel_means[m.value], dtype=np.float64).reshape(-1)[cut]
+        if node.op_type == "Conv":
+            columns = weight[:, cut].reshape(weight.shape[0], len(cut), -1).sum(axis=2)
+            shift = columns.astype(np.float64) @ means
+        else:  # Gemm / MatMul, weight K×N (or N×K for transB)
+            rows = np.take(weight, cut, axis=m.axis).astype(np.float64)
+            shift = means @ rows if m.axis == 0 else rows @ means
+        if node.op_type == "MatMul":
+            self._compensate_matmul(node, shift)
+            return
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        bias = const_array(bias_value) if bias_value is not None else None
+        if bias is None:
+            bias = np.zeros(shift.shape, dtype=weight.dtype)
+        if bias.size == 1 and shift.size > 1:
+            bias = np.broadcast_to(bias.reshape(-1), shift.shape)
+        new_bias = (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(weight.dtype)
+        set_const_input(node, 2, new_bias, name_hint=f"{node.name}_bias")
+
+    def _compensate_matmul(self, node: ir.Node, shift: np.ndarray) -> None:
+        out = node.outputs[0]
+        users = [n for n, _ in out.uses()]
+        if len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            other = 1 if add.inputs[0] is out else 0
+            bias = const_array(add.inputs[other])
+            if bias is not None and bias.shape[-1:] == shift.shape:
+                set_const_input(add, other, (bias + shift.astype(bias.dtype)).astype(bias.dtype))
+                return
+        self.skip(node, "no constant bias Add after this MatMul: bias compensation skipped")
+
+
+def _refresh_shapes(model: ir.Model) -> None:
+    """Forget stale intermediate shapes and infer them again."""
+    outputs = {id(v) for v in model.graph.outputs}
+    for node in model.graph:
+        for out in node.outputs:
+            if id(out) not in outputs:
+                out.shape = None
+    try:
+        common.ShapeInferencePass()(model)
+    except Exception as exc:  # inference is a convenience; onnxruntime infers on load
+        logger.debug("shape inference after pruning failed: %s", exc)

@@ -1,0 +1,285 @@
+"""Channel dependency groups and the pruning pass: exact bookkeeping.
+
+The key proof (``test_pruning_equals_zeroing``): make the to-be-removed channels contribute
+exactly nothing (zero every consumer's weight columns for them), then prune those channels;
+the zeroed and the pruned model must give the same outputs. A wrong index anywhere (filter,
+BN entry, Concat offset, Flatten block, shared initializer) breaks the equality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset
+from onnxopt.graph import set_const_input
+from onnxopt.groups import CONSUMER, analyze_groups, const_array
+from onnxopt.passes.prune import PruneChannelsPass
+from onnxopt.pipeline import check_model
+
+RNG = np.random.default_rng(0)
+
+
+def _init(name: str, shape, scale: float = 0.3) -> onnx.TensorProto:
+    return helper.make_tensor(name, TensorProto.FLOAT, shape, (RNG.standard_normal(shape) * scale).astype(np.float32).ravel())
+
+
+def _model(nodes, inits, in_shape=(1, 3, 8, 8), out="y", out_shape=None) -> ir.Model:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, out_shape)], inits,
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if out_shape is None:  # fill the output's shape from inference
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        known = {v.name: v for v in inferred.graph.value_info}
+        if out in known:
+            proto.graph.output[0].CopyFrom(known[out])
+        else:
+            proto = inferred
+    onnx.checker.check_model(proto)
+    return ir.serde.deserialize_model(proto)
+
+
+def _conv(name, x, y, cin, cout, k=3, group=1, bias=True):
+    inits = [_init(f"{name}_w", [cout, cin // group, k, k])]
+    inputs = [x, f"{name}_w"]
+    if bias:
+        inits.append(_init(f"{name}_b", [cout]))
+        inputs.append(f"{name}_b")
+    return helper.make_node("Conv", inputs, [y], name=name, pads=[k // 2] * 4, group=group), inits
+
+
+def _chain(*parts):
+    nodes, inits = [], []
+    for p in parts:
+        if isinstance(p, tuple):
+            nodes.append(p[0])
+            inits += p[1]
+        else:
+            nodes.append(p)
+    return nodes, inits
+
+
+def _data(model: ir.Model, n: int = 4) -> Dataset:
+    value = model.graph.inputs[0]
+    shape = [n, *[d if isinstance(d, int) else 1 for d in value.shape][1:]]
+    return Dataset({value.name: RNG.standard_normal(shape).astype(np.float32)})
+
+
+def zero_then_prune(model: ir.Model, data: Dataset, fraction: float = 0.4, seed: int = 0):
+    """(zeroed outputs, pruned outputs, analysis, removals) for a random removal."""
+    rng = np.random.default_rng(seed)
+    analysis = analyze_groups(model)
+    removals = {
+        g.name: rng.choice(g.units, max(1, int(g.units * fraction)), replace=False)
+        for g in analysis.prunable if g.units > 1
+    }  # fmt: skip
+    zeroed = model.clone()
+    groups = analyze_groups(zeroed).by_name()
+    for name, units in removals.items():
+        g = groups[name]
+        for m in g.members:
+            if m.role != CONSUMER:
+                continue
+            pos = g.removed_positions(m.value, units)
+            pos = (pos[:, None] * m.block + np.arange(m.block)).reshape(-1)
+            w = const_array(m.node.inputs[1]).copy()
+            index = [slice(None)] * w.ndim
+            index[m.axis] = pos
+            w[tuple(index)] = 0
+            set_const_input(m.node, 1, w)
+    pruned = model.clone()
+    result = PruneChannelsPass(removals)(pruned)
+    assert result.modified == bool(removals)
+    check_model(pruned)
+    return evaluate.run(zeroed, data)[0], evaluate.run(pruned, data)[0], analysis, removals, pruned
+
+
+def _assert_exact(model, data=None, fraction=0.4):
+    data = data or _data(model)
+    original = evaluate.run(model, data)[0]
+    zeroed, pruned, analysis, removals, pruned_model = zero_then_prune(model, data, fraction)
+    assert removals, "nothing was prunable"
+    assert np.abs(zeroed - original).max() > 1e-3  # the zeroing did change something
+    np.testing.assert_allclose(pruned, zeroed, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(zeroed).max()))
+    return analysis, pruned_model
+
+
+# --------------------------------------------------------------------------- hand-built graphs
+def test_conv_bn_relu_chain_and_worked_example():
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    bn_inits = [_init("g", [8]), _init("beta", [8]), _init("mu", [8]),
+                helper.make_tensor("var", TensorProto.FLOAT, [8], np.abs(RNG.standard_normal(8)).astype(np.float32) + 0.5)]
+    bn = helper.make_node("BatchNormalization", ["a", "g", "beta", "mu", "var"], ["b"], name="bn")
+    relu = helper.make_node("Relu", ["b"], ["r"], name="relu")
+    c2, i2 = _conv("c2", "r", "y", 8, 4)
+    model = _model([c1, bn, relu, c2], i1 + bn_inits + i2)
+    analysis, pruned = _assert_exact(model)
+    group = analysis.by_name()["a"]
+    assert group.units == 8 and group.prunable
+    roles = sorted((m.role, m.node.name, m.input_index) for m in group.members)
+    assert ("consumer", "c2", 1) in roles and ("producer", "c1", 1) in roles
+    assert sum(1 for r in roles if r[0] == "param" and r[1] == "bn") == 4
+    assert set(group.index) == {"a", "b", "r"}
+    assert not analysis.by_name()["y"].prunable  # graph output
+    bn_node = next(n for n in pruned.graph if n.op_type == "BatchNormalization")
+    assert const_array(bn_node.inputs[1]).shape == (8 - 3,)
+
+
+def test_residual_add_unites_all_producers():
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    r1 = helper.make_node("Relu", ["a"], ["ra"])
+    c2, i2 = _conv("c2", "ra", "b", 8, 8)
+    c3, i3 = _conv("c3", "ra", "c", 8, 8, k=1)
+    add = helper.make_node("Add", ["b", "c"], ["s"])
+    add2 = helper.make_node("Add", ["s", "ra"], ["t"])  # identity shortcut joins c1's group too
+    c4, i4 = _conv("c4", "t", "y", 8, 2)
+    model = _model([c1, r1, c2, c3, add, add2, c4], i1 + i2 + i3 + i4)
+    analysis, _ = _assert_exact(model)
+    spine = [g for g in analysis.prunable if len(g.sources) == 3]
+    assert len(spine) == 1 and {m.node.name for m in spine[0].sources} == {"c1", "c2", "c3"}
+
+
+def test_concat_maps_channel_ranges_and_flatten_gemm_blocks():
+    c1, i1 = _conv("c1", "x", "a", 3, 4)
+    c2, i2 = _conv("c2", "x", "b", 3, 6)
+    cat = helper.make_node("Concat", ["a", "b"], ["cat"], axis=1)
+    pool = helper.make_node("MaxPool", ["cat"], ["p"], kernel_shape=[2, 2], strides=[2, 2])
+    flat = helper.make_node("Flatten", ["p"], ["f"], axis=1)
+    fc = helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)
+    model = _model([c1, c2, cat, pool, flat, fc], i1 + i2 + [_init("fc_w", [5, 10 * 16]), _init("fc_b", [5])])
+    analysis, pruned = _assert_exact(model, fraction=0.5)
+    groups = analysis.by_name()
+    assert groups["a"].units == 4 and groups["b"].units == 6
+    assert list(groups["a"].index["cat"]) == [0, 1, 2, 3] + [-1] * 6
+    gemm_member = next(m for m in groups["b"].members if m.node.op_type == "Gemm")
+    assert gemm_member.block == 16 and gemm_member.axis == 1
+    gemm = next(n for n in pruned.graph if n.op_type == "Gemm")
+    assert const_array(gemm.inputs[1]).shape == (5, (2 + 3) * 16)
+
+
+def test_depthwise_couples_input_and_output_channels():
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    dw, idw = _conv("dw", "a", "d", 8, 8, group=8)
+    pw, ipw = _conv("pw", "d", "y", 8, 4, k=1)
+    model = _model([c1, dw, pw], i1 + idw + ipw)
+    analysis, pruned = _assert_exact(model)
+    group = analysis.by_name()["a"]
+    assert {m.role for m in group.members} >= {"producer", "depthwise", "consumer"}
+    dw_node = next(n for n in pruned.graph if n.name == "dw")
+    assert dw_node.attributes["group"].value == const_array(dw_node.inputs[1]).shape[0] == 8 - 3
+
+
+def test_per_channel_constants_and_prelu_are_sliced():
+    c1, i1 = _conv("c1", "x", "a", 3, 8, bias=False)
+    add = helper.make_node("Add", ["a", "bias"], ["ab"])
+    prelu = helper.make_node("PRelu", ["ab", "slope"], ["p"])
+    mul = helper.make_node("Mul", ["p", "scale"], ["m"])
+    c2, i2 = _conv("c2", "m", "y", 8, 2)
+    inits = i1 + i2 + [_init("bias", [8, 1, 1]), _init("slope", [8, 1, 1]), _init("scale", [1, 8, 1, 1])]
+    model = _model([c1, add, prelu, mul, c2], inits)
+    analysis, _ = _assert_exact(model)
+    params = [m for m in analysis.by_name()["a"].members if m.role == "param"]
+    assert len(params) == 3
+
+
+def test_shared_initializer_is_copied_before_slicing():
+    """Two convs share one bias tensor (as onnxsim's de-duplication makes); only one is pruned."""
+    c1, i1 = _conv("c1", "x", "a", 3, 8, bias=False)
+    c1.input.append("shared_b")
+    c2, i2 = _conv("c2", "a", "b", 8, 8, bias=False)
+    c2.input.append("shared_b")
+    relu = helper.make_node("Relu", ["b"], ["y"])
+    model = _model([c1, c2, relu], i1 + i2 + [_init("shared_b", [8])])
+    data = _data(model)
+    zeroed, pruned, analysis, removals, pruned_model = zero_then_prune(model, data)
+    assert list(removals) == ["a"]
+    np.testing.assert_allclose(pruned, zeroed, rtol=1e-5, atol=1e-5)
+    c2_node = next(n for n in pruned_model.graph if n.name == "c2")
+    assert const_array(c2_node.inputs[2]).shape == (8,)
+
+
+def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    shape1 = helper.make_tensor("s1", TensorProto.INT64, [5], [1, 2, 4, 8, 8])
+    shape2 = helper.make_tensor("s2", TensorProto.INT64, [4], [1, 8, 8, 8])
+    r1 = helper.make_node("Reshape", ["a", "s1"], ["r1"])
+    tr = helper.make_node("Transpose", ["r1"], ["t"], perm=[0, 2, 1, 3, 4])
+    r2 = helper.make_node("Reshape", ["t", "s2"], ["r2"])
+    c2, i2 = _conv("c2", "r2", "y", 8, 2)
+    model = _model([c1, r1, tr, r2, c2], i1 + i2 + [shape1, shape2])
+    analysis = analyze_groups(model)
+    group = analysis.by_name()["a"]
+    assert not group.prunable and any("mixes channels" in r for r in group.reasons)
+    # a Conv whose weight is a graph input: its input channels cannot be pruned
+    c3, i3 = _conv("c3", "x", "a", 3, 8)
+    c4 = helper.make_node("Conv", ["a", "w_in"], ["y"], name="c4", pads=[1] * 4)
+    graph = helper.make_graph(
+        [c3, c4], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("w_in", TensorProto.FLOAT, [2, 8, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], i3,
+    )  # fmt: skip
+    model2 = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    group = analyze_groups(model2).by_name()["a"]
+    assert not group.prunable and any("not constant" in r for r in group.reasons)
+    p = PruneChannelsPass({"a": [0]})
+    assert not p(model2.clone()).modified and p.skipped
+
+
+# --------------------------------------------------------------------------- exported torch models
+def _export(name: str, size: int, dynamo: bool, tmp_path):
+    torch = pytest.importorskip("torch")
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+
+    torch.manual_seed(0)
+    net = getattr(archs, name)(num_classes=10).eval()
+    if name.startswith("vgg"):  # a small head keeps the test fast; same Flatten → Gemm pattern
+        net.avgpool = torch.nn.AdaptiveAvgPool2d((2, 2))
+        net.classifier = torch.nn.Sequential(
+            torch.nn.Linear(512 * 4, 64), torch.nn.ReLU(True), torch.nn.Dropout(), torch.nn.Linear(64, 10)
+        ).eval()
+    archs.randomize_bn_stats(net)
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(net, (torch.randn(1, 3, size, size),), path, dynamo=dynamo)
+    model = ir.load(str(path))
+    if dynamo:
+        from onnxopt.passes.cleanup import CleanupPass
+
+        CleanupPass()(model)
+    data = Dataset({model.graph.inputs[0].name: RNG.standard_normal((2, 3, size, size)).astype(np.float32)})
+    return model, data
+
+
+_FAST = [("resnet18", 32), ("mobilenet_v2", 32), ("squeezenet1_0", 64), ("vgg11", 64)]
+_SLOW = [("resnet50", 32), ("densenet121", 32)]
+
+
+@pytest.mark.parametrize(
+    "name,size,dynamo",
+    [(n, s, False) for n, s in _FAST]
+    + [pytest.param(n, s, False, marks=pytest.mark.slow) for n, s in _SLOW]
+    + [pytest.param(n, s, True, marks=pytest.mark.slow) for n, s in _FAST + _SLOW],
+)
+def test_pruning_equals_zeroing_on_exported_architectures(name, size, dynamo, tmp_path):
+    model, data = _export(name, size, dynamo, tmp_path)
+    analysis, pruned = _assert_exact(model, data, fraction=0.3)
+    assert len(analysis.prunable) >= 4
+    # every unprunable group says why, and only the classifier output is unprunable here
+    assert all(g.reasons for g in analysis.unprunable)
+    assert len(analysis.unprunable) == 1 and "graph output" in analysis.unprunable[0].reasons[0]
+
+
+def test_shufflenet_runs_and_reports_unprunable_groups(tmp_path):
+    model, data = _export("shufflenet_v2_x1_0", 32, False, tmp_path)
+    analysis, _ = _assert_exact(model, data, fraction=0.3)
+    reasons = [r for g in analysis.unprunable for r in g.reasons]
+    assert len(analysis.unprunable) >= 10
+    assert any("mixes channels" in r for r in reasons)
+    assert len(analysis.prunable) >= 10  # the branch-internal 1x1 convs stay prunable

@@ -1,0 +1,297 @@
+"""Importance criteria, allocation, recovery, search, stage and CLI of channel pruning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset, load_npz
+from onnxopt.errors import OnnxoptError
+from onnxopt.groups import analyze_groups, const_array
+from onnxopt.importance import CRITERIA, group_importance
+from onnxopt.model_io import load_model
+from onnxopt.pipeline import Context, run_stages
+from onnxopt.pruning import allocate, prune_model, prune_stage
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "onnxopt" / "demo" / "digits_cnn.onnx"
+DEMO_DATA = ROOT / "onnxopt" / "demo" / "digits.npz"
+HARD = ROOT / "benchmarks" / "models" / "hard_digits_cnn.onnx"
+HARD_DATA = ROOT / "benchmarks" / "models" / "hard_digits.npz"
+DEAD = 5
+
+
+def _tensor(name, array):
+    return helper.make_tensor(name, TensorProto.FLOAT, array.shape, array.astype(np.float32).ravel())
+
+
+def dead_channel_model(k2: int = 3, batch: int | str = "n") -> ir.Model:
+    """Conv(3→8) → BN → Relu → Conv(8→4, k2×k2) → GAP → Flatten → Gemm(4→3); filter 5 is dead
+    (zero weights and bias, BN γ = β = μ = 0)."""
+    rng = np.random.default_rng(1)
+    w1 = rng.standard_normal((8, 3, 3, 3))
+    b1 = rng.standard_normal(8) * 0.1
+    w1[DEAD], b1[DEAD] = 0, 0
+    gamma, beta, mean = rng.uniform(0.5, 1.5, 8), rng.standard_normal(8) * 0.1, rng.standard_normal(8) * 0.1
+    gamma[DEAD] = beta[DEAD] = mean[DEAD] = 0
+    var = rng.uniform(0.5, 1.5, 8)
+    inits = [
+        _tensor("w1", w1), _tensor("b1", b1), _tensor("gamma", gamma), _tensor("beta", beta),
+        _tensor("mean", mean), _tensor("var", var), _tensor("w2", rng.standard_normal((4, 8, k2, k2)) * 0.3),
+        _tensor("b2", rng.standard_normal(4) * 0.1), _tensor("w3", rng.standard_normal((3, 4))), _tensor("b3", np.zeros(3)),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["a", "gamma", "beta", "mean", "var"], ["bn"], name="bn"),
+        helper.make_node("Relu", ["bn"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["c"], name="c2", pads=[k2 // 2] * 4),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])], inits,
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    return ir.serde.deserialize_model(proto)
+
+
+def _calib(n: int = 16, seed: int = 0) -> Dataset:
+    return Dataset({"x": np.random.default_rng(seed).standard_normal((n, 3, 8, 8)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_each_criterion_ranks_a_dead_channel_last(criterion):
+    model = dead_channel_model()
+    analysis = analyze_groups(model)
+    scores = group_importance(model, analysis, criterion, _calib())["a"]
+    assert scores.shape == (8,)
+    assert int(np.argmin(scores)) == DEAD
+    assert scores[DEAD] < 0.5 * np.sort(scores)[1]
+
+
+def test_permutation_is_deterministic_under_a_seed():
+    model = dead_channel_model()
+    analysis = analyze_groups(model)
+    a = group_importance(model, analysis, "permutation", _calib(), seed=3)["a"]
+    b = group_importance(model, analysis, "permutation", _calib(), seed=3)["a"]
+    c = group_importance(model, analysis, "permutation", _calib(), seed=4)["a"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_permutation_matches_a_direct_per_filter_computation():
+    """One conv with all filters permuted == permuting each filter alone (thesis definition)."""
+    model = dead_channel_model()
+    analysis = analyze_groups(model)
+    calib = _calib(4)
+    scores = group_importance(model, analysis, "permutation", calib, seed=0)["a"]
+    w = const_array(next(n for n in model.graph if n.name == "c1").inputs[1])
+    rng = np.random.default_rng(0)
+    permuted = rng.permuted(w.reshape(8, -1), axis=1).reshape(w.shape)
+    x = np.pad(calib.inputs["x"].astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expected = np.zeros(8)
+    for i in range(8):
+        diff = w[i] - permuted[i]
+        out = np.zeros((4, 8, 8))
+        for h in range(8):
+            for v in range(8):
+                out[:, h, v] = (x[:, :, h : h + 3, v : v + 3] * diff).sum(axis=(1, 2, 3))
+        expected[i] = (out**2).sum() / 4
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_allocations():
+    scores = {"a": np.array([4.0, 3.0, 2.0, 1.0]), "b": np.array([1.0, 1.0, 1.0, 1.0, 100.0, 100.0])}
+    uniform = allocate(scores, "uniform", 0.5)
+    assert list(uniform["a"]) == [2, 3] and len(uniform["b"]) == 3
+    cr = allocate(scores, "cr", 0.7)
+    assert list(cr["a"]) == [2, 3]  # 0.4 + 0.3 reaches 0.7 with the two best
+    assert sorted(cr["b"]) == [0, 1, 2, 3]  # the two large units carry 98 %
+    global_ = allocate(scores, "global", 0.4)  # 4 of 10 units, by score / group mean
+    assert sum(len(v) for v in global_.values()) == 4 and set(global_["b"]) <= {0, 1, 2, 3}
+    rounded = allocate({"c": np.arange(20.0)}, "uniform", 0.7, round_to=8)
+    assert 20 - len(rounded["c"]) == 8
+    assert all(len(v) < len(scores[k]) for k, v in allocate(scores, "cr", 0.0).items())  # ≥ 1 kept
+
+
+def test_bias_compensation_keeps_the_consumers_mean_output():
+    """With a 1×1 consumer (no padding) the compensated mean output is exact on the data."""
+    model = dead_channel_model(k2=1)
+    calib = _calib(32)
+    probe_model = model.clone()
+    c_value = next(n for n in probe_model.graph if n.name == "c2").outputs[0]
+    probe_model.graph.outputs.append(c_value)
+    result = prune_model(model, calib, criterion="l2", ratio=0.5, reconstruct=False)
+    pruned = result.model.clone()
+    pruned.graph.outputs.append(next(n for n in pruned.graph if n.name == "c2").outputs[0])
+    before = evaluate.run(probe_model, calib)[1].mean(axis=(0, 2, 3))
+    after = evaluate.run(pruned, calib)[1].mean(axis=(0, 2, 3))
+    # c2's own output channels are pruned too (its group): compare the kept ones
+    assert len(after) == 2 and all(np.abs(before - v).min() < 1e-4 for v in after)
+    plain = prune_model(model, calib, criterion="l2", ratio=0.5, reconstruct=False, bias_compensation=False).model
+    plain.graph.outputs.append(next(n for n in plain.graph if n.name == "c2").outputs[0])
+    plain_after = evaluate.run(plain, calib)[1].mean(axis=(0, 2, 3))
+    assert max(np.abs(before - v).min() for v in plain_after) > 1e-2
+
+
+@pytest.fixture(scope="module")
+def hard_digits():
+    if not HARD.exists():
+        pytest.skip("hard digits model not built")
+    model = load_model(HARD)
+    data = load_npz(HARD_DATA, model)
+    calib, held_out = data.split(0.5, 0)
+    return model, calib.take(slice(0, 64)), held_out.take(slice(0, 200))
+
+
+def test_recovery_restores_a_trained_cnn(hard_digits):
+    model, calib, held_out = hard_digits
+    evaluator = evaluate.Evaluator(model, held_out)
+    reference = evaluator.reference[0]
+
+    def rel_error(m):
+        return np.linalg.norm(evaluate.run(m, held_out)[0] - reference) / np.linalg.norm(reference)
+
+    plain = prune_model(model, calib, evaluator, criterion="l1", ratio=0.3, reconstruct=False, bias_compensation=False)
+    compensated = prune_model(model, calib, evaluator, criterion="l1", ratio=0.3, reconstruct=False)
+    full = prune_model(model, calib, evaluator, criterion="l1", ratio=0.3)
+    assert plain.macs_after == compensated.macs_after == full.macs_after < 0.6 * plain.macs_before
+    assert compensated.scores["pruned"] > plain.scores["pruned"]
+    assert rel_error(full.model) < 0.5 * rel_error(compensated.model)  # what reconstruction targets
+    assert full.scores["pruned"] > evaluator.baseline - 0.1
+    assert full.scores["pruned_without_recovery"] == pytest.approx(plain.scores["pruned"])
+    assert full.reconstructed
+
+
+def test_search_finds_a_candidate_inside_the_budget(hard_digits):
+    model, calib, held_out = hard_digits
+    evaluator = evaluate.Evaluator(model, held_out)
+    result = prune_model(model, calib, evaluator, criterion="l1", max_drop=0.02, reconstruct=False)
+    assert result.steps and len(result.steps) >= 5
+    assert evaluator.baseline - result.scores["pruned"] <= 0.02 + 1e-9
+    accepted = [s for s in result.steps if s.accepted]
+    assert accepted and result.knob == min(s.knob for s in accepted)
+    assert result.macs_after < result.macs_before
+    report = result.to_dict()
+    assert report["steps"][0]["cost"] is not None and "model" not in report
+    json.dumps(report, default=str)
+
+
+def test_prune_stage_in_the_pipeline():
+    model = dead_channel_model()
+    calib = _calib(16)
+    held_out = _calib(16, seed=1)
+    ctx = Context(verify_data=held_out, calib=calib, evaluator=evaluate.Evaluator(model, held_out, metric="cosine"), max_drop=0.5)
+    stage = prune_stage(criterion="l2", ratio=0.25)
+    assert not stage.lossless
+    final, records = run_stages(model, [stage], ctx)
+    assert records[0].kept, records[0].reason
+    assert records[0].details["layers"][0]["after"] == 6
+    skipped = prune_stage()
+    assert not skipped.run(model, Context(verify_data=held_out)).modified
+
+
+def test_bad_requests_are_one_line_errors():
+    model = dead_channel_model()
+    with pytest.raises(OnnxoptError, match="exactly one"):
+        prune_model(model, ratio=0.3, cr=0.9)
+    with pytest.raises(OnnxoptError, match="calibration data"):
+        prune_model(model, criterion="permutation", ratio=0.3)
+    with pytest.raises(OnnxoptError, match="unknown criterion"):
+        prune_model(model, criterion="taylor", ratio=0.3)
+    with pytest.raises(OnnxoptError, match=r"\[0, 1\]"):
+        prune_model(model, criterion="l1", cr=1.5)
+
+
+def test_data_free_pruning_with_rounding():
+    model = dead_channel_model()
+    result = prune_model(model, criterion="l1", ratio=0.5, round_to=4)
+    assert result.layers[0]["after"] == 4 and result.scores == {}
+    run = evaluate.run(result.model, _calib(2))
+    assert run[0].shape == (2, 3)
+
+
+def test_cli_prune(tmp_path):
+    if not DEMO.exists():
+        pytest.skip("demo model not built")
+    from onnxopt.cli_prune import prune_command
+
+    model = load_model(DEMO)
+    data = load_npz(DEMO_DATA, model)
+    small = tmp_path / "small.npz"
+    np.savez(small, **{model.graph.inputs[0].name: data.inputs[model.graph.inputs[0].name][:96]}, labels=data.labels[:96])
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(prune_command, [
+        str(DEMO), "--data", str(small), "--ratio", "0.3", "--criterion", "l2", "--no-reconstruct",
+        "-o", str(out), "--report", str(report),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "channels per group" in result.output and "no recovery" in result.output
+    assert out.exists()
+    prune = json.loads(report.read_text())["prune"]
+    assert prune["macs_after"] < prune["macs_before"] and prune["layers"]
+    bad = CliRunner().invoke(prune_command, [str(DEMO), "-o", str(tmp_path / "q.onnx")])
+    assert bad.exit_code == 2 and "exactly one" in bad.output
+
+
+@pytest.mark.slow
+def test_permutation_importance_resnet50_224_is_fast(tmp_path):
+    """Issue target: ResNet-50 at 224×224 with 64 calibration images in under 2 minutes."""
+    import time
+
+    torch = pytest.importorskip("torch")
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+
+    net = archs.resnet50().eval()
+    export_onnx(net, (torch.randn(1, 3, 224, 224),), tmp_path / "r50.onnx", dynamo=False)
+    model = load_model(tmp_path / "r50.onnx")
+    calib = Dataset({model.graph.inputs[0].name: np.random.default_rng(0).standard_normal((64, 3, 224, 224)).astype(np.float32)})
+    analysis = analyze_groups(model)
+    start = time.perf_counter()
+    scores = group_importance(model, analysis, "permutation", calib)
+    assert time.perf_counter() - start < 120
+    assert len(scores) == len(analysis.prunable) and all(np.isfinite(s).all() for s in scores.values())
+
+
+def test_data_free_bias_compensation_uses_bn_beta_through_relu():
+    model = dead_channel_model()
+    analysis = analyze_groups(model)
+    removals = allocate(group_importance(model, analysis, "l1"), "uniform", 0.5)
+    compensated = prune_model(model, criterion="l1", ratio=0.5).model
+    plain = prune_model(model, criterion="l1", ratio=0.5, bias_compensation=False).model
+
+    def c2(m):
+        node = next(n for n in m.graph if n.name == "c2")
+        return const_array(node.inputs[1]), const_array(node.inputs[2])
+
+    beta = const_array(next(n for n in model.graph if n.op_type == "BatchNormalization").inputs[2])
+    w2 = const_array(next(n for n in model.graph if n.name == "c2").inputs[1])
+    kept_out = np.setdiff1d(np.arange(4), removals["c"])
+    removed_in = removals["a"]
+    expected = (w2[kept_out][:, removed_in].sum(axis=(2, 3)) * np.maximum(beta[removed_in], 0)).sum(axis=1)
+    np.testing.assert_allclose(c2(compensated)[1] - c2(plain)[1], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(c2(compensated)[0], c2(plain)[0])
+
+
+def test_fixed_batch_model_with_full_recovery():
+    """A model whose batch is fixed at 1 (like ddddocr's) is fed one sample at a time."""
+    model = dead_channel_model(batch=1)
+    calib, held_out = _calib(6), _calib(6, seed=1)
+    evaluator = evaluate.Evaluator(model, held_out, metric="cosine")
+    result = prune_model(model, calib, evaluator, criterion="apoz", ratio=0.25)
+    assert result.reconstructed and result.scores["pruned"] > 0.5
+    dynamic = prune_model(dead_channel_model(), calib, evaluate.Evaluator(dead_channel_model(), held_out, metric="cosine"),
+                          criterion="apoz", ratio=0.25)
+    assert result.scores["pruned"] == pytest.approx(dynamic.scores["pruned"], abs=1e-3)
