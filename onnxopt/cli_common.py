@@ -16,6 +16,7 @@ __all__ = [
     "output_options",
     "shape_option",
     "load_dataset",
+    "progress",
 ]
 
 import functools
@@ -70,6 +71,11 @@ def command(fn: Callable) -> Callable:
             sys.exit(EXIT_BUG)
 
     return wrapper
+
+
+def progress(message: str) -> None:
+    """Progress of long steps, dimmed on stderr so stdout stays the report."""
+    err_console.print(f"[dim]… {escape(message)}[/dim]")
 
 
 def shape_option(fn: Callable) -> Callable:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["lowrank", "lowrank_command"]
+__all__ = ["lowrank_command"]
 
 import click
 from rich.table import Table
@@ -12,16 +12,12 @@ from onnxopt.cli_common import (
     console,
     data_options,
     default_output,
-    err_console,
     load_dataset,
     output_options,
+    progress,
     shape_option,
 )
 from onnxopt.report import before_after_table, fmt_count, write_json
-
-
-def _progress(message: str) -> None:
-    err_console.print(f"[dim]… {message}[/dim]")
 
 
 def layer_table(result) -> Table:
@@ -85,7 +81,7 @@ def lowrank_command(model, output, report_path, data, eval_data, metric, seed, r
     result = lowrank_model(
         original, calib, evaluator, rank=rank, energy=energy, ratio=ratio, max_drop=max_drop,
         data_aware=data_aware, round_to=round_to, conv1x1=conv1x1, shapes=shape_map or None,
-        seed=seed, progress=_progress,
+        seed=seed, progress=progress,
     )
     save_model(result.model, output, input_path=model)
     verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
@@ -116,4 +112,3 @@ def lowrank_command(model, output, report_path, data, eval_data, metric, seed, r
 
 
 #: The name ``onnxopt.cli`` registers.
-lowrank = lowrank_command

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["prune", "prune_command"]
+__all__ = ["prune_command"]
 
 import click
 from rich.table import Table
@@ -12,18 +12,14 @@ from onnxopt.cli_common import (
     console,
     data_options,
     default_output,
-    err_console,
     load_dataset,
     output_options,
+    progress,
     shape_option,
 )
 from onnxopt.importance import CRITERIA
 from onnxopt.pruning import ALLOCATIONS
 from onnxopt.report import before_after_table, fmt_count, write_json
-
-
-def _progress(message: str) -> None:
-    err_console.print(f"[dim]… {message}[/dim]")
 
 
 def channels_table(result) -> Table:
@@ -92,7 +88,7 @@ def prune_command(model, output, report_path, data, eval_data, metric, seed, cri
     result = prune_model(
         original, calib, evaluator, criterion=criterion, ratio=ratio, cr=cr, max_drop=max_drop,
         allocation=allocation, round_to=round_to, reconstruct=not no_reconstruct,
-        bias_compensation=not no_bias_compensation, seed=seed, shapes=shape_map or None, progress=_progress,
+        bias_compensation=not no_bias_compensation, seed=seed, shapes=shape_map or None, progress=progress,
     )
     save_model(result.model, output, input_path=model)
     verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
@@ -131,4 +127,3 @@ def prune_command(model, output, report_path, data, eval_data, metric, seed, cri
         })
 
 
-prune = prune_command  # the name onnxopt.cli registers

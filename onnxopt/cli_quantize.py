@@ -12,16 +12,12 @@ from onnxopt.cli_common import (
     console,
     data_options,
     default_output,
-    err_console,
     load_dataset,
     output_options,
+    progress,
     shape_option,
 )
 from onnxopt.report import before_after_table, write_json
-
-
-def _progress(message: str) -> None:
-    err_console.print(f"[dim]… {message}[/dim]")
 
 
 def layer_table(result) -> Table:
@@ -86,7 +82,7 @@ def quantize_command(model, output, report_path, data, eval_data, metric, seed, 
     result = quantize_model(
         original, calib, evaluator, mode=mode, calibrate_method=method, activation_type=act, weight_type=wt,
         exclude=exclude, max_drop=max_drop, skip_first_last=keep_first_last, storage=storage,
-        check_speed=None if not allow_slower else False, seed=seed, progress=_progress,
+        check_speed=None if not allow_slower else False, seed=seed, progress=progress,
     )  # fmt: skip
     save_model(result.model, output, input_path=model)
     verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
