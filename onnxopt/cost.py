@@ -134,29 +134,34 @@ _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", 
                "LayerNormalization", "InstanceNormalization", "Gather"}
 
 
-def _is_const_expr(value: ir.Value | None, memo: dict[int, bool]) -> bool:
-    """True when ``value`` is computed from constants only (no graph input upstream)."""
-    if value is None or value.is_graph_input():
-        return False
-    if value.const_value is not None:
-        return True
-    key = id(value)
-    if key not in memo:
-        memo[key] = False  # guards against cycles in malformed graphs
-        node = value.producer()
-        memo[key] = node is not None and not _has_subgraph(node) and all(_is_const_expr(v, memo) for v in node.inputs if v is not None)
-    return memo[key]
+def _constant_values(graph: ir.Graph) -> set[int]:
+    """ids of the values computed from constants only (no graph input upstream).
+
+    Forward propagation in graph order, repeated until nothing changes (one sweep for a
+    topologically sorted graph); iterative, so arbitrarily deep graphs are fine.
+    """
+    const = {id(v) for v in graph.initializers.values() if not v.is_graph_input()}
+    changed = True
+    while changed:
+        changed = False
+        for node in graph:
+            if _has_subgraph(node) or all(id(o) in const for o in node.outputs):
+                continue
+            if all(v is None or id(v) in const for v in node.inputs):
+                const.update(id(o) for o in node.outputs)
+                changed = True
+    return const
 
 
 def _has_subgraph(node: ir.Node) -> bool:
     return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
 
 
-def _value_params(value: ir.Value, shapes: Mapping[str, tuple], memo: dict[int, bool]) -> int:
+def _value_params(value: ir.Value, shapes: Mapping[str, tuple], const: set[int]) -> int:
     direct = _const_params(value)
     if direct or value.const_value is not None:
         return direct
-    if not _is_const_expr(value, memo):
+    if id(value) not in const:
         return 0
     shape = shapes.get(value.name)
     return _prod(shape) if _known(shape) else 0
@@ -167,10 +172,10 @@ def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None
     shapes = static_shapes(model, input_shapes)
     nodes: list[NodeCost] = []
     counted: set[str] = set()
-    memo: dict[int, bool] = {}
+    const = _constant_values(model.graph)
     total_params = 0
     for node in model.graph:
-        if node.outputs and all(_is_const_expr(v, memo) for v in node.outputs):
+        if node.outputs and all(id(v) in const for v in node.outputs):
             # Part of a constant subgraph (weight decoding, shape arithmetic): onnxruntime
             # folds it at load, and its result is counted where it is consumed.
             nodes.append(NodeCost(node.name or node.op_type, node.op_type, 0, 0))
@@ -179,7 +184,7 @@ def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None
         params = 0
         if node.op_type in _WEIGHT_OPS:
             for value in node.inputs:
-                p = _value_params(value, shapes, memo) if value is not None else 0
+                p = _value_params(value, shapes, const) if value is not None else 0
                 if p and value is not None:
                     params += p
                     if value.name not in counted:

@@ -58,6 +58,10 @@ LOSSY_STAGES: dict[str, tuple[Callable[..., Stage], float]] = {
     "lowrank": (lowrank_stage, 0.75),
     "quantize": (quantize_stage, 1.0),
 }
+# Channel counts that are multiples of 8 keep onnxruntime's blocked (NCHWc) convolution
+# kernels; measured on the hard-digits CNN at 30 % MACs removed: odd counts 0.72×, rounded
+# to 8 0.89× the original's speed, so optimize rounds by default.
+DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {"prune": {"round_to": 8}}
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 
 
@@ -160,7 +164,11 @@ def optimize(
             if name not in LOSSY_STAGES:
                 raise OnnxoptError(f"unknown stage {name!r}; available: {', '.join(LOSSY_STAGES) or 'none'}")
             factory, share = LOSSY_STAGES[name]
-            options = {"max_drop": max_drop * share, **dict((stage_options or {}).get(name, {}))}
+            options = {
+                "max_drop": max_drop * share,
+                **DEFAULT_STAGE_OPTIONS.get(name, {}),
+                **dict((stage_options or {}).get(name, {})),
+            }
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
