@@ -397,8 +397,9 @@ class PruneResult:
         return any(layer["after"] < layer["before"] for layer in self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("model")
+        # Not dataclasses.asdict: it would deep-copy the model (and recurse through its graph).
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+        d["steps"] = [dataclasses.asdict(s) for s in self.steps]
         d["macs_kept"] = self.macs_after / self.macs_before if self.macs_before else None
         d["params_kept"] = self.params_after / self.params_before if self.params_before else None
         return d

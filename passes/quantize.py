@@ -109,7 +109,13 @@ def _save(model: ir.Model, path: str) -> None:
 
 
 def _load(path: str) -> ir.Model:
-    return ir.serde.deserialize_model(onnx.load(path))
+    proto = onnx.load(path)
+    # onnxruntime's quantizer can leave value_info entries without a type (seen after a
+    # low-rank split); the checker rejects those, and they carry no information.
+    typed = [vi for vi in proto.graph.value_info if vi.type.WhichOneof("value") is not None]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(typed)
+    return ir.serde.deserialize_model(proto)
 
 
 def preprocess(model: ir.Model) -> tuple[ir.Model, str]:

@@ -295,3 +295,29 @@ def test_fixed_batch_model_with_full_recovery():
     dynamic = prune_model(dead_channel_model(), calib, evaluate.Evaluator(dead_channel_model(), held_out, metric="cosine"),
                           criterion="apoz", ratio=0.25)
     assert result.scores["pruned"] == pytest.approx(dynamic.scores["pruned"], abs=1e-3)
+
+
+def test_report_of_a_deep_model_does_not_recurse():
+    """PruneResult.to_dict() must not deep-copy the model (a 600-node graph overflowed the stack)."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxopt.pruning import prune_model
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "w2"),
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["r0"], pads=[1, 1, 1, 1])]
+    for i in range(600):
+        nodes.append(helper.make_node("Relu", [f"r{i}"], [f"r{i + 1}"]))
+    nodes.append(helper.make_node("Conv", ["r600", "w2"], ["y"], pads=[1, 1, 1, 1]))
+    graph = helper.make_graph(
+        nodes, "deep", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits,
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    result = prune_model(model, criterion="l1", ratio=0.5, reconstruct=False)
+    report = result.to_dict()
+    assert report["macs_kept"] < 1.0
