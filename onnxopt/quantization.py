@@ -466,13 +466,18 @@ def quantize_stage(**options: Any) -> Stage:
 
     int8 is only kept when it is faster than the stage's input (``check_speed``); otherwise the
     stage reports "no int8" with the reason in ``details`` and leaves the model unchanged.
+    ``mode="auto"`` (the default) picks static int8 when convolutions carry most of the MACs
+    and dynamic int8 (MatMul/Gemm only) when matrix products do — the transformer case, where
+    static QDQ around every MatMul costs more than it saves.
     """
-    options.setdefault("mode", "int8")
+    options.setdefault("mode", "auto")
 
     def run(model: ir.Model, ctx: Context) -> StageOutcome:
-        if options["mode"] == "int8" and (ctx.calib is None or len(ctx.calib) == 0):
-            return StageOutcome(model, False, details={"reason": "no int8: no calibration data"})
         opts = dict(options)
+        if opts["mode"] == "auto":
+            opts["mode"] = _auto_int8_mode(model, ctx.shapes)
+        if opts["mode"] == "int8" and (ctx.calib is None or len(ctx.calib) == 0):
+            return StageOutcome(model, False, details={"reason": "no int8: no calibration data"})
         opts.setdefault("max_drop", ctx.max_drop if ctx.evaluator is not None else None)
         opts.setdefault("seed", ctx.seed)
         opts.setdefault("progress", ctx.progress)
@@ -482,4 +487,14 @@ def quantize_stage(**options: Any) -> Stage:
         details = result.to_dict()
         return StageOutcome(result.model, result.applied, applied, skipped, details)
 
-    return Stage(f"quantize-{options['mode']}", run, lossless=False)
+    return Stage("quantize" if options["mode"] == "auto" else f"quantize-{options['mode']}", run, lossless=False)
+
+
+def _auto_int8_mode(model: ir.Model, shapes: Any = None) -> str:
+    """"int8-dynamic" when MatMul/Gemm carry more MACs than convolutions, else "int8"."""
+    from onnxopt.cost import model_cost
+
+    by_op = model_cost(model, shapes or None).by_op()
+    conv = by_op.get("Conv", 0) + by_op.get("ConvTranspose", 0)
+    matmul = by_op.get("MatMul", 0) + by_op.get("Gemm", 0)
+    return "int8-dynamic" if matmul > conv else "int8"

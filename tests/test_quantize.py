@@ -375,3 +375,22 @@ def test_cli_quantize_writes_model_and_report(tmp_path):
     res = CliRunner().invoke(quantize_command, [str(DEMO / "digits_cnn.onnx"), "-o", str(tmp_path / "x.onnx")])
     assert res.exit_code == 2 and "needs calibration data" in res.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_auto_mode_picks_dynamic_int8_for_matmul_heavy_models():
+    """Convolution-heavy → static QDQ; MatMul-heavy (transformers) → dynamic int8."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxopt.quantization import _auto_int8_mode
+    from tests.builders import conv_bn_relu_gemm
+
+    assert _auto_int8_mode(ir.from_proto(conv_bn_relu_gemm())) == "int8"
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])], [w],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert _auto_int8_mode(model) == "int8-dynamic"
