@@ -147,9 +147,13 @@ def latency_ratio(
 
 
 def _one_batch(model: ir.Model, calib: Dataset | None) -> dict[str, np.ndarray]:
-    if calib is not None and len(calib):
-        return calib.take(slice(0, 1)).inputs
-    return synthetic(model, 1, seed=0).inputs
+    """One batch for timing: a single sample, or as many as a fixed batch dimension needs."""
+    from onnxopt.passes.quantize import fixed_batch
+
+    batch = fixed_batch(model) or 1
+    if calib is not None and len(calib) >= batch:
+        return calib.take(slice(0, batch)).inputs
+    return synthetic(model, batch, seed=0).inputs
 
 
 # --------------------------------------------------------------------------- builders

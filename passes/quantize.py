@@ -144,14 +144,19 @@ def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
     return result, "no pre-processing (" + "; ".join(errors) + ")"
 
 
-def _batch_size(model: ir.Model) -> int:
+def fixed_batch(model: ir.Model) -> int | None:
+    """The batch size the model's inputs fix on their first axis, or None when dynamic."""
     for value in model.graph.inputs:
         if value.name in model.graph.initializers or value.shape is None or len(value.shape) == 0:
             continue
         first = value.shape[0]
         if isinstance(first, int):
             return first
-    return 16
+    return None
+
+
+def _batch_size(model: ir.Model) -> int:
+    return fixed_batch(model) or 16
 
 
 def quantize_static_int8(

@@ -534,10 +534,7 @@ STRUCTURES = {
     "ir3": (lambda: conv_bn_gemm(opset=8, ir_version=3, initializers_as_inputs=True, batch=1), None),
     "fixed_batch_2": (lambda: conv_bn_gemm(opset=17, ir_version=8), None),
 }
-KNOWN_BUGS = {
-    "fixed_batch_2": "bug (reported): quantize-int8 raises on a model whose batch dimension is "
-    "fixed to 2 (onnxruntime: 'Got invalid dimensions for input: x')",
-}
+KNOWN_BUGS: dict[str, str] = {}  # structure name → reason, for a bug reported but not fixed yet
 
 
 @pytest.mark.parametrize(
