@@ -40,6 +40,7 @@ from onnxopt.passes.fold_bn import FoldBatchNormPass
 from onnxopt.pipeline import Context, Stage, StageRecord, pass_stage, run_stages
 from onnxopt.pruning import prune_stage
 from onnxopt.quantization import quantize_stage
+from onnxopt.recipe import load_recipe
 from onnxopt.report import ModelSummary, summarize
 
 VERIFY_SAMPLES = 16
@@ -63,6 +64,8 @@ LOSSY_STAGES: dict[str, tuple[Callable[..., Stage], float]] = {
 # to 8 0.89× the original's speed, so optimize rounds by default.
 DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {"prune": {"round_to": 8}}
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
+# Stage settings that fix how much a stage removes; with one of them no budget search runs.
+_FIXED_AMOUNT_KEYS = ("ratio", "cr", "rank", "energy", "max_drop")
 
 
 @dataclasses.dataclass
@@ -126,8 +129,22 @@ def optimize(
     """Run the recipe on ``model`` (a path or a model), write ``output`` if given.
 
     ``stages`` restricts the lossy stages (names in :data:`LOSSY_STAGES`); ``lossless``
-    replaces the default lossless stages (e.g. only fold_bn). ``stage_options`` passes settings to a stage by name.
+    replaces the default lossless stages (e.g. only fold_bn). ``stage_options`` passes
+    settings to a stage by name (they override the shared budget too, e.g.
+    ``{"prune": {"ratio": 0.3}}``). ``target`` is the execution provider the speed check
+    and the benchmark measure on. A ``recipe`` (TOML, see :mod:`onnxopt.recipe`) pins
+    settings: its values replace the corresponding arguments, so a pipeline reproduces the
+    same run from the file alone.
     """
+    if target not in TARGETS:
+        raise OnnxoptError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    if recipe is not None:
+        pinned = load_recipe(recipe, set(LOSSY_STAGES))
+        max_drop = pinned.optimize.get("max_accuracy_drop", max_drop)
+        stages = pinned.optimize.get("stages", stages)
+        metric = pinned.optimize.get("metric", metric)
+        seed = pinned.optimize.get("seed", seed)
+        stage_options = {**pinned.stages, **dict(stage_options or {})}
     input_path = None if isinstance(model, ir.Model) else Path(model)
     if output is not None:
         check_output_path(output, input_path)
@@ -164,11 +181,10 @@ def optimize(
             if name not in LOSSY_STAGES:
                 raise OnnxoptError(f"unknown stage {name!r}; available: {', '.join(LOSSY_STAGES) or 'none'}")
             factory, share = LOSSY_STAGES[name]
-            options = {
-                "max_drop": max_drop * share,
-                **DEFAULT_STAGE_OPTIONS.get(name, {}),
-                **dict((stage_options or {}).get(name, {})),
-            }
+            pinned_options = dict((stage_options or {}).get(name, {}))
+            options = {**DEFAULT_STAGE_OPTIONS.get(name, {}), **pinned_options}
+            if not any(k in pinned_options for k in _FIXED_AMOUNT_KEYS):
+                options["max_drop"] = max_drop * share  # searched under its share of the budget
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
