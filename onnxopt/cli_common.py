@@ -16,14 +16,17 @@ __all__ = [
     "output_options",
     "shape_option",
     "load_dataset",
+    "LossyRun",
     "progress",
 ]
 
+import dataclasses
 import functools
 import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import click
 from rich.console import Console
@@ -111,6 +114,55 @@ def load_dataset(path: str | None, model, *, min_samples: int = 1):
     from onnxopt.calibration import load_npz
 
     return None if path is None else load_npz(path, model, min_samples=min_samples)
+
+
+@dataclasses.dataclass
+class LossyRun:
+    """What the lossy commands (prune, lowrank, quantize) share before and after their pass."""
+
+    model_path: str
+    output: str
+    original: Any
+    shapes: dict[str, list[int]]
+    seed: int
+    calib: Any = None
+    held_out: Any = None
+    evaluator: Any = None
+
+    @classmethod
+    def start(cls, model, output, suffix, data, eval_data, metric, seed, shapes, *, min_split=2) -> LossyRun:
+        """Load the model and data, refuse a bad output path, split calibration/evaluation."""
+        from onnxopt.calibration import parse_shapes
+        from onnxopt.evaluate import Evaluator
+        from onnxopt.model_io import check_output_path, load_model
+
+        output = output or default_output(model, suffix)
+        original = load_model(model)
+        check_output_path(output, model)
+        run = cls(model, output, original, parse_shapes(shapes), seed)
+        run.calib = load_dataset(data, original)
+        run.held_out = load_dataset(eval_data, original)
+        if run.calib is not None and run.held_out is None and len(run.calib) >= min_split:
+            run.calib, run.held_out = run.calib.split(0.5, seed)
+        if run.held_out is not None:
+            run.evaluator = Evaluator(original, run.held_out, metric=metric)
+        return run
+
+    def finish(self, candidate) -> tuple[Any, Any, Any]:
+        """Save ``candidate``; (before, after, fidelity) on held-out data or random inputs."""
+        from onnxopt import evaluate
+        from onnxopt.calibration import synthetic
+        from onnxopt.model_io import save_model
+        from onnxopt.report import summarize
+
+        save_model(candidate, self.output, input_path=self.model_path)
+        data = self.held_out if self.held_out is not None else synthetic(self.original, 8, seed=self.seed, shapes=self.shapes)
+        fidelity = evaluate.compare(
+            evaluate.run(self.original, data), evaluate.run(candidate, data),
+            names=[o.name for o in self.original.graph.outputs], labels=data.labels,
+        )  # fmt: skip
+        before = summarize(self.original, self.model_path, self.shapes)
+        return before, summarize(candidate, self.output, self.shapes), fidelity
 
 
 def default_output(input_path: str, suffix: str) -> str:

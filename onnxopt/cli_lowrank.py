@@ -8,11 +8,10 @@ import click
 from rich.table import Table
 
 from onnxopt.cli_common import (
+    LossyRun,
     command,
     console,
     data_options,
-    default_output,
-    load_dataset,
     output_options,
     progress,
     shape_option,
@@ -63,33 +62,15 @@ def _declined_summary(result) -> list[str]:
 def lowrank_command(model, output, report_path, data, eval_data, metric, seed, rank, energy, ratio, max_drop,
                     data_aware, round_to, conv1x1, shapes):
     """Split Gemm/MatMul layers of MODEL into two low-rank layers where that saves MACs."""
-    from onnxopt import evaluate
-    from onnxopt.calibration import parse_shapes, synthetic
     from onnxopt.lowrank import lowrank_model
-    from onnxopt.model_io import check_output_path, load_model, save_model
-    from onnxopt.report import summarize
 
-    output = output or default_output(model, "lowrank")
-    original = load_model(model)
-    check_output_path(output, model)
-    shape_map = parse_shapes(shapes)
-    calib = load_dataset(data, original)
-    held_out = load_dataset(eval_data, original)
-    if calib is not None and held_out is None and len(calib) >= 2:
-        calib, held_out = calib.split(0.5, seed)
-    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
+    run = LossyRun.start(model, output, "lowrank", data, eval_data, metric, seed, shapes)
     result = lowrank_model(
-        original, calib, evaluator, rank=rank, energy=energy, ratio=ratio, max_drop=max_drop,
-        data_aware=data_aware, round_to=round_to, conv1x1=conv1x1, shapes=shape_map or None,
+        run.original, run.calib, run.evaluator, rank=rank, energy=energy, ratio=ratio, max_drop=max_drop,
+        data_aware=data_aware, round_to=round_to, conv1x1=conv1x1, shapes=run.shapes or None,
         seed=seed, progress=progress,
     )
-    save_model(result.model, output, input_path=model)
-    verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
-    fidelity = evaluate.compare(
-        evaluate.run(original, verify_data), evaluate.run(result.model, verify_data),
-        names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
-    )
-    before, after = summarize(original, model, shape_map), summarize(result.model, output, shape_map)
+    before, after, fidelity = run.finish(result.model)
     extra = [("max rel. error", "", f"{fidelity.max_rel:.3g}", ""), ("cosine", "", f"{fidelity.cosine:.6f}", "")]
     if fidelity.top1_agreement is not None:
         extra.append(("top-1 agreement", "", f"{fidelity.top1_agreement:.4f}", ""))
@@ -103,10 +84,10 @@ def lowrank_command(model, output, report_path, data, eval_data, metric, seed, r
                       f"({'accepted' if step.accepted else 'rejected'}), layer MACs ×{step.cost:.3f}[/dim]")
     for note in [*_declined_summary(result), *result.notes]:
         console.print(f"[dim]{note}[/dim]")
-    console.print(f"wrote {output}")
+    console.print(f"wrote {run.output}")
     if report_path:
         write_json(report_path, {
-            "input": model, "output": output, "before": before, "after": after,
+            "input": model, "output": run.output, "before": before, "after": after,
             "fidelity": fidelity.to_dict(), "lowrank": result.to_dict(),
         })
 

@@ -8,11 +8,10 @@ import click
 from rich.table import Table
 
 from onnxopt.cli_common import (
+    LossyRun,
     command,
     console,
     data_options,
-    default_output,
-    load_dataset,
     output_options,
     progress,
     shape_option,
@@ -64,39 +63,21 @@ def search_table(result) -> Table:
 def prune_command(model, output, report_path, data, eval_data, metric, seed, criterion, ratio, cr, max_drop,
                   allocation, round_to, no_reconstruct, no_bias_compensation, shapes):
     """Remove whole channels (filters) of MODEL, on channel dependency groups."""
-    from onnxopt import evaluate
-    from onnxopt.calibration import parse_shapes, synthetic
     from onnxopt.errors import OnnxoptError
-    from onnxopt.model_io import check_output_path, load_model, save_model
     from onnxopt.pruning import prune_model
-    from onnxopt.report import summarize
 
     if sum(v is not None for v in (ratio, cr, max_drop)) != 1:
         raise OnnxoptError("give exactly one of --ratio, --cr or --max-accuracy-drop")
-    output = output or default_output(model, "pruned")
-    original = load_model(model)
-    check_output_path(output, model)
-    shape_map = parse_shapes(shapes)
-    calib = load_dataset(data, original)
-    held_out = load_dataset(eval_data, original)
-    if calib is not None and held_out is None and len(calib) >= 2:
-        calib, held_out = calib.split(0.5, seed)
-    if max_drop is not None and held_out is None:
+    run = LossyRun.start(model, output, "pruned", data, eval_data, metric, seed, shapes)
+    if max_drop is not None and run.held_out is None:
         raise OnnxoptError("--max-accuracy-drop needs --data (and optionally --eval-data) to score candidates")
-    criterion = criterion or ("permutation" if calib is not None else "l1")
-    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
+    criterion = criterion or ("permutation" if run.calib is not None else "l1")
     result = prune_model(
-        original, calib, evaluator, criterion=criterion, ratio=ratio, cr=cr, max_drop=max_drop,
+        run.original, run.calib, run.evaluator, criterion=criterion, ratio=ratio, cr=cr, max_drop=max_drop,
         allocation=allocation, round_to=round_to, reconstruct=not no_reconstruct,
-        bias_compensation=not no_bias_compensation, seed=seed, shapes=shape_map or None, progress=progress,
+        bias_compensation=not no_bias_compensation, seed=seed, shapes=run.shapes or None, progress=progress,
     )
-    save_model(result.model, output, input_path=model)
-    verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
-    fidelity = evaluate.compare(
-        evaluate.run(original, verify_data), evaluate.run(result.model, verify_data),
-        names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
-    )
-    before, after = summarize(original, model, shape_map), summarize(result.model, output, shape_map)
+    before, after, fidelity = run.finish(result.model)
     extra = [("cosine", "", f"{fidelity.cosine:.6f}", "")]
     if fidelity.top1_agreement is not None:
         extra.append(("top-1 agreement", "", f"{fidelity.top1_agreement:.4f}", ""))
@@ -119,10 +100,10 @@ def prune_command(model, output, report_path, data, eval_data, metric, seed, cri
     )
     for u in result.unprunable:
         console.print(f"[dim]unprunable {u['group']} ({u['channels']} ch): {'; '.join(u['reasons'])}[/dim]")
-    console.print(f"wrote {output}")
+    console.print(f"wrote {run.output}")
     if report_path:
         write_json(report_path, {
-            "input": model, "output": output, "before": before, "after": after,
+            "input": model, "output": run.output, "before": before, "after": after,
             "fidelity": fidelity.to_dict(), "prune": result.to_dict(),
         })
 

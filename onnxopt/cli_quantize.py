@@ -8,11 +8,10 @@ import click
 from rich.table import Table
 
 from onnxopt.cli_common import (
+    LossyRun,
     command,
     console,
     data_options,
-    default_output,
-    load_dataset,
     output_options,
     progress,
     shape_option,
@@ -58,39 +57,21 @@ def layer_table(result) -> Table:
 def quantize_command(model, output, report_path, data, eval_data, metric, seed, mode, method, max_drop, exclude,
                      keep_first_last, types, storage, allow_slower, shapes):  # fmt: skip
     """Quantize MODEL's weights (and activations for int8) and report what it cost."""
-    from onnxopt import evaluate
-    from onnxopt.calibration import parse_shapes, synthetic
     from onnxopt.errors import OnnxoptError
-    from onnxopt.model_io import check_output_path, load_model, save_model
     from onnxopt.quantization import quantize_model
-    from onnxopt.report import summarize
 
-    output = output or default_output(model, mode)
-    original = load_model(model)
-    check_output_path(output, model)
-    shape_map = parse_shapes(shapes)
-    calib = load_dataset(data, original)
-    held_out = load_dataset(eval_data, original)
-    if mode == "int8" and calib is None:
+    run = LossyRun.start(model, output, mode, data, eval_data, metric, seed, shapes, min_split=4)
+    if mode == "int8" and run.calib is None:
         raise OnnxoptError("--mode int8 needs calibration data (--data calib.npz); or use --mode int8-dynamic")
-    if max_drop is not None and calib is None and held_out is None:
+    if max_drop is not None and run.calib is None and run.held_out is None:
         raise OnnxoptError("--max-accuracy-drop needs data to measure the drop on (--data or --eval-data)")
-    if calib is not None and held_out is None and len(calib) >= 4:
-        calib, held_out = calib.split(0.5, seed)
-    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
     act, wt = {"u8s8": ("u8", "s8"), "s8s8": ("s8", "s8"), "auto": ("auto", None)}[types]
     result = quantize_model(
-        original, calib, evaluator, mode=mode, calibrate_method=method, activation_type=act, weight_type=wt,
+        run.original, run.calib, run.evaluator, mode=mode, calibrate_method=method, activation_type=act, weight_type=wt,
         exclude=exclude, max_drop=max_drop, skip_first_last=keep_first_last, storage=storage,
         check_speed=None if not allow_slower else False, seed=seed, progress=progress,
     )  # fmt: skip
-    save_model(result.model, output, input_path=model)
-    verify_data = held_out if held_out is not None else synthetic(original, 8, seed=seed, shapes=shape_map)
-    fidelity = evaluate.compare(
-        evaluate.run(original, verify_data), evaluate.run(result.model, verify_data),
-        names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
-    )  # fmt: skip
-    before, after = summarize(original, model, shape_map), summarize(result.model, output, shape_map)
+    before, after, fidelity = run.finish(result.model)
     extra = [("max rel. error", "", f"{fidelity.max_rel:.3g}", ""), ("cosine", "", f"{fidelity.cosine:.6f}", "")]
     if fidelity.top1_agreement is not None:
         extra.append(("top-1 agreement", "", f"{fidelity.top1_agreement:.4f}", ""))
@@ -109,9 +90,9 @@ def quantize_command(model, output, report_path, data, eval_data, metric, seed, 
         console.print(f"[dim]{note}[/dim]")
     if not result.applied:
         console.print(f"[yellow]{result.reason}[/yellow]")
-    console.print(f"wrote {output}")
+    console.print(f"wrote {run.output}")
     if report_path:
         write_json(report_path, {
-            "input": model, "output": output, "before": before, "after": after,
+            "input": model, "output": run.output, "before": before, "after": after,
             "fidelity": fidelity.to_dict(), "quantize": result.to_dict(),
         })  # fmt: skip
