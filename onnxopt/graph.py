@@ -14,7 +14,9 @@ Rules the passes rely on:
 from __future__ import annotations
 
 __all__ = [
+    "common_batch",
     "const_array",
+    "fixed_batch",
     "consumers",
     "producer",
     "attr",
@@ -27,7 +29,7 @@ __all__ = [
 ]
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,6 +135,22 @@ def set_const_input(node: ir.Node, index: int, array: np.ndarray, name_hint: str
         node.resize_inputs(index + 1)
         node.replace_input_with(index, value)
     return value
+
+
+def common_batch(first_dims: Iterable[Any]) -> int | None:
+    """The batch size that the first axes of a model's inputs fix together, or None when
+    any of them is dynamic (a name, None, -1) or they disagree."""
+    sizes = {d if isinstance(d, int) and d > 0 else None for d in first_dims}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def fixed_batch(model: ir.Model) -> int | None:
+    """The batch size fixed by the graph inputs' first axes (None = dynamic); initializers
+    listed as inputs and scalar inputs (flags, step counts) have no sample axis."""
+    return common_batch(
+        v.shape[0] for v in model.graph.inputs
+        if v.name not in model.graph.initializers and v.shape is not None and len(v.shape) > 0
+    )  # fmt: skip
 
 
 def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:

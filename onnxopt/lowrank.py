@@ -29,7 +29,7 @@ import onnx_ir as ir
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, static_shapes
+from onnxopt.graph import attr, common_batch, static_shapes
 from onnxopt.passes.lowrank import (
     Factorization,
     LayerDecision,
@@ -155,8 +155,7 @@ def collect_second_moments(
         outputs.add(name)
     sess = evaluate.session(probe)
     feed_names = [i.name for i in sess.get_inputs()]
-    fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)}
-    fixed_batch = fixed.pop() if len(fixed) == 1 else None  # exported with a fixed batch size
+    fixed_batch = common_batch(i.shape[0] for i in sess.get_inputs() if i.shape)  # exported with a fixed batch
     if fixed_batch is not None:
         batch_size = fixed_batch
     fetch = [n for n in wanted if n not in graph_inputs]

@@ -216,10 +216,25 @@ def _embedded_proto(model: ir.Model) -> onnx.ModelProto:
                 swapped.append((value, tensor))
                 value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
     try:
-        return ir.to_proto(model)
+        proto = ir.to_proto(model)
     finally:
         for value, tensor in swapped:
             value.const_value = tensor
+    _drop_untyped_value_info(proto.graph)
+    return proto
+
+
+def _drop_untyped_value_info(graph: onnx.GraphProto) -> None:
+    """A value with a shape but no element type is written as a ValueInfoProto without a
+    type, which the ONNX checker rejects; such an entry carries nothing a consumer needs."""
+    typed = [vi for vi in graph.value_info if vi.type.WhichOneof("value") is not None]
+    if len(typed) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(typed)
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                _drop_untyped_value_info(sub)
 
 
 def save_model(

@@ -49,6 +49,9 @@ VERIFY_SAMPLES = 16
 def lossless_stages() -> list[Stage]:
     return [
         pass_stage("cleanup", CleanupPass),
+        # onnxscript's rewrite rules have changed a real model's output shape (ddddocr's
+        # recognizer): without them, folding and dead-code removal still apply.
+        pass_stage("cleanup-basic", lambda: CleanupPass(onnxscript_rules=False), fallback_for="cleanup"),
         pass_stage("fold_bn", FoldBatchNormPass),
     ]
 
@@ -66,6 +69,22 @@ DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {"prune": {"round_to": 8}}
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 # Stage settings that fix how much a stage removes; with one of them no budget search runs.
 _FIXED_AMOUNT_KEYS = ("ratio", "cr", "rank", "energy", "max_drop")
+
+
+def shapes_from_data(model: ir.Model, data: Dataset, shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+    """``shapes`` completed with the data's sample shape (batch 1, or the model's fixed batch)
+    for every input with a dynamic non-batch axis: costs and speed checks then measure the
+    model at the size it is used at, not with that axis at 1 (an OCR model's width)."""
+    out = {k: list(v) for k, v in shapes.items()}
+    for value in model.graph.inputs:
+        array = data.inputs.get(value.name)
+        if value.name in out or array is None or value.shape is None or array.ndim != len(value.shape):
+            continue
+        if all(isinstance(d, int) for d in value.shape[1:]):
+            continue
+        first = value.shape[0] if len(value.shape) and isinstance(value.shape[0], int) else 1
+        out[value.name] = [first, *array.shape[1:]]
+    return out
 
 
 @dataclasses.dataclass
@@ -154,6 +173,8 @@ def optimize(
     held_out = _as_dataset(eval_data, original)
     if calib is not None and held_out is None:
         calib, held_out = calib.split(0.5, seed)
+    if calib is not None:
+        shapes = shapes_from_data(original, calib, shapes)
     if held_out is not None:
         verify_data = held_out.take(slice(0, VERIFY_SAMPLES))
         verified_on = f"{len(verify_data)} held-out samples"

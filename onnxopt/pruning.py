@@ -44,7 +44,7 @@ from onnxopt.calibration import Dataset
 from onnxopt.cost import model_cost
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
-from onnxopt.graph import attr, set_const_input
+from onnxopt.graph import attr, fixed_batch, set_const_input
 from onnxopt.groups import CONSUMER, GroupAnalysis, analyze_groups, const_array
 from onnxopt.importance import CRITERIA, Probe, group_importance
 from onnxopt.passes.prune import PruneChannelsPass
@@ -247,7 +247,7 @@ def reconstruct(
         fits.append(_Fit(node, out_name, kept))
     if not fits:
         return []
-    fixed = _fixed_batch(original)
+    fixed = fixed_batch(original)
     batches = list(calib.batches(fixed or batch_size))
     outputs_probe = Probe(original)  # targets of every layer: one run of the original
     for i, fit in enumerate(fits):
@@ -315,15 +315,6 @@ def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], wave: li
             fit.rows += len(a)
     for fit in wave:
         fit.targets, fit.positions = [], []
-
-
-def _fixed_batch(model: ir.Model) -> int | None:
-    """The batch size the model's first input fixes (None when dynamic)."""
-    for value in model.graph.inputs:
-        if value.shape is not None and len(value.shape) > 0:
-            first = value.shape[0]
-            return first if isinstance(first, int) and first > 0 else None
-    return None
 
 
 def _session_of(probe: Probe):

@@ -34,7 +34,6 @@ __all__ = ["MODES", "QuantizeResult", "quantize_model", "quantize_stage", "laten
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,9 +42,10 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import evaluate
+from onnxopt.bench import latency_ratio
 from onnxopt.calibration import Dataset, synthetic
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import default_opset
+from onnxopt.graph import default_opset, fixed_batch
 from onnxopt.model_io import _embedded_proto
 from onnxopt.passes.lowbit import LowBitWeightPass
 from onnxopt.passes.quantize import (
@@ -117,39 +117,8 @@ def _size(model: ir.Model) -> int:
 
 
 # --------------------------------------------------------------------------- latency
-def latency_ratio(
-    baseline: ir.Model, candidate: ir.Model, feed: dict[str, np.ndarray], *, rounds: int = 9, threads: int = 1
-) -> tuple[float, float, float]:
-    """(candidate/baseline latency ratio, baseline ms, candidate ms), measured interleaved.
-
-    Rounds alternate blocks of single timed runs of both models; each model's latency is the
-    25th percentile of its runs. On a shared machine a run is only ever slowed down by other
-    processes, so a low percentile is the stable estimate of what the model itself costs
-    (medians of 2-thread runs swung by ±30 % under load 9 on 2 cores; p25 stayed within 3 %).
-    """
-    sessions = [evaluate.session(m, threads=threads) for m in (baseline, candidate)]
-    for sess in sessions:
-        for _ in range(2):
-            sess.run(None, feed)
-    start = time.perf_counter()
-    sessions[0].run(None, feed)
-    one = max(time.perf_counter() - start, 1e-5)
-    runs = max(1, min(20, int(0.02 / one)))
-    times: list[list[float]] = [[], []]
-    for r in range(rounds):
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            for _ in range(runs):
-                start = time.perf_counter()
-                sessions[i].run(None, feed)
-                times[i].append(time.perf_counter() - start)
-    base, cand = (float(np.percentile(t, 25)) for t in times)
-    return cand / base, base * 1e3, cand * 1e3
-
-
 def _one_batch(model: ir.Model, calib: Dataset | None) -> dict[str, np.ndarray]:
     """One batch for timing: a single sample, or as many as a fixed batch dimension needs."""
-    from onnxopt.passes.quantize import fixed_batch
-
     batch = fixed_batch(model) or 1
     if calib is not None and len(calib) >= batch:
         return calib.take(slice(0, batch)).inputs
@@ -489,6 +458,10 @@ def quantize_stage(**options: Any) -> Stage:
         applied = [(name, opts["mode"]) for name in result.layers_quantized] if result.applied else []
         skipped = sorted(result.layers_float.items())
         details = result.to_dict()
+        details["cpu_speedup"] = {
+            int(key.split("_")[2]): 1.0 / ratio for key, ratio in result.settings.items()
+            if key.startswith("latency_ratio_") and ratio
+        }  # fmt: skip
         return StageOutcome(result.model, result.applied, applied, skipped, details)
 
     return Stage("quantize" if options["mode"] == "auto" else f"quantize-{options['mode']}", run, lossless=False)

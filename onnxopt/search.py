@@ -10,6 +10,12 @@ Algorithm (thesis ch. 4, generalised): the knob lies in ``[lo, hi]`` and
 score drop is within the budget, accept it and move towards more compression, else
 towards less; stop when the interval is narrower than ``tolerance``. Returns the most
 compressed accepted candidate (None when even the least compressed one breaks the budget).
+
+With ``probe_gentlest`` (the default) the gentlest candidate — one ``tolerance`` step from
+the no-compression end — is evaluated first: when it already breaks the budget, no stronger
+setting can be expected to pass (the knob is monotone in compression), and the search stops
+after one candidate instead of bisecting through ~log2(span / tolerance) failing ones. On
+sensitive models (OCR, detectors) this is most of a stage's run time.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ def search_budget(
     tolerance: float = 0.01,
     cost: Callable[[T], float] | None = None,
     max_steps: int = 20,
+    probe_gentlest: bool = True,
 ) -> SearchResult[T]:
     """Binary search on ``knob`` in ``[lo, hi]``.
 
@@ -69,6 +76,15 @@ def search_budget(
 
     c_lo, c_hi = 0.0, 1.0
     span = abs(hi - lo)
+    if probe_gentlest and span > tolerance:
+        c_gentle = tolerance / span
+        knob = knob_of(c_gentle)
+        candidate = build(knob)
+        score, ok = evaluate(candidate)
+        steps.append(SearchStep(knob, score, ok, cost(candidate) if cost else None, "gentlest setting first"))
+        if not ok:
+            return SearchResult(None, None, steps)
+        best, best_knob, c_lo = candidate, knob, c_gentle
     for _ in range(max_steps):
         if (c_hi - c_lo) * span < tolerance:
             break

@@ -8,6 +8,11 @@ Rules, in order:
 2. ``onnx_ir`` common passes: Identity elimination (an Identity between a graph input and
    a graph output is kept), ``Constant`` nodes lifted to initializers (so later passes see
    every weight the same way), unused-node removal, topological sort.
+3. Attributes the model's opset does not define are dropped when they hold the value the
+   newer opset defines as default, or when they cannot change the result (``allowzero`` of a
+   Reshape whose constant shape has no 0): onnxscript's rewrite rules write
+   ``Reshape(allowzero=1)`` into opset-12 models, which the ONNX checker rejects. Anything
+   else is left for the checker (the pipeline then rolls the stage back).
 In IR < 4 models (every initializer is also a graph input) the initializers created by
 folding are listed as graph inputs too, as that IR version requires.
 Initializers are never de-duplicated here: a merged tensor would be shared by several
@@ -22,10 +27,13 @@ __all__ = ["CleanupPass"]
 import contextlib
 import logging
 
+import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
+from onnxopt.graph import const_array
 from onnxopt.passes.base import LoggedPass
 
 
@@ -38,7 +46,12 @@ def _fingerprint(model: ir.Model) -> tuple:
 
 
 class CleanupPass(LoggedPass):
-    """Constant folding, onnxscript rewrite rules, dead-code and Identity removal."""
+    """Constant folding, onnxscript rewrite rules, dead-code and Identity removal.
+
+    ``onnxscript_rules=False`` keeps constant folding but skips the rewrite rules (and
+    function inlining): the conservative variant ``optimize`` falls back to when the full
+    clean-up does not verify (onnxscript 0.7's rules change ddddocr's recognizer's output
+    shape)."""
 
     def __init__(self, *, onnxscript_rules: bool = True) -> None:
         super().__init__()
@@ -47,15 +60,18 @@ class CleanupPass(LoggedPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = _fingerprint(model)
         ops_before = _op_counts(model)
-        if self.onnxscript_rules:
-            with _quiet("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
+        with _quiet("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
+            if self.onnxscript_rules:
                 onnxscript.optimizer.optimize_ir(model)
+            else:
+                onnxscript.optimizer.fold_constants(model)
         ir.passes.Sequential(
             common.IdentityEliminationPass(),
             common.LiftConstantsToInitializersPass(),
             common.RemoveUnusedNodesPass(),
             common.TopologicalSortPass(),
         )(model)
+        _drop_newer_default_attributes(model)
         if model.ir_version is not None and model.ir_version < 4:
             _list_initializers_as_inputs(model)
         ops_after = _op_counts(model)
@@ -78,6 +94,33 @@ def _quiet(*names: str):
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def _drop_newer_default_attributes(model: ir.Model) -> None:
+    """Rule 3 of the module docstring (default ONNX domain only, subgraphs included)."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None:
+        return
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain not in ("", "ai.onnx") or not node.attributes:
+            continue
+        try:
+            known = onnx.defs.get_schema(node.op_type, opset, "").attributes
+            latest = onnx.defs.get_schema(node.op_type).attributes
+        except onnx.defs.SchemaError:
+            continue
+        for name in [n for n in node.attributes if n not in known and n in latest]:
+            default = latest[name].default_value
+            same = default.type != onnx.AttributeProto.UNDEFINED and (
+                node.attributes[name].value == onnx.helper.get_attribute_value(default)
+            )
+            if same or (node.op_type == "Reshape" and name == "allowzero" and _shape_without_zero(node)):
+                del node.attributes[name]
+
+
+def _shape_without_zero(reshape: ir.Node) -> bool:
+    shape = const_array(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+    return shape is not None and not np.any(shape == 0)
 
 
 def _list_initializers_as_inputs(model: ir.Model) -> None:

@@ -62,8 +62,8 @@ from onnxruntime.quantization import (
 
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import const_array, consumers, new_initializer, producer
-from onnxopt.model_io import _embedded_proto
+from onnxopt.graph import const_array, consumers, fixed_batch, new_initializer, producer
+from onnxopt.model_io import _drop_untyped_value_info, _embedded_proto
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ def _load(path: str) -> ir.Model:
     proto = onnx.load(path)
     # onnxruntime's quantizer can leave value_info entries without a type (seen after a
     # low-rank split); the checker rejects those, and they carry no information.
-    typed = [vi for vi in proto.graph.value_info if vi.type.WhichOneof("value") is not None]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(typed)
+    _drop_untyped_value_info(proto.graph)
     return ir.serde.deserialize_model(proto)
 
 
@@ -142,17 +140,6 @@ def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
     result = model.clone()
     name_unnamed_nodes(result)
     return result, "no pre-processing (" + "; ".join(errors) + ")"
-
-
-def fixed_batch(model: ir.Model) -> int | None:
-    """The batch size the model's inputs fix on their first axis, or None when dynamic."""
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers or value.shape is None or len(value.shape) == 0:
-            continue
-        first = value.shape[0]
-        if isinstance(first, int):
-            return first
-    return None
 
 
 def _batch_size(model: ir.Model) -> int:
@@ -324,5 +311,6 @@ def _rewire_quantized_outputs(graph: ir.Graph, node: ir.Node) -> None:
                 name = final.name
                 final.name = f"{name}_int8"
                 out.name = name
+                out.type, out.shape = out.type or final.type, out.shape or final.shape
                 graph.outputs[index] = out
                 return

@@ -125,3 +125,17 @@ def test_external_data_missing(model_path, tmp_path):
 def test_output_in_missing_folder(model_path, tmp_path):
     with pytest.raises(OnnxoptError, match="does not exist"):
         check_output_path(tmp_path / "no" / "x.onnx", model_path)
+
+
+def test_value_with_shape_but_no_type_does_not_break_the_checker():
+    """A pass that sets only a shape on a new value must not produce a model the checker rejects."""
+    import onnx_ir as ir
+
+    from onnxopt.model_io import _embedded_proto
+
+    model = ir.from_proto(conv_bn_relu_gemm())
+    inner = next(n for n in model.graph if n.op_type == "Relu").outputs[0]
+    inner.type = None
+    inner.shape = ir.Shape(["N", 8, 6, 6])
+    assert any(vi.name == inner.name for vi in ir.to_proto(model).graph.value_info)  # the raw serializer writes it
+    onnx.checker.check_model(_embedded_proto(model), full_check=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 
 from onnxopt.calibration import synthetic
 from onnxopt.evaluate import Evaluator, run
@@ -130,6 +131,27 @@ def test_lossy_stage_that_slows_the_model_is_rolled_back_under_speed_check():
     assert len(result.graph) == len(_model().graph)
 
 
+@pytest.mark.parametrize("own, kept", [(0.8, False), (1.3, True)])
+def test_speed_check_uses_the_stage_own_cpu_measurement(monkeypatch, own, kept):
+    """A stage that timed itself (quantize's guard) is not timed again; its number decides."""
+    import onnxopt.pipeline as pipeline
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured twice")
+
+    monkeypatch.setattr(pipeline, "measure_speedup", never)
+
+    def timed_itself(model: ir.Model, ctx: Context) -> StageOutcome:
+        return StageOutcome(model, True, details={"cpu_speedup": {1: 9.0, 2: own}})
+
+    model = _model()
+    ctx = _ctx(model)
+    ctx.speed_check, ctx.threads = True, 2
+    _, records = run_stages(model, [Stage("timed", timed_itself, lossless=False)], ctx)
+    assert records[0].kept == kept, records[0].reason
+    assert records[0].details["speedup"] == own
+
+
 def test_float16_model_verified_with_float16_tolerance():
     """A one-ulp float16 difference (relative ~1e-3) is exact for a float16 output."""
     from onnxopt.evaluate import compare
@@ -139,3 +161,45 @@ def test_float16_model_verified_with_float16_tolerance():
     b[0, 2] = np.nextafter(a[0, 2], np.float16(2000))  # 1000 → 1000.5
     assert compare([a], [b]).within(1e-4, 1e-5)
     assert not compare([a.astype(np.float32)], [b.astype(np.float32)]).within(1e-4, 1e-5)
+
+
+def test_cleanup_drops_attributes_newer_than_the_opset_when_they_hold_the_default():
+    """onnxscript's rules write Reshape(allowzero=0) into opset-12 models; the checker rejects it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(allowzero: int) -> ir.Model:
+        graph = helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=allowzero)], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
+            [helper.make_tensor("shape", TensorProto.INT64, [2], [3, 2])],
+        )  # fmt: skip
+        return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]))
+
+    fixed = model(0)
+    CleanupPass(onnxscript_rules=False)(fixed)
+    onnx.checker.check_model(ir.to_proto(fixed), full_check=True)
+    assert all("allowzero" not in n.attributes for n in fixed.graph)
+    no_zero = model(1)  # allowzero=1 means nothing when the constant shape has no 0
+    CleanupPass(onnxscript_rules=False)(no_zero)
+    onnx.checker.check_model(ir.to_proto(no_zero), full_check=True)
+
+
+@pytest.mark.parametrize("batch", ["N", 2])
+def test_optimize_measures_dynamic_axes_at_the_data_size(batch):
+    """An OCR-style input [N, 1, 8, W]: costs and speed checks use the data's width, not 1."""
+    from onnx import TensorProto, helper
+
+    from onnxopt.calibration import Dataset
+    from onnxopt.optimize import shapes_from_data
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 1, 8, "W"])],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph))
+    data = Dataset({"x": np.zeros((4, 1, 8, 96), np.float32)})
+    assert shapes_from_data(model, data, {}) == {"x": [1 if batch == "N" else 2, 1, 8, 96]}
+    assert shapes_from_data(model, data, {"x": [1, 1, 8, 32]}) == {"x": [1, 1, 8, 32]}  # --shape wins
