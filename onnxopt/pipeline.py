@@ -149,16 +149,6 @@ class StageRecord:
         return d
 
 
-def _restore_output_types(before: ir.Model, after: ir.Model) -> None:
-    """A graph output a stage left without an element type (onnxruntime's quantizer does this
-    to ddddocr's recognizer) gets the type of the same-named output before the stage; the
-    checker rejects an untyped output, and verification compares the values anyway."""
-    types = {v.name: v.type for v in before.graph.outputs}
-    for value in after.graph.outputs:
-        if value.type is None and types.get(value.name) is not None:
-            value.type = types[value.name]
-
-
 def check_model(model: ir.Model) -> None:
     """Raise OnnxoptError when the ONNX checker rejects ``model``."""
     try:
@@ -194,7 +184,6 @@ def run_stages(
             record.applied, record.skipped, record.details = outcome.applied, outcome.skipped, outcome.details
             if outcome.modified:
                 candidate = outcome.model
-                _restore_output_types(current, candidate)
                 check_model(candidate)
                 outputs = evaluate.run(candidate, ctx.verify_data)
                 fid = evaluate.compare(current_outputs, outputs, names=[o.name for o in current.graph.outputs])
