@@ -43,7 +43,7 @@ import onnx_ir as ir
 
 from benchmarks.real_data import photo_crops, real_models
 from onnxopt import evaluate
-from onnxopt.bench import interleaved_times
+from onnxopt.bench import interleaved_times, runs_per_turn
 from onnxopt.calibration import Dataset, load_npz
 from onnxopt.model_io import _embedded_proto, load_model
 from onnxopt.quantization import quantize_model
@@ -126,10 +126,7 @@ def interleaved_latency(models: dict[str, ir.Model], feed: dict[str, np.ndarray]
                 sessions[name].run(None, feed)
         except Exception as exc:  # a variant onnxruntime cannot run is reported, not fatal
             print(f"  {name}: cannot run: {exc}")
-    first = next(iter(sessions.values()))
-    start = time.perf_counter()
-    first.run(None, feed)
-    block = max(1, min(20, int(0.03 / max(time.perf_counter() - start, 1e-5))))
+    block = runs_per_turn(next(iter(sessions.values())), feed, 0.03)
     names = list(sessions)
     times = interleaved_times([sessions[n] for n in names], [feed] * len(names), rounds=rounds, block=block)
     p25 = {n: float(np.percentile(t, 25)) for n, t in zip(names, times)}

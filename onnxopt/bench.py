@@ -11,7 +11,7 @@ first model / p50 of this one; > 1 means faster) is the number to trust across r
 
 from __future__ import annotations
 
-__all__ = ["BenchRow", "BenchResult", "benchmark", "interleaved_times", "latency_ratio", "PROVIDERS", "resolve_providers"]
+__all__ = ["BenchRow", "BenchResult", "benchmark", "interleaved_times", "latency_ratio", "runs_per_turn", "PROVIDERS", "resolve_providers"]
 
 import dataclasses
 import os
@@ -218,6 +218,13 @@ def interleaved_times(
     return [np.asarray(t) * 1e3 for t in times]
 
 
+def runs_per_turn(sess: ort.InferenceSession, feed: Mapping[str, np.ndarray], seconds: float) -> int:
+    """How many runs of ``sess`` fill about ``seconds`` (1–20): one timed run decides."""
+    start = time.perf_counter()
+    sess.run(None, feed)
+    return max(1, min(20, int(seconds / max(time.perf_counter() - start, 1e-5))))
+
+
 def latency_ratio(
     baseline: ir.Model, candidate: ir.Model, feed: Mapping[str, np.ndarray], *, rounds: int = 9, threads: int = 1,
     percentile: float = 25,
@@ -233,9 +240,7 @@ def latency_ratio(
     for sess in sessions:
         for _ in range(2):
             sess.run(None, feed)
-    start = time.perf_counter()
-    sessions[0].run(None, feed)
-    block = max(1, min(20, int(0.02 / max(time.perf_counter() - start, 1e-5))))
+    block = runs_per_turn(sessions[0], feed, 0.02)
     base, cand = (float(np.percentile(t, percentile)) for t in interleaved_times(sessions, [feed, feed], rounds=rounds, block=block))
     return cand / base, base, cand
 
