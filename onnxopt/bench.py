@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = ["BenchRow", "BenchResult", "benchmark", "interleaved_times", "latency_ratio", "runs_per_turn", "PROVIDERS", "resolve_providers"]
 
 import dataclasses
+import math
 import os
 import platform
 import time
@@ -227,20 +228,26 @@ def runs_per_turn(sess: ort.InferenceSession, feed: Mapping[str, np.ndarray], se
 
 def latency_ratio(
     baseline: ir.Model, candidate: ir.Model, feed: Mapping[str, np.ndarray], *, rounds: int = 9, threads: int = 1,
-    percentile: float = 25,
+    percentile: float = 25, min_seconds: float = 1.5,
 ) -> tuple[float, float, float]:
     """(candidate / baseline latency, baseline ms, candidate ms) from :func:`interleaved_times`.
 
     Each turn runs a model for about 20 ms; a model's latency is a low ``percentile`` of its
     single runs. On a shared machine a run is only ever slowed down by other processes, so a
     low percentile estimates what the model itself costs (medians of 2-thread runs swung by
-    ±30 % under load 9 on 2 cores; p25 stayed within 3 %).
+    ±30 % under load 9 on 2 cores; p25 stayed within 3 %). Slow models get more rounds, up to
+    ``min_seconds`` of the baseline's runs (at most 48 rounds): 9 single runs of ddddocr's
+    detector (75 ms) put the same int8 model at 0.78 and 0.96 in two runs.
     """
     sessions = [session(m, threads=threads) for m in (baseline, candidate)]
     for sess in sessions:
         for _ in range(2):
             sess.run(None, feed)
     block = runs_per_turn(sessions[0], feed, 0.02)
+    start = time.perf_counter()
+    sessions[0].run(None, feed)
+    per_run = time.perf_counter() - start
+    rounds = max(rounds, min(48, math.ceil(min_seconds / (block * per_run))))
     base, cand = (float(np.percentile(t, percentile)) for t in interleaved_times(sessions, [feed, feed], rounds=rounds, block=block))
     return cand / base, base, cand
 

@@ -60,6 +60,8 @@ def print_optimize_result(result) -> None:
     if result.final_score is not None:
         extra.append((f"score ({result.metric})", f"{result.baseline_score:.4f}", f"{result.final_score:.4f}",
                       f"{result.final_score - result.baseline_score:+.4f}"))
+    if result.speedup is not None:
+        extra.append(("final speed check", "", f"{result.speedup:.2f}×", "vs original, interleaved"))
     if result.bench is not None:
         rows = {r.model: r for r in result.bench.rows}
         o, n = rows.get("original"), rows.get("optimized")

@@ -1,8 +1,8 @@
 """Channel dependency groups: which channels of an ONNX graph must be removed together.
 
 Idea (Torch-Pruning's DepGraph, done on ONNX values and at the granularity of single
-channels): every output channel of a *source* op (a Conv / Gemm / MatMul with a constant
-weight) is an element of a union-find structure. Walking the graph in topological order, a
+channels): every output channel of a *source* op (a Conv / ConvTranspose / Gemm / MatMul
+with a constant weight) is an element of a union-find structure. Walking the graph in topological order, a
 table of small handlers (one per op type, :data:`HANDLERS`) says how the channels of a node's
 output relate to the channels of its inputs:
 
@@ -322,26 +322,43 @@ def _scale_bias_norm(w: _Walker, node: ir.Node) -> None:
     w.set_track(node.outputs[0], t)
 
 
-def _conv(w: _Walker, node: ir.Node) -> None:
-    x, weight_value = node.inputs[0], node.inputs[1]
-    t = w.track(x)
-    weight = const_array(weight_value)
+def _constant_weights(w: _Walker, node: ir.Node) -> np.ndarray | None:
+    """The constant weight of a Conv/ConvTranspose, or None (its input blocked) when the
+    weight or the bias is computed."""
+    weight = const_array(node.inputs[1])
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     if weight is None or (bias_value is not None and const_array(bias_value) is None):
-        w.block(t, f"{_label(node)}: weight or bias is not constant")
+        w.block(w.track(node.inputs[0]), f"{_label(node)}: weight or bias is not constant")
+        return None
+    return weight
+
+
+def _new_source(w: _Walker, node: ir.Node, in_axis: int, out_axis: int, channels: int) -> None:
+    """A dense (group 1) source: input channels on weight axis ``in_axis`` (consumer),
+    ``channels`` fresh output channels on ``out_axis`` (producer)."""
+    x = node.inputs[0]
+    t = w.track(x)
+    if t is not None:
+        if t.axis != 1 or t.block != 1:
+            w.block(t, f"{_label(node)}: input channel axis is not 1")
+        else:
+            w.member(node, CONSUMER, x, 1, in_axis)
+    out = node.outputs[0]
+    w.set_track(out, _Track(w.new_elems(channels), 1))
+    w.member(node, PRODUCER, out, 1, out_axis)
+
+
+def _conv(w: _Walker, node: ir.Node) -> None:
+    weight = _constant_weights(w, node)
+    if weight is None:
         return
+    x = node.inputs[0]
+    t = w.track(x)
     groups = attr(node, "group", 1)
     cout, cin_per_group = weight.shape[:2]
     cin = cin_per_group * groups
     if groups == 1:
-        if t is not None:
-            if t.axis != 1 or t.block != 1:
-                w.block(t, f"{_label(node)}: input channel axis is not 1")
-            else:
-                w.member(node, CONSUMER, x, 1, 1)
-        out = node.outputs[0]
-        w.set_track(out, _Track(w.new_elems(cout), 1))
-        w.member(node, PRODUCER, out, 1, 0)
+        _new_source(w, node, 1, 0, cout)
         return
     if groups == cin and cout == cin and cin_per_group == 1:
         if t is not None:  # depthwise: input channel c is output channel c
@@ -352,6 +369,18 @@ def _conv(w: _Walker, node: ir.Node) -> None:
             w.set_track(node.outputs[0], t)
         return
     w.block(t, f"{_label(node)}: grouped convolution (group={groups}) couples channels across groups")
+
+
+def _conv_transpose(w: _Walker, node: ir.Node) -> None:
+    """ConvTranspose (weight ``[C_in, C_out/group, k…]``): input channels on weight axis 0,
+    output channels on axis 1 (and the bias). Only ``group=1`` is modelled."""
+    weight = _constant_weights(w, node)
+    if weight is None:
+        return
+    if attr(node, "group", 1) != 1:
+        w.block(w.track(node.inputs[0]), f"{_label(node)}: grouped transposed convolution couples channels across groups")
+        return
+    _new_source(w, node, 0, 1, weight.shape[1])
 
 
 def _gemm(w: _Walker, node: ir.Node) -> None:
@@ -668,6 +697,7 @@ HANDLERS: dict[str, Handler] = {
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _scale_bias_norm,
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,
     "Concat": _concat,
@@ -690,7 +720,7 @@ HANDLERS: dict[str, Handler] = {
 """op type → handler. Supporting a new op is one entry here. Source ops (Conv, Gemm,
 MatMul) create channels even when no input is tracked; the others act only on tracked inputs."""
 
-_SOURCES = {"Conv", "Gemm", "MatMul"}
+_SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 
 
 def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> GroupAnalysis:

@@ -154,9 +154,9 @@ def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator) -> ir.
     diff = np.moveaxis((filters - permuted).reshape(np.moveaxis(weight, m.axis, 0).shape), 0, m.axis)
     x = probe.value(node.inputs[0].name)
     w = probe.const(np.ascontiguousarray(diff.astype(weight.dtype)))
-    if node.op_type == "Conv":
+    if node.op_type in ("Conv", "ConvTranspose"):
         attrs = {k: a.value for k, a in node.attributes.items()}
-        y = probe.add("Conv", [x, w], **attrs)
+        y = probe.add(node.op_type, [x, w], **attrs)
         rank = len(weight.shape)
     elif node.op_type == "Gemm":
         y = probe.add("Gemm", [x, w], transB=attr(node, "transB", 0), alpha=float(attr(node, "alpha", 1.0)))
@@ -164,7 +164,7 @@ def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator) -> ir.
     else:  # MatMul
         y = probe.add("MatMul", [x, w])
         rank = len(probe.value(m.value).shape or ()) or 2
-    out_axis = 1 if node.op_type in ("Conv", "Gemm") else rank - 1
+    out_axis = 1 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else rank - 1
     return probe.reduce("ReduceSumSquare", y, _channel_axes(rank, out_axis))
 
 

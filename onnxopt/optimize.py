@@ -11,7 +11,9 @@ How the budget B is shared: every candidate of every stage is scored against the
 budget up to a cumulative cap — prune ``0.5·B``, lowrank ``0.75·B``, quantize ``B`` —
 so that pruning (the largest MAC saving) cannot leave nothing to the later stages, and the
 total never exceeds B. With ``speed_check`` a lossy stage is also kept only when it makes
-the model faster on the target, timed interleaved (see :mod:`onnxopt.pipeline`).
+the model faster on the target, timed interleaved, and the final model is timed once more
+against the original: kept lossy stages are rolled back, last first, until it is faster
+(see :mod:`onnxopt.pipeline`; ``OptimizeResult.speedup`` holds that measurement).
 
 Data handling: ``data`` is split into calibration and evaluation halves (seeded) unless
 ``eval_data`` is given; evaluation samples are never used for calibration. Lossless
@@ -37,7 +39,7 @@ from onnxopt.lowrank import lowrank_stage
 from onnxopt.model_io import check_output_path, load_model, save_model
 from onnxopt.passes.cleanup import CleanupPass
 from onnxopt.passes.fold_bn import FoldBatchNormPass
-from onnxopt.pipeline import Context, Stage, StageRecord, pass_stage, run_stages
+from onnxopt.pipeline import Context, Stage, StageRecord, confirm_speedup, pass_stage, run_stages
 from onnxopt.pruning import prune_stage
 from onnxopt.quantization import quantize_stage
 from onnxopt.recipe import load_recipe
@@ -101,6 +103,7 @@ class OptimizeResult:
     metric: str | None = None
     baseline_score: float | None = None
     final_score: float | None = None
+    speedup: float | None = None  # final check against the original (speed_check with a kept lossy stage)
 
     def to_dict(self) -> dict:
         return {
@@ -113,6 +116,7 @@ class OptimizeResult:
             "metric": self.metric,
             "baseline_score": self.baseline_score,
             "final_score": self.final_score,
+            "speedup": self.speedup,
             "bench": self.bench.to_dict() if self.bench is not None else None,
         }
 
@@ -209,12 +213,16 @@ def optimize(
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
+    speedup = None
+    if speed_check and any(r.kept and not r.lossless for r in records):
+        ctx.progress("final speed check")
+        optimized, speedup = confirm_speedup(original, optimized, records, ctx)
     final_outputs = evaluate.run(optimized, verify_data)
     reference = evaluate.run(original, verify_data)
     fidelity = evaluate.compare(reference, final_outputs, names=[o.name for o in original.graph.outputs], labels=verify_data.labels)
     written = save_model(optimized, output, input_path=input_path) if output is not None else None
     after = summarize(optimized, written, shapes)
-    result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only)
+    result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only, speedup=speedup)
     if evaluator is not None:
         result.metric = evaluator.metric_name
         result.baseline_score = evaluator.baseline

@@ -19,6 +19,12 @@ How a pipeline runs (:func:`run_stages`):
    ``details["cpu_speedup"] = {threads: speed-up}``; that measurement is used instead of
    timing the same pair twice.
 6. Every stage leaves a :class:`StageRecord` (what changed, fidelity, cost, time, skips).
+7. Stage-by-stage checks compare each stage with the model before it, a few seconds each, so
+   on a busy machine their product can claim more than the whole delivers (ddddocr's
+   recognizer: 1.49× and 1.54× per stage, 1.15× end to end). :func:`confirm_speedup` times the
+   final model against the original and rolls back kept lossy stages, last first, until the
+   result is at least ``ctx.min_speedup`` times as fast: ``optimize`` never hands back a
+   model that measured slower than its input.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ __all__ = [
     "StageOutcome",
     "StageRecord",
     "pass_stage",
+    "confirm_speedup",
     "measure_speedup",
     "run_stages",
 ]
@@ -69,8 +76,9 @@ class Context:
     speed_seconds: float = 2.0
 
 
-def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context) -> float:
-    """p50(current) / p50(candidate), timed interleaved on the context's provider."""
+def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context, seconds: float | None = None) -> float:
+    """p50(current) / p50(candidate), timed interleaved on the context's provider for
+    ``seconds`` (default ``ctx.speed_seconds``)."""
     from onnxopt.bench import benchmark
 
     result = benchmark(
@@ -78,7 +86,7 @@ def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context) -> flo
         providers=ctx.providers[:1],
         threads=ctx.threads,
         shapes=ctx.shapes,
-        seconds=ctx.speed_seconds,
+        seconds=ctx.speed_seconds if seconds is None else seconds,
         warmup=3,
     )
     return result.rows[1].ratio or 0.0
@@ -141,9 +149,11 @@ class StageRecord:
     applied: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    before: ir.Model | None = dataclasses.field(default=None, repr=False)  # the model it started from, when kept
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        # Not dataclasses.asdict: it would deep-copy the snapshot in ``before``.
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "before"}
         d["applied"] = [list(a) for a in self.applied]
         d["skipped"] = [list(s) for s in self.skipped]
         return d
@@ -213,7 +223,7 @@ def run_stages(
                                 f"(needs ≥ {ctx.min_speedup:g}×)"
                             )
                     if not record.reason:
-                        record.kept = True
+                        record.kept, record.before = True, current
                         current, current_outputs = candidate, outputs
         except OnnxoptError as exc:
             record.reason = str(exc)
@@ -228,3 +238,21 @@ def run_stages(
             pass
         records.append(record)
     return current, records
+
+
+def confirm_speedup(original: ir.Model, current: ir.Model, records: Sequence[StageRecord], ctx: Context) -> tuple[ir.Model, float]:
+    """Time ``current`` against ``original`` (``2 · ctx.speed_seconds``, interleaved); while it
+    is below ``ctx.min_speedup`` and a lossy stage is kept, roll back the last kept lossy stage
+    (its record gets the reason) and time again. Returns the model and its last speed-up."""
+    kept = [r for r in records if r.kept and not r.lossless and r.before is not None]
+    while True:
+        speedup = measure_speedup(original, current, ctx, seconds=2 * ctx.speed_seconds)
+        if speedup >= ctx.min_speedup or not kept:
+            return current, speedup
+        record = kept.pop()
+        current, record.kept = record.before, False
+        record.reason = (
+            f"final check: the result measured {speedup:.2f}× the original's speed on "
+            f"{ctx.providers[0]} (needs ≥ {ctx.min_speedup:g}×); rolled back"
+        )
+        ctx.progress(f"final check: rolled back {record.name}")

@@ -468,7 +468,7 @@ class Pruner:
 def _has_computed_weights(model: ir.Model) -> bool:
     return any(
         v is not None and const_array(v) is None
-        for n in model.graph if n.op_type in ("Conv", "Gemm")
+        for n in model.graph if n.op_type in ("Conv", "ConvTranspose", "Gemm")
         for v in n.inputs[1:]
     )  # fmt: skip
 

@@ -94,6 +94,7 @@ class QuantizeResult:
     fidelity: dict | None = None
     latency_ratio: float | None = None  # quantized / float; < 1 is faster
     latency_ms: dict[str, float] | None = None
+    latency_ratios: dict[int, float] = dataclasses.field(default_factory=dict)  # threads → ratio
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     sensitivity: dict[str, float] = dataclasses.field(default_factory=dict)
     search: list[dict] = dataclasses.field(default_factory=list)
@@ -412,7 +413,7 @@ def quantize_model(
         feed = _one_batch(model, calib)
         for threads in latency_threads:  # the worst thread count decides
             ratio, base_ms, cand_ms = latency_ratio(model, candidate, feed, threads=threads)
-            result.settings[f"latency_ratio_{threads}_threads"] = ratio
+            result.latency_ratios[threads] = ratio
             if result.latency_ratio is None or ratio > result.latency_ratio:
                 result.latency_ratio, result.latency_ms = ratio, {"float": base_ms, "quantized": cand_ms, "threads": threads}
     except OnnxoptError as exc:
@@ -458,10 +459,7 @@ def quantize_stage(**options: Any) -> Stage:
         applied = [(name, opts["mode"]) for name in result.layers_quantized] if result.applied else []
         skipped = sorted(result.layers_float.items())
         details = result.to_dict()
-        details["cpu_speedup"] = {
-            int(key.split("_")[2]): 1.0 / ratio for key, ratio in result.settings.items()
-            if key.startswith("latency_ratio_") and ratio
-        }  # fmt: skip
+        details["cpu_speedup"] = {threads: 1.0 / ratio for threads, ratio in result.latency_ratios.items() if ratio}
         return StageOutcome(result.model, result.applied, applied, skipped, details)
 
     return Stage("quantize" if options["mode"] == "auto" else f"quantize-{options['mode']}", run, lossless=False)

@@ -149,6 +149,11 @@ class PruneChannelsPass(LoggedPass):
 
     def _compensate(self, m: Member, weight: np.ndarray, cut: np.ndarray) -> None:
         node = m.node
+        if node.op_type == "ConvTranspose":
+            # A strided transposed convolution spreads each input pixel over the kernel taps
+            # unevenly: a constant input channel does not add a constant per output channel.
+            self.skip(node, "ConvTranspose consumer: bias compensation skipped (no per-channel constant exists)")
+            return
         means = np.asarray(self.channel_means[m.value], dtype=np.float64).reshape(-1)[cut]
         if node.op_type == "Conv":
             columns = weight[:, cut].reshape(weight.shape[0], len(cut), -1).sum(axis=2)

@@ -175,6 +175,28 @@ def test_depthwise_couples_input_and_output_channels():
     assert dw_node.attributes["group"].value == const_array(dw_node.inputs[1]).shape[0] == 8 - 3
 
 
+def test_conv_transpose_prunes_its_input_and_output_channels():
+    """Weight [C_in, C_out, k, k]: consumer slices axis 0, producer axis 1 and the bias."""
+    c1, i1 = _conv("c1", "x", "a", 3, 6)
+    relu1 = helper.make_node("Relu", ["a"], ["ra"])
+    up = helper.make_node("ConvTranspose", ["ra", "up_w", "up_b"], ["u"], name="up", strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1])
+    relu2 = helper.make_node("Relu", ["u"], ["ru"])
+    c2, i2 = _conv("c2", "ru", "y", 5, 2, k=1)
+    model = _model([c1, relu1, up, relu2, c2], i1 + [_init("up_w", [6, 5, 3, 3]), _init("up_b", [5])] + i2)
+    analysis, pruned = _assert_exact(model)
+    roles = {(m.node.name, m.role, m.axis) for g in analysis.prunable for m in g.members}
+    assert {("up", "consumer", 0), ("up", "producer", 1)} <= roles
+    node = next(n for n in pruned.graph if n.name == "up")
+    w, b = const_array(node.inputs[1]), const_array(node.inputs[2])
+    assert w.shape[0] < 6 and w.shape[1] < 5 and b.shape == (w.shape[1],)
+    assert pruned.graph.outputs[0].shape[2:] == (16, 16)
+    # bias compensation cannot be a per-channel constant through a strided ConvTranspose: skipped
+    means = {"ra": np.ones(6)}
+    p = PruneChannelsPass({analysis.by_name()["a"].name: [0]}, channel_means=means)
+    p(model.clone())
+    assert any("ConvTranspose" in why for _, why in p.skipped)
+
+
 def test_per_channel_constants_and_prelu_are_sliced():
     c1, i1 = _conv("c1", "x", "a", 3, 8, bias=False)
     add = helper.make_node("Add", ["a", "bias"], ["ab"])

@@ -152,6 +152,39 @@ def test_speed_check_uses_the_stage_own_cpu_measurement(monkeypatch, own, kept):
     assert records[0].details["speedup"] == own
 
 
+@pytest.mark.parametrize("measured, kept_after", [([1.3], [True, True]), ([0.9, 1.1], [True, False]), ([0.9, 0.95, 0.99], [False, False])])
+def test_final_check_rolls_back_lossy_stages_last_first_until_faster(monkeypatch, measured, kept_after):
+    """Stage checks passed, but the whole is timed against the original: never slower."""
+    import onnxopt.pipeline as pipeline
+    from onnxopt.pipeline import confirm_speedup
+
+    readings = iter(measured)
+    monkeypatch.setattr(pipeline, "measure_speedup", lambda *args, **kwargs: next(readings))
+
+    def append_identity(model: ir.Model, ctx: Context) -> StageOutcome:
+        out = model.graph.outputs[0]
+        producer = out.producer()
+        node = ir.node("Identity", [producer.outputs[0]], num_outputs=1)
+        model.graph.append(node)
+        model.graph.outputs[0] = node.outputs[0]
+        node.outputs[0].name, producer.outputs[0].name = out.name, out.name + f"_{len(model.graph)}"
+        node.outputs[0].type, node.outputs[0].shape = out.type, out.shape
+        return StageOutcome(model, True)
+
+    model = _model()
+    ctx = _ctx(model)
+    stages = [Stage("first", append_identity, lossless=False), Stage("second", append_identity, lossless=False)]
+    result, records = run_stages(model, stages, ctx)
+    assert len(result.graph) == len(model.graph) + 2
+    final, speedup = confirm_speedup(model, result, records, ctx)
+    assert [r.kept for r in records] == kept_after
+    assert speedup == measured[-1]
+    assert len(final.graph) == len(model.graph) + sum(kept_after)
+    for record in records:
+        assert record.kept or "final check" in record.reason
+    assert "before" not in records[0].to_dict()
+
+
 def test_float16_model_verified_with_float16_tolerance():
     """A one-ulp float16 difference (relative ~1e-3) is exact for a float16 output."""
     from onnxopt.evaluate import compare

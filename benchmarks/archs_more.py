@@ -1,0 +1,193 @@
+"""More architecture families, small, in plain torch.nn: the op patterns the classifiers of
+:mod:`benchmarks.archs` do not have.
+
+- :func:`efficientnet_tiny` — MBConv blocks: SiLU, depthwise 3×3, squeeze-excitation gate
+  (``x * sigmoid(conv(silu(conv(gap(x)))))``), BN after every conv, residual ``+``.
+- :func:`convnext_tiny` — depthwise 7×7, ``permute`` to channels-last, ``LayerNorm`` over the
+  channels, ``Linear`` MLP with GELU, per-channel layer scale, residual ``+``.
+- :func:`unet_small` — encoder/decoder with ``ConvTranspose2d`` upsampling and ``torch.cat``
+  skip connections; dense per-pixel logits ``[N, K, H, W]``.
+- :func:`crnn_speech` — ``Conv1d`` front end on ``[N, mels, T]``, bidirectional ``GRU``,
+  per-frame log-probabilities ``[N, T', classes]`` (a CTC speech recognizer's shape).
+- :func:`vit_tiny` — patch-embedding conv, class token, learned position embedding, pre-LN
+  transformer blocks (HuggingFace attention op pattern), ``Linear`` head.
+
+Weights are random (seeded by the caller); BatchNorm statistics can be randomised with
+:func:`benchmarks.archs.randomize_bn_stats`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from benchmarks.archs import BertSelfAttention
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, squeezed: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.expand(F.silu(self.reduce(F.adaptive_avg_pool2d(x, 1))))
+        return x * torch.sigmoid(gate)
+
+
+class MBConv(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(in_ch, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.SiLU(),
+            SqueezeExcite(mid, max(4, in_ch // 4)),
+            nn.Conv2d(mid, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch),
+        )  # fmt: skip
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+def efficientnet_tiny(num_classes: int = 10) -> nn.Module:
+    """``[N, 3, H, W]`` → ``[N, classes]``; EfficientNet-B0's block pattern at 1/4 the depth."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU(),
+        MBConv(16, 24, 2), MBConv(24, 24, 1), MBConv(24, 40, 2), MBConv(40, 40, 1),
+        nn.Conv2d(40, 128, 1, bias=False), nn.BatchNorm2d(128), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, num_classes),
+    )  # fmt: skip
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor (ConvNeXt's permute pattern)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        y = self.gamma * self.fc2(F.gelu(self.fc1(y)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+def convnext_tiny(num_classes: int = 10, dims: tuple[int, ...] = (32, 64)) -> nn.Module:
+    """``[N, 3, H, W]`` → ``[N, classes]``; ConvNeXt's stem, blocks and downsampling, 2 stages."""
+    layers: list[nn.Module] = [nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6)]
+    for i, dim in enumerate(dims):
+        if i:
+            layers += [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
+        layers += [ConvNeXtBlock(dim), ConvNeXtBlock(dim)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(dims[-1], eps=1e-6), nn.Linear(dims[-1], num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _double_conv(in_ch: int, out_ch: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+    )  # fmt: skip
+
+
+class UNetSmall(nn.Module):
+    def __init__(self, in_ch: int = 3, classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.enc1, self.enc2 = _double_conv(in_ch, width), _double_conv(width, 2 * width)
+        self.bottom = _double_conv(2 * width, 4 * width)
+        self.up2 = nn.ConvTranspose2d(4 * width, 2 * width, 2, stride=2)
+        self.dec2 = _double_conv(4 * width, 2 * width)
+        self.up1 = nn.ConvTranspose2d(2 * width, width, 2, stride=2)
+        self.dec1 = _double_conv(2 * width, width)
+        self.head = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        b = self.bottom(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(b), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+def unet_small(classes: int = 4) -> nn.Module:
+    """``[N, 3, H, W]`` (H, W multiples of 4) → per-pixel logits ``[N, classes, H, W]``."""
+    return UNetSmall(classes=classes)
+
+
+class CRNNSpeech(nn.Module):
+    def __init__(self, mels: int = 40, channels: int = 64, hidden: int = 48, classes: int = 30) -> None:
+        super().__init__()
+        self.front = nn.Sequential(
+            nn.Conv1d(mels, channels, 5, padding=2, bias=False), nn.BatchNorm1d(channels), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm1d(channels), nn.ReLU(),
+        )  # fmt: skip
+        self.rnn = nn.GRU(channels, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(self.front(x).transpose(1, 2))
+        return F.log_softmax(self.out(y), dim=-1)
+
+
+def crnn_speech(classes: int = 30) -> nn.Module:
+    """``[N, 40, T]`` log-mel frames → ``[N, ceil(T/2), classes]`` log-probabilities."""
+    return CRNNSpeech(classes=classes)
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = BertSelfAttention(dim, heads)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.proj(self.attention(self.norm1(x)))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViTTiny(nn.Module):
+    def __init__(self, image: int = 32, patch: int = 4, dim: int = 64, depth: int = 2, heads: int = 4, classes: int = 10) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.pos
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+def vit_tiny(classes: int = 10) -> nn.Module:
+    """``[N, 3, 32, 32]`` → ``[N, classes]``; ViT's op pattern at 2 blocks of width 64."""
+    return ViTTiny(classes=classes)
+
+
+MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "efficientnet_tiny": (efficientnet_tiny, (3, 32, 32)),
+    "convnext_tiny": (convnext_tiny, (3, 32, 32)),
+    "unet_small": (unet_small, (3, 32, 32)),
+    "crnn_speech": (crnn_speech, (40, 50)),
+    "vit_tiny": (vit_tiny, (3, 32, 32)),
+}
+"""name → (builder, input shape without the batch axis)."""

@@ -1,0 +1,71 @@
+"""Architecture families beyond the classifiers (benchmarks/archs_more.py), both exporters:
+``optimize`` with data runs every stage without a crash, keeps the budget and the input file,
+and channel pruning of every group it calls prunable equals zeroing those channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset
+from onnxopt.model_io import load_model
+from onnxopt.optimize import optimize
+from tests.test_groups import _assert_exact
+
+torch = pytest.importorskip("torch")
+
+from benchmarks.archs import randomize_bn_stats  # noqa: E402
+from benchmarks.archs_more import MORE_ARCHS  # noqa: E402
+from benchmarks.export import export_onnx  # noqa: E402
+
+# What the group analysis must find unprunable in each family, and why (part of a reason).
+BLOCKED_BY = {
+    "crnn_speech": "GRU",
+    "vit_tiny": "Reshape",
+    "convnext_tiny": "LayerNormalization",
+}
+
+
+def _export(name: str, dynamo: bool, tmp_path):
+    builder, shape = MORE_ARCHS[name]
+    torch.manual_seed(0)
+    net = randomize_bn_stats(builder().eval())
+    path = export_onnx(net, (torch.randn(2, *shape),), tmp_path / f"{name}.onnx", dynamo=dynamo, dynamic_batch=True)
+    data = np.random.default_rng(0).standard_normal((48, *shape)).astype(np.float32)
+    return path, data
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", list(MORE_ARCHS))
+def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
+    path, data = _export(name, dynamo, tmp_path)
+    before = path.read_bytes()
+    model = load_model(path)
+    dataset = Dataset({model.graph.inputs[0].name: data})
+    out = tmp_path / "out.onnx"
+    result = optimize(path, out, data=dataset, max_drop=0.02, speed_check=False)
+    assert path.read_bytes() == before
+    crashed = [f"{r.name}: {r.reason}" for r in result.stages if r.reason.startswith("stage failed")]
+    assert not crashed, crashed
+    for record in result.stages:
+        if record.lossless and record.kept and record.fidelity:
+            assert record.fidelity["max_rel"] <= 1e-4 or record.fidelity["max_abs"] <= 1e-5, record.name
+    assert result.baseline_score - result.final_score <= 0.02 + 1e-9
+    onnx.checker.check_model(str(out))
+    evaluate.run(load_model(out), dataset.take(slice(0, 4)))
+
+    if dynamo:  # as the prune stage sees it: dynamo's computed weights folded first
+        from onnxopt.passes.cleanup import CleanupPass
+
+        CleanupPass()(model)
+    analysis, _ = _assert_exact(model, Dataset({model.graph.inputs[0].name: data[:2]}), fraction=0.3)
+    assert analysis.prunable
+    assert all(g.reasons for g in analysis.unprunable)
+    if name == "unet_small":  # transposed convolutions prune on both sides
+        roles = {(m.node.op_type, m.role) for g in analysis.prunable for m in g.members}
+        assert {("ConvTranspose", "producer"), ("ConvTranspose", "consumer")} <= roles
+    if name in BLOCKED_BY:
+        reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
+        assert BLOCKED_BY[name] in reasons, reasons
