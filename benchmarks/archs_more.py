@@ -11,6 +11,8 @@
   per-frame log-probabilities ``[N, T', classes]`` (a CTC speech recognizer's shape).
 - :func:`vit_tiny` — patch-embedding conv, class token, learned position embedding, pre-LN
   transformer blocks (HuggingFace attention op pattern), ``Linear`` head.
+- :class:`MiniBert` — a HuggingFace-style text classifier with int64 ``input_ids`` and
+  ``attention_mask`` inputs (embedding ``Gather``s, mask arithmetic).
 
 Weights are random (seeded by the caller); BatchNorm statistics can be randomised with
 :func:`benchmarks.archs.randomize_bn_stats`.
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.archs import BertSelfAttention
+from benchmarks.archs import BertLayer, BertSelfAttention
 
 
 class SqueezeExcite(nn.Module):
@@ -181,6 +183,24 @@ class ViTTiny(nn.Module):
 def vit_tiny(classes: int = 10) -> nn.Module:
     """``[N, 3, 32, 32]`` → ``[N, classes]``; ViT's op pattern at 2 blocks of width 64."""
     return ViTTiny(classes=classes)
+
+
+class MiniBert(nn.Module):
+    """A HuggingFace-style text classifier: int64 ``input_ids`` and ``attention_mask``,
+    token + position + type embeddings, LayerNorm, BERT layers, tanh pooler, classifier."""
+
+    def __init__(self, vocab: int = 100, dim: int = 64, layers: int = 2, classes: int = 3) -> None:
+        super().__init__()
+        self.tokens, self.positions, self.types = nn.Embedding(vocab, dim), nn.Embedding(64, dim), nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.Sequential(*(BertLayer(dim, 4, 4 * dim) for _ in range(layers)))
+        self.pooler, self.classifier = nn.Linear(dim, dim), nn.Linear(dim, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1]).unsqueeze(0)
+        x = self.norm(self.tokens(input_ids) + self.positions(positions) + self.types(torch.zeros_like(input_ids)))
+        x = self.layers(x) * attention_mask.unsqueeze(-1).to(x.dtype)
+        return self.classifier(torch.tanh(self.pooler(x[:, 0])))
 
 
 MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {

@@ -17,7 +17,7 @@ from tests.test_groups import _assert_exact
 torch = pytest.importorskip("torch")
 
 from benchmarks.archs import randomize_bn_stats  # noqa: E402
-from benchmarks.archs_more import MORE_ARCHS  # noqa: E402
+from benchmarks.archs_more import MORE_ARCHS, MiniBert  # noqa: E402
 from benchmarks.export import export_onnx  # noqa: E402
 
 # What the group analysis must find unprunable in each family, and why (part of a reason).
@@ -69,3 +69,26 @@ def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
     if name in BLOCKED_BY:
         reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
         assert BLOCKED_BY[name] in reasons, reasons
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_text_model_with_int64_inputs(dynamo, tmp_path):
+    """Two int64 inputs (token ids, mask): lossless optimize verifies on safe random ids,
+    optimize with data runs every stage, bench feeds both inputs."""
+    from onnxopt.bench import benchmark
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
+    path = export_onnx(MiniBert().eval(), (ids, mask), tmp_path / "bert.onnx", dynamo=dynamo,
+                       input_names=["input_ids", "attention_mask"], dynamic_batch=True)  # fmt: skip
+    rng = np.random.default_rng(0)
+    mask = (np.arange(16) < rng.integers(4, 17, size=(48, 1))).astype(np.int64)
+    data = Dataset({"input_ids": rng.integers(0, 100, (48, 16)) * mask, "attention_mask": mask})
+    lossless = optimize(path, tmp_path / "lossless.onnx")
+    assert lossless.lossless_only and lossless.fidelity.within(1e-4, 1e-5)
+    result = optimize(path, tmp_path / "full.onnx", data=data, max_drop=0.02, speed_check=False)
+    crashed = [f"{r.name}: {r.reason}" for r in result.stages if r.reason.startswith("stage failed")]
+    assert not crashed, crashed
+    assert result.baseline_score - result.final_score <= 0.02 + 1e-9
+    bench = benchmark([path, tmp_path / "full.onnx"], threads=1, iterations=3, warmup=1)
+    assert all(row.p50_ms > 0 for row in bench.rows)
