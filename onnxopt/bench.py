@@ -219,11 +219,19 @@ def interleaved_times(
     return [np.asarray(t) * 1e3 for t in times]
 
 
-def runs_per_turn(sess: ort.InferenceSession, feed: Mapping[str, np.ndarray], seconds: float) -> int:
-    """How many runs of ``sess`` fill about ``seconds`` (1–20): one timed run decides."""
+def _one_run_seconds(sess: ort.InferenceSession, feed: Mapping[str, np.ndarray]) -> float:
     start = time.perf_counter()
     sess.run(None, feed)
-    return max(1, min(20, int(seconds / max(time.perf_counter() - start, 1e-5))))
+    return max(time.perf_counter() - start, 1e-5)
+
+
+def _turn_size(seconds: float, per_run: float) -> int:
+    return max(1, min(20, int(seconds / per_run)))
+
+
+def runs_per_turn(sess: ort.InferenceSession, feed: Mapping[str, np.ndarray], seconds: float) -> int:
+    """How many runs of ``sess`` fill about ``seconds`` (1–20): one timed run decides."""
+    return _turn_size(seconds, _one_run_seconds(sess, feed))
 
 
 def latency_ratio(
@@ -243,10 +251,8 @@ def latency_ratio(
     for sess in sessions:
         for _ in range(2):
             sess.run(None, feed)
-    block = runs_per_turn(sessions[0], feed, 0.02)
-    start = time.perf_counter()
-    sessions[0].run(None, feed)
-    per_run = time.perf_counter() - start
+    per_run = _one_run_seconds(sessions[0], feed)
+    block = _turn_size(0.02, per_run)
     rounds = max(rounds, min(48, math.ceil(min_seconds / (block * per_run))))
     base, cand = (float(np.percentile(t, percentile)) for t in interleaved_times(sessions, [feed, feed], rounds=rounds, block=block))
     return cand / base, base, cand
