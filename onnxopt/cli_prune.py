@@ -48,7 +48,7 @@ def search_table(result) -> Table:
 @output_options
 @data_options
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
-              help="Channel importance (default: permutation with --data, else l1).")
+              help="Channel importance (default: obs with --data, permutation with --data --no-reconstruct, else l1).")
 @click.option("--ratio", type=float, default=None, help="Remove this share of each group's channels, e.g. 0.3.")
 @click.option("--cr", type=float, default=None, help="Cumulative contribution rate kept per group, e.g. 0.9.")
 @click.option("--max-accuracy-drop", "max_drop", type=float, default=None,
@@ -71,7 +71,6 @@ def prune_command(model, output, report_path, data, eval_data, metric, seed, cri
     run = LossyRun.start(model, output, "pruned", data, eval_data, metric, seed, shapes)
     if max_drop is not None and run.held_out is None:
         raise OnnxoptError("--max-accuracy-drop needs --data (and optionally --eval-data) to score candidates")
-    criterion = criterion or ("permutation" if run.calib is not None else "l1")
     result = prune_model(
         run.original, run.calib, run.evaluator, criterion=criterion, ratio=ratio, cr=cr, max_drop=max_drop,
         allocation=allocation, round_to=round_to, reconstruct=not no_reconstruct,

@@ -18,6 +18,10 @@
   per channel, and the clone runs once over the calibration data in batches — the network
   is never run once per channel, and no activation is kept in memory.
 
+- ``obs``: the output error the consumer layers keep after the best least-squares re-fit
+  when the unit goes, units removed greedily per group (:mod:`onnxopt.obs`); groups it cannot
+  model fall back to ``permutation``.
+
 A unit of a group spanning several source layers (residual Add, SE gate) gets the **sum**
 of its members' scores. Larger score = more important.
 """
@@ -37,7 +41,7 @@ from onnxopt.evaluate import session
 from onnxopt.graph import attr, default_opset
 from onnxopt.groups import PARAM, PRODUCER, ChannelGroup, GroupAnalysis, Member, const_array
 
-CRITERIA = ("l1", "l2", "bn-gamma", "apoz", "permutation")
+CRITERIA = ("l1", "l2", "bn-gamma", "apoz", "permutation", "obs")
 _ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "Sigmoid", "PRelu", "Elu", "Selu", "Gelu", "HardSigmoid"}
 
 
@@ -203,6 +207,23 @@ def group_importance(
         return out
     if calib is None or len(calib) == 0:
         raise OnnxoptError(f"criterion {criterion!r} needs calibration data (--data)")
+    if criterion == "obs":
+        from onnxopt.obs import obs_importance  # obs builds on Probe: imported here, not at the top
+
+        def permutation(fallback_groups: list[ChannelGroup]) -> dict[str, np.ndarray]:
+            return _data_scores(model, analysis, fallback_groups, "permutation", calib, seed, batch_size)
+
+        return obs_importance(model, analysis, calib, permutation, seed=seed)
+    return _data_scores(model, analysis, groups, criterion, calib, seed, batch_size)
+
+
+def _data_scores(
+    model: ir.Model, analysis: GroupAnalysis, groups: list[ChannelGroup], criterion: str, calib: Dataset,
+    seed: int, batch_size: int,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """``permutation`` or ``apoz`` scores of ``groups``: one probe run over ``calib``."""
+    if not groups:
+        return {}
     probe = Probe(model)
     rng = np.random.default_rng(seed)
     ranks = analysis.ranks

@@ -9,7 +9,7 @@ Format (every key optional)::
     seed = 0
 
     [prune]                        # keyword arguments of the stage, by stage name
-    criterion = "permutation"
+    criterion = "obs"
     round_to = 8
 
 Unknown sections or keys are an error (a typo must not silently change nothing).

@@ -246,7 +246,8 @@ def test_cli_prune(tmp_path):
 
 
 @pytest.mark.slow
-def test_permutation_importance_resnet50_224_is_fast(tmp_path):
+@pytest.mark.parametrize("criterion", ["permutation", "obs"])
+def test_data_driven_importance_resnet50_224_is_fast(tmp_path, criterion):
     """Issue target: ResNet-50 at 224×224 with 64 calibration images in under 2 minutes."""
     import time
 
@@ -260,7 +261,7 @@ def test_permutation_importance_resnet50_224_is_fast(tmp_path):
     calib = Dataset({model.graph.inputs[0].name: np.random.default_rng(0).standard_normal((64, 3, 224, 224)).astype(np.float32)})
     analysis = analyze_groups(model)
     start = time.perf_counter()
-    scores = group_importance(model, analysis, "permutation", calib)
+    scores = group_importance(model, analysis, criterion, calib)
     assert time.perf_counter() - start < 120
     assert len(scores) == len(analysis.prunable) and all(np.isfinite(s).all() for s in scores.values())
 
@@ -321,3 +322,115 @@ def test_report_of_a_deep_model_does_not_recurse():
     result = prune_model(model, criterion="l1", ratio=0.5, reconstruct=False)
     report = result.to_dict()
     assert report["macs_kept"] < 1.0
+
+
+# --------------------------------------------------------------------------- obs criterion
+def _obs_consumer(gram_seed: int = 0):
+    from onnxopt.groups import CONSUMER
+
+    model = dead_channel_model()
+    group = analyze_groups(model).by_name()["a"]
+    member = next(m for m in group.members if m.role == CONSUMER)  # c2: 8 channels × 3×3 taps
+    rows = np.random.default_rng(gram_seed).standard_normal((400, 8 * 9))
+    a = np.concatenate([rows, np.ones((400, 1))], axis=1)
+    return group, member, a.T @ a
+
+
+def _refit_error(gram: np.ndarray, w: np.ndarray, lam: float, removed: list[int]) -> float:
+    """Brute force: min over W with rows ``removed`` zero of ‖A(W − W₀)‖² + λ‖W − W₀‖²."""
+    m = gram + lam * np.eye(len(gram))
+    s = np.asarray(removed)
+    k = np.setdiff1d(np.arange(len(gram)), s)
+    d = np.zeros_like(w)
+    d[s] = -w[s]
+    d[k] = np.linalg.solve(m[np.ix_(k, k)], -m[np.ix_(k, s)] @ d[s])
+    return float(np.einsum("ic,ij,jc->", d, m, d))
+
+
+def test_obs_cost_is_the_error_left_after_the_best_refit():
+    from onnxopt.obs import _Consumer
+
+    group, member, gram = _obs_consumer()
+    consumer = _Consumer(group, member, gram, alpha=1e-3)
+    lam = 1e-3 * np.mean(np.diag(gram)[:-1]) + 1e-12
+    w0 = consumer.w.copy()
+    taps = [list(range(9 * u, 9 * u + 9)) for u in range(8)]
+    alive = np.ones(8, dtype=bool)
+    costs = consumer.costs(alive)
+    for u in range(8):
+        assert costs[u] == pytest.approx(_refit_error(gram, w0, lam, taps[u]), rel=1e-6)
+    # after removing unit 2 (and re-fitting), the cost of unit 4 is what removing both adds
+    consumer.remove(np.array([2]))
+    alive[2] = False
+    both = _refit_error(gram, w0, lam, taps[2] + taps[4]) - _refit_error(gram, w0, lam, taps[2])
+    assert consumer.costs(alive)[4] == pytest.approx(both, rel=1e-6)
+    assert np.abs(consumer.w[taps[2]]).max() < 1e-9  # the removed channel's weights are gone
+
+
+def test_obs_sees_redundancy_that_per_channel_criteria_miss():
+    """Channels 2 and 6 are identical copies with the largest filters: norms and permutation
+    keep both; obs removes one of them first (the consumer re-fit takes over its weights)."""
+    model = dead_channel_model()
+    c1 = next(n for n in model.graph if n.name == "c1")
+    bn = next(n for n in model.graph if n.name == "bn")
+    w1, b1 = const_array(c1.inputs[1]).copy(), const_array(c1.inputs[2]).copy()
+    w1[2] *= 3
+    w1[6], b1[6] = w1[2], b1[2]
+    c1.inputs[1].const_value = ir.tensor(w1)
+    c1.inputs[2].const_value = ir.tensor(b1)
+    for i in range(1, 5):
+        p = const_array(bn.inputs[i]).copy()
+        p[6] = p[2]
+        bn.inputs[i].const_value = ir.tensor(p)
+    analysis = analyze_groups(model)
+    calib = _calib(32)
+    obs = group_importance(model, analysis, "obs", calib)["a"]
+    assert set(np.argsort(obs)[:2]) & {2, 6}  # one copy goes (with the dead channel) first
+    assert max(obs[2], obs[6]) > np.median(obs)  # the other one is kept
+    for criterion in ("l1", "permutation"):
+        other = group_importance(model, analysis, criterion, calib)["a"]
+        assert not set(np.argsort(other)[:4]) & {2, 6}
+
+
+def test_obs_falls_back_to_permutation_where_least_squares_cannot_model_the_consumer():
+    """A Conv1d consumer is not re-fittable: its group is scored by permutation."""
+    rng = np.random.default_rng(0)
+    inits = [_tensor("w1", rng.standard_normal((6, 2, 3))), _tensor("w2", rng.standard_normal((3, 6, 3)))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1]),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2", pads=[1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 16])], inits,
+    )  # fmt: skip
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    analysis = analyze_groups(model)
+    calib = Dataset({"x": rng.standard_normal((8, 2, 16)).astype(np.float32)})
+    obs = group_importance(model, analysis, "obs", calib, seed=1)
+    perm = group_importance(model, analysis, "permutation", calib, seed=1)
+    assert list(obs) == list(perm) == ["a"]
+    np.testing.assert_allclose(obs["a"], perm["a"])
+
+
+def test_obs_leaves_less_output_error_than_per_channel_criteria_at_equal_macs(hard_digits):
+    model, calib, held_out = hard_digits
+    evaluator = evaluate.Evaluator(model, held_out)
+    reference = evaluator.reference[0]
+    results = {c: prune_model(model, calib, evaluator, criterion=c, ratio=0.5) for c in ("obs", "permutation", "l1")}
+    assert len({r.macs_after for r in results.values()}) == 1  # uniform: the same channels per layer
+
+    def rel_error(m):
+        return np.linalg.norm(evaluate.run(m, held_out)[0] - reference) / np.linalg.norm(reference)
+
+    errors = {c: rel_error(r.model) for c, r in results.items()}
+    assert errors["obs"] < 0.85 * min(errors["permutation"], errors["l1"]), errors
+
+
+def test_default_criterion_follows_the_data_and_the_refit():
+    model = dead_channel_model()
+    calib = _calib(16)
+    assert prune_model(model, calib, ratio=0.25).criterion == "obs"
+    assert prune_model(model, calib, ratio=0.25, reconstruct=False).criterion == "permutation"
+    assert prune_model(model, None, ratio=0.25).criterion == "l1"
