@@ -213,7 +213,7 @@ def group_importance(
         def permutation(fallback_groups: list[ChannelGroup]) -> dict[str, np.ndarray]:
             return _data_scores(model, analysis, fallback_groups, "permutation", calib, seed, batch_size)
 
-        return obs_importance(model, analysis, calib, permutation, seed=seed)
+        return obs_importance(model, analysis, calib, permutation, seed=seed, batch_size=batch_size)
     return _data_scores(model, analysis, groups, criterion, calib, seed, batch_size)
 
 

@@ -2,15 +2,21 @@
 channel goes — Optimal Brain Surgeon on whole input channels of the consumer layers.
 
 For one consumer (Conv with group 1 / Gemm / MatMul) with input rows ``X`` (im2col patches of
-the *original* network on calibration data, plus a ones column for the bias), weights ``W``
-(features × outputs, bias as the last row) and ``P = (XᵀX + λI)⁻¹``, removing the features
+the *original* network on calibration data, plus a ones column for the bias of Conv and Gemm),
+weights ``W`` (features × outputs, bias as the last row) and ``P = (XᵀX + R)⁻¹`` with a ridge
+term ``R`` of the re-fit's form (:func:`~onnxopt.reconstruction.ridge`, bias not regularised)
+but 10× smaller — ``ΔE`` includes the ridge's ``≈ λ‖W_S‖²``, which is not output error (a
+dead channel must cost ≈ 0), so here it only keeps ``P`` well conditioned — removing the features
 ``S`` of one input channel and re-fitting all other weights by least squares raises the
 squared output error by::
 
     ΔE(S) = tr(W_Sᵀ (P_SS)⁻¹ W_S)
 
 (Hassibi & Stork's OBS; this block form over a channel's ``kh·kw`` taps is the structured
-case of Optimal Brain Compression, Frantar & Alistarh 2022). The re-fit is
+case of Optimal Brain Compression, Frantar & Alistarh 2022). Conv rows are sampled at 64
+output positions per sample and weighted by ``oh·ow / 64``, so ``ΔE`` estimates the squared
+error summed over every output position and sample whatever the consumer type — the costs of
+a group's consumers add up in one unit. The re-fit is
 ``W ← W − P_:S (P_SS)⁻¹ W_S`` and the remaining features' inverse Hessian is
 ``P ← P − P_:S (P_SS)⁻¹ P_S:`` (rows and columns of ``S`` become zero).
 
@@ -18,7 +24,12 @@ Per :class:`~onnxopt.groups.ChannelGroup`, units are removed **greedily**: the u
 smallest ΔE summed over every consumer of the group goes first, then ``W`` and ``P`` of those
 consumers are updated and the costs recomputed. Unlike a per-channel score this sees
 redundancy: of two channels that carry the same signal the first is free to remove, the
-second is not. Groups of more than 64 units are removed in 64 chunks (one update per chunk).
+second is not. A group takes at most 64 steps (chunks of ``ceil(units / 64)`` units, one
+update per chunk).
+
+What ``ΔE`` predicts is the re-fit of each layer on the *original* network's inputs; the
+pruner's re-fit (:mod:`onnxopt.reconstruction`) uses the pruned network's inputs, with errors
+of earlier layers already in them, so the prediction is a ranking, not the final error.
 
 A unit's score is ``ΔE^¼`` at its removal, raised to the running maximum so that larger =
 removed later = more important and every allocation removes units in greedy order. The root
@@ -30,13 +41,14 @@ hard-digits CNN loses 2 / 16 / 32 / 54 % of its MACs at cr 0.99 / 0.95 / 0.9 / 0
 
 Groups with a consumer the least squares cannot model (grouped Conv, ConvTranspose, 1-D/3-D
 Conv, ``auto_pad``, more than :data:`~onnxopt.reconstruction.MAX_FEATURES` input features)
-are scored by ``fallback`` (the pruner passes ``permutation``) — per-group allocations
-(``uniform``, ``cr``) are unaffected by the different scale.
+are scored by ``fallback`` (the pruner passes ``permutation``). Per-group allocations
+(``uniform``, ``cr``) are unaffected by the different scale; ``global`` ranks the two kinds of
+scores against each other, which is only meaningful when (nearly) all groups are of one kind.
 """
 
 from __future__ import annotations
 
-__all__ = ["obs_importance", "obs_groups"]
+__all__ = ["inverse_hessian", "obs_importance", "obs_groups"]
 
 import math
 from collections.abc import Callable, Sequence
@@ -49,14 +61,18 @@ from onnxopt.graph import fixed_batch
 from onnxopt.groups import CONSUMER, ChannelGroup, GroupAnalysis, Member, const_array
 from onnxopt.importance import Probe
 from onnxopt.reconstruction import (
+    RIDGE_ALPHA,
     conv_output_hw,
     conv_patches,
     fittable,
+    has_intercept,
+    ridge,
     sample_positions,
     weight_matrix,
 )
 
 _MAX_STEPS = 64
+OBS_ALPHA = RIDGE_ALPHA / 10  # module docstring: why smaller than the re-fit's
 
 
 def obs_groups(analysis: GroupAnalysis) -> list[ChannelGroup]:
@@ -69,18 +85,25 @@ def obs_groups(analysis: GroupAnalysis) -> list[ChannelGroup]:
     return out
 
 
-def _input_rows(x: np.ndarray, node: ir.Node, rng: np.random.Generator, per_sample: int) -> np.ndarray:
+def _input_rows(
+    x: np.ndarray, node: ir.Node, rng: np.random.Generator, per_sample: int
+) -> tuple[np.ndarray, float]:
+    """The input rows of ``node`` on batch ``x`` and the weight of each row (Conv: ``oh·ow``
+    positions per sample stand behind each sampled one)."""
     if node.op_type != "Conv":
-        return x.reshape(-1, x.shape[-1])
+        return x.reshape(-1, x.shape[-1]), 1.0
     kernel = const_array(node.inputs[1]).shape[2:]
     oh, ow = conv_output_hw(node, x.shape, kernel)
-    return conv_patches(x, node, kernel, sample_positions(rng, x.shape[0], oh, ow, per_sample))
+    pos = sample_positions(rng, x.shape[0], oh, ow, per_sample)
+    return conv_patches(x, node, kernel, pos), oh * ow / min(per_sample, oh * ow)
 
 
 def input_grams(
     model: ir.Model, nodes: Sequence[ir.Node], calib: Dataset, *, per_sample: int = 64, seed: int = 0, batch_size: int = 8
 ) -> list[np.ndarray]:
-    """``[X, 1]ᵀ[X, 1]`` (float64) of each node's input rows on ``calib``, one run of the original network."""
+    """``[X, 1]ᵀ[X, 1]`` (float64; ``XᵀX`` for MatMul, which has no bias) of each node's
+    input rows on ``calib``, Conv rows weighted by the positions they stand for; one run of
+    the original network."""
     from onnxopt.evaluate import session
 
     probe = Probe(model)
@@ -92,22 +115,31 @@ def input_grams(
     grams: list[np.ndarray | None] = [None] * len(nodes)
     for batch in calib.batches(fixed_batch(model) or batch_size):
         for i, (node, x) in enumerate(zip(nodes, sess.run(probe.keys, {k: batch[k] for k in names}))):
-            a = _input_rows(x, node, rng, per_sample).astype(np.float64)
-            a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-            grams[i] = a.T @ a if grams[i] is None else grams[i] + a.T @ a
+            a, weight = _input_rows(x, node, rng, per_sample)
+            a = a.astype(np.float64)
+            if has_intercept(node):
+                a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+            g = (a.T @ a) * weight
+            grams[i] = g if grams[i] is None else grams[i] + g
     return grams  # type: ignore[return-value]
 
 
-class _Consumer:
-    """OBS state of one consumer within one group: inverse Hessian, current weights, and
-    the feature rows each unit owns (units grouped by how many rows they own)."""
+def inverse_hessian(node: ir.Node, gram: np.ndarray, alpha: float = OBS_ALPHA) -> np.ndarray:
+    """``P = (gram + R)⁻¹`` with the re-fit's ridge term ``R``."""
+    p = np.linalg.inv(gram + ridge(gram, alpha, has_intercept(node)))
+    return (p + p.T) / 2
 
-    def __init__(self, group: ChannelGroup, member: Member, gram: np.ndarray, alpha: float) -> None:
+
+class _Consumer:
+    """OBS state of one consumer within one group: inverse Hessian (a copy of ``p``, which
+    other groups of the same node share), current weights, and the feature rows each unit
+    owns (units grouped by how many rows they own)."""
+
+    def __init__(self, group: ChannelGroup, member: Member, p: np.ndarray) -> None:
         node = member.node
-        f = gram.shape[0] - 1
-        lam = alpha * float(np.mean(np.diag(gram)[:f])) + 1e-12
-        self.p = np.linalg.inv(gram + lam * np.eye(f + 1))
-        self.w = weight_matrix(node)
+        self.p = p.copy()
+        w = weight_matrix(node)
+        self.w = w if has_intercept(node) else w[:-1]
         width = member.block * (int(np.prod(const_array(node.inputs[1]).shape[2:])) if node.op_type == "Conv" else 1)
         feats = [
             (group.removed_positions(member.value, [u])[:, None] * width + np.arange(width)[None, :]).reshape(-1)
@@ -128,6 +160,12 @@ class _Consumer:
             p_blocks = self.p[idx[:, :, None], idx[:, None, :]]
             w_blocks = self.w[idx]  # n × L × Cout
             out[units] = np.einsum("nlc,nlc->n", w_blocks, np.linalg.solve(p_blocks, w_blocks))
+        # rounding in a nearly singular P_SS can give NaN / inf: such a unit counts as the
+        # most expensive finite one (kept late), never as free, and never as an infinite
+        # score that would swamp a group's normalised importance
+        bad = ~np.isfinite(out)
+        if bad.any():
+            out[bad] = out[~bad].max() if (~bad).any() else 0.0
         return out
 
     def remove(self, units: np.ndarray) -> None:
@@ -138,6 +176,7 @@ class _Consumer:
         column = self.p[:, fe] @ inv
         self.w -= column @ self.w[fe]
         self.p -= column @ self.p[fe, :]
+        self.p = (self.p + self.p.T) / 2  # rounding would otherwise make it drift from symmetric
 
 
 def _greedy_scores(group: ChannelGroup, consumers: list[_Consumer]) -> np.ndarray:
@@ -164,7 +203,7 @@ def obs_importance(
     calib: Dataset,
     fallback: Callable[[list[ChannelGroup]], dict[str, np.ndarray]],
     *,
-    alpha: float = 1e-3,
+    alpha: float = OBS_ALPHA,
     per_sample: int = 64,
     seed: int = 0,
     batch_size: int = 8,
@@ -177,8 +216,11 @@ def obs_importance(
     nodes = list({id(m.node): m.node for g in groups for m in g.members if m.role == CONSUMER}.values())
     if not nodes:
         return scores
-    grams = dict(zip(map(id, nodes), input_grams(model, nodes, calib, per_sample=per_sample, seed=seed, batch_size=batch_size)))
+    grams = input_grams(model, nodes, calib, per_sample=per_sample, seed=seed, batch_size=batch_size)
+    inverses = {}
+    for node in nodes:  # one inverse per node (a Conv after a Concat serves several groups)
+        inverses[id(node)] = inverse_hessian(node, grams.pop(0), alpha)
     for g in groups:
-        consumers = [_Consumer(g, m, grams[id(m.node)], alpha) for m in g.members if m.role == CONSUMER]
+        consumers = [_Consumer(g, m, inverses[id(m.node)]) for m in g.members if m.role == CONSUMER]
         scores[g.name] = _greedy_scores(g, consumers)
     return scores

@@ -56,6 +56,7 @@ from onnxopt.passes.quantize import (
     quantize_dynamic_int8,
     quantize_static_int8,
     quantized_nodes,
+    u8s8_saturates,
 )
 from onnxopt.pipeline import Context, Stage, StageOutcome
 from onnxopt.search import search_budget
@@ -158,7 +159,8 @@ def _resolve_types(activation_type: str | None, weight_type: str | None, provide
     return activation_type or default[0], weight_type or default[1]
 
 
-def _int8_static(model, calib, result, *, method, per_channel, activation_type, weight_type, exclude, skip_first_last):
+def _int8_static(model, calib, result, *, method, per_channel, activation_type, weight_type, exclude, skip_first_last,
+                 reduce_range):  # fmt: skip
     if calib is None or len(calib) == 0:
         raise OnnxoptError("mode int8 needs calibration data (--data); use --mode int8-dynamic without data")
     if per_channel and default_opset(model) < 13:
@@ -173,10 +175,12 @@ def _int8_static(model, calib, result, *, method, per_channel, activation_type, 
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, weighted) if n not in forced})
     if activation_type == "auto":
-        activation_type, weight_type = _measure_types(pre, calib, method, per_channel, forced, result)
-    result.settings.update(activation_type=activation_type, weight_type=weight_type, method=method, per_channel=per_channel)
+        activation_type, weight_type = _measure_types(pre, calib, method, per_channel, forced, result, reduce_range)
+    reduce_range = reduce_range and weight_type == "s8"
+    result.settings.update(activation_type=activation_type, weight_type=weight_type, method=method, per_channel=per_channel,
+                           reduce_range=reduce_range)  # fmt: skip
     qdq = quantize_static_int8(pre, calib, method=method, per_channel=per_channel, activation_type=activation_type,
-                               weight_type=weight_type, exclude=sorted(forced))  # fmt: skip
+                               weight_type=weight_type, exclude=sorted(forced), reduce_range=reduce_range)  # fmt: skip
     layers = [n for n in quantized_nodes(qdq) if n not in forced]
     build = _Builder(lambda keep: keep_float(qdq, pre, _with_followers(qdq, keep, frozenset(build.ranked)))[0], layers, qdq)
     return build, forced
@@ -207,19 +211,19 @@ def _with_followers(qdq: ir.Model, keep: frozenset[str], ranked: frozenset[str])
     return frozenset(result)
 
 
-def _measure_types(pre, calib, method, per_channel, forced, result) -> tuple[str, str]:
+def _measure_types(pre, calib, method, per_channel, forced, result, reduce_range) -> tuple[str, str]:
     feed = _one_batch(pre, calib)
     measured = {}
     for act in ("u8", "s8"):
         q = quantize_static_int8(pre, calib, method=method, per_channel=per_channel, activation_type=act,
-                                 weight_type="s8", exclude=sorted(forced))  # fmt: skip
+                                 weight_type="s8", exclude=sorted(forced), reduce_range=reduce_range)  # fmt: skip
         measured[act] = latency_ratio(pre, q, feed)[0]
     best = min(measured, key=measured.get)
     result.notes.append("type choice by measurement (latency vs float): " + ", ".join(f"{a}×s8 {r:.2f}" for a, r in measured.items()))
     return best, "s8"
 
 
-def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_first_last):
+def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_first_last, reduce_range):
     pre, note = preprocess(model)
     result.notes.append(f"pre-processing: {note}")
     candidates = [n.name for n in pre.graph if n.op_type in DYNAMIC_OPS]
@@ -227,15 +231,18 @@ def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_firs
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, candidates) if n not in forced})
     weight_type = weight_type or "s8"
-    result.settings.update(weight_type=weight_type, per_channel=per_channel, op_types=list(DYNAMIC_OPS))
-    full = quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced))
+    reduce_range = reduce_range and weight_type == "s8"
+    result.settings.update(weight_type=weight_type, per_channel=per_channel, op_types=list(DYNAMIC_OPS), reduce_range=reduce_range)
+    full = quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced),
+                                 reduce_range=reduce_range)  # fmt: skip
     remaining = {n.name for n in full.graph}
     layers = [n for n in candidates if n not in forced and n not in remaining]
 
     def make(keep: frozenset[str]) -> ir.Model:
         if not keep:
             return full
-        return quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(set(forced) | keep))
+        return quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(set(forced) | keep),
+                                     reduce_range=reduce_range)  # fmt: skip
 
     return _Builder(make, layers, pre), forced
 
@@ -351,13 +358,17 @@ def quantize_model(
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
 
     progress(f"quantize: building the {mode} model")
+    # 7-bit weights where the CPU's int8 kernels saturate (passes.quantize); other providers
+    # (CUDA, TensorRT) have no such kernels
+    reduce_range = provider == "CPUExecutionProvider" and u8s8_saturates()
     if mode == "int8":
         act, wt = (activation_type, weight_type) if activation_type == "auto" else _resolve_types(activation_type, weight_type, provider)
         build, forced = _int8_static(model, calib, result, method=calibrate_method, per_channel=per_channel,
-                                     activation_type=act, weight_type=wt, exclude=exclude, skip_first_last=skip_first_last)  # fmt: skip
+                                     activation_type=act, weight_type=wt, exclude=exclude, skip_first_last=skip_first_last,
+                                     reduce_range=reduce_range)  # fmt: skip
     elif mode == "int8-dynamic":
-        build, forced = _int8_dynamic(model, result, per_channel=per_channel, weight_type=weight_type, exclude=exclude,
-                                      skip_first_last=skip_first_last)  # fmt: skip
+        build, forced = _int8_dynamic(model, result, per_channel=per_channel, weight_type=weight_type or "s8",
+                                      exclude=exclude, skip_first_last=skip_first_last, reduce_range=reduce_range)  # fmt: skip
     else:
         build, forced = _lowbit(model, result, bits=2 if mode == "ternary" else 1, storage=storage, exclude=exclude,
                                 skip_first_last=skip_first_last)  # fmt: skip

@@ -17,7 +17,8 @@ re-fitted, so errors of earlier layers are corrected rather than accumulated.
 from __future__ import annotations
 
 __all__ = [
-    "MAX_FEATURES", "conv_output_hw", "conv_patches", "fittable", "reconstruct", "sample_positions", "weight_matrix",
+    "MAX_FEATURES", "RIDGE_ALPHA", "conv_output_hw", "conv_patches", "fittable", "has_intercept", "reconstruct", "ridge",
+    "sample_positions", "weight_matrix",
 ]  # fmt: skip
 
 import dataclasses
@@ -32,6 +33,7 @@ from onnxopt.groups import const_array
 from onnxopt.importance import Probe
 
 MAX_FEATURES = 4608  # larger consumers (e.g. VGG's 25088-wide Gemm) are not re-fitted
+RIDGE_ALPHA = 1e-2
 
 
 @dataclasses.dataclass
@@ -107,9 +109,17 @@ def fittable(node: ir.Node) -> bool:
         )  # fmt: skip
     if node.op_type == "Gemm":
         w = const_array(node.inputs[1])
-        return w is not None and attr(node, "transA", 0) == 0 and float(attr(node, "alpha", 1.0)) == 1.0 and (
-            w.shape[1 if attr(node, "transB", 0) else 0] <= MAX_FEATURES
-        )
+        if w is None or w.ndim != 2 or attr(node, "transA", 0) != 0 or float(attr(node, "alpha", 1.0)) != 1.0:
+            return False
+        n_out = w.shape[0 if attr(node, "transB", 0) else 1]
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = const_array(node.inputs[2])
+            # the bias row must be one value per output (a per-row C cannot be re-fitted)
+            if c is None or float(attr(node, "beta", 1.0)) != 1.0 or c.size not in (1, n_out) or (
+                c.ndim == 2 and c.shape[0] != 1
+            ):
+                return False
+        return w.shape[1 if attr(node, "transB", 0) else 0] <= MAX_FEATURES
     if node.op_type == "MatMul":
         w = const_array(node.inputs[1])
         return w is not None and w.ndim == 2 and w.shape[0] <= MAX_FEATURES
@@ -126,7 +136,7 @@ def reconstruct(
     seed: int = 0,
     batch_size: int = 8,
     per_sample: int = 64,
-    alpha: float = 1e-2,
+    alpha: float = RIDGE_ALPHA,
 ) -> list[str]:
     """Re-fit the named consumer nodes of ``pruned`` in place (module docstring); returns
     the names of the nodes re-fitted. ``removed`` gives the removed output positions of
@@ -243,20 +253,35 @@ def weight_matrix(node: ir.Node) -> np.ndarray:
     return np.concatenate([w0, b0[None, :].astype(np.float64)], axis=0)
 
 
+def ridge(gram: np.ndarray, alpha: float, has_bias: bool) -> np.ndarray:
+    """The ridge term ``λI`` for normal equations ``gram`` (``λ = alpha · mean diag`` over the
+    features); with ``has_bias`` the last row is the intercept, which is not regularised (it
+    is not pulled towards its old value). ``obs`` uses the same term, so its predicted costs
+    are those of this re-fit."""
+    f = gram.shape[0] - 1 if has_bias else gram.shape[0]
+    lam = alpha * float(np.mean(np.diag(gram)[:f])) + 1e-12
+    reg = np.eye(gram.shape[0]) * lam
+    if has_bias:
+        reg[f, f] = 1e-12
+    return reg
+
+
+def has_intercept(node: ir.Node) -> bool:
+    """Whether the re-fit gives ``node`` a bias (Conv and Gemm have one; MatMul has not)."""
+    return node.op_type != "MatMul"
+
+
 def _solve(fit: _Fit, alpha: float) -> None:
     node = fit.node
     w = const_array(node.inputs[1])
     dtype = w.dtype
     prior = weight_matrix(node)
     f = prior.shape[0] - 1
-    has_bias = node.op_type != "MatMul"
+    has_bias = has_intercept(node)
     gram, cross = fit.gram, fit.cross
     if not has_bias:  # no intercept: drop the ones column
         gram, cross, prior = gram[:f, :f], cross[:f], prior[:f]
-    lam = alpha * float(np.mean(np.diag(gram)[:f])) + 1e-12
-    reg = np.eye(gram.shape[0]) * lam
-    if has_bias:
-        reg[f, f] = 1e-12  # the bias is not pulled towards its old value
+    reg = ridge(gram, alpha, has_bias)
     solution = np.linalg.solve(gram + reg, cross + reg @ prior)
     new_w = solution[:f]
     if node.op_type == "Conv":

@@ -336,9 +336,9 @@ def _obs_consumer(gram_seed: int = 0):
     return group, member, a.T @ a
 
 
-def _refit_error(gram: np.ndarray, w: np.ndarray, lam: float, removed: list[int]) -> float:
-    """Brute force: min over W with rows ``removed`` zero of ‖A(W − W₀)‖² + λ‖W − W₀‖²."""
-    m = gram + lam * np.eye(len(gram))
+def _refit_error(gram: np.ndarray, w: np.ndarray, reg: np.ndarray, removed: list[int]) -> float:
+    """Brute force: min over W with rows ``removed`` zero of ‖A(W − W₀)‖² + ‖W − W₀‖²_R."""
+    m = gram + reg
     s = np.asarray(removed)
     k = np.setdiff1d(np.arange(len(gram)), s)
     d = np.zeros_like(w)
@@ -348,11 +348,12 @@ def _refit_error(gram: np.ndarray, w: np.ndarray, lam: float, removed: list[int]
 
 
 def test_obs_cost_is_the_error_left_after_the_best_refit():
-    from onnxopt.obs import _Consumer
+    from onnxopt.obs import _Consumer, inverse_hessian
 
     group, member, gram = _obs_consumer()
-    consumer = _Consumer(group, member, gram, alpha=1e-3)
-    lam = 1e-3 * np.mean(np.diag(gram)[:-1]) + 1e-12
+    consumer = _Consumer(group, member, inverse_hessian(member.node, gram, alpha=1e-3))
+    lam = np.eye(len(gram)) * (1e-3 * np.mean(np.diag(gram)[:-1]))
+    lam[-1, -1] = 0.0  # the bias is not regularised
     w0 = consumer.w.copy()
     taps = [list(range(9 * u, 9 * u + 9)) for u in range(8)]
     alive = np.ones(8, dtype=bool)
@@ -434,3 +435,95 @@ def test_default_criterion_follows_the_data_and_the_refit():
     assert prune_model(model, calib, ratio=0.25).criterion == "obs"
     assert prune_model(model, calib, ratio=0.25, reconstruct=False).criterion == "permutation"
     assert prune_model(model, None, ratio=0.25).criterion == "l1"
+
+
+def test_obs_scores_follow_the_greedy_removal_order():
+    """Each next-lowest score is the unit that was cheapest to remove given the ones before
+    (scores strictly increase along the order, so every allocation removes in that order)."""
+    from onnxopt.obs import _Consumer, input_grams, inverse_hessian
+
+    model = dead_channel_model()
+    analysis = analyze_groups(model)
+    calib = _calib(16)
+    scores = group_importance(model, analysis, "obs", calib)["a"]
+    order = np.argsort(scores)
+    assert np.all(np.diff(scores[order]) > 0)
+    group = analysis.by_name()["a"]
+    member = next(m for m in group.members if m.node.name == "c2")
+    (gram,) = input_grams(model, [member.node], calib)
+    consumer = _Consumer(group, member, inverse_hessian(member.node, gram))
+    alive = np.ones(8, dtype=bool)
+    for unit in order:
+        costs = consumer.costs(alive)
+        assert unit == np.flatnonzero(alive)[np.argmin(costs[alive])]
+        consumer.remove(np.array([unit]))
+        alive[unit] = False
+
+
+def _fc_model(op: str) -> ir.Model:
+    """Conv(2→4, 3×3) → Relu → Flatten → Gemm(4·3·3 → 5), or x[n, 6] → MatMul(6→4) → Relu →
+    MatMul(4→5): the first layer's 4 channels are one group, each owning a block of the
+    consumer's input features (9 columns after Flatten, 1 for MatMul)."""
+    rng = np.random.default_rng(3)
+    if op == "Gemm":
+        inits = [_tensor("w1", rng.standard_normal((4, 2, 3, 3))), _tensor("w2", rng.standard_normal((5, 36))),
+                 _tensor("b2", rng.standard_normal(5))]  # fmt: skip
+        nodes = [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["a"], ["r"], name="relu"),
+            helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+            helper.make_node("Gemm", ["f", "w2", "b2"], ["y"], name="fc", transB=1),
+        ]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 3, 3])
+    else:
+        inits = [_tensor("w1", rng.standard_normal((6, 4))), _tensor("w2", rng.standard_normal((4, 5)))]
+        nodes = [
+            helper.make_node("MatMul", ["x", "w1"], ["a"], name="m1"),
+            helper.make_node("Relu", ["a"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc"),
+        ]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])
+    graph = helper.make_graph(nodes, "fc", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 5])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_obs_cost_maps_a_channel_to_its_block_of_fully_connected_inputs(op):
+    from onnxopt.obs import _Consumer, inverse_hessian
+
+    model = _fc_model(op)
+    analysis = analyze_groups(model)
+    (group,) = analysis.prunable
+    member = next(m for m in group.members if m.node.name == "fc")
+    width = 9 if op == "Gemm" else 1
+    rows = np.random.default_rng(0).standard_normal((300, 4 * width))
+    a = np.concatenate([rows, np.ones((300, 1))], axis=1) if op == "Gemm" else rows  # MatMul: no intercept
+    gram = a.T @ a
+    consumer = _Consumer(group, member, inverse_hessian(member.node, gram, alpha=1e-3))
+    reg = np.eye(len(gram)) * (1e-3 * np.mean(np.diag(gram)[: 4 * width]))
+    if op == "Gemm":
+        reg[-1, -1] = 0.0
+    w0 = consumer.w.copy()
+    assert w0.shape == (len(gram), 5)
+    costs = consumer.costs(np.ones(4, dtype=bool))
+    for u in range(4):
+        block = list(range(u * width, (u + 1) * width))
+        assert costs[u] == pytest.approx(_refit_error(gram, w0, reg, block), rel=1e-6)
+
+
+def test_gemm_with_a_per_row_or_scaled_bias_is_not_refitted():
+    """Gemm's C may be one row per sample ([N, Cout]) or scaled by beta: no bias row the re-fit
+    (and obs) could model, so the consumer is not fittable (obs scores its group by
+    permutation) rather than failing on a broadcast."""
+    from onnxopt.reconstruction import fittable
+
+    model = _fc_model("Gemm")
+    fc = next(n for n in model.graph if n.name == "fc")
+    assert fittable(fc)
+    c = np.random.default_rng(1).standard_normal((4, 5)).astype(np.float32)  # a fixed batch of 4
+    fc.replace_input_with(2, ir.Value(name="c_rows", const_value=ir.tensor(c)))
+    model.graph.register_initializer(fc.inputs[2])
+    assert not fittable(fc)
+    fc.replace_input_with(2, model.graph.initializers["b2"])
+    fc.attributes["beta"] = ir.AttrFloat32("beta", 0.5)
+    assert not fittable(fc)
