@@ -197,7 +197,7 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
         _log(f"{kind}: {path.name}, {macs0 / 1e9:.3f} G MACs, metric {evaluator.metric_name}")
         start = time.perf_counter()
         refit = kind not in NO_REFIT  # the re-fit runs the network once per layer wave: too slow there
-        criterion = default_criterion(calib, refit)
+        criterion = default_criterion(calib, refit, "cr")
         auto = prune_model(model, calib, evaluator, criterion=criterion, max_drop=0.01, reconstruct=refit, shapes=shapes)
         removed = 1 - auto.macs_after / macs0
         _log(f"{kind}: auto 1 %: cr {auto.knob}, MACs removed {removed:.1%}, score {auto.scores['pruned']:.4f} "

@@ -48,7 +48,8 @@ def search_table(result) -> Table:
 @output_options
 @data_options
 @click.option("--criterion", type=click.Choice(CRITERIA), default=None,
-              help="Channel importance (default: obs with --data, permutation with --data --no-reconstruct, else l1).")
+              help="Channel importance (default with --data: obs for --ratio, permutation for --cr and "
+                   "--max-accuracy-drop or with --no-reconstruct; l1 without data).")
 @click.option("--ratio", type=float, default=None, help="Remove this share of each group's channels, e.g. 0.3.")
 @click.option("--cr", type=float, default=None, help="Cumulative contribution rate kept per group, e.g. 0.9.")
 @click.option("--max-accuracy-drop", "max_drop", type=float, default=None,

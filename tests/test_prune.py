@@ -433,6 +433,9 @@ def test_default_criterion_follows_the_data_and_the_refit():
     model = dead_channel_model()
     calib = _calib(16)
     assert prune_model(model, calib, ratio=0.25).criterion == "obs"
+    assert prune_model(model, calib, ratio=0.25, allocation="global").criterion == "obs"
+    assert prune_model(model, calib, cr=0.9).criterion == "permutation"
+    assert prune_model(model, calib, max_drop=0.5).criterion == "permutation"
     assert prune_model(model, calib, ratio=0.25, reconstruct=False).criterion == "permutation"
     assert prune_model(model, None, ratio=0.25).criterion == "l1"
 
