@@ -125,7 +125,7 @@ def input_grams(
 
 
 def inverse_hessian(node: ir.Node, gram: np.ndarray, alpha: float = OBS_ALPHA) -> np.ndarray:
-    """``P = (gram + R)⁻¹`` with the re-fit's ridge term ``R``."""
+    """``P = (gram + R)⁻¹``, ``R`` a ridge term of the re-fit's form (bias not regularised)."""
     p = np.linalg.inv(gram + ridge(gram, alpha, has_intercept(node)))
     return (p + p.T) / 2
 

@@ -367,7 +367,7 @@ def quantize_model(
                                      activation_type=act, weight_type=wt, exclude=exclude, skip_first_last=skip_first_last,
                                      reduce_range=reduce_range)  # fmt: skip
     elif mode == "int8-dynamic":
-        build, forced = _int8_dynamic(model, result, per_channel=per_channel, weight_type=weight_type or "s8",
+        build, forced = _int8_dynamic(model, result, per_channel=per_channel, weight_type=weight_type,
                                       exclude=exclude, skip_first_last=skip_first_last, reduce_range=reduce_range)  # fmt: skip
     else:
         build, forced = _lowbit(model, result, bits=2 if mode == "ternary" else 1, storage=storage, exclude=exclude,
