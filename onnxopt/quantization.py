@@ -56,7 +56,7 @@ from onnxopt.passes.quantize import (
     quantize_dynamic_int8,
     quantize_static_int8,
     quantized_nodes,
-    u8s8_saturates,
+    resolve_reduce_range,
 )
 from onnxopt.pipeline import Context, Stage, StageOutcome
 from onnxopt.search import search_budget
@@ -176,7 +176,7 @@ def _int8_static(model, calib, result, *, method, per_channel, activation_type, 
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, weighted) if n not in forced})
     if activation_type == "auto":
         activation_type, weight_type = _measure_types(pre, calib, method, per_channel, forced, result, reduce_range)
-    reduce_range = reduce_range and weight_type == "s8"
+    reduce_range = resolve_reduce_range(reduce_range, weight_type)
     result.settings.update(activation_type=activation_type, weight_type=weight_type, method=method, per_channel=per_channel,
                            reduce_range=reduce_range)  # fmt: skip
     qdq = quantize_static_int8(pre, calib, method=method, per_channel=per_channel, activation_type=activation_type,
@@ -231,7 +231,7 @@ def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_firs
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, candidates) if n not in forced})
     weight_type = weight_type or "s8"
-    reduce_range = reduce_range and weight_type == "s8"
+    reduce_range = resolve_reduce_range(reduce_range, weight_type)
     result.settings.update(weight_type=weight_type, per_channel=per_channel, op_types=list(DYNAMIC_OPS), reduce_range=reduce_range)
     full = quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced),
                                  reduce_range=reduce_range)  # fmt: skip
@@ -358,9 +358,9 @@ def quantize_model(
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
 
     progress(f"quantize: building the {mode} model")
-    # 7-bit weights where the CPU's int8 kernels saturate (passes.quantize); other providers
-    # (CUDA, TensorRT) have no such kernels
-    reduce_range = provider == "CPUExecutionProvider" and u8s8_saturates()
+    # None: 7-bit weights where the CPU's int8 kernels saturate (passes.quantize decides);
+    # other providers (CUDA, TensorRT) have no such kernels
+    reduce_range = None if provider == "CPUExecutionProvider" else False
     if mode == "int8":
         act, wt = (activation_type, weight_type) if activation_type == "auto" else _resolve_types(activation_type, weight_type, provider)
         build, forced = _int8_static(model, calib, result, method=calibrate_method, per_channel=per_channel,

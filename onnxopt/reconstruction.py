@@ -256,8 +256,8 @@ def weight_matrix(node: ir.Node) -> np.ndarray:
 def ridge(gram: np.ndarray, alpha: float, has_bias: bool) -> np.ndarray:
     """The ridge term ``λI`` for normal equations ``gram`` (``λ = alpha · mean diag`` over the
     features); with ``has_bias`` the last row is the intercept, which is not regularised (it
-    is not pulled towards its old value). ``obs`` uses the same term, so its predicted costs
-    are those of this re-fit."""
+    is not pulled towards its old value). ``obs`` uses the same form with a smaller
+    ``alpha`` (:mod:`onnxopt.obs` says why)."""
     f = gram.shape[0] - 1 if has_bias else gram.shape[0]
     lam = alpha * float(np.mean(np.diag(gram)[:f])) + 1e-12
     reg = np.eye(gram.shape[0]) * lam

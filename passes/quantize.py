@@ -45,6 +45,7 @@ __all__ = [
     "quantized_nodes",
     "keep_float",
     "name_unnamed_nodes",
+    "resolve_reduce_range",
     "u8s8_saturates",
 ]
 
@@ -166,7 +167,8 @@ def u8s8_saturates() -> bool:
     return re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags) is None
 
 
-def _reduce_range(reduce_range: bool | None, weight_type: str) -> bool:
+def resolve_reduce_range(reduce_range: bool | None, weight_type: str) -> bool:
+    """``reduce_range`` as given, or for ``None``: s8 weights on a CPU where they saturate."""
     return (weight_type == "s8" and u8s8_saturates()) if reduce_range is None else reduce_range
 
 
@@ -217,7 +219,7 @@ def quantize_static_int8(
                 nodes_to_exclude=list(exclude),
                 op_types_to_quantize=list(op_types) if op_types else None,
                 calibrate_method=METHODS[method],
-                reduce_range=_reduce_range(reduce_range, weight_type),
+                reduce_range=resolve_reduce_range(reduce_range, weight_type),
                 extra_options=extra,
                 calibration_cache_path=None,
             )
@@ -250,7 +252,7 @@ def quantize_dynamic_int8(
                 per_channel=per_channel,
                 weight_type=QUANT_TYPES[weight_type],
                 nodes_to_exclude=list(exclude),
-                reduce_range=_reduce_range(reduce_range, weight_type),
+                reduce_range=resolve_reduce_range(reduce_range, weight_type),
             )
         except Exception as exc:
             raise OnnxoptError(f"onnxruntime quantize_dynamic failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
