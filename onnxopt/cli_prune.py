@@ -34,8 +34,9 @@ def channels_table(result) -> Table:
 
 
 def search_table(result) -> Table:
-    table = Table(title=f"automatic search on cr ({result.metric})")
-    for col in ("step", "cr", "MACs kept", result.metric or "score", "accepted"):
+    knob = "cr" if result.allocation == "cr" else "ratio"
+    table = Table(title=f"automatic search on {knob} ({result.metric})")
+    for col in ("step", knob, "MACs kept", result.metric or "score", "accepted"):
         table.add_column(col, justify="right")
     for i, step in enumerate(result.steps, 1):
         table.add_row(str(i), f"{step.knob:.4f}", f"{step.cost:.1%}" if step.cost is not None else "-",
@@ -53,9 +54,10 @@ def search_table(result) -> Table:
 @click.option("--ratio", type=float, default=None, help="Remove this share of each group's channels, e.g. 0.3.")
 @click.option("--cr", type=float, default=None, help="Cumulative contribution rate kept per group, e.g. 0.9.")
 @click.option("--max-accuracy-drop", "max_drop", type=float, default=None,
-              help="Search cr automatically under this budget on held-out data (needs --data).")
+              help="Search cr (or, with --allocation uniform/global, the ratio) automatically under this "
+                   "budget on held-out data (needs --data).")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
-              help="uniform or global with --ratio; cr with --cr / --max-accuracy-drop.")
+              help="uniform or global with --ratio; cr with --cr; any with --max-accuracy-drop (default cr).")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Round kept channels up to a multiple (e.g. 8).")
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares re-fit of consumer layers.")
 @click.option("--no-bias-compensation", is_flag=True, help="Skip moving removed channels' means into biases.")

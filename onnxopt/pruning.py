@@ -18,8 +18,9 @@ Recovery without training (reconstruction needs calibration data):
    original layer's output.
 
 Automatic mode (``max_drop``): importances are computed once, then
-:func:`onnxopt.search.search_budget` bisects ``cr`` in [0, 1] to Δcr = 0.01 (thesis ch. 4),
-each candidate scored on held-out data; the most compressed candidate within the budget wins.
+:func:`onnxopt.search.search_budget` bisects ``cr`` in [0, 1] to Δcr = 0.01 (thesis ch. 4) —
+or, with ``uniform`` / ``global`` allocation, the ratio — each candidate scored on held-out
+data; the most compressed candidate within the budget wins.
 """
 
 from __future__ import annotations
@@ -321,8 +322,6 @@ def prune_model(
         raise OnnxoptError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if round_to < 1:
         raise OnnxoptError(f"round-to must be a positive integer, got {round_to}")
-    if max_drop is not None and allocation != "cr":
-        raise OnnxoptError("the automatic search runs on cr; use allocation 'cr'")
     if max_drop is not None and evaluator is None:
         if calib is None:
             raise OnnxoptError("max-accuracy-drop needs calibration data (--data) to evaluate candidates")
@@ -347,11 +346,13 @@ def prune_model(
         def cost(candidate: ir.Model) -> float:
             return model_cost(candidate, shapes).macs / max(before.macs, 1)
 
-        found = search_budget(pruner.build, evaluate, lo=0.0, hi=1.0, more_compression="down", tolerance=tolerance, cost=cost)
+        # cr: a smaller value removes more; the ratio of uniform / global: a larger one does.
+        direction = "down" if allocation == "cr" else "up"
+        found = search_budget(pruner.build, evaluate, lo=0.0, hi=1.0, more_compression=direction, tolerance=tolerance, cost=cost)
         steps = found.steps
         knob = found.best_knob
         if found.best is None:
-            knob = 1.0
+            knob = 1.0 if allocation == "cr" else 0.0
             pruned = pruner.build(knob)
         else:
             pruned = found.best

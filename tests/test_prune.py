@@ -188,6 +188,17 @@ def test_search_finds_a_candidate_inside_the_budget(hard_digits):
     json.dumps(report, default=str)
 
 
+def test_search_on_the_ratio_of_uniform_allocation(hard_digits):
+    """With uniform allocation the search bisects the ratio, where larger removes more."""
+    model, calib, held_out = hard_digits
+    evaluator = evaluate.Evaluator(model, held_out)
+    result = prune_model(model, calib, evaluator, criterion="l1", allocation="uniform", max_drop=0.02, reconstruct=False)
+    assert evaluator.baseline - result.scores["pruned"] <= 0.02 + 1e-9
+    accepted = [s for s in result.steps if s.accepted]
+    assert accepted and result.knob == max(s.knob for s in accepted) > 0
+    assert result.macs_after < result.macs_before and result.allocation == "uniform"
+
+
 def test_prune_stage_in_the_pipeline():
     model = dead_channel_model()
     calib = _calib(16)
