@@ -10,7 +10,10 @@ How the budget B is shared: every candidate of every stage is scored against the
 *original* model, so a stage sees the loss of the stages before it. Each stage may use the
 budget up to a cumulative cap — prune ``0.5·B``, lowrank ``0.75·B``, quantize ``B`` —
 so that pruning (the largest MAC saving) cannot leave nothing to the later stages, and the
-total never exceeds B. With ``speed_check`` a lossy stage is also kept only when it makes
+total never exceeds B. "Within" means the drop plus one standard error of the paired
+per-sample drop (:class:`onnxopt.evaluate.Evaluator`): a search that keeps the most
+compressed passing candidate would otherwise meet the budget on the held-out set by
+selection and miss it on new inputs. With ``speed_check`` a lossy stage is also kept only when it makes
 the model faster on the target, timed interleaved, and the final model is timed once more
 against the original: kept lossy stages are rolled back, last first, until it is faster
 (see :mod:`onnxopt.pipeline`; ``OptimizeResult.speedup`` holds that measurement).

@@ -278,9 +278,9 @@ def test_bad_mode_and_unknown_exclude_are_one_line_errors(digits):
 # --------------------------------------------------------------------------- ternary on a trained model
 def test_ternary_digits_reports_size_and_runs(digits):
     model, calib, _, evaluator = digits
-    result = quantize_model(model, calib, evaluator, mode="ternary", max_drop=0.02)
+    result = quantize_model(model, calib, evaluator, mode="ternary", max_drop=0.03)
     assert result.applied
-    assert evaluator.within(result.score, 0.02)
+    assert evaluator.within(result.score, 0.03)
     assert result.size_before / result.size_after > 2
     big = [s for s in result.layer_stats if s["float_bytes"] > 20_000]
     assert big and all(s["float_bytes"] / s["stored_bytes"] >= 16 for s in big)

@@ -1,0 +1,79 @@
+"""The budget rule of :class:`onnxopt.evaluate.Evaluator`: drop plus one standard error."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.calibration import Dataset
+from onnxopt.evaluate import Evaluator, Score
+
+
+def _shift_model(shift: np.ndarray, shape: list, time_major: bool = False) -> ir.Model:
+    """``y = x + shift``: the original (shift 0) and candidates that move some decisions;
+    ``time_major`` transposes ``[N, T, C]`` inputs to ``[T, N, C]`` outputs first."""
+    nodes = [helper.make_node("Add", ["xt" if time_major else "x", "shift"], ["y"])]
+    if time_major:
+        nodes.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[1], shape[0], shape[2]] if time_major else shape)],
+        [numpy_helper.from_array(shift.astype(np.float32), "shift")],
+    )  # fmt: skip
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _flipping_pair(n: int = 200, flips: int = 4):
+    """Logits where class 0 wins by 0.1 on ``flips`` samples and by 1 elsewhere; a shift of
+    0.5 towards class 1 flips exactly those. Half of them are labelled 0, half 1, so the
+    candidate loses as many correct answers as it gains: equal accuracy, different answers."""
+    x = np.zeros((n, 2), np.float32)
+    x[:, 0] = 1.0
+    x[:flips, 0] = 0.1
+    labels = np.zeros(n, np.int64)
+    labels[: flips // 2] = 1
+    data = Dataset({"x": x}, labels)
+    return _shift_model(np.zeros(2), ["N", 2]), _shift_model(np.array([0.0, 0.5]), ["N", 2]), data
+
+
+def test_changed_answers_that_cancel_do_not_pass_a_tight_budget():
+    original, candidate, data = _flipping_pair()
+    evaluator = Evaluator(original, data)
+    score = evaluator.score(candidate)
+    assert score == evaluator.baseline  # accuracy alone sees no change
+    assert score.se > 0.005  # 4 changed answers of 200: se = sqrt(4 / 199) / sqrt(200) ≈ 0.0100
+    assert not evaluator.within(score, 0.01)
+    assert evaluator.within(score, 0.03)
+    assert Evaluator(original, data, confidence=0.0).within(Evaluator(original, data, confidence=0.0).score(candidate), 0.01)
+    assert evaluator.score(original).se == 0.0 and evaluator.within(evaluator.score(original), 0.0)
+
+
+def test_per_sample_split_of_a_sequence_output_on_axis_1():
+    """A CTC-style ``[T, N, C]`` output: samples lie on axis 1, not 0."""
+    t, n = 6, 40
+    x = np.zeros((n, t, 3), np.float32)
+    x[..., 0] = 1.0
+    x[:2, :, 0] = 0.1  # two samples whose every step flips under the shift
+    original = _shift_model(np.zeros(3), [n, t, 3], time_major=True)
+    candidate = _shift_model(np.array([0.0, 0.5, 0.0]), [n, t, 3], time_major=True)
+    data = Dataset({"x": x})
+    evaluator = Evaluator(original, data)
+    score = evaluator.score(candidate)
+    assert np.isclose(float(score), 1 - 2 / n)
+    assert np.isclose(score.se, np.std(np.r_[np.ones(2), np.zeros(n - 2)], ddof=1) / np.sqrt(n))
+
+
+def test_metric_that_needs_several_samples_falls_back_to_the_bare_drop():
+    original, candidate, data = _flipping_pair()
+
+    def spread(reference, outputs):  # undefined on one sample
+        if len(outputs[0]) < 2:
+            raise ValueError("needs several samples")
+        return 1.0 - float(np.std(outputs[0][:, 0] - reference[0][:, 0]))
+
+    evaluator = Evaluator(original, Dataset({"x": data.inputs["x"]}), metric=spread)
+    score = evaluator.score(candidate)
+    assert score.se == 0.0 and evaluator.confidence == 0.0
+    assert isinstance(score, Score) and evaluator.within(score, 1.0)
