@@ -9,8 +9,8 @@ For each criterion × allocation the knob (ratio or cr) is bisected until the co
 the target share of MACs is removed, then the model is scored without recovery, with bias
 compensation, and with compensation + least-squares reconstruction. The automatic mode
 (binary search on cr, 1 % budget) runs last, for ``l1``, ``permutation`` (the thesis) and
-``obs`` (the default with calibration data: channels chosen by the error their consumers keep
-after the least-squares re-fit, :mod:`onnxopt.obs`).
+``obs`` (channels chosen by the error their consumers keep after the least-squares re-fit,
+:mod:`onnxopt.obs`), and ``obs`` with the search on the uniform ratio.
 
 Part 3 — latency: torchvision architectures (random weights, 224×224, batch 1) pruned with
 ``l1``/uniform at two ratios (kept channels rounded to multiples of 8); original and pruned
@@ -128,18 +128,18 @@ def part_digits(full: bool) -> dict:
             rows[-1]["seconds"] = time.perf_counter() - start
             rows[-1]["importance_seconds"] = importance_s
     auto = []
-    for criterion in ["l1", "permutation", "obs"]:
+    for criterion, allocation in [("l1", "cr"), ("permutation", "cr"), ("obs", "cr"), ("obs", "uniform")]:
         start = time.perf_counter()
-        result = prune_model(model, calib, evaluator, criterion=criterion, max_drop=0.01)
+        result = prune_model(model, calib, evaluator, criterion=criterion, allocation=allocation, max_drop=0.01)
         d = result.to_dict()
         auto.append({
-            "criterion": criterion, "cr": result.knob, "macs_removed": 1 - d["macs_kept"],
+            "criterion": criterion, "allocation": allocation, "cr": result.knob, "macs_removed": 1 - d["macs_kept"],
             "params_removed": 1 - d["params_kept"], "accuracy": result.scores["pruned"],
             "accuracy_without_recovery": result.scores.get("pruned_without_recovery"),
             "steps": [{"cr": s.knob, "score": s.score, "accepted": s.accepted, "macs_kept": s.cost} for s in result.steps],
             "seconds": time.perf_counter() - start,
         })  # fmt: skip
-        _log(f"auto 1% ({criterion}): cr {result.knob:.4f}, MACs removed {1 - d['macs_kept']:.1%}, acc {result.scores['pruned']:.4f}")
+        _log(f"auto 1% ({criterion}, {allocation}): knob {result.knob:.4f}, MACs removed {1 - d['macs_kept']:.1%}, acc {result.scores['pruned']:.4f}")
     return {"baseline": evaluator.baseline, "linear_probe": probe, "macs": macs0, "calib": len(calib),
             "eval": len(held_out), "rows": rows, "auto": auto}
 
@@ -289,16 +289,18 @@ def write_markdown(results: dict, path: Path) -> None:
         for r in d["rows"]:
             lines.append(f"| {r['criterion']} | {r['allocation']} | {r['target']:.0%} | {r['macs_removed']:.1%} | "
                          f"{r['acc_none']:.4f} | {r['acc_bias_comp']:.4f} | **{r['acc_recovered']:.4f}** | {d['linear_probe']:.4f} |")
-        lines += ["", "Automatic mode (binary search on cr, budget 1 % accuracy):", "",
-                  "| criterion | cr | MACs removed | params removed | accuracy | without recovery | steps | seconds |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "Automatic mode (binary search on cr, or on the ratio for uniform allocation; budget 1 % "
+                  "accuracy: drop + one standard error of the per-sample drop ≤ 1 %):", "",
+                  "| criterion | allocation | knob | MACs removed | params removed | accuracy | without recovery | steps | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for a in d["auto"]:
-            lines.append(f"| {a['criterion']} | {a['cr']:.4f} | {a['macs_removed']:.1%} | {a['params_removed']:.1%} | "
+            lines.append(f"| {a['criterion']} | {a.get('allocation', 'cr')} | {a['cr']:.4f} | {a['macs_removed']:.1%} | {a['params_removed']:.1%} | "
                          f"{a['accuracy']:.4f} | {a['accuracy_without_recovery']:.4f} | {len(a['steps'])} | {a['seconds']:.0f} |")
         lines.append("")
         for a in d["auto"]:
-            lines += [f"Search steps ({a['criterion']}): " + ", ".join(
-                f"cr {s['cr']:.3f} → {s['score']:.4f} ({'ok' if s['accepted'] else 'no'}, MACs kept {s['macs_kept']:.1%})"
+            knob = "cr" if a.get("allocation", "cr") == "cr" else "ratio"
+            lines += [f"Search steps ({a['criterion']}, {a.get('allocation', 'cr')}): " + ", ".join(
+                f"{knob} {s['cr']:.3f} → {s['score']:.4f} ({'ok' if s['accepted'] else 'no'}, MACs kept {s['macs_kept']:.1%})"
                 for s in a["steps"]), ""]  # fmt: skip
     lat = results.get("latency")
     if lat:

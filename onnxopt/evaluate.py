@@ -471,6 +471,11 @@ class Evaluator:
     def drop(self, score: float) -> float:
         return self.baseline - score
 
+    def drop_text(self, score: float) -> str:
+        """The drop for messages, with the standard error the budget rule adds."""
+        se = getattr(score, "se", 0.0) if self.confidence else 0.0
+        return f"{self.drop(score):.4f}" + (f" ± {se:.4f}" if se else "")
+
     def within(self, score: float, max_drop: float) -> bool:
         """Whether ``score`` (from :meth:`score`) is inside ``max_drop`` with the evaluator's
         confidence (class docstring)."""

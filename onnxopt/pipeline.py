@@ -209,7 +209,7 @@ def run_stages(
                         budget = ctx.max_drop if ctx.max_drop is not None else 0.0
                         if not ctx.evaluator.within(record.score, budget):
                             record.reason = (
-                                f"{ctx.evaluator.metric_name} drop {ctx.evaluator.drop(record.score):.4f} "
+                                f"{ctx.evaluator.metric_name} drop {ctx.evaluator.drop_text(record.score)} "
                                 f"exceeds the budget {budget:g}"
                             )
                     if not record.reason and not stage.lossless and ctx.speed_check:

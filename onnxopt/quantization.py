@@ -389,7 +389,7 @@ def quantize_model(
         result.sensitivity = _sensitivities(build, model, probe)
         ranked = sorted(build.ranked, key=lambda n: -result.sensitivity[n])
         result.notes.append(f"all {len(ranked)} layers quantized: {evaluator.metric_name} drop "
-                            f"{evaluator.drop(result.score):.4f} > budget {max_drop:g}; fallback search")  # fmt: skip
+                            f"{evaluator.drop_text(result.score)} > budget {max_drop:g}; fallback search")  # fmt: skip
 
         def build_k(knob: float) -> ir.Model:
             return build(ranked[: int(math.ceil(knob - 1e-9))])
@@ -413,7 +413,7 @@ def quantize_model(
             float_layers[name] = (f"sensitive: rank {rank + 1}/{len(ranked)}, output error "
                                   f"{result.sensitivity[name]:.3g} when quantized alone")  # fmt: skip
     elif max_drop is not None and evaluator is not None:
-        result.notes.append(f"all layers quantized within the budget ({evaluator.metric_name} drop {evaluator.drop(result.score):.4f})")
+        result.notes.append(f"all layers quantized within the budget ({evaluator.metric_name} drop {evaluator.drop_text(result.score)})")
 
     result.layers_float = forced | float_layers
     result.layers_quantized = [n for n in build.layers if n not in float_layers]

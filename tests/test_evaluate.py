@@ -45,6 +45,7 @@ def test_changed_answers_that_cancel_do_not_pass_a_tight_budget():
     assert score == evaluator.baseline  # accuracy alone sees no change
     assert score.se > 0.005  # 4 changed answers of 200: se = sqrt(4 / 199) / sqrt(200) ≈ 0.0100
     assert not evaluator.within(score, 0.01)
+    assert evaluator.drop_text(score) == f"0.0000 ± {score.se:.4f}"
     assert evaluator.within(score, 0.03)
     assert Evaluator(original, data, confidence=0.0).within(Evaluator(original, data, confidence=0.0).score(candidate), 0.01)
     assert evaluator.score(original).se == 0.0 and evaluator.within(evaluator.score(original), 0.0)
