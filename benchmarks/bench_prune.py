@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import tempfile
 import time
@@ -220,6 +221,41 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
     return {"rows": rows}
 
 
+PROFILE_SHARES = (0.125, 0.25, 0.5)
+
+
+def part_profile(kind: str, budget: float = 0.01) -> dict:
+    """Sensitivity of one group at a time: remove the lowest-``obs`` share of its channels
+    (full recovery), score the whole model on the evaluation crops. Summing, over groups,
+    the MACs of the largest share that alone stays inside the budget gives an optimistic
+    bound on what any allocation can reach (losses of several groups add up)."""
+    path, calib, held_out, metric = real_model(kind)
+    model = load_model(path)
+    name = model.graph.inputs[0].name
+    shapes = {name: [1, *calib.inputs[name].shape[1:]]}
+    evaluator = evaluate.Evaluator(model, held_out, metric=metric, confidence=0.0)
+    macs0 = model_cost(model, shapes).macs
+    pruner = Pruner(model, calib, criterion="obs", allocation="uniform", shapes=shapes)
+    rows = []
+    for group, scores in pruner.scores.items():
+        order = np.argsort(np.asarray(scores), kind="stable")
+        for share in PROFILE_SHARES:
+            k = math.floor(share * len(scores))
+            if k == 0:
+                continue
+            candidate = pruner.build(0.0, removals={group: np.sort(order[:k])})
+            removed = 1 - model_cost(candidate, shapes).macs / macs0
+            rows.append({"group": group, "units": len(scores), "share": share, "macs_removed": removed,
+                         "score": evaluator.score(candidate)})  # fmt: skip
+            _log(f"{kind} profile: {group} {share:.1%} of {len(scores)} ({removed:.1%} MACs): {rows[-1]['score']:.4f}")
+    best: dict[str, float] = {}
+    for r in rows:
+        if evaluator.baseline - r["score"] <= budget + 1e-12:
+            best[r["group"]] = max(best.get(r["group"], 0.0), r["macs_removed"])
+    return {"model": kind, "metric": evaluator.metric_name, "budget": budget, "rows": rows,
+            "bound": sum(best.values()), "groups_inside": len(best), "groups": len(pruner.scores)}  # fmt: skip
+
+
 def _criteria_at_equal_macs(model, calib, evaluator, shapes, macs0: int, kind: str) -> list[dict]:
     """permutation vs obs, uniform allocation (the same channel counts per group, so the
     same MACs), full recovery: which channels each criterion picks, nothing else differs."""
@@ -246,7 +282,7 @@ def write_markdown(results: dict, path: Path) -> None:
             "Calibration crops come from one photo, evaluation crops from the other (counts in the table). "
             "Score = agreement with the original model's decision (orientation class; OCR character per "
             "time step; detector: F1 of its post-NMS boxes matched at IoU 0.5). Automatic mode (criterion in "
-            "the table: `obs` with the re-fit, `permutation` without): binary search on cr under a 1 % budget, "
+            "the table: `pruning.default_criterion`, permutation for the cr search): binary search on cr under a 1 % budget, "
             "bias compensation + reconstruction. "
             "Beside it: uniform l1 without recovery at the same MAC reduction.", "",
             "| model | criterion | metric | calib / eval | GMACs | auto: MACs removed | auto: score | auto without recovery | l1 uniform, no recovery | search steps | seconds |",
@@ -271,6 +307,22 @@ def write_markdown(results: dict, path: Path) -> None:
                 for ratio in sorted({c["ratio"] for c in r["criteria"]}):
                     p, o = by[("permutation", ratio)], by[("obs", ratio)]
                     lines.append(f"| {r['model']} | {ratio:.0%} | {p['macs_removed']:.1%} | {p['score']:.4f} | {o['score']:.4f} |")
+            lines.append("")
+        for prof in results.get("profile", []):
+            shares = list(PROFILE_SHARES)
+            lines += [f"Sensitivity profile ({prof['model']}, `--profile`): one group at a time, the lowest-`obs` share of "
+                      f"its channels removed with full recovery; cell = MACs removed / {prof['metric']} on the evaluation "
+                      f"crops. Summed over groups, the largest share that alone stays within {prof['budget']:.0%} removes "
+                      f"**{prof['bound']:.1%}** of the MACs ({prof['groups_inside']} of {prof['groups']} groups have one): "
+                      "an optimistic bound for any allocation, since the losses of several groups add up.", "",
+                      "| group | channels | " + " | ".join(f"{s:.1%}" for s in shares) + " |",
+                      "|---|---|" + "---|" * len(shares)]  # fmt: skip
+            by = {(r["group"], r["share"]): r for r in prof["rows"]}
+            for group in dict.fromkeys(r["group"] for r in prof["rows"]):
+                units = next(r["units"] for r in prof["rows"] if r["group"] == group)
+                cells = [f"{by[(group, s)]['macs_removed']:.1%} / {by[(group, s)]['score']:.4f}" if (group, s) in by else "-"
+                         for s in shares]  # fmt: skip
+                lines.append(f"| {group} | {units} | " + " | ".join(cells) + " |")
             lines.append("")
         if results.get("note"):
             lines += [f"Note: {results['note']}.", ""]
@@ -353,6 +405,7 @@ def main() -> None:
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--real", default="", help="comma list of real models: orientation,ocr,detector")
+    parser.add_argument("--profile", default="", help="comma list of real models to profile group by group")
     parser.add_argument("--real-scale", type=float, default=1.0, help="scale the number of calibration/evaluation crops")
     parser.add_argument("--update", action="store_true", help="keep the parts of the committed prune.json this run skips")
     args = parser.parse_args()
@@ -365,6 +418,8 @@ def main() -> None:
         results["digits"] = part_digits(args.full)
     if args.real:
         results["real"] = part_real(args.real.split(","), args.real_scale)
+    if args.profile:
+        results["profile"] = [part_profile(kind) for kind in args.profile.split(",")]
     if not args.skip_latency:
         results["latency"] = part_latency(args.full)
     results["seconds"] = time.perf_counter() - start

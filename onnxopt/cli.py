@@ -88,7 +88,7 @@ def print_optimize_result(result) -> None:
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="TOML recipe pinning the settings of every stage.")
 @shape_option
 @command
-def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, max_accuracy_drop, stage_names, bench, threads,
+def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, budget_se, max_accuracy_drop, stage_names, bench, threads,
                  target, speed_check, recipe, shapes):
     """Optimize MODEL: lossless passes, and with --data the lossy ones under a budget."""
     from onnxopt.calibration import parse_shapes
@@ -102,6 +102,7 @@ def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, max_
         eval_data=eval_data,
         max_drop=max_accuracy_drop,
         metric=metric,
+        budget_se=budget_se,
         shapes=parse_shapes(shapes),
         stages=stage_names.split(",") if stage_names else None,
         seed=seed,

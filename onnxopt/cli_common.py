@@ -100,6 +100,11 @@ def output_options(fn: Callable) -> Callable:
 def data_options(fn: Callable) -> Callable:
     fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, sampling and search.")(fn)
     fn = click.option(
+        "--budget-se", type=float, default=1.0, show_default=True,
+        help="Standard errors of the per-sample drop added to the measured drop before it is compared with the "
+             "budget (0: the bare drop).",
+    )(fn)  # fmt: skip
+    fn = click.option(
         "--metric",
         type=str,
         default=None,
@@ -130,7 +135,7 @@ class LossyRun:
     evaluator: Any = None
 
     @classmethod
-    def start(cls, model, output, suffix, data, eval_data, metric, seed, shapes, *, min_split=2) -> LossyRun:
+    def start(cls, model, output, suffix, data, eval_data, metric, seed, shapes, *, min_split=2, budget_se=1.0) -> LossyRun:
         """Load the model and data, refuse a bad output path, split calibration/evaluation."""
         from onnxopt.calibration import parse_shapes
         from onnxopt.evaluate import Evaluator
@@ -145,7 +150,9 @@ class LossyRun:
         if run.calib is not None and run.held_out is None and len(run.calib) >= min_split:
             run.calib, run.held_out = run.calib.split(0.5, seed)
         if run.held_out is not None:
-            run.evaluator = Evaluator(original, run.held_out, metric=metric)
+            if budget_se < 0:
+                raise OnnxoptError(f"--budget-se must not be negative, got {budget_se}")
+            run.evaluator = Evaluator(original, run.held_out, metric=metric, confidence=budget_se)
         return run
 
     def finish(self, candidate) -> tuple[Any, Any, Any]:

@@ -140,6 +140,7 @@ def optimize(
     eval_data: Dataset | str | os.PathLike | None = None,
     max_drop: float = 0.01,
     metric: str | evaluate.Metric | None = None,
+    budget_se: float = evaluate.CONFIDENCE_Z,
     shapes: Mapping[str, Sequence[int]] | None = None,
     stages: Sequence[str] | None = None,
     lossless: Sequence[Stage] | None = None,
@@ -170,7 +171,10 @@ def optimize(
         stages = pinned.optimize.get("stages", stages)
         metric = pinned.optimize.get("metric", metric)
         seed = pinned.optimize.get("seed", seed)
+        budget_se = pinned.optimize.get("budget_se", budget_se)
         stage_options = {**pinned.stages, **dict(stage_options or {})}
+    if isinstance(budget_se, bool) or not isinstance(budget_se, (int, float)) or budget_se < 0:
+        raise OnnxoptError(f"budget_se must be a non-negative number, got {budget_se!r}")
     input_path = None if isinstance(model, ir.Model) else Path(model)
     if output is not None:
         check_output_path(output, input_path)
@@ -188,7 +192,7 @@ def optimize(
     else:
         verify_data = synthetic(original, VERIFY_SAMPLES, seed=seed, shapes=shapes)
         verified_on = f"{len(verify_data)} random samples (seed {seed})"
-    evaluator = evaluate.Evaluator(original, held_out, metric=metric) if held_out is not None else None
+    evaluator = evaluate.Evaluator(original, held_out, metric=metric, confidence=budget_se) if held_out is not None else None
     ctx = Context(
         verify_data=verify_data,
         calib=calib,

@@ -227,11 +227,15 @@ class Pruner:
         removals = allocate(self.scores, self.allocation, knob, round_to=self.round_to)
         return {k: v for k, v in removals.items() if len(v)}
 
-    def build(self, knob: float, *, recover: bool = True, refit: bool | None = None) -> ir.Model:
+    def build(
+        self, knob: float, *, recover: bool = True, refit: bool | None = None,
+        removals: Mapping[str, np.ndarray] | None = None,
+    ) -> ir.Model:  # fmt: skip
         """A pruned clone; ``recover=False`` skips both recovery steps, ``refit=False`` only
-        the least-squares reconstruction."""
+        the least-squares reconstruction; ``removals`` (units per group) replaces the
+        allocation's choice at ``knob``, e.g. to measure one group's sensitivity."""
         start = time.perf_counter()
-        removals = self.removals_of(knob)
+        removals = self.removals_of(knob) if removals is None else {k: v for k, v in removals.items() if len(v)}
         self.last_removals = removals
         candidate = self.model.clone()
         analysis = analyze_groups(candidate, self.shapes)

@@ -7,6 +7,7 @@ Format (every key optional)::
     stages = ["prune", "lowrank", "quantize"]
     metric = "accuracy"
     seed = 0
+    budget_se = 1.0               # standard errors added to a measured drop (0: the bare drop)
 
     [prune]                        # keyword arguments of the stage, by stage name
     criterion = "obs"
@@ -26,7 +27,7 @@ from typing import Any
 
 from onnxopt.errors import OnnxoptError
 
-_OPTIMIZE_KEYS = {"max_accuracy_drop", "stages", "metric", "seed"}
+_OPTIMIZE_KEYS = {"max_accuracy_drop", "stages", "metric", "seed", "budget_se"}
 
 
 @dataclasses.dataclass

@@ -178,6 +178,16 @@ def test_bad_data_gives_one_line_error(model_path, tmp_path, setup, message):
     assert not (tmp_path / "o.onnx").exists()
 
 
+@pytest.mark.parametrize("command", ["optimize", "prune", "quantize"])
+def test_negative_budget_se_is_refused(model_path, tmp_path, command):
+    data = tmp_path / "d.npz"
+    np.savez(data, input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    extra = ["--max-accuracy-drop", "0.01"] if command != "optimize" else ["--no-bench"]
+    out = onnxopt(command, str(model_path), "-o", str(tmp_path / "o.onnx"), "--data", str(data), "--budget-se", "-1", *extra)
+    assert out.returncode == 2 and "must" in out.stderr and "negative" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.onnx").exists()
+
+
 def test_bad_shape_option(model_path, tmp_path):
     out = onnxopt("inspect", str(model_path), "--shape", "input=1xbanana")
     assert out.returncode == 2 and "--shape" in out.stderr

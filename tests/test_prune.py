@@ -188,6 +188,22 @@ def test_search_finds_a_candidate_inside_the_budget(hard_digits):
     json.dumps(report, default=str)
 
 
+def test_build_with_explicit_removals(hard_digits):
+    """``removals`` replaces the allocation: one group alone, exactly the units named."""
+    from onnxopt.pruning import Pruner
+
+    model, calib, held_out = hard_digits
+    pruner = Pruner(model, calib, criterion="l1", allocation="uniform", reconstruct=False)
+    group = next(iter(pruner.scores))
+    one = pruner.build(0.9, removals={group: np.array([0, 2])})
+    assert pruner.last_removals.keys() == {group} and list(pruner.last_removals[group]) == [0, 2]
+    full = pruner.build(0.9)
+    assert len(pruner.last_removals) > 1
+    from onnxopt.cost import model_cost
+
+    assert model_cost(full).macs < model_cost(one).macs < model_cost(model).macs
+
+
 def test_search_on_the_ratio_of_uniform_allocation(hard_digits):
     """With uniform allocation the search bisects the ratio, where larger removes more."""
     model, calib, held_out = hard_digits

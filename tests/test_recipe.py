@@ -40,6 +40,8 @@ def test_recipe_pins_stages_and_their_settings(model_and_data, tmp_path):
         ("[optimize]\nmax_acuracy_drop = 0.01\n", "unknown key"),
         ("[prnue]\nratio = 0.5\n", "unknown section"),
         ("this is = = not toml", "not valid TOML"),
+        ('[optimize]\nbudget_se = "one"\n', "budget_se must be a non-negative number"),
+        ("[optimize]\nbudget_se = -1\n", "budget_se must be a non-negative number"),
     ],
 )
 def test_bad_recipe_is_a_one_line_error(model_and_data, tmp_path, text, message):
