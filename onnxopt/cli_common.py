@@ -150,8 +150,6 @@ class LossyRun:
         if run.calib is not None and run.held_out is None and len(run.calib) >= min_split:
             run.calib, run.held_out = run.calib.split(0.5, seed)
         if run.held_out is not None:
-            if budget_se < 0:
-                raise OnnxoptError(f"--budget-se must not be negative, got {budget_se}")
             run.evaluator = Evaluator(original, run.held_out, metric=metric, confidence=budget_se)
         return run
 

@@ -421,10 +421,12 @@ class Evaluator:
         batch_size: int = 64,
         confidence: float = CONFIDENCE_Z,
     ) -> None:
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or confidence < 0:
+            raise OnnxoptError(f"budget_se must be a non-negative number, got {confidence!r}")
         self.data = data
         self.metric = metric
         self.batch_size = batch_size
-        self.confidence = confidence
+        self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
         self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=metric)
         self.metric_name = metric_name(data.labels, metric)
@@ -440,13 +442,14 @@ class Evaluator:
 
     def _per_sample(self, outputs: Outputs) -> np.ndarray | None:
         n = len(self.data)
-        cuts = _sample_slices(self.reference, n) if n > 1 else None
-        if cuts is None or _sample_slices(outputs, n) is None:
+        ref_cuts = _sample_slices(self.reference, n) if n > 1 else None
+        cuts = _sample_slices(outputs, n) if n > 1 else None
+        if ref_cuts is None or cuts is None:
             return None
         labels = self.data.labels
         try:
             return np.array([
-                task_score([c(r, i) for c, r in zip(cuts, self.reference)], [c(o, i) for c, o in zip(cuts, outputs)],
+                task_score([c(r, i) for c, r in zip(ref_cuts, self.reference)], [c(o, i) for c, o in zip(cuts, outputs)],
                            labels=None if labels is None else labels[i : i + 1], metric=self.metric)
                 for i in range(n)
             ])  # fmt: skip

@@ -173,8 +173,6 @@ def optimize(
         seed = pinned.optimize.get("seed", seed)
         budget_se = pinned.optimize.get("budget_se", budget_se)
         stage_options = {**pinned.stages, **dict(stage_options or {})}
-    if isinstance(budget_se, bool) or not isinstance(budget_se, (int, float)) or budget_se < 0:
-        raise OnnxoptError(f"budget_se must be a non-negative number, got {budget_se!r}")
     input_path = None if isinstance(model, ir.Model) else Path(model)
     if output is not None:
         check_output_path(output, input_path)
