@@ -186,15 +186,21 @@ def part_latency(full: bool) -> dict:
 NO_REFIT = {"detector"}  # 83 convolutions at 416×416: bias compensation only (see the docstring)
 
 
+def _real_setup(kind: str, scale: float = 1.0, confidence: float = evaluate.CONFIDENCE_Z):
+    """(path, model, calibration set, evaluator, shapes, MACs) of one real model, costed at
+    the size of its data (e.g. the OCR's dynamic width)."""
+    path, calib, held_out, metric = real_model(kind, scale)
+    model = load_model(path)
+    name = model.graph.inputs[0].name
+    shapes = {name: [1, *calib.inputs[name].shape[1:]]}
+    evaluator = evaluate.Evaluator(model, held_out, metric=metric, confidence=confidence)
+    return path, model, calib, evaluator, shapes, model_cost(model, shapes).macs
+
+
 def part_real(kinds: list[str], scale: float = 1.0) -> dict:
     rows = []
     for kind in kinds:
-        path, calib, held_out, metric = real_model(kind, scale)
-        model = load_model(path)
-        name = model.graph.inputs[0].name
-        evaluator = evaluate.Evaluator(model, held_out, metric=metric)
-        shapes = {name: [1, *calib.inputs[name].shape[1:]]}  # e.g. the OCR's dynamic width
-        macs0 = model_cost(model, shapes).macs
+        path, model, calib, evaluator, shapes, macs0 = _real_setup(kind, scale)
         _log(f"{kind}: {path.name}, {macs0 / 1e9:.3f} G MACs, metric {evaluator.metric_name}")
         start = time.perf_counter()
         refit = kind not in NO_REFIT  # the re-fit runs the network once per layer wave: too slow there
@@ -213,7 +219,7 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
             "auto_score_without_recovery": auto.scores.get("pruned_without_recovery"),
             "l1_uniform_macs_removed": l1_removed, "l1_uniform_score": l1_score,
             "steps": [{"cr": s.knob, "score": s.score, "accepted": s.accepted, "macs_kept": s.cost} for s in auto.steps],
-            "calib": len(calib), "eval": len(held_out), "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start, "reconstruct": refit,
+            "calib": len(calib), "eval": len(evaluator.data), "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start, "reconstruct": refit,
         })  # fmt: skip
         _log(f"{kind}: l1 uniform without recovery at {l1_removed:.1%} MACs removed: {l1_score:.4f}")
         if refit:
@@ -229,12 +235,7 @@ def part_profile(kind: str, budget: float = 0.01) -> dict:
     (full recovery), score the whole model on the evaluation crops. Summing, over groups,
     the MACs of the largest share that alone stays inside the budget gives an optimistic
     bound on what any allocation can reach (losses of several groups add up)."""
-    path, calib, held_out, metric = real_model(kind)
-    model = load_model(path)
-    name = model.graph.inputs[0].name
-    shapes = {name: [1, *calib.inputs[name].shape[1:]]}
-    evaluator = evaluate.Evaluator(model, held_out, metric=metric, confidence=0.0)
-    macs0 = model_cost(model, shapes).macs
+    _, model, calib, evaluator, shapes, macs0 = _real_setup(kind, confidence=0.0)
     pruner = Pruner(model, calib, criterion="obs", allocation="uniform", shapes=shapes)
     rows = []
     for group, scores in pruner.scores.items():
