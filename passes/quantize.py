@@ -23,8 +23,9 @@ temporary directory):
    vs 0.025). There weights are quantized to 7 bits (``reduce_range``; :func:`u8s8_saturates`
    decides), as onnxruntime's documentation advises: 0.037, the same fused and unfused.
 3. :func:`quantize_dynamic_int8` — ``quantize_dynamic`` for MatMul-heavy transformer models
-   (weights int8, activations quantized at run time); by default only MatMul/Gemm/Attention,
-   because dynamic int8 convolutions (ConvInteger) are slower than fp32 on x86 CPUs.
+   and recurrent models (weights int8, activations quantized at run time); by default only
+   MatMul/Gemm/Attention and LSTM (``DynamicQuantizeLSTM``), because dynamic int8 convolutions
+   (ConvInteger) are slower than fp32 on x86 CPUs.
 4. :func:`keep_float` — turns chosen layers of an already-quantized QDQ model back to float
    without re-calibrating: a ``DQ(Q(x))`` input is bypassed to ``x``, a ``DQ(int8 weight)``
    input is replaced by the original float weight, and a graph output produced by ``DQ(Q(y))``
@@ -84,7 +85,7 @@ METHODS = {
 }
 QUANT_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "LSTM")
 
 
 class DatasetReader(CalibrationDataReader):

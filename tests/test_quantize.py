@@ -417,3 +417,74 @@ def test_auto_mode_picks_dynamic_int8_for_matmul_heavy_models():
     )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert _auto_int8_mode(model) == "int8-dynamic"
+
+
+def _conv_lstm_model(seq: int = 6, hidden: int = 16) -> ir.Model:
+    """A CRNN in miniature: Conv1d front end over ``[N, 16, T]``, LSTM over time, MatMul
+    classifier; output ``[T, N, 5]``."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((rng.standard_normal((32, 16, 3)) * 0.2).astype(np.float32), "conv_w"),
+        numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, 32)) * 0.2).astype(np.float32), "lstm_w"),
+        numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.2).astype(np.float32), "lstm_r"),
+        numpy_helper.from_array((rng.standard_normal((hidden, 5)) * 0.5).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["t"], name="to_time", perm=[2, 0, 1]),
+        helper.make_node("LSTM", ["t", "lstm_w", "lstm_r"], ["y"], name="lstm", hidden_size=hidden),
+        helper.make_node("Squeeze", ["y", "axis1"], ["h"], name="squeeze"),
+        helper.make_node("MatMul", ["h", "fc_w"], ["logits"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "crnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, seq])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [seq, "N", 5])], inits,
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_recurrent_layers_count_their_macs():
+    from onnxopt.cost import model_cost
+
+    cost = model_cost(_conv_lstm_model(), {"x": [1, 16, 6]})
+    by_name = {n.name: n.macs for n in cost.nodes}
+    assert by_name["lstm"] == 6 * (4 * 16 * 32 + 4 * 16 * 16)  # seq · (prod W + prod R)
+    assert by_name["conv"] == 6 * 32 * 16 * 3
+    assert cost.params >= 32 * 16 * 3 + 4 * 16 * 48 + 16 * 5
+
+
+def test_int8_dynamic_quantizes_lstm_layers():
+    model = _conv_lstm_model()
+    data = Dataset({"x": np.random.default_rng(1).standard_normal((32, 16, 6)).astype(np.float32)})
+    result = quantize_model(model, mode="int8-dynamic", check_speed=False)
+    ops = {n.op_type for n in result.model.graph}
+    assert result.applied and "DynamicQuantizeLSTM" in ops and "LSTM" not in ops and "Conv" in ops
+    ref, out = evaluate.run(model, data)[0], evaluate.run(result.model, data)[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+
+
+def test_auto_mode_tries_static_and_dynamic_int8_and_keeps_the_faster(monkeypatch):
+    """A model with convolutions *and* an LSTM gets both int8 modes; the one measured faster wins."""
+    import onnxopt.quantization as q
+
+    model = _conv_lstm_model()
+    assert q._auto_int8_modes(model, {"x": [1, 16, 6]}) == ["int8-dynamic", "int8"]
+
+    def fake_ratio(float_model, candidate, feed, threads=1):  # dynamic LSTM "faster" than static QDQ
+        return (0.6 if any(n.op_type == "DynamicQuantizeLSTM" for n in candidate.graph) else 0.8), 1.0, 1.0
+
+    monkeypatch.setattr(q, "latency_ratio", fake_ratio)
+    data = Dataset({"x": np.random.default_rng(1).standard_normal((64, 16, 6)).astype(np.float32)})
+    calib, held_out = data.split(0.5, 0)
+    ctx = Context(verify_data=held_out.take(slice(0, 8)), calib=calib, evaluator=evaluate.Evaluator(model, held_out, metric="cosine"),
+                  max_drop=0.5, shapes={"x": [1, 16, 6]})  # fmt: skip
+    final, records = run_stages(model, [quantize_stage()], ctx)
+    attempts = records[0].details["attempts"]
+    assert [a["mode"] for a in attempts] == ["int8-dynamic", "int8"] and all(a["applied"] for a in attempts)
+    assert records[0].kept and any(n.op_type == "DynamicQuantizeLSTM" for n in final.graph)
+    monkeypatch.setattr(q, "latency_ratio", lambda f, c, feed, threads=1: (0.6 if any(n.op_type == "QuantizeLinear" for n in c.graph) else 0.8, 1.0, 1.0))
+    final, records = run_stages(model, [quantize_stage()], ctx)
+    assert records[0].kept and any(n.op_type == "QuantizeLinear" for n in final.graph)
