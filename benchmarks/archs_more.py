@@ -9,6 +9,9 @@
   skip connections; dense per-pixel logits ``[N, K, H, W]``.
 - :func:`crnn_speech` — ``Conv1d`` front end on ``[N, mels, T]``, bidirectional ``GRU``,
   per-frame log-probabilities ``[N, T', classes]`` (a CTC speech recognizer's shape).
+- :func:`crnn_text` — a CRNN text-line recognizer (ddddocr's shape): ``Conv2d`` stack on a
+  ``[N, 1, 32, W]`` line image, height collapsed to a sequence ``[W/4, N, C]``, bidirectional
+  ``LSTM``, per-step logits ``[W/4, N, classes]`` (time-major, as CTC decoders read them).
 - :func:`vit_tiny` — patch-embedding conv, class token, learned position embedding, pre-LN
   transformer blocks (HuggingFace attention op pattern), ``Linear`` head.
 - :class:`MiniBert` — a HuggingFace-style text classifier with int64 ``input_ids`` and
@@ -151,6 +154,29 @@ def crnn_speech(classes: int = 30) -> nn.Module:
     return CRNNSpeech(classes=classes)
 
 
+class CRNNText(nn.Module):
+    def __init__(self, channels: int = 32, hidden: int = 48, classes: int = 40) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.collapse = nn.Conv2d(2 * channels, 2 * channels, (8, 1))  # height 8 → 1
+        self.rnn = nn.LSTM(2 * channels, hidden, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.collapse(self.features(x)).squeeze(2).permute(2, 0, 1)  # [T, N, C]
+        y, _ = self.rnn(seq)
+        return self.out(y)
+
+
+def crnn_text(classes: int = 40) -> nn.Module:
+    """``[N, 1, 32, W]`` (W a multiple of 4) → per-step logits ``[W/4, N, classes]``."""
+    return CRNNText(classes=classes)
+
+
 class ViTBlock(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -208,6 +234,7 @@ MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "convnext_tiny": (convnext_tiny, (3, 32, 32)),
     "unet_small": (unet_small, (3, 32, 32)),
     "crnn_speech": (crnn_speech, (40, 50)),
+    "crnn_text": (crnn_text, (1, 32, 64)),
     "vit_tiny": (vit_tiny, (3, 32, 32)),
 }
 """name → (builder, input shape without the batch axis)."""

@@ -47,6 +47,7 @@ from onnxopt.calibration import Dataset, synthetic
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import default_opset, fixed_batch
 from onnxopt.model_io import _embedded_proto
+from onnxopt.passes.cleanup import fold_weight_subgraphs
 from onnxopt.passes.lowbit import LowBitWeightPass
 from onnxopt.passes.quantize import (
     DYNAMIC_OPS,
@@ -357,6 +358,11 @@ def quantize_model(
     result = QuantizeResult(model, mode, False, [], {}, _size(model), _size(model))
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
 
+    if int8:  # onnxruntime's quantizers only see weights that are initializers
+        folded = model.clone()
+        if fold_weight_subgraphs(folded):
+            model = folded
+            result.notes.append("weights computed from constants (e.g. the dynamo exporter's LSTM) folded first")
     progress(f"quantize: building the {mode} model")
     # None: 7-bit weights where the CPU's int8 kernels saturate (passes.quantize decides);
     # other providers (CUDA, TensorRT) have no such kernels

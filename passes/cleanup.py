@@ -5,6 +5,11 @@ Rules, in order:
    ``Expand(CastLike(0, x))`` zero biases among them), its default rewrite rules (no-op
    removal, BatchNormalization fusion into Conv / ConvTranspose / Gemm, Pad into Conv, …)
    and removal of unused nodes, functions and opsets. Functions are inlined.
+   Then :func:`fold_weight_subgraphs`: subgraphs that compute a weight of a
+   Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN from constants alone are folded whatever their
+   size (onnxscript skips tensors above 8192 elements in, 262144 out): the dynamo exporter
+   builds an LSTM's ``W``/``R``/``B`` by slicing and concatenating its parameters, and a
+   quantizer or a pruner only sees weights that are initializers.
 2. ``onnx_ir`` common passes: Identity elimination (an Identity between a graph input and
    a graph output is kept), ``Constant`` nodes lifted to initializers (so later passes see
    every weight the same way), unused-node removal, topological sort.
@@ -22,7 +27,7 @@ nodes and pruning would then have to copy it back.
 
 from __future__ import annotations
 
-__all__ = ["CleanupPass"]
+__all__ = ["CleanupPass", "fold_weight_subgraphs"]
 
 import contextlib
 import logging
@@ -65,6 +70,7 @@ class CleanupPass(LoggedPass):
                 onnxscript.optimizer.optimize_ir(model)
             else:
                 onnxscript.optimizer.fold_constants(model)
+            fold_weight_subgraphs(model)
         ir.passes.Sequential(
             common.IdentityEliminationPass(),
             common.LiftConstantsToInitializersPass(),
@@ -80,6 +86,48 @@ class CleanupPass(LoggedPass):
             if delta:
                 self.did(op, f"{op} {delta:+d}")
         return ir.passes.PassResult(model, modified=_fingerprint(model) != before)
+
+
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
+_UNLIMITED = 1 << 62
+
+
+def fold_weight_subgraphs(model: ir.Model) -> bool:
+    """Fold the constant-only subgraphs that compute the weights (inputs after the first) of
+    :data:`WEIGHTED_OPS` nodes into initializers, whatever their size; nothing else is
+    touched. Returns whether anything was folded."""
+    cone: set[int] = set()
+    for node in model.graph:
+        if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        for value in node.inputs[1:]:
+            if value is not None and value.const_value is None:
+                cone |= _constant_cone(value)
+    if not cone:
+        return False
+    with _quiet("onnxscript", "onnx_ir"):
+        onnxscript.optimizer.fold_constants(
+            model, input_size_limit=_UNLIMITED, output_size_limit=_UNLIMITED, should_fold=lambda n: id(n) in cone
+        )
+    common.RemoveUnusedNodesPass()(model)
+    return True
+
+
+def _constant_cone(value: ir.Value) -> set[int]:
+    """ids of the nodes computing ``value`` when it depends on constants only, else empty."""
+    nodes: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v.const_value is not None:
+            continue
+        node = v.producer()
+        if v.is_graph_input() or node is None or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+            return set()
+        if id(node) not in nodes:
+            nodes.add(id(node))
+            stack.extend(i for i in node.inputs if i is not None)
+    return nodes
 
 
 @contextlib.contextmanager

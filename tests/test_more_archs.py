@@ -23,6 +23,7 @@ from benchmarks.export import export_onnx  # noqa: E402
 # What the group analysis must find unprunable in each family, and why (part of a reason).
 BLOCKED_BY = {
     "crnn_speech": "GRU",
+    "crnn_text": "LSTM",
     "vit_tiny": "Reshape",
     "convnext_tiny": "LayerNormalization",
 }
@@ -69,6 +70,28 @@ def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
     if name in BLOCKED_BY:
         reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
         assert BLOCKED_BY[name] in reasons, reasons
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_dynamic_int8_quantizes_the_lstm_of_an_exported_crnn(dynamo, tmp_path):
+    """Both exporters' LSTM (dynamo's weights are computed by Slice/Concat) becomes
+    DynamicQuantizeLSTM, and the output stays close to float."""
+    from onnxopt.quantization import quantize_model
+
+    path, data = _export("crnn_text", dynamo, tmp_path)
+    model = load_model(path)
+    dataset = Dataset({model.graph.inputs[0].name: data[:16]})
+    result = quantize_model(model, mode="int8-dynamic", check_speed=False)
+    ops = {n.op_type for n in result.model.graph}
+    assert result.applied and "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+    assert evaluate.compare(evaluate.run(model, dataset), evaluate.run(result.model, dataset)).cosine > 0.999
+    if dynamo:  # the clean-up folds the sliced and concatenated LSTM weights into initializers
+        from onnxopt.passes.cleanup import CleanupPass
+
+        CleanupPass()(model)
+        lstm = next(n for n in model.graph if n.op_type == "LSTM")
+        assert all(v.const_value is not None for v in lstm.inputs[1:4])
+        assert evaluate.compare(evaluate.run(load_model(path), dataset), evaluate.run(model, dataset)).within(1e-5, 1e-6)
 
 
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
