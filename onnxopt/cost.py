@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import attr, static_shapes
+from onnxopt.graph import attr, has_subgraph, static_shapes
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip",
@@ -155,16 +155,12 @@ def _constant_values(graph: ir.Graph) -> set[int]:
     while changed:
         changed = False
         for node in graph:
-            if _has_subgraph(node) or all(id(o) in const for o in node.outputs):
+            if has_subgraph(node) or all(id(o) in const for o in node.outputs):
                 continue
             if all(v is None or id(v) in const for v in node.inputs):
                 const.update(id(o) for o in node.outputs)
                 changed = True
     return const
-
-
-def _has_subgraph(node: ir.Node) -> bool:
-    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
 
 
 def _value_params(value: ir.Value, shapes: Mapping[str, tuple], const: set[int]) -> int:

@@ -25,6 +25,7 @@ __all__ = [
     "unique_name",
     "default_opset",
     "static_shapes",
+    "has_subgraph",
     "iter_nodes",
 ]
 
@@ -51,6 +52,11 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
         return tensor.numpy()
     except Exception:  # unreadable external data or an unsupported dtype
         return None
+
+
+def has_subgraph(node: ir.Node) -> bool:
+    """Whether ``node`` carries a graph attribute (If, Loop, Scan, ...)."""
+    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
 
 
 def producer(value: ir.Value | None) -> ir.Node | None:

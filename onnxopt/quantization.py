@@ -524,8 +524,3 @@ def _auto_int8_modes(model: ir.Model, shapes: Any = None) -> list[str]:
     order = ["int8-dynamic", "int8"] if matmul > conv else ["int8", "int8-dynamic"]
     second_share = min(conv, matmul) / total
     return order if second_share >= _SECOND_MODE_SHARE else order[:1]
-
-
-def _auto_int8_mode(model: ir.Model, shapes: Any = None) -> str:
-    """The likelier of :func:`_auto_int8_modes`."""
-    return _auto_int8_modes(model, shapes)[0]

@@ -38,7 +38,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
-from onnxopt.graph import const_array
+from onnxopt.graph import const_array, has_subgraph
 from onnxopt.passes.base import LoggedPass
 
 
@@ -122,7 +122,7 @@ def _constant_cone(value: ir.Value) -> set[int]:
         if v.const_value is not None:
             continue
         node = v.producer()
-        if v.is_graph_input() or node is None or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
+        if v.is_graph_input() or node is None or has_subgraph(node):
             return set()
         if id(node) not in nodes:
             nodes.add(id(node))

@@ -405,10 +405,10 @@ def test_auto_mode_picks_dynamic_int8_for_matmul_heavy_models():
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxopt.quantization import _auto_int8_mode
+    from onnxopt.quantization import _auto_int8_modes
     from tests.builders import conv_bn_relu_gemm
 
-    assert _auto_int8_mode(ir.from_proto(conv_bn_relu_gemm())) == "int8"
+    assert _auto_int8_modes(ir.from_proto(conv_bn_relu_gemm()))[0] == "int8"
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])], "mlp",
@@ -416,7 +416,7 @@ def test_auto_mode_picks_dynamic_int8_for_matmul_heavy_models():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])], [w],
     )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    assert _auto_int8_mode(model) == "int8-dynamic"
+    assert _auto_int8_modes(model) == ["int8-dynamic"]
 
 
 def _conv_lstm_model(seq: int = 6, hidden: int = 16) -> ir.Model:
