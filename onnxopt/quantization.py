@@ -468,8 +468,8 @@ def quantize_stage(**options: Any) -> Stage:
 
     def run(model: ir.Model, ctx: Context) -> StageOutcome:
         opts = dict(options)
-        modes = _auto_int8_modes(model, ctx.shapes) if opts["mode"] == "auto" else [opts.pop("mode")]
-        opts.pop("mode", None)
+        requested = opts.pop("mode")
+        modes = _auto_int8_modes(model, ctx.shapes) if requested == "auto" else [requested]
         opts.setdefault("max_drop", ctx.max_drop if ctx.evaluator is not None else None)
         opts.setdefault("seed", ctx.seed)
         opts.setdefault("progress", ctx.progress)
@@ -488,7 +488,7 @@ def quantize_stage(**options: Any) -> Stage:
                 continue
             attempts.append({"mode": mode, "applied": result.applied, "reason": result.reason,
                              "latency_ratio": result.latency_ratio, "score": result.score})  # fmt: skip
-            if best is None or (result.applied and (not best.applied or result.latency_ratio < best.latency_ratio)):
+            if best is None or (result.applied and (not best.applied or _ratio(result) < _ratio(best))):
                 best = result
         if best is None:
             return StageOutcome(model, False, details={"reason": attempts[-1]["reason"], "attempts": attempts})
@@ -500,6 +500,11 @@ def quantize_stage(**options: Any) -> Stage:
         return StageOutcome(best.model, best.applied, applied, skipped, details)
 
     return Stage("quantize" if options["mode"] == "auto" else f"quantize-{options['mode']}", run, lossless=False)
+
+
+def _ratio(result: QuantizeResult) -> float:
+    """Latency ratio for choosing between applied results; unmeasured ranks last."""
+    return result.latency_ratio if result.latency_ratio is not None else math.inf
 
 
 # Below this share of the weighted MACs a mode's layers are not worth a second attempt.
