@@ -190,6 +190,7 @@ def bench_model(
         add("onnxopt int8", lambda: quantize_model(model, calib, evaluator, mode="int8", max_drop=budget))
         if "int8-dynamic" in _auto_int8_modes(model):  # e.g. an LSTM beside the convolutions
             add("onnxopt int8-dynamic", lambda: quantize_model(model, calib, evaluator, mode="int8-dynamic", max_drop=budget))
+            add("onnxopt int8-mixed", lambda: quantize_model(model, calib, evaluator, mode="int8-mixed", max_drop=budget))
         add("onnxopt int8 s8s8", lambda: quantize_model(model, calib, evaluator, mode="int8", activation_type="s8",
                                                         weight_type="s8", max_drop=budget, check_speed=False))  # fmt: skip
         add("onnxopt ternary", lambda: quantize_model(model, calib, evaluator, mode="ternary"))
@@ -237,6 +238,9 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
         "digits CNNs, top-1 agreement with fp32 for random-weight CNNs (fed photo crops), cosine for BERT.",
         "",
     ]
+    for name, rerun in meta.get("reruns", {}).items():
+        lines += [f"Re-run alone (`--only '{name}'`) on {rerun['date']} (load average {rerun['loadavg_end'][0]:.1f} "
+                  f"at the end): the **{name}** section; the others are from the run above.", ""]  # fmt: skip
     for res in results:
         lines += [f"## {res['model']}", "", f"metric: {res['metric']}", "",
                   "| variant | latency ms | ratio | size | ×smaller | accuracy | top-1 agr. | cosine | note |",
@@ -312,6 +316,21 @@ def findings(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _merge(path: Path, results: list[dict], meta: dict) -> tuple[list[dict], dict]:
+    """``results`` of an ``--only`` run merged into the committed ``path``: a re-run model's
+    entry is replaced (and dated in ``meta["reruns"]``), every other model keeps its entry and
+    the run metadata it was measured under."""
+    if not path.exists():
+        return results, meta
+    old = json.loads(path.read_text())
+    fresh = {r["model"]: r for r in results}
+    merged = [fresh.pop(r["model"], r) for r in old["results"]] + list(fresh.values())
+    kept = dict(old["meta"])
+    kept.pop("conclusions", None)
+    kept["reruns"] = {**kept.get("reruns", {}), **{r["model"]: {**meta, "date": time.strftime("%Y-%m-%d")} for r in results}}
+    return merged, kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="more timing rounds and resnet50")
@@ -346,7 +365,9 @@ def main() -> None:
         "threads": 2, "rounds": rounds, "full": args.full, "real": args.real, "loadavg_end": os.getloadavg(),
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = ("_real" if args.real else "") + ("_" + "_".join(n.replace(" ", "-") for n in args.only) if args.only else "")
+    suffix = "_real" if args.real else ""
+    if args.only:  # re-run models replace their rows in the committed results; the others stay
+        results, meta = _merge(RESULTS / f"quantize{suffix}.json", results, meta)
     (RESULTS / f"quantize{suffix}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")
     meta["conclusions"] = findings(results)
     write_markdown(results, meta, RESULTS / f"quantize{suffix}.md")

@@ -247,15 +247,28 @@ def latency_ratio(
     ``min_seconds`` of the baseline's runs (at most 48 rounds): 9 single runs of ddddocr's
     detector (75 ms) put the same int8 model at 0.78 and 0.96 in two runs.
     """
-    sessions = [session(m, threads=threads) for m in (baseline, candidate)]
+    ratios, base, cands = latency_ratios(baseline, [candidate], feed, rounds=rounds, threads=threads,
+                                         percentile=percentile, min_seconds=min_seconds)  # fmt: skip
+    return ratios[0], base, cands[0]
+
+
+def latency_ratios(
+    baseline: ir.Model, candidates: Sequence[ir.Model], feed: Mapping[str, np.ndarray], *, rounds: int = 9,
+    threads: int = 1, percentile: float = 25, min_seconds: float = 1.5,
+) -> tuple[list[float], float, list[float]]:
+    """:func:`latency_ratio` of several candidates timed in one interleaved run, so that
+    choosing between them compares measurements taken under the same load: (ratios,
+    baseline ms, candidate ms)."""
+    sessions = [session(m, threads=threads) for m in (baseline, *candidates)]
     for sess in sessions:
         for _ in range(2):
             sess.run(None, feed)
     per_run = _one_run_seconds(sessions[0], feed)
     block = _turn_size(0.02, per_run)
     rounds = max(rounds, min(48, math.ceil(min_seconds / (block * per_run))))
-    base, cand = (float(np.percentile(t, percentile)) for t in interleaved_times(sessions, [feed, feed], rounds=rounds, block=block))
-    return cand / base, base, cand
+    times = interleaved_times(sessions, [feed] * len(sessions), rounds=rounds, block=block)
+    base, *cands = (float(np.percentile(t, percentile)) for t in times)
+    return [c / base for c in cands], base, cands
 
 
 def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:

@@ -37,8 +37,9 @@ def layer_table(result) -> Table:
 @click.argument("model", type=click.Path(dir_okay=False))
 @output_options
 @data_options
-@click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "ternary", "binary"]), default="int8", show_default=True,
+@click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "int8-mixed", "ternary", "binary"]), default="int8", show_default=True,
               help="int8: static QDQ (needs --data); int8-dynamic: MatMul/Gemm/LSTM weights, for transformers and recurrent models; "
+                   "int8-mixed: static convolutions + dynamic MatMul/Gemm/LSTM (CRNNs; needs --data); "
                    "ternary/binary: TWN / binary weights, packed (layers ≥16× smaller, fp32 speed).")  # fmt: skip
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
               help="Calibration method for static int8.")  # fmt: skip
@@ -61,8 +62,8 @@ def quantize_command(model, output, report_path, data, eval_data, metric, seed, 
     from onnxopt.quantization import quantize_model
 
     run = LossyRun.start(model, output, mode, data, eval_data, metric, seed, shapes, min_split=4, budget_se=budget_se)
-    if mode == "int8" and run.calib is None:
-        raise OnnxoptError("--mode int8 needs calibration data (--data calib.npz); or use --mode int8-dynamic")
+    if mode in ("int8", "int8-mixed") and run.calib is None:
+        raise OnnxoptError(f"--mode {mode} needs calibration data (--data calib.npz); or use --mode int8-dynamic")
     if max_drop is not None and run.calib is None and run.held_out is None:
         raise OnnxoptError("--max-accuracy-drop needs data to measure the drop on (--data or --eval-data)")
     act, wt = {"u8s8": ("u8", "s8"), "s8s8": ("s8", "s8"), "auto": ("auto", None)}[types]

@@ -50,6 +50,7 @@ __all__ = [
     "u8s8_saturates",
 ]
 
+import contextlib
 import functools
 import logging
 import os
@@ -241,8 +242,9 @@ def quantize_dynamic_int8(
     reduce_range: bool | None = None,
 ) -> ir.Model:
     """``quantize_dynamic`` of ``model`` (weights int8, activations quantized at run time);
-    ``reduce_range`` as for :func:`quantize_static_int8`."""
-    with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp:
+    ``reduce_range`` as for :func:`quantize_static_int8`. ``model`` may already hold static QDQ
+    layers (``int8-mixed``); onnxruntime's warning about that is silenced, it is intended."""
+    with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp, _quiet_already_quantized():
         src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
         _save(model, src)
         try:
@@ -258,6 +260,22 @@ def quantize_dynamic_int8(
         except Exception as exc:
             raise OnnxoptError(f"onnxruntime quantize_dynamic failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         return _load(dst)
+
+
+class _AlreadyQuantized(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "already quantized" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_already_quantized():
+    """onnxruntime's quantizer warns on the root logger when a model has QDQ nodes."""
+    quiet = _AlreadyQuantized()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 def quantized_nodes(qmodel: ir.Model) -> list[str]:

@@ -466,25 +466,78 @@ def test_int8_dynamic_quantizes_lstm_layers():
     assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
 
 
-def test_auto_mode_tries_static_and_dynamic_int8_and_keeps_the_faster(monkeypatch):
-    """A model with convolutions *and* an LSTM gets both int8 modes; the one measured faster wins."""
+def _kinds(model: ir.Model) -> frozenset[str]:
+    ops = {n.op_type for n in model.graph}
+    return frozenset(k for k, op in (("static", "QuantizeLinear"), ("dynamic", "DynamicQuantizeLSTM")) if op in ops)
+
+
+@pytest.mark.parametrize("fastest", [frozenset({"dynamic"}), frozenset({"static"}), frozenset({"static", "dynamic"})])
+def test_auto_mode_tries_static_dynamic_and_mixed_int8_and_keeps_the_faster(monkeypatch, fastest):
+    """A model with convolutions *and* an LSTM gets three int8 attempts (static, dynamic, and
+    each kind in its own mode); the one measured fastest wins."""
     import onnxopt.quantization as q
 
     model = _conv_lstm_model()
-    assert q._auto_int8_modes(model, {"x": [1, 16, 6]}) == ["int8-dynamic", "int8"]
+    assert q._auto_int8_modes(model, {"x": [1, 16, 6]}) == ["int8-dynamic", "int8", "int8-mixed"]
+    monkeypatch.setattr(q, "latency_ratio", lambda f, c, feed, threads=1: (0.5 if _kinds(c) == fastest else 0.8, 1.0, 1.0))
+    measured_together = []
 
-    def fake_ratio(float_model, candidate, feed, threads=1):  # dynamic LSTM "faster" than static QDQ
-        return (0.6 if any(n.op_type == "DynamicQuantizeLSTM" for n in candidate.graph) else 0.8), 1.0, 1.0
+    def head_to_head(f, cands, feed, threads=1):
+        measured_together.append(len(cands))
+        return [0.5 if _kinds(c) == fastest else 0.8 for c in cands], 1.0, [1.0] * len(cands)
 
-    monkeypatch.setattr(q, "latency_ratio", fake_ratio)
+    monkeypatch.setattr(q, "latency_ratios", head_to_head)
     data = Dataset({"x": np.random.default_rng(1).standard_normal((64, 16, 6)).astype(np.float32)})
     calib, held_out = data.split(0.5, 0)
     ctx = Context(verify_data=held_out.take(slice(0, 8)), calib=calib, evaluator=evaluate.Evaluator(model, held_out, metric="cosine"),
                   max_drop=0.5, shapes={"x": [1, 16, 6]})  # fmt: skip
     final, records = run_stages(model, [quantize_stage()], ctx)
     attempts = records[0].details["attempts"]
-    assert [a["mode"] for a in attempts] == ["int8-dynamic", "int8"] and all(a["applied"] for a in attempts)
-    assert records[0].kept and any(n.op_type == "DynamicQuantizeLSTM" for n in final.graph)
-    monkeypatch.setattr(q, "latency_ratio", lambda f, c, feed, threads=1: (0.6 if any(n.op_type == "QuantizeLinear" for n in c.graph) else 0.8, 1.0, 1.0))
-    final, records = run_stages(model, [quantize_stage()], ctx)
-    assert records[0].kept and any(n.op_type == "QuantizeLinear" for n in final.graph)
+    assert [a["mode"] for a in attempts] == ["int8-dynamic", "int8", "int8-mixed"] and all(a["applied"] for a in attempts)
+    assert records[0].kept and _kinds(final) == fastest
+    assert measured_together == [3, 3]  # the three results timed in one run, with 1 and 2 threads
+    assert [a["head_to_head_ratio"] for a in attempts if _kinds_of_mode(a["mode"]) == fastest] == [0.5]
+
+
+def _kinds_of_mode(mode: str) -> frozenset[str]:
+    return {"int8": frozenset({"static"}), "int8-dynamic": frozenset({"dynamic"}), "int8-mixed": frozenset({"static", "dynamic"})}[mode]
+
+
+def test_int8_mixed_runs_convolutions_static_and_the_lstm_dynamic():
+    model = _conv_lstm_model()
+    data = Dataset({"x": np.random.default_rng(1).standard_normal((32, 16, 6)).astype(np.float32)})
+    result = quantize_model(model, data, mode="int8-mixed", check_speed=False)
+    assert result.applied and _kinds(result.model) == {"static", "dynamic"}
+    conv = next(n for n in result.model.graph if n.op_type == "Conv")
+    assert conv.inputs[0].producer().op_type == "DequantizeLinear"  # int8 activations into the conv
+    assert {"conv", "lstm", "fc"} <= set(result.layers_quantized)
+    ref, out = evaluate.run(model, data)[0], evaluate.run(result.model, data)[0]
+    assert np.corrcoef(ref.ravel(), out.ravel())[0, 1] > 0.99
+    # the fallback turns either kind back to float
+    lstm_float = quantize_model(model, data, mode="int8-mixed", check_speed=False, exclude=["lstm"]).model
+    assert _kinds(lstm_float) == {"static"} and any(n.op_type == "LSTM" for n in lstm_float.graph)
+    conv_float = quantize_model(model, data, mode="int8-mixed", check_speed=False, exclude=["conv"]).model
+    conv = next(n for n in conv_float.graph if n.op_type == "Conv")
+    assert "dynamic" in _kinds(conv_float) and conv.inputs[1].producer() is None  # float weight
+
+
+def _matmul_chain(layers: int, width: int = 256) -> ir.Model:
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / 16).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
+        x = f"h{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [64, width])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_latency_ratios_times_several_candidates_against_one_baseline():
+    from onnxopt.bench import latency_ratios
+
+    feed = {"x": np.ones((64, 256), np.float32)}
+    ratios, base_ms, cand_ms = latency_ratios(_matmul_chain(4), [_matmul_chain(1), _matmul_chain(16)], feed, min_seconds=0.2)
+    assert len(ratios) == len(cand_ms) == 2 and base_ms > 0
+    assert ratios[0] < 1 < ratios[1]  # a quarter of the work is faster, four times the work slower
+    assert ratios == pytest.approx([c / base_ms for c in cand_ms])
