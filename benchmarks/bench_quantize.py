@@ -291,7 +291,9 @@ def findings(results: list[dict]) -> list[str]:
                  f"is several times slower than fp32 on CNNs: {ratios('ort dynamic default', cnn_only=True)}; onnxopt's "
                  "`int8-dynamic` quantizes only MatMul/Gemm/Attention and LSTM (the transformer and the recurrent "
                  f"case): {ratios('onnxopt int8-dynamic')}. Where a model has both (the OCR recognizer: convolutions, "
-                 "a bidirectional LSTM, an 8210-class MatMul), `optimize` tries both modes and keeps the faster.")  # fmt: skip
+                 "a bidirectional LSTM, an 8210-class MatMul), `int8-mixed` runs the convolutions as static QDQ and "
+                 f"the LSTM/MatMul as dynamic int8 in one model: {ratios('onnxopt int8-mixed')}; `optimize` tries "
+                 "static, dynamic and mixed and keeps the fastest, timed against each other.")  # fmt: skip
     lines.append("- **speed guard**: an int8 model that is not measurably faster (ratio > 0.95 with 1 or with 2 "
                  "threads, p25 of single runs, inside `quantize_model`) is not returned; the row then says "
                  "\"no int8\" and why. The `onnxopt int8 s8s8` rows are built with the guard off, to show the type "
