@@ -10,7 +10,9 @@ How the budget B is shared: every candidate of every stage is scored against the
 *original* model, so a stage sees the loss of the stages before it. Each stage may use the
 budget up to a cumulative cap — prune ``0.5·B``, lowrank ``0.75·B``, quantize ``B`` —
 so that pruning (the largest MAC saving) cannot leave nothing to the later stages, and the
-total never exceeds B. "Within" means the drop plus one standard error of the paired
+total never exceeds B. When the budget still limited the last stage (quantize kept layers
+float), that stage is also run alone with all of B and kept instead if it measures faster
+(:func:`onnxopt.pipeline.try_last_stage_alone`). "Within" means the drop plus one standard error of the paired
 per-sample drop (:class:`onnxopt.evaluate.Evaluator`): a search that keeps the most
 compressed passing candidate would otherwise meet the budget on the held-out set by
 selection and miss it on new inputs. With ``speed_check`` a lossy stage is also kept only when it makes
@@ -42,7 +44,15 @@ from onnxopt.lowrank import lowrank_stage
 from onnxopt.model_io import check_output_path, load_model, save_model
 from onnxopt.passes.cleanup import CleanupPass
 from onnxopt.passes.fold_bn import FoldBatchNormPass
-from onnxopt.pipeline import Context, Stage, StageRecord, confirm_speedup, pass_stage, run_stages
+from onnxopt.pipeline import (
+    Context,
+    Stage,
+    StageRecord,
+    confirm_speedup,
+    pass_stage,
+    run_stages,
+    try_last_stage_alone,
+)
 from onnxopt.pruning import prune_stage
 from onnxopt.quantization import quantize_stage
 from onnxopt.recipe import load_recipe
@@ -218,6 +228,8 @@ def optimize(
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
+    if speed_check:
+        optimized, records = try_last_stage_alone(optimized, records, pipeline, ctx)
     speedup = None
     if speed_check and any(r.kept and not r.lossless for r in records):
         ctx.progress("final speed check")

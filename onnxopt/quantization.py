@@ -546,6 +546,8 @@ def quantize_stage(**options: Any) -> Stage:
         skipped = sorted(best.layers_float.items())
         details = best.to_dict()
         details["attempts"] = attempts
+        # a fallback search ran: the budget, not the model, decided how much stays float
+        details["budget_limited"] = any(r.search for r in results)
         details["cpu_speedup"] = {threads: 1.0 / ratio for threads, ratio in best.latency_ratios.items() if ratio}
         return StageOutcome(best.model, best.applied, applied, skipped, details)
 

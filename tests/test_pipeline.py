@@ -152,6 +152,17 @@ def test_speed_check_uses_the_stage_own_cpu_measurement(monkeypatch, own, kept):
     assert records[0].details["speedup"] == own
 
 
+def _append_identity(model: ir.Model, ctx: Context) -> StageOutcome:
+    out = model.graph.outputs[0]
+    producer = out.producer()
+    node = ir.node("Identity", [producer.outputs[0]], num_outputs=1)
+    model.graph.append(node)
+    model.graph.outputs[0] = node.outputs[0]
+    node.outputs[0].name, producer.outputs[0].name = out.name, out.name + f"_{len(model.graph)}"
+    node.outputs[0].type, node.outputs[0].shape = out.type, out.shape
+    return StageOutcome(model, True)
+
+
 @pytest.mark.parametrize("measured, kept_after", [([1.3], [True, True]), ([0.9, 1.1], [True, False]), ([0.9, 0.95, 0.99], [False, False])])
 def test_final_check_rolls_back_lossy_stages_last_first_until_faster(monkeypatch, measured, kept_after):
     """Stage checks passed, but the whole is timed against the original: never slower."""
@@ -161,19 +172,9 @@ def test_final_check_rolls_back_lossy_stages_last_first_until_faster(monkeypatch
     readings = iter(measured)
     monkeypatch.setattr(pipeline, "measure_speedup", lambda *args, **kwargs: next(readings))
 
-    def append_identity(model: ir.Model, ctx: Context) -> StageOutcome:
-        out = model.graph.outputs[0]
-        producer = out.producer()
-        node = ir.node("Identity", [producer.outputs[0]], num_outputs=1)
-        model.graph.append(node)
-        model.graph.outputs[0] = node.outputs[0]
-        node.outputs[0].name, producer.outputs[0].name = out.name, out.name + f"_{len(model.graph)}"
-        node.outputs[0].type, node.outputs[0].shape = out.type, out.shape
-        return StageOutcome(model, True)
-
     model = _model()
     ctx = _ctx(model)
-    stages = [Stage("first", append_identity, lossless=False), Stage("second", append_identity, lossless=False)]
+    stages = [Stage("first", _append_identity, lossless=False), Stage("second", _append_identity, lossless=False)]
     result, records = run_stages(model, stages, ctx)
     assert len(result.graph) == len(model.graph) + 2
     final, speedup = confirm_speedup(model, result, records, ctx)
@@ -183,6 +184,39 @@ def test_final_check_rolls_back_lossy_stages_last_first_until_faster(monkeypatch
     for record in records:
         assert record.kept or "final check" in record.reason
     assert "before" not in records[0].to_dict()
+
+
+@pytest.mark.parametrize("limited, measured, alone_wins", [(True, 1.2, True), (True, 0.9, False), (False, None, False)])
+def test_budget_limited_last_stage_is_tried_alone_and_kept_when_faster(monkeypatch, limited, measured, alone_wins):
+    """Greedy stages: the last one only got what the first left of the budget. Run alone with
+    the whole budget it may be faster; the two results are timed against each other."""
+    import onnxopt.pipeline as pipeline
+    from onnxopt.pipeline import try_last_stage_alone
+
+    timed = []
+    monkeypatch.setattr(pipeline, "measure_speedup", lambda *a, **k: timed.append(1) or measured)
+    runs = []
+
+    def last(model: ir.Model, ctx: Context) -> StageOutcome:
+        runs.append(len(model.graph))
+        outcome = _append_identity(model, ctx)
+        outcome.details["budget_limited"] = limited
+        return outcome
+
+    model = _model()
+    ctx = _ctx(model)
+    stages = [Stage("first", _append_identity, lossless=False), Stage("last", last, lossless=False)]
+    greedy, records = run_stages(model, stages, ctx)
+    final, records = try_last_stage_alone(greedy, records, stages, ctx)
+    assert runs == ([len(model.graph) + 1, len(model.graph)] if limited else [len(model.graph) + 1])
+    assert len(timed) == (1 if limited else 0)
+    assert [r.kept for r in records] == ([False, True] if alone_wins else [True, True])
+    assert len(final.graph) == len(model.graph) + (1 if alone_wins else 2)
+    if alone_wins:
+        assert "dropped: last alone" in records[0].reason and records[1].before is not None
+        assert len(records[1].before.graph) == len(model.graph)  # what the final check would roll back to
+    elif limited:
+        assert "not kept" in records[1].details["alone"]
 
 
 def test_float16_model_verified_with_float16_tolerance():
