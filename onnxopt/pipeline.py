@@ -284,8 +284,12 @@ def try_last_stage_alone(
     alone, (record,) = run_stages(earlier[0].before, [stage], ctx)
     if not record.kept:
         return current, records
-    speedup = measure_speedup(current, alone, ctx, seconds=2 * ctx.speed_seconds)
     names = ", ".join(r.name for r in earlier)
+    try:
+        speedup = measure_speedup(current, alone, ctx, seconds=2 * ctx.speed_seconds)
+    except OnnxoptError as exc:  # the greedy result stands
+        last.details["alone"] = f"{stage.name} without {names}: not timed ({exc})"
+        return current, records
     if speedup <= 1.0:
         last.details["alone"] = f"{stage.name} without {names}: {speedup:.2f}× the speed of the result; not kept"
         return current, records

@@ -554,6 +554,11 @@ def quantize_stage(**options: Any) -> Stage:
     return Stage("quantize" if options["mode"] == "auto" else f"quantize-{options['mode']}", run, lossless=False)
 
 
+def _ratio(result: QuantizeResult) -> float:
+    """An attempt's own latency ratio; unmeasured ranks last."""
+    return result.latency_ratio if result.latency_ratio is not None else math.inf
+
+
 def _fastest(model: ir.Model, applied: list[QuantizeResult], calib: Dataset | None, attempts: list[dict[str, Any]],
              threads: Iterable[int]) -> QuantizeResult:
     """The fastest of several applied int8 results, timed against each other and the float
@@ -564,9 +569,12 @@ def _fastest(model: ir.Model, applied: list[QuantizeResult], calib: Dataset | No
         return applied[0]
     feed = _one_batch(model, calib)
     worst = [0.0] * len(applied)
-    for n in threads:
-        ratios, _, _ = latency_ratios(model, [r.model for r in applied], feed, threads=n)
-        worst = [max(w, r) for w, r in zip(worst, ratios)]
+    try:
+        for n in threads:
+            ratios, _, _ = latency_ratios(model, [r.model for r in applied], feed, threads=n)
+            worst = [max(w, r) for w, r in zip(worst, ratios)]
+    except OnnxoptError:  # cannot time them together: each attempt's own measurement decides
+        return min(applied, key=_ratio)
     by_mode = {r.mode: ratio for r, ratio in zip(applied, worst)}
     for attempt in attempts:
         if attempt["mode"] in by_mode:

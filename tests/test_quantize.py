@@ -541,3 +541,21 @@ def test_latency_ratios_times_several_candidates_against_one_baseline():
     assert len(ratios) == len(cand_ms) == 2 and base_ms > 0
     assert ratios[0] < 1 < ratios[1]  # a quarter of the work is faster, four times the work slower
     assert ratios == pytest.approx([c / base_ms for c in cand_ms])
+
+
+def test_auto_mode_falls_back_to_each_attempts_own_timing_when_they_cannot_be_timed_together(monkeypatch):
+    import onnxopt.quantization as q
+    from onnxopt.errors import OnnxoptError
+
+    def cannot(*args, **kwargs):
+        raise OnnxoptError("no session")
+
+    monkeypatch.setattr(q, "latency_ratio", lambda f, c, feed, threads=1: (0.5 if _kinds(c) == {"static"} else 0.8, 1.0, 1.0))
+    monkeypatch.setattr(q, "latency_ratios", cannot)
+    model = _conv_lstm_model()
+    data = Dataset({"x": np.random.default_rng(1).standard_normal((64, 16, 6)).astype(np.float32)})
+    calib, held_out = data.split(0.5, 0)
+    ctx = Context(verify_data=held_out.take(slice(0, 8)), calib=calib, evaluator=evaluate.Evaluator(model, held_out, metric="cosine"),
+                  max_drop=0.5, shapes={"x": [1, 16, 6]})  # fmt: skip
+    final, records = run_stages(model, [quantize_stage()], ctx)
+    assert records[0].kept and _kinds(final) == {"static"}
