@@ -30,8 +30,9 @@ How a pipeline runs (:func:`run_stages`):
    its fallback search, kept or not) and earlier lossy stages were kept,
    :func:`try_last_stage_alone` runs it once more on the model before those, with the whole
    budget, and keeps that result instead when it measures faster, timed against the greedy
-   one in one interleaved run. ddddocr's recognizer: low-rank then int8 left most convolutions float (final checks
-   1.45–1.58×); int8 alone, static convolutions + dynamic LSTM, 1.62×.
+   one in one interleaved run. ddddocr's recognizer: low-rank then int8 left most
+   convolutions float (final checks 1.45–1.58×); int8 alone, static convolutions + dynamic
+   LSTM, 1.62×.
 """
 
 from __future__ import annotations
@@ -269,10 +270,10 @@ def confirm_speedup(original: ir.Model, current: ir.Model, records: Sequence[Sta
 def try_last_stage_alone(
     current: ir.Model, records: list[StageRecord], stages: Sequence[Stage], ctx: Context
 ) -> tuple[ir.Model, list[StageRecord]]:
-    """The greedy result, or the last kept lossy stage run alone with the whole budget when
-    that measures faster (module docstring, step 8). The alternative is run and checked by
-    :func:`run_stages` like any stage; when it wins, the earlier lossy stages are marked
-    not kept with the reason and its record replaces the greedy one."""
+    """The greedy result, or the last lossy stage (kept or not) run alone with the whole
+    budget when that measures faster (module docstring, step 8). The alternative is run and
+    checked by :func:`run_stages` like any stage; when it wins, the earlier kept lossy
+    stages are marked not kept with the reason and its record replaces the last one."""
     last = next((r for r in reversed(records) if not r.lossless), None)
     earlier = [r for r in records if r.kept and not r.lossless and r.before is not None and r is not last]
     if last is None or not earlier or not last.details.get("budget_limited"):
