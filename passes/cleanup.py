@@ -95,7 +95,8 @@ _UNLIMITED = 1 << 62
 def fold_weight_subgraphs(model: ir.Model) -> bool:
     """Fold the constant-only subgraphs that compute the weights (inputs after the first) of
     :data:`WEIGHTED_OPS` nodes into initializers, whatever their size; nothing else is
-    touched. Returns whether anything was folded."""
+    touched. Returns whether anything was folded (a cone onnxscript declines to fold, e.g.
+    an op it cannot evaluate, leaves the graph as it was and does not count)."""
     cone: set[int] = set()
     for node in model.graph:
         if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
@@ -105,12 +106,13 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
                 cone |= _constant_cone(value)
     if not cone:
         return False
+    nodes_before = len(model.graph)
     with _quiet("onnxscript", "onnx_ir"):
         onnxscript.optimizer.fold_constants(
             model, input_size_limit=_UNLIMITED, output_size_limit=_UNLIMITED, should_fold=lambda n: id(n) in cone
         )
     common.RemoveUnusedNodesPass()(model)
-    return True
+    return len(model.graph) < nodes_before
 
 
 def _constant_cone(value: ir.Value) -> set[int]:
