@@ -77,10 +77,9 @@ LOSSY_STAGES: dict[str, tuple[Callable[..., Stage], float]] = {
     "lowrank": (lowrank_stage, 0.75),
     "quantize": (quantize_stage, 1.0),
 }
-# Channel counts that are multiples of 8 keep onnxruntime's blocked (NCHWc) convolution
-# kernels; measured on the hard-digits CNN at 30 % MACs removed: odd counts 0.72×, rounded
-# to 8 0.89× the original's speed, so optimize rounds by default.
-DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {"prune": {"round_to": 8}}
+# Stage options optimize sets where the stage's own default differs (none at present:
+# pruning rounds kept channels to pruning.CHANNEL_MULTIPLE by default).
+DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {}
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 # Stage settings that fix how much a stage removes; with one of them no budget search runs.
 _FIXED_AMOUNT_KEYS = ("ratio", "cr", "rank", "energy", "max_drop")

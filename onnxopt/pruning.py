@@ -6,7 +6,8 @@ Allocation (how many units each group keeps, from per-unit scores ``s``):
   units with the lowest normalised score is removed, wherever it lies;
 - ``cr`` (the thesis's cumulative contribution rate): per group ``P_i = s_i / Σ_j s_j``;
   sorted descending, keep the fewest units whose ``Σ P`` reaches ``cr``.
-Every group keeps at least one unit; ``round_to`` rounds the kept count up to a multiple.
+Every group keeps at least one unit; ``round_to`` rounds the kept count up to a multiple,
+by default :data:`CHANNEL_MULTIPLE`.
 
 Recovery without training (reconstruction needs calibration data):
 1. *bias compensation* (``passes/prune.py``): the mean of every removed input feature times
@@ -26,7 +27,7 @@ data; the most compressed candidate within the budget wins.
 from __future__ import annotations
 
 __all__ = [
-    "ALLOCATIONS", "Pruner", "PruneResult", "allocate", "default_criterion", "prune_model", "prune_stage", "reconstruct",
+    "ALLOCATIONS", "CHANNEL_MULTIPLE", "Pruner", "PruneResult", "allocate", "default_criterion", "prune_model", "prune_stage", "reconstruct",
 ]  # fmt: skip
 
 import dataclasses
@@ -50,6 +51,13 @@ from onnxopt.reconstruction import reconstruct
 from onnxopt.search import SearchStep, search_budget
 
 ALLOCATIONS = ("uniform", "global", "cr")
+# Kept channel counts are rounded up to this multiple unless the caller says otherwise:
+# onnxruntime's CPU convolutions run in a blocked layout (NCHWc, blocks of 8 channels with
+# AVX2, 16 with AVX-512) only when the counts divide into blocks, and fall back to a slower
+# path with layout reorders around it otherwise. Measured (AMD EPYC, AVX2, one interleaved
+# run each, l1 uniform 30 %): resnet18 1.36-1.42x with exact counts vs 1.67-1.80x rounded to 8;
+# mobilenet_v2 0.87-0.97x (slower than the original, with 47 % fewer MACs) vs 1.52-1.57x.
+CHANNEL_MULTIPLE = 8
 
 
 # --------------------------------------------------------------------------- allocation
@@ -190,7 +198,7 @@ class Pruner:
 
     def __init__(
         self, model: ir.Model, calib: Dataset | None = None, *, criterion: str = "permutation",
-        allocation: str = "cr", round_to: int = 1, reconstruct: bool = True, bias_compensation: bool = True,
+        allocation: str = "cr", round_to: int = CHANNEL_MULTIPLE, reconstruct: bool = True, bias_compensation: bool = True,
         seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:  # fmt: skip
@@ -305,7 +313,7 @@ def prune_model(
     cr: float | None = None,
     max_drop: float | None = None,
     allocation: str | None = None,
-    round_to: int = 1,
+    round_to: int = CHANNEL_MULTIPLE,
     reconstruct: bool = True,
     bias_compensation: bool = True,
     seed: int = 0,

@@ -19,7 +19,7 @@ from onnxopt.groups import analyze_groups, const_array
 from onnxopt.importance import CRITERIA, group_importance
 from onnxopt.model_io import load_model
 from onnxopt.pipeline import Context, run_stages
-from onnxopt.pruning import allocate, prune_model, prune_stage
+from onnxopt.pruning import CHANNEL_MULTIPLE, allocate, prune_model, prune_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "onnxopt" / "demo" / "digits_cnn.onnx"
@@ -132,14 +132,15 @@ def test_bias_compensation_keeps_the_consumers_mean_output():
     probe_model = model.clone()
     c_value = next(n for n in probe_model.graph if n.name == "c2").outputs[0]
     probe_model.graph.outputs.append(c_value)
-    result = prune_model(model, calib, criterion="l2", ratio=0.5, reconstruct=False)
+    result = prune_model(model, calib, criterion="l2", ratio=0.5, reconstruct=False, round_to=1)
     pruned = result.model.clone()
     pruned.graph.outputs.append(next(n for n in pruned.graph if n.name == "c2").outputs[0])
     before = evaluate.run(probe_model, calib)[1].mean(axis=(0, 2, 3))
     after = evaluate.run(pruned, calib)[1].mean(axis=(0, 2, 3))
     # c2's own output channels are pruned too (its group): compare the kept ones
     assert len(after) == 2 and all(np.abs(before - v).min() < 1e-4 for v in after)
-    plain = prune_model(model, calib, criterion="l2", ratio=0.5, reconstruct=False, bias_compensation=False).model
+    plain = prune_model(model, calib, criterion="l2", ratio=0.5, reconstruct=False, bias_compensation=False,
+                        round_to=1).model
     plain.graph.outputs.append(next(n for n in plain.graph if n.name == "c2").outputs[0])
     plain_after = evaluate.run(plain, calib)[1].mean(axis=(0, 2, 3))
     assert max(np.abs(before - v).min() for v in plain_after) > 1e-2
@@ -153,6 +154,19 @@ def hard_digits():
     data = load_npz(HARD_DATA, model)
     calib, held_out = data.split(0.5, 0)
     return model, calib.take(slice(0, 64)), held_out.take(slice(0, 200))
+
+
+def test_kept_channels_are_rounded_to_multiples_of_8_by_default(hard_digits):
+    """Exact counts (32 → 23) drop onnxruntime's blocked convolutions (bench_prune's latency
+    table: slower than the original on mobilenet_v2); the default keeps multiples of 8."""
+    model = hard_digits[0]
+    rounded = prune_model(model, criterion="l1", ratio=0.3)
+    exact = prune_model(model, criterion="l1", ratio=0.3, round_to=1)
+    assert rounded.modified and all(layer["after"] % CHANNEL_MULTIPLE == 0 for layer in rounded.layers)
+    assert any(layer["after"] % CHANNEL_MULTIPLE for layer in exact.layers)
+    assert exact.macs_after < rounded.macs_after < rounded.macs_before
+    convs = [n for n in rounded.model.graph if n.op_type == "Conv"]
+    assert all(n.inputs[1].const_value.shape[0] % CHANNEL_MULTIPLE == 0 for n in convs)
 
 
 def test_recovery_restores_a_trained_cnn(hard_digits):
@@ -220,7 +234,7 @@ def test_prune_stage_in_the_pipeline():
     calib = _calib(16)
     held_out = _calib(16, seed=1)
     ctx = Context(verify_data=held_out, calib=calib, evaluator=evaluate.Evaluator(model, held_out, metric="cosine"), max_drop=0.5)
-    stage = prune_stage(criterion="l2", ratio=0.25)
+    stage = prune_stage(criterion="l2", ratio=0.25, round_to=1)
     assert not stage.lossless
     final, records = run_stages(model, [stage], ctx)
     assert records[0].kept, records[0].reason
@@ -297,8 +311,8 @@ def test_data_free_bias_compensation_uses_bn_beta_through_relu():
     model = dead_channel_model()
     analysis = analyze_groups(model)
     removals = allocate(group_importance(model, analysis, "l1"), "uniform", 0.5)
-    compensated = prune_model(model, criterion="l1", ratio=0.5).model
-    plain = prune_model(model, criterion="l1", ratio=0.5, bias_compensation=False).model
+    compensated = prune_model(model, criterion="l1", ratio=0.5, round_to=1).model
+    plain = prune_model(model, criterion="l1", ratio=0.5, bias_compensation=False, round_to=1).model
 
     def c2(m):
         node = next(n for n in m.graph if n.name == "c2")
@@ -318,10 +332,10 @@ def test_fixed_batch_model_with_full_recovery():
     model = dead_channel_model(batch=1)
     calib, held_out = _calib(6), _calib(6, seed=1)
     evaluator = evaluate.Evaluator(model, held_out, metric="cosine")
-    result = prune_model(model, calib, evaluator, criterion="apoz", ratio=0.25)
+    result = prune_model(model, calib, evaluator, criterion="apoz", ratio=0.25, round_to=1)
     assert result.reconstructed and result.scores["pruned"] > 0.5
     dynamic = prune_model(dead_channel_model(), calib, evaluate.Evaluator(dead_channel_model(), held_out, metric="cosine"),
-                          criterion="apoz", ratio=0.25)
+                          criterion="apoz", ratio=0.25, round_to=1)
     assert result.scores["pruned"] == pytest.approx(dynamic.scores["pruned"], abs=1e-3)
 
 
@@ -346,7 +360,7 @@ def test_report_of_a_deep_model_does_not_recurse():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits,
     )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    result = prune_model(model, criterion="l1", ratio=0.5, reconstruct=False)
+    result = prune_model(model, criterion="l1", ratio=0.5, reconstruct=False, round_to=1)
     report = result.to_dict()
     assert report["macs_kept"] < 1.0
 
