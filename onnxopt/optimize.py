@@ -77,9 +77,6 @@ LOSSY_STAGES: dict[str, tuple[Callable[..., Stage], float]] = {
     "lowrank": (lowrank_stage, 0.75),
     "quantize": (quantize_stage, 1.0),
 }
-# Stage options optimize sets where the stage's own default differs (none at present:
-# pruning rounds kept channels to pruning.CHANNEL_MULTIPLE by default).
-DEFAULT_STAGE_OPTIONS: dict[str, dict[str, Any]] = {}
 TARGETS = {"cpu": ("cpu",), "cuda": ("cuda", "cpu")}
 # Stage settings that fix how much a stage removes; with one of them no budget search runs.
 _FIXED_AMOUNT_KEYS = ("ratio", "cr", "rank", "energy", "max_drop")
@@ -220,9 +217,8 @@ def optimize(
             if name not in LOSSY_STAGES:
                 raise OnnxoptError(f"unknown stage {name!r}; available: {', '.join(LOSSY_STAGES) or 'none'}")
             factory, share = LOSSY_STAGES[name]
-            pinned_options = dict((stage_options or {}).get(name, {}))
-            options = {**DEFAULT_STAGE_OPTIONS.get(name, {}), **pinned_options}
-            if not any(k in pinned_options for k in _FIXED_AMOUNT_KEYS):
+            options = dict((stage_options or {}).get(name, {}))
+            if not any(k in options for k in _FIXED_AMOUNT_KEYS):
                 options["max_drop"] = max_drop * share  # searched under its share of the budget
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
