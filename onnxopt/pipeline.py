@@ -10,8 +10,8 @@ How a pipeline runs (:func:`run_stages`):
    whose outputs differ beyond ``rtol``/``atol`` is rolled back ("not exact"). A **lossy**
    stage is checked against the original model's task score on held-out data and rolled
    back when the accumulated drop exceeds the budget.
-5. With ``ctx.speed_check`` set, a lossy stage must also make the model faster on the
-   target: candidate and current model are timed interleaved in one process
+5. With ``ctx.speed_check`` set, a lossy stage (and a lossless one marked
+   ``needs_speedup``) must also make the model faster on the target: candidate and current model are timed interleaved in one process
    (:mod:`onnxopt.bench`) and the stage is rolled back unless the p50 ratio reaches
    ``ctx.min_speedup``. A smaller but slower model is not what ``optimize`` promises.
    A stage that timed its own result against its input on the CPU provider at the
@@ -116,17 +116,21 @@ class Stage:
 
     ``lossless`` stages must reproduce their input's outputs; the others are judged by the
     task score against the budget. A stage with ``fallback_for`` runs only when the stage of
-    that name was rolled back (a more conservative variant of it).
+    that name was rolled back (a more conservative variant of it). A lossless stage with
+    ``needs_speedup`` (a rewrite that adds work to run faster, e.g. channel padding) is,
+    like a lossy one, kept only when it measures faster; with the speed check off, never.
     """
 
     name: str
     run: Callable[[ir.Model, Context], StageOutcome]
     lossless: bool = True
     fallback_for: str | None = None
+    needs_speedup: bool = False
 
 
 def pass_stage(
-    name: str, make_pass: Callable[[], ir.passes.PassBase], *, lossless: bool = True, fallback_for: str | None = None
+    name: str, make_pass: Callable[[], ir.passes.PassBase], *, lossless: bool = True, fallback_for: str | None = None,
+    needs_speedup: bool = False,
 ) -> Stage:
     """A stage that applies one ``onnx_ir`` pass (a fresh instance per run)."""
 
@@ -140,7 +144,7 @@ def pass_stage(
             list(getattr(p, "skipped", [])),
         )
 
-    return Stage(name, _run, lossless, fallback_for)
+    return Stage(name, _run, lossless, fallback_for, needs_speedup)
 
 
 @dataclasses.dataclass
@@ -221,7 +225,9 @@ def run_stages(
                                 f"{ctx.evaluator.metric_name} drop {ctx.evaluator.drop_text(record.score)} "
                                 f"exceeds the budget {budget:g}"
                             )
-                    if not record.reason and not stage.lossless and ctx.speed_check:
+                    if not record.reason and stage.needs_speedup and not ctx.speed_check:
+                        record.reason = "kept only when measured faster, and the speed check is off"
+                    if not record.reason and (not stage.lossless or stage.needs_speedup) and ctx.speed_check:
                         own = (outcome.details.get("cpu_speedup") or {}).get(ctx.threads)
                         reuse = own is not None and ctx.providers[0] == "cpu"
                         speedup = own if reuse else measure_speedup(current, candidate, ctx)

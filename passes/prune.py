@@ -27,7 +27,7 @@ initializer shared by several nodes before slicing it for one of them.
 
 from __future__ import annotations
 
-__all__ = ["PruneChannelsPass"]
+__all__ = ["PruneChannelsPass", "refresh_shapes"]
 
 import logging
 from collections.abc import Mapping, Sequence
@@ -122,7 +122,7 @@ class PruneChannelsPass(LoggedPass):
                 self._apply(member, positions, analysis.channels.get(member.value, 0))
                 modified = True
         if modified:
-            _refresh_shapes(model)
+            refresh_shapes(model)
         return ir.passes.PassResult(model, modified=modified)
 
     # one member ---------------------------------------------------------------------
@@ -186,7 +186,7 @@ class PruneChannelsPass(LoggedPass):
         self.skip(node, "no constant bias Add after this MatMul: bias compensation skipped")
 
 
-def _refresh_shapes(model: ir.Model) -> None:
+def refresh_shapes(model: ir.Model) -> None:
     """Forget stale intermediate shapes and infer them again."""
     outputs = {id(v) for v in model.graph.outputs}
     for node in model.graph:

@@ -27,7 +27,7 @@ def test_recipe_pins_stages_and_their_settings(model_and_data, tmp_path):
     )
     result = optimize(model, data=data, recipe=recipe, speed_check=False)
     names = [s.name for s in result.stages]
-    assert names == ["cleanup", "fold_bn", "prune"]  # only the pinned lossy stage ran
+    assert names == ["cleanup", "fold_bn", "pad_channels", "prune"]  # only the pinned lossy stage ran
     prune = result.stages[-1]
     assert prune.kept, prune.reason
     assert result.after.macs < result.before.macs  # ratio 0.5 was applied

@@ -1,0 +1,153 @@
+"""Pad channel groups with zero channels up to a multiple (lossless; the inverse of pruning).
+
+onnxruntime's CPU convolutions run in a blocked layout (NCHWc: blocks of 8 channels with
+AVX2, 16 with AVX-512) only when channel counts divide into blocks; otherwise they take a
+slower path with layout reorders around it. Models pruned with exact channel counts (e.g.
+by a PyTorch pruning library, then exported) lose much of their speed-up that way
+(prune.md: mobilenet_v2 with 30 % of its channels removed at exact counts runs 0.90× as
+fast as the original). Padding each :class:`~onnxopt.groups.ChannelGroup` with zero
+channels brings the counts back to multiples at a small MAC cost.
+
+For a group of ``c`` units padded to ``c' = ⌈c / m⌉·m``, ``c' − c`` channels are inserted
+right after the group's last channel in every value of the group, and every member grows
+its tensor there (the exact mirror of :class:`~onnxopt.passes.prune.PruneChannelsPass`):
+
+- producer Conv / Gemm / MatMul, depthwise Conv: zero filters and zero bias entries (a
+  depthwise ``group`` grows with the channels), so the new channels are 0 after the source;
+- per-channel constants: 0, but 1 where a 0 would make the new channels NaN or infinite
+  (BatchNormalization variance, a ``Div`` divisor, a ``Pow`` exponent); BN with scale 0 maps
+  0 to its bias 0;
+- consumer Conv / Gemm / MatMul: zero input columns, so whatever the new channels hold
+  after element-wise ops (``Sigmoid(0) = 0.5`` in an SE gate) never reaches an output;
+- Reshape target shapes that spell the channel count: rewritten.
+
+Rules:
+1. Only prunable groups are padded (the same analysis proves that the channels of a group
+   reach nothing but its members), and only those whose channels sit contiguously in each
+   of their values; others are skipped with the reason.
+2. Groups of fewer than ``multiple`` channels are left alone (a 4-channel head would double).
+3. The result computes the same outputs (up to float summation order); whether it is
+   *faster* depends on the kernels, so ``optimize`` keeps it only when it measures faster.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PadChannelsPass"]
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxopt.graph import set_const_input
+from onnxopt.groups import (
+    DEPTHWISE,
+    PARAM,
+    PRODUCER,
+    SHAPE,
+    ChannelGroup,
+    GroupAnalysis,
+    Member,
+    analyze_groups,
+    const_array,
+)
+from onnxopt.passes.base import LoggedPass
+from onnxopt.passes.prune import refresh_shapes
+
+# (op type, input index) of per-channel constants whose padding must be 1, not 0
+_ONE_FILLED = {("BatchNormalization", 4), ("Div", 1), ("Pow", 1)}
+
+
+class PadChannelsPass(LoggedPass):
+    """Pad every prunable channel group to a multiple of ``multiple`` channels with zero
+    channels (module docstring)."""
+
+    def __init__(self, multiple: int = 8, *, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        super().__init__()
+        if multiple < 1:
+            raise ValueError(f"multiple must be positive, got {multiple}")
+        self.multiple = multiple
+        self.shapes = shapes
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.multiple == 1:
+            return ir.passes.PassResult(model, modified=False)
+        analysis = analyze_groups(model, self.shapes)
+        # member key → [(insert at channel position, channels to insert)], value → added channels
+        inserts: dict[tuple[int, str, int], tuple[Member, list[tuple[int, int]]]] = {}
+        added: dict[str, int] = {}
+        for group in analysis.groups:
+            pad = self._padding(group)
+            if not pad:
+                continue
+            starts = {value: _start(idx, group.units) for value, idx in group.index.items()}
+            if any(s is None for s in starts.values()):
+                self.skip(group.name, "its channels are not contiguous in every value: not padded")
+                continue
+            for value in starts:
+                added[value] = added.get(value, 0) + pad
+            seen: set[tuple[int, str, int]] = set()
+            for member in group.members:
+                key = (id(member.node), member.role, member.input_index)
+                if key in seen:  # listed twice in one group: grow it once
+                    continue
+                seen.add(key)
+                entry = inserts.setdefault(key, (member, []))
+                if member.role != SHAPE:
+                    entry[1].append((starts[member.value] + group.units, pad))
+            self.did(group.name, f"{group.units} → {group.units + pad} channels (zero-padded)")
+        for member, where in inserts.values():
+            self._apply(member, where, analysis, added)
+        if inserts:
+            refresh_shapes(model)
+        return ir.passes.PassResult(model, modified=bool(inserts))
+
+    def _padding(self, group: ChannelGroup) -> int:
+        if group.units % self.multiple == 0 or group.units < self.multiple:
+            return 0
+        if not group.prunable:
+            self.skip(group.name, "not padded: " + "; ".join(group.reasons[:2]))
+            return 0
+        return -group.units % self.multiple
+
+    def _apply(self, m: Member, where: list[tuple[int, int]], analysis: GroupAnalysis, added: Mapping[str, int]) -> None:
+        node = m.node
+        if m.role == SHAPE:
+            target = const_array(node.inputs[m.input_index]).copy()
+            flat = target.reshape(-1)
+            flat[m.axis] = (analysis.channels[m.value] + added[m.value]) * m.block
+            set_const_input(node, m.input_index, flat.reshape(target.shape))
+            return
+        fill = 1.0 if m.role == PARAM and (node.op_type, m.input_index) in _ONE_FILLED else 0.0
+        set_const_input(node, m.input_index, _insert(const_array(node.inputs[m.input_index]), where, m.axis, m.block, fill))
+        if m.role in (PRODUCER, DEPTHWISE):
+            bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+            bias = const_array(bias_value) if bias_value is not None else None
+            if bias is not None and bias.size > 1:
+                set_const_input(node, 2, _insert(bias, where, bias.ndim - 1, 1, 0.0))
+        if m.role == DEPTHWISE:
+            node.attributes["group"] = ir.AttrInt64("group", analysis.channels[m.value] + added[m.value])
+
+
+def _start(index: np.ndarray, units: int) -> int | None:
+    """First position of the group's channels in a value when they are ``0 … units-1`` in
+    order and contiguous there, else None."""
+    positions = np.nonzero(index >= 0)[0]
+    if len(positions) != units or positions[-1] - positions[0] + 1 != units:
+        return None
+    if not np.array_equal(index[positions], np.arange(units)):
+        return None
+    return int(positions[0])
+
+
+def _insert(array: np.ndarray, where: list[tuple[int, int]], axis: int, block: int, fill: float) -> np.ndarray:
+    """``array`` with ``count·block`` entries of ``fill`` inserted at ``position·block`` along
+    ``axis`` for each ``(position, count)``; positions refer to the original layout."""
+    for position, count in sorted(where, reverse=True):  # later positions first: earlier ones stay valid
+        shape = list(array.shape)
+        shape[axis] = count * block
+        array = np.concatenate(
+            [np.take(array, range(position * block), axis=axis), np.full(shape, fill, array.dtype),
+             np.take(array, range(position * block, array.shape[axis]), axis=axis)], axis=axis,
+        )  # fmt: skip
+    return array
