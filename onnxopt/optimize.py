@@ -1,6 +1,7 @@
 """``optimize``: the default recipe, as one function pipelines can call.
 
-Recipe: cleanup (onnxscript optimizer + onnx_ir common passes) → fold_bn, all lossless and
+Recipe: cleanup (onnxscript optimizer + onnx_ir common passes) → fold_bn → pad_channels
+(zero channels up to multiples of 8, kept only when it measures faster), all lossless and
 verified on the verification inputs; with calibration data the lossy stages follow —
 prune → lowrank → quantize (:data:`LOSSY_STAGES`) — judged on held-out data against the
 original under one accuracy budget. Without data only lossless passes run, and the result
