@@ -17,7 +17,7 @@ from onnxopt.cli_common import (
     shape_option,
 )
 from onnxopt.importance import CRITERIA
-from onnxopt.pruning import ALLOCATIONS, CHANNEL_MULTIPLE
+from onnxopt.pruning import ALLOCATIONS
 from onnxopt.report import before_after_table, fmt_count, write_json
 
 
@@ -63,9 +63,9 @@ def _with_se(score: float) -> str:
                    "budget on held-out data (needs --data).")
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
               help="uniform or global with --ratio; cr with --cr; any with --max-accuracy-drop (default cr).")
-@click.option("--round-to", type=int, default=CHANNEL_MULTIPLE, show_default=True,
-              help="Round kept channels up to a multiple: onnxruntime's fast CPU convolutions need multiples "
-                   "of 8 (16 with AVX-512); 1 keeps exact counts.")
+@click.option("--round-to", type=int, default=None,
+              help="Round kept channels up to a multiple; default: onnxruntime's NCHWc block on this CPU (16 "
+                   "with AVX-512, else 8), which its fast convolutions need. 1 keeps exact counts.")
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares re-fit of consumer layers.")
 @click.option("--no-bias-compensation", is_flag=True, help="Skip moving removed channels' means into biases.")
 @shape_option

@@ -1,7 +1,7 @@
 """``optimize``: the default recipe, as one function pipelines can call.
 
 Recipe: cleanup (onnxscript optimizer + onnx_ir common passes) → fold_bn → pad_channels
-(zero channels up to multiples of 8, kept only when it measures faster), all lossless and
+(zero channels up to onnxruntime's NCHWc block, 8 or 16; kept only when it measures faster), all lossless and
 verified on the verification inputs; with calibration data the lossy stages follow —
 prune → lowrank → quantize (:data:`LOSSY_STAGES`) — judged on held-out data against the
 original under one accuracy budget. Without data only lossless passes run, and the result
@@ -55,7 +55,7 @@ from onnxopt.pipeline import (
     run_stages,
     try_last_stage_alone,
 )
-from onnxopt.pruning import CHANNEL_MULTIPLE, prune_stage
+from onnxopt.pruning import prune_stage
 from onnxopt.quantization import quantize_stage
 from onnxopt.recipe import load_recipe
 from onnxopt.report import ModelSummary, summarize
@@ -70,9 +70,9 @@ def lossless_stages() -> list[Stage]:
         # recognizer): without them, folding and dead-code removal still apply.
         pass_stage("cleanup-basic", lambda: CleanupPass(onnxscript_rules=False), fallback_for="cleanup"),
         pass_stage("fold_bn", FoldBatchNormPass),
-        # zero channels up to multiples of pruning.CHANNEL_MULTIPLE: onnxruntime's blocked
-        # convolutions for a model pruned elsewhere with exact counts, kept when measured faster
-        pass_stage("pad_channels", lambda: PadChannelsPass(CHANNEL_MULTIPLE), needs_speedup=True),
+        # zero channels up to onnxruntime's NCHWc block: its blocked convolutions for a model
+        # pruned elsewhere with exact counts, kept when measured faster
+        pass_stage("pad_channels", PadChannelsPass, needs_speedup=True),
     ]
 
 

@@ -7,7 +7,7 @@ Allocation (how many units each group keeps, from per-unit scores ``s``):
 - ``cr`` (the thesis's cumulative contribution rate): per group ``P_i = s_i / Σ_j s_j``;
   sorted descending, keep the fewest units whose ``Σ P`` reaches ``cr``.
 Every group keeps at least one unit; ``round_to`` rounds the kept count up to a multiple,
-by default :data:`CHANNEL_MULTIPLE`.
+by default onnxruntime's NCHWc block on this CPU (:func:`onnxopt.cpu.nchwc_block`).
 
 Recovery without training (reconstruction needs calibration data):
 1. *bias compensation* (``passes/prune.py``): the mean of every removed input feature times
@@ -27,7 +27,7 @@ data; the most compressed candidate within the budget wins.
 from __future__ import annotations
 
 __all__ = [
-    "ALLOCATIONS", "CHANNEL_MULTIPLE", "Pruner", "PruneResult", "allocate", "default_criterion", "prune_model", "prune_stage", "reconstruct",
+    "ALLOCATIONS", "Pruner", "PruneResult", "allocate", "default_criterion", "prune_model", "prune_stage", "reconstruct",
 ]  # fmt: skip
 
 import dataclasses
@@ -41,6 +41,7 @@ import onnx_ir as ir
 
 from onnxopt.calibration import Dataset
 from onnxopt.cost import model_cost
+from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
 from onnxopt.graph import attr
@@ -51,13 +52,19 @@ from onnxopt.reconstruction import reconstruct
 from onnxopt.search import SearchStep, search_budget
 
 ALLOCATIONS = ("uniform", "global", "cr")
-# Kept channel counts are rounded up to this multiple unless the caller says otherwise:
-# onnxruntime's CPU convolutions run in a blocked layout (NCHWc, blocks of 8 channels with
-# AVX2, 16 with AVX-512) only when the counts divide into blocks, and fall back to a slower
-# path with layout reorders around it otherwise. Measured (AMD EPYC, AVX2, one interleaved
-# run each, l1 uniform 30 %): resnet18 1.36-1.42x with exact counts vs 1.67-1.80x rounded to 8;
+# Kept channel counts are rounded up to onnxruntime's NCHWc block (onnxopt.cpu.nchwc_block:
+# 8 with AVX2, 16 with AVX-512) unless the caller says otherwise: its CPU convolutions run
+# blocked only when the counts divide into blocks, and fall back to a slower path with layout
+# reorders around it otherwise. Measured (AMD EPYC, AVX2, one interleaved run each, l1
+# uniform 30 %): resnet18 1.36-1.42x with exact counts vs 1.67-1.80x rounded to 8;
 # mobilenet_v2 0.87-0.97x (slower than the original, with 47 % fewer MACs) vs 1.52-1.57x.
-CHANNEL_MULTIPLE = 8
+
+
+def _resolve_round_to(round_to: int | None) -> int:
+    round_to = nchwc_block() if round_to is None else round_to
+    if round_to < 1:
+        raise OnnxoptError(f"round-to must be a positive integer, got {round_to}")
+    return round_to
 
 
 # --------------------------------------------------------------------------- allocation
@@ -174,6 +181,7 @@ class PruneResult:
     reconstructed: list[str] = dataclasses.field(default_factory=list)
     metric: str | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    round_to: int = 1  # kept channel counts are multiples of this (or the whole group)
 
     @property
     def modified(self) -> bool:
@@ -198,12 +206,12 @@ class Pruner:
 
     def __init__(
         self, model: ir.Model, calib: Dataset | None = None, *, criterion: str = "permutation",
-        allocation: str = "cr", round_to: int = CHANNEL_MULTIPLE, reconstruct: bool = True, bias_compensation: bool = True,
+        allocation: str = "cr", round_to: int | None = None, reconstruct: bool = True, bias_compensation: bool = True,
         seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:  # fmt: skip
         self.model, self.calib, self.shapes, self.seed = model, calib, shapes, seed
-        self.allocation, self.round_to = allocation, round_to
+        self.allocation, self.round_to = allocation, _resolve_round_to(round_to)
         self.progress = progress
         self.seconds: dict[str, float] = {}
         start = time.perf_counter()
@@ -313,7 +321,7 @@ def prune_model(
     cr: float | None = None,
     max_drop: float | None = None,
     allocation: str | None = None,
-    round_to: int = CHANNEL_MULTIPLE,
+    round_to: int | None = None,
     reconstruct: bool = True,
     bias_compensation: bool = True,
     seed: int = 0,
@@ -332,8 +340,7 @@ def prune_model(
         raise OnnxoptError("give exactly one of ratio, cr or max-accuracy-drop")
     if criterion not in CRITERIA:
         raise OnnxoptError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if round_to < 1:
-        raise OnnxoptError(f"round-to must be a positive integer, got {round_to}")
+    round_to = _resolve_round_to(round_to)
     if max_drop is not None and evaluator is None:
         if calib is None:
             raise OnnxoptError("max-accuracy-drop needs calibration data (--data) to evaluate candidates")
@@ -385,6 +392,7 @@ def prune_model(
     result = PruneResult(
         pruned, criterion, allocation, knob, layers, before.macs, after.macs, before.params, after.params,
         steps=steps, unprunable=unprunable, reconstructed=list(pruner.reconstructed), seconds=pruner.seconds,
+        round_to=round_to,
     )  # fmt: skip
     if evaluator is not None:
         result.metric = evaluator.metric_name

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.cpu import nchwc_block
 from onnxopt.graph import set_const_input
 from onnxopt.groups import (
     DEPTHWISE,
@@ -59,11 +60,13 @@ _ONE_FILLED = {("BatchNormalization", 4), ("Div", 1), ("Pow", 1)}
 
 
 class PadChannelsPass(LoggedPass):
-    """Pad every prunable channel group to a multiple of ``multiple`` channels with zero
+    """Pad every prunable channel group to a multiple of ``multiple`` channels (default:
+    onnxruntime's NCHWc block on this CPU, :func:`onnxopt.cpu.nchwc_block`) with zero
     channels (module docstring)."""
 
-    def __init__(self, multiple: int = 8, *, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+    def __init__(self, multiple: int | None = None, *, shapes: Mapping[str, Sequence[int]] | None = None) -> None:
         super().__init__()
+        multiple = nchwc_block() if multiple is None else multiple
         if multiple < 1:
             raise ValueError(f"multiple must be positive, got {multiple}")
         self.multiple = multiple

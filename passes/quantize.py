@@ -54,8 +54,6 @@ import contextlib
 import functools
 import logging
 import os
-import platform
-import re
 import tempfile
 from collections.abc import Iterable, Sequence
 
@@ -73,6 +71,7 @@ from onnxruntime.quantization import (
 )
 
 from onnxopt.calibration import Dataset
+from onnxopt.cpu import cpu_flags, is_x86
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import const_array, consumers, fixed_batch, new_initializer, producer
 from onnxopt.model_io import _drop_untyped_value_info, _embedded_proto
@@ -159,14 +158,10 @@ def u8s8_saturates() -> bool:
     """Whether onnxruntime's int8 CPU kernels can saturate here: an x86 CPU without VNNI
     (AVX-512 VNNI, AVX-VNNI or AMX). An x86 CPU whose flags cannot be read counts as
     saturating — 7-bit weights cost little accuracy, saturation can cost much."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i386", "i686"):
+    if not is_x86():
         return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return True
-    return re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags) is None
+    flags = cpu_flags()
+    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def resolve_reduce_range(reduce_range: bool | None, weight_type: str) -> bool:

@@ -14,12 +14,13 @@ from onnx import TensorProto, helper
 
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset, load_npz
+from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.groups import analyze_groups, const_array
 from onnxopt.importance import CRITERIA, group_importance
 from onnxopt.model_io import load_model
 from onnxopt.pipeline import Context, run_stages
-from onnxopt.pruning import CHANNEL_MULTIPLE, allocate, prune_model, prune_stage
+from onnxopt.pruning import allocate, prune_model, prune_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "onnxopt" / "demo" / "digits_cnn.onnx"
@@ -156,17 +157,30 @@ def hard_digits():
     return model, calib.take(slice(0, 64)), held_out.take(slice(0, 200))
 
 
-def test_kept_channels_are_rounded_to_multiples_of_8_by_default(hard_digits):
+def test_kept_channels_are_rounded_to_the_nchwc_block_by_default(hard_digits):
     """Exact counts (32 → 23) drop onnxruntime's blocked convolutions (bench_prune's latency
-    table: slower than the original on mobilenet_v2); the default keeps multiples of 8."""
-    model = hard_digits[0]
+    table: slower than the original on mobilenet_v2); the default keeps multiples of the
+    CPU's block (8 with AVX2, 16 with AVX-512)."""
+    model, block = hard_digits[0], nchwc_block()
     rounded = prune_model(model, criterion="l1", ratio=0.3)
     exact = prune_model(model, criterion="l1", ratio=0.3, round_to=1)
-    assert rounded.modified and all(layer["after"] % CHANNEL_MULTIPLE == 0 for layer in rounded.layers)
-    assert any(layer["after"] % CHANNEL_MULTIPLE for layer in exact.layers)
+    assert rounded.round_to == block and exact.round_to == 1
+    assert rounded.modified and all(layer["after"] % block == 0 for layer in rounded.layers)
+    assert any(layer["after"] % block for layer in exact.layers)
     assert exact.macs_after < rounded.macs_after < rounded.macs_before
     convs = [n for n in rounded.model.graph if n.op_type == "Conv"]
-    assert all(n.inputs[1].const_value.shape[0] % CHANNEL_MULTIPLE == 0 for n in convs)
+    assert all(n.inputs[1].const_value.shape[0] % block == 0 for n in convs)
+
+
+def test_the_nchwc_block_follows_the_cpu_flags(monkeypatch):
+    import onnxopt.cpu as cpu
+
+    monkeypatch.setattr(cpu, "is_x86", lambda: True)
+    for flags, block in [({"avx2", "fma"}, 8), ({"avx2", "avx512f", "avx512bw"}, 16), (None, 8)]:
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: None if flags is None else frozenset(flags))
+        assert cpu.nchwc_block() == block
+    monkeypatch.setattr(cpu, "is_x86", lambda: False)
+    assert cpu.nchwc_block() == 8
 
 
 def test_recovery_restores_a_trained_cnn(hard_digits):
@@ -177,9 +191,10 @@ def test_recovery_restores_a_trained_cnn(hard_digits):
     def rel_error(m):
         return np.linalg.norm(evaluate.run(m, held_out)[0] - reference) / np.linalg.norm(reference)
 
-    plain = prune_model(model, calib, evaluator, criterion="l1", ratio=0.3, reconstruct=False, bias_compensation=False)
-    compensated = prune_model(model, calib, evaluator, criterion="l1", ratio=0.3, reconstruct=False)
-    full = prune_model(model, calib, evaluator, criterion="l1", ratio=0.3)
+    exact = {"criterion": "l1", "ratio": 0.3, "round_to": 1}  # the same channels whatever the CPU's block
+    plain = prune_model(model, calib, evaluator, **exact, reconstruct=False, bias_compensation=False)
+    compensated = prune_model(model, calib, evaluator, **exact, reconstruct=False)
+    full = prune_model(model, calib, evaluator, **exact)
     assert plain.macs_after == compensated.macs_after == full.macs_after < 0.6 * plain.macs_before
     assert compensated.scores["pruned"] > plain.scores["pruned"]
     assert rel_error(full.model) < 0.5 * rel_error(compensated.model)  # what reconstruction targets
