@@ -73,8 +73,8 @@ class PadChannelsPass(LoggedPass):
         self.shapes = shapes
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.multiple == 1:
-            return ir.passes.PassResult(model, modified=False)
+        if self.multiple == 1 or not any(self._misaligned(n) for n in model.graph):
+            return ir.passes.PassResult(model, modified=False)  # no group to pad: skip the analysis
         analysis = analyze_groups(model, self.shapes)
         # member key → [(insert at channel position, channels to insert)], value → added channels
         inserts: dict[tuple[int, str, int], tuple[Member, list[tuple[int, int]]]] = {}
@@ -104,6 +104,26 @@ class PadChannelsPass(LoggedPass):
         if inserts:
             refresh_shapes(model)
         return ir.passes.PassResult(model, modified=bool(inserts))
+
+    def _misaligned(self, node: ir.Node) -> bool:
+        """Whether ``node`` is a source whose output channel count a group would pad (groups
+        start at sources: Conv / ConvTranspose / Gemm / MatMul with constant weights)."""
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+            return False
+        if node.outputs[0].is_graph_output():  # a classifier head: its group is unprunable
+            return False
+        weight = const_array(node.inputs[1])
+        if weight is None or weight.ndim < 2:
+            return False
+        if node.op_type == "Conv":
+            channels = weight.shape[0]
+        elif node.op_type == "ConvTranspose":
+            channels = weight.shape[1] * node.attributes.get_int("group", 1)
+        elif node.op_type == "Gemm":
+            channels = weight.shape[0] if node.attributes.get_int("transB", 0) else weight.shape[1]
+        else:
+            channels = weight.shape[-1]
+        return channels >= self.multiple and channels % self.multiple != 0
 
     def _padding(self, group: ChannelGroup) -> int:
         if group.units % self.multiple == 0 or group.units < self.multiple:
