@@ -29,7 +29,7 @@ def run_demo(workdir: Path, *, console: Console, progress: Callable[[str], None]
     workdir.mkdir(parents=True, exist_ok=True)
     console.rule("onnxopt demo: digits CNN (residual blocks, BatchNorm, two FC layers)")
     console.print(f"model: {DEMO_MODEL.name}, data: {DEMO_DATA.name} (held-out digits with labels)")
-    console.print("[bold]1. lossless only[/bold] (no data): cleanup + BatchNorm folding, verified exact")
+    console.print("[bold]1. lossless only[/bold] (no data): cleanup + BatchNorm folding + channel padding where it measures faster, verified exact")
     lossless = optimize(DEMO_MODEL, workdir / "digits_cnn.lossless.onnx", bench=True, progress=progress)
     print_optimize_result(lossless)
     console.print("[bold]2. full pipeline[/bold] with calibration data, budget 1 % accuracy on held-out digits")
