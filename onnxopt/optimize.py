@@ -1,8 +1,8 @@
 """``optimize``: the default recipe, as one function pipelines can call.
 
 Recipe: cleanup (onnxscript optimizer + onnx_ir common passes) → fold_bn → pad_channels
-(zero channels up to onnxruntime's NCHWc block, 8 or 16; kept only when it measures faster), all lossless and
-verified on the verification inputs; with calibration data the lossy stages follow —
+(zero channels up to onnxruntime's NCHWc block, 8 or 16; kept only when it measures
+faster), all lossless and verified on the verification inputs; with calibration data the lossy stages follow —
 prune → lowrank → quantize (:data:`LOSSY_STAGES`) — judged on held-out data against the
 original under one accuracy budget. Without data only lossless passes run, and the result
 says so.

@@ -11,8 +11,8 @@ How a pipeline runs (:func:`run_stages`):
    stage is checked against the original model's task score on held-out data and rolled
    back when the accumulated drop exceeds the budget.
 5. With ``ctx.speed_check`` set, a lossy stage (and a lossless one marked
-   ``needs_speedup``) must also make the model faster on the target: candidate and current model are timed interleaved in one process
-   (:mod:`onnxopt.bench`) and the stage is rolled back unless the p50 ratio reaches
+   ``needs_speedup``) must also make the model faster on the target: candidate and
+   current model are timed interleaved in one process (:mod:`onnxopt.bench`) and the stage is rolled back unless the p50 ratio reaches
    ``ctx.min_speedup``. A smaller but slower model is not what ``optimize`` promises.
    A stage that timed its own result against its input on the CPU provider at the
    context's thread count (quantize's speed guard) reports it as
