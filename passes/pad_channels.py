@@ -40,11 +40,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.cpu import nchwc_block
-from onnxopt.graph import set_const_input
+from onnxopt.graph import attr
 from onnxopt.groups import (
-    DEPTHWISE,
     PARAM,
-    PRODUCER,
     SHAPE,
     ChannelGroup,
     GroupAnalysis,
@@ -53,7 +51,7 @@ from onnxopt.groups import (
     const_array,
 )
 from onnxopt.passes.base import LoggedPass
-from onnxopt.passes.prune import refresh_shapes
+from onnxopt.passes.prune import refresh_shapes, resize_member
 
 # (op type, input index) of per-channel constants whose padding must be 1, not 0
 _ONE_FILLED = {("BatchNormalization", 4), ("Div", 1), ("Pow", 1)}
@@ -118,9 +116,9 @@ class PadChannelsPass(LoggedPass):
         if node.op_type == "Conv":
             channels = weight.shape[0]
         elif node.op_type == "ConvTranspose":
-            channels = weight.shape[1] * node.attributes.get_int("group", 1)
+            channels = weight.shape[1] * attr(node, "group", 1)
         elif node.op_type == "Gemm":
-            channels = weight.shape[0] if node.attributes.get_int("transB", 0) else weight.shape[1]
+            channels = weight.shape[0] if attr(node, "transB", 0) else weight.shape[1]
         else:
             channels = weight.shape[-1]
         return channels >= self.multiple and channels % self.multiple != 0
@@ -134,22 +132,10 @@ class PadChannelsPass(LoggedPass):
         return -group.units % self.multiple
 
     def _apply(self, m: Member, where: list[tuple[int, int]], analysis: GroupAnalysis, added: Mapping[str, int]) -> None:
-        node = m.node
-        if m.role == SHAPE:
-            target = const_array(node.inputs[m.input_index]).copy()
-            flat = target.reshape(-1)
-            flat[m.axis] = (analysis.channels[m.value] + added[m.value]) * m.block
-            set_const_input(node, m.input_index, flat.reshape(target.shape))
-            return
-        fill = 1.0 if m.role == PARAM and (node.op_type, m.input_index) in _ONE_FILLED else 0.0
-        set_const_input(node, m.input_index, _insert(const_array(node.inputs[m.input_index]), where, m.axis, m.block, fill))
-        if m.role in (PRODUCER, DEPTHWISE):
-            bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-            bias = const_array(bias_value) if bias_value is not None else None
-            if bias is not None and bias.size > 1:
-                set_const_input(node, 2, _insert(bias, where, bias.ndim - 1, 1, 0.0))
-        if m.role == DEPTHWISE:
-            node.attributes["group"] = ir.AttrInt64("group", analysis.channels[m.value] + added[m.value])
+        # only per-channel constants (never a producer with a bias) are filled with 1
+        fill = 1.0 if m.role == PARAM and (m.node.op_type, m.input_index) in _ONE_FILLED else 0.0
+        resize_member(m, analysis.channels[m.value] + added[m.value],
+                      lambda a, axis, block: _insert(a, where, axis, block, fill))  # fmt: skip
 
 
 def _start(index: np.ndarray, units: int) -> int | None:

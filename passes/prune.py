@@ -27,10 +27,10 @@ initializer shared by several nodes before slicing it for one of them.
 
 from __future__ import annotations
 
-__all__ = ["PruneChannelsPass", "refresh_shapes"]
+__all__ = ["PruneChannelsPass", "refresh_shapes", "resize_member"]
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -127,25 +127,9 @@ class PruneChannelsPass(LoggedPass):
 
     # one member ---------------------------------------------------------------------
     def _apply(self, m: Member, positions: np.ndarray, channels: int) -> None:
-        node = m.node
-        if m.role == SHAPE:
-            target = const_array(node.inputs[m.input_index]).copy()
-            flat = target.reshape(-1)
-            flat[m.axis] = (channels - len(positions)) * m.block
-            set_const_input(node, m.input_index, flat.reshape(target.shape))
-            return
-        cut = _expand(positions, m.block)
-        array = const_array(node.inputs[m.input_index])
         if m.role == CONSUMER and self.channel_means.get(m.value) is not None:
-            self._compensate(m, array, cut)
-        set_const_input(node, m.input_index, np.delete(array, cut, axis=m.axis))
-        if m.role in (PRODUCER, DEPTHWISE):
-            bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-            bias = const_array(bias_value) if bias_value is not None else None
-            if bias is not None and bias.size > 1:
-                set_const_input(node, 2, np.delete(bias, cut, axis=bias.ndim - 1))
-        if m.role == DEPTHWISE:
-            node.attributes["group"] = ir.AttrInt64("group", channels - len(positions))
+            self._compensate(m, const_array(m.node.inputs[m.input_index]), _expand(positions, m.block))
+        resize_member(m, channels - len(positions), lambda a, axis, block: np.delete(a, _expand(positions, block), axis=axis))
 
     def _compensate(self, m: Member, weight: np.ndarray, cut: np.ndarray) -> None:
         node = m.node
@@ -184,6 +168,29 @@ class PruneChannelsPass(LoggedPass):
                 set_const_input(add, other, (bias + shift.astype(bias.dtype)).astype(bias.dtype))
                 return
         self.skip(node, "no constant bias Add after this MatMul: bias compensation skipped")
+
+
+def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int], np.ndarray]) -> None:
+    """Give group member ``m`` ``channels`` channels of its value. A Reshape target spells the
+    new count; otherwise ``edit(array, axis, block)`` rewrites the member's tensor and, for a
+    producer or depthwise Conv, its bias (block 1), and a depthwise ``group`` becomes
+    ``channels``. Pruning deletes entries, :class:`~onnxopt.passes.pad_channels.PadChannelsPass`
+    inserts them."""
+    node = m.node
+    if m.role == SHAPE:
+        target = const_array(node.inputs[m.input_index]).copy()
+        flat = target.reshape(-1)
+        flat[m.axis] = channels * m.block
+        set_const_input(node, m.input_index, flat.reshape(target.shape))
+        return
+    set_const_input(node, m.input_index, edit(const_array(node.inputs[m.input_index]), m.axis, m.block))
+    if m.role in (PRODUCER, DEPTHWISE):
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        bias = const_array(bias_value) if bias_value is not None else None
+        if bias is not None and bias.size > 1:
+            set_const_input(node, 2, edit(bias, bias.ndim - 1, 1))
+    if m.role == DEPTHWISE:
+        node.attributes["group"] = ir.AttrInt64("group", channels)
 
 
 def refresh_shapes(model: ir.Model) -> None:
