@@ -337,9 +337,18 @@ def _lowbit(model, result, *, bits, storage, exclude, skip_first_last):
 
 # --------------------------------------------------------------------------- fallback
 def _rel_error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """Largest relative L2 error over the outputs; ``inf`` when the candidate turns NaN or
+    infinite where the reference is finite (a quantized ``variance + eps`` that rounds to 0
+    does), so that such a layer ranks as the most sensitive, not (NaN sorts anywhere) among
+    the least."""
     errors = []
     for a, b in zip(reference, candidate):
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        finite = np.isfinite(a64)
+        if not np.isfinite(b64[finite]).all():
+            errors.append(np.inf)
+            continue
+        a64, b64 = np.where(finite, a64, 0.0), np.where(finite, b64, 0.0)
         denom = np.linalg.norm(a64)
         errors.append(np.linalg.norm(a64 - b64) / denom if denom > 0 else float(np.linalg.norm(b64) > 0))
     return float(max(errors, default=0.0))

@@ -141,7 +141,10 @@ def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
         errors = []
         for label, kwargs in attempts:
             try:
-                quant_pre_process(src, dst, **kwargs)
+                # onnxruntime's symbolic shape inference saves sym_shape_infer_temp.onnx and
+                # its external data into the working directory when it fails: keep them here.
+                with contextlib.chdir(tmp):
+                    quant_pre_process(src, dst, **kwargs)
                 result = _load(dst)
                 name_unnamed_nodes(result)
                 return result, label
@@ -201,30 +204,37 @@ def quantize_static_int8(
     extra = {"CalibMovingAverage": False, "QDQKeepRemovableActivations": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
+    # onnxruntime widens per-channel weight scales so that each int32 bias stays representable;
+    # that step fails on a bias of more than one dimension (a Gemm C of shape [1, N], as
+    # tf2onnx writes): the retry skips it, which costs nothing on biases that fit anyway.
+    retry = {**extra, "QDQDisableWeightAdjustForInt32Bias": True}
     with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp:
         src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
         _save(model, src)
-        try:
-            quantize_static(
-                src,
-                dst,
-                DatasetReader(data, _batch_size(model)),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QUANT_TYPES[activation_type],
-                weight_type=QUANT_TYPES[weight_type],
-                nodes_to_exclude=list(exclude),
-                op_types_to_quantize=list(op_types) if op_types else None,
-                calibrate_method=METHODS[method],
-                reduce_range=resolve_reduce_range(reduce_range, weight_type),
-                extra_options=extra,
-                calibration_cache_path=None,
-            )
-        except OnnxoptError:
-            raise
-        except Exception as exc:
-            raise OnnxoptError(f"onnxruntime quantize_static failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-        return _load(dst)
+        first: Exception | None = None
+        for options in (extra, retry):
+            try:
+                quantize_static(
+                    src,
+                    dst,
+                    DatasetReader(data, _batch_size(model)),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QUANT_TYPES[activation_type],
+                    weight_type=QUANT_TYPES[weight_type],
+                    nodes_to_exclude=list(exclude),
+                    op_types_to_quantize=list(op_types) if op_types else None,
+                    calibrate_method=METHODS[method],
+                    reduce_range=resolve_reduce_range(reduce_range, weight_type),
+                    extra_options=options,
+                    calibration_cache_path=None,
+                )
+                return _load(dst)
+            except OnnxoptError:
+                raise
+            except Exception as exc:
+                first = first or exc
+        raise OnnxoptError(f"onnxruntime quantize_static failed: {type(first).__name__}: {str(first).splitlines()[0] if str(first) else ''}") from first
 
 
 def quantize_dynamic_int8(

@@ -244,6 +244,53 @@ def test_int8_per_channel_on_an_old_opset_raises_it_to_13():
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
 
 
+def test_int8_gemm_with_a_two_dimensional_bias():
+    # tf2onnx writes Gemm biases as [1, N]; onnxruntime's int32-bias scale check fails on
+    # them with "truth value of an array is ambiguous" (seen on Google's magika model).
+    proto = conv_matmul_model()
+    (bias,) = [t for t in proto.graph.initializer if t.name == "b4"]
+    bias.CopyFrom(numpy_helper.from_array(np.full((1, 10), 0.5, np.float32), "b4"))
+    model, data = ir.from_proto(proto), Dataset(_inputs(16))
+    result = quantize_model(model, data, mode="int8", check_speed=False)
+    assert result.applied and "fc2" in result.layers_quantized
+    ref, out = evaluate.run(model, data)[0], evaluate.run(result.model, data)[0]
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_a_layer_that_turns_outputs_nan_ranks_as_most_sensitive():
+    # Quantizing a decomposed LayerNorm's `variance + eps` alone can round it to 0 and turn
+    # the output NaN (Google's magika model); NaN must not sort among the harmless layers.
+    from onnxopt.quantization import _rel_error
+
+    ref = [np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)]
+    nan = [np.array([[1.0, np.nan], [3.0, 4.0]], np.float32)]
+    close = [ref[0] * 1.01]
+    assert _rel_error(ref, nan) == np.inf
+    assert 0 < _rel_error(ref, close) < 0.02
+    ranked = sorted(["close", "nan"], key=lambda n: -{"close": _rel_error(ref, close), "nan": _rel_error(ref, nan)}[n])
+    assert ranked[0] == "nan"
+    # NaN where the reference itself is NaN is not an error
+    assert _rel_error(nan, [nan[0].copy()]) == 0.0
+
+
+def test_preprocess_leaves_no_files_in_the_working_directory(tmp_path, monkeypatch):
+    # onnxruntime's symbolic shape inference, when it cannot finish (seen on PaddleOCR's
+    # detector), saves sym_shape_infer_temp.onnx plus an external-data file into the
+    # working directory before it raises; preprocess then retries without it.
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    def incomplete(in_mp, *args, **kwargs):
+        onnx.save_model(in_mp, "sym_shape_infer_temp.onnx", save_as_external_data=True)
+        raise Exception("Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", staticmethod(incomplete))
+    monkeypatch.chdir(tmp_path)
+    model = ir.from_proto(conv_matmul_model())
+    pre, note = preprocess(model)
+    assert note == "quant_pre_process without symbolic shape inference"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_int8_is_refused_when_not_faster(digits, monkeypatch):
     import onnxopt.quantization as q
 
