@@ -108,7 +108,9 @@ def data_options(fn: Callable) -> Callable:
         "--metric",
         type=str,
         default=None,
-        help="Task metric for budgets: accuracy, agreement, top1, cosine, rel-l2 (default: accuracy with labels, else agreement).",
+        help="Task metric for budgets: accuracy, agreement, top1, cosine, rel-l2, or your own function as "
+             "module:function or file.py:function, called as f(original_outputs, candidate_outputs) -> score "
+             "(default: accuracy with labels, else agreement).",
     )(fn)
     fn = click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out evaluation data (.npz); default: half of --data.")(fn)
     fn = click.option("--data", type=click.Path(dir_okay=False), help="Calibration data: .npz with one array per model input (+ optional 'labels').")(fn)

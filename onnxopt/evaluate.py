@@ -8,7 +8,9 @@ Two families of numbers:
   on. With labels: accuracy. Without: agreement with the original, chosen from the output
   shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences,
   ``1 - relative L2 error`` for dense maps and embeddings — and the worst output counts.
-  A callable ``(original_outputs, candidate_outputs) -> float`` can replace it.
+  A callable ``(original_outputs, candidate_outputs) -> float`` can replace it; on the
+  command line and in recipes it is named ``module:function`` or ``path/to/file.py:function``
+  (:func:`load_metric`), e.g. the F1 of a detector's decoded boxes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "CONFIDENCE_Z",
     "agreement",
     "metric_name",
+    "load_metric",
 ]
 
 import dataclasses
@@ -361,6 +364,39 @@ def metric_name(labels: np.ndarray | None, metric: str | Metric | None) -> str:
     return "accuracy (labels)" if labels is not None else "agreement with original"
 
 
+def load_metric(spec: str) -> Metric:
+    """The task metric named ``module:function`` (importable) or ``file.py:function``.
+
+    It is called as ``metric(original_outputs, candidate_outputs) -> float`` (lists of the
+    models' outputs, samples on the first axis; higher is better, the original scores 1.0
+    against itself) — on the whole held-out set, and on one sample at a time for the
+    standard error of the drop when the outputs can be split per sample.
+    """
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise OnnxoptError(f"metric {spec!r}: give a metric name or module:function / file.py:function")
+    try:
+        if where.endswith(".py") or os.sep in where:
+            if not os.path.isfile(where):
+                raise OnnxoptError(f"metric {spec!r}: no such file {where}")
+            module_spec = importlib.util.spec_from_file_location(f"onnxopt_metric_{abs(hash(where))}", where)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except OnnxoptError:
+        raise
+    except Exception as exc:  # the user's code: any error while importing it
+        raise OnnxoptError(f"metric {spec!r}: cannot import {where}: {type(exc).__name__}: {_first_line(exc)}") from exc
+    metric = getattr(module, name, None)
+    if not callable(metric):
+        raise OnnxoptError(f"metric {spec!r}: {where} has no function {name!r}")
+    return metric
+
+
 # A candidate passes a budget when its drop plus this many standard errors of the drop fits.
 # One standard error (about 84 % one-sided): the searches pick the most compressed candidate
 # that passes, so a bare drop <= budget is met on the held-out set by selection and missed on
@@ -424,12 +460,13 @@ class Evaluator:
         if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or confidence < 0:
             raise OnnxoptError(f"budget_se must be a non-negative number, got {confidence!r}")
         self.data = data
-        self.metric = metric
+        named = metric if isinstance(metric, str) and ":" in metric else None
+        self.metric = load_metric(metric) if named else metric
         self.batch_size = batch_size
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
-        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=metric)
-        self.metric_name = metric_name(data.labels, metric)
+        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)
+        self.metric_name = named or metric_name(data.labels, self.metric)
         self._per_sample_baseline: np.ndarray | None = None
 
     def outputs(self, candidate: ir.Model) -> Outputs:

@@ -140,6 +140,11 @@ def set_const_input(node: ir.Node, index: int, array: np.ndarray, name_hint: str
     else:
         node.resize_inputs(index + 1)
         node.replace_input_with(index, value)
+    # A Constant node whose last reader this was would stay in the file with the old weights
+    # (PaddlePaddle exports hold every weight in Constant nodes: a pruned detector grew 1.7×).
+    source = old.producer() if old is not None else None
+    if source is not None and source.op_type == "Constant" and not old.uses() and not old.is_graph_output():
+        source.graph.remove(source, safe=True)
     return value
 
 
@@ -165,12 +170,14 @@ def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
 
 
 def static_shapes(
-    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None, *, execute: bool = True
 ) -> dict[str, tuple[int | str | None, ...]]:
     """Shapes of all values after ONNX shape inference, with graph inputs pinned.
 
     ``input_shapes`` fixes dynamic input dimensions (e.g. ``{"input": [1, 3, 224, 224]}``);
     unset dynamic dimensions are taken as 1 so that costs can still be counted per sample.
+    Node outputs that inference leaves incomplete are measured in one onnxruntime run at the
+    same input shapes (``execute``; :func:`_executed_shapes`).
     Returns name → shape; dims that stay unknown are ``None`` or a symbol string.
     """
     input_shapes = dict(input_shapes or {})
@@ -209,7 +216,75 @@ def static_shapes(
     for name, value in model.graph.initializers.items():
         if value.const_value is not None:
             shapes[name] = tuple(value.const_value.shape)
+    for node in model.graph:  # inference does not always record a Constant's output
+        if node.op_type == "Constant" and node.outputs[0].name not in shapes:
+            tensor = attr(node, "value")
+            if tensor is not None and hasattr(tensor, "shape"):
+                shapes[node.outputs[0].name] = tuple(tensor.shape)
+    if execute:
+        incomplete = [
+            o.name for node in model.graph for o in node.outputs
+            if o.name and not _concrete(shapes.get(o.name)) and (o.type is None or isinstance(o.type, ir.TensorType))
+        ]  # fmt: skip
+        if incomplete:
+            pinned = {
+                i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+                for i in proto.graph.input if i.name not in init_names
+            }  # fmt: skip
+            shapes.update(_executed_shapes(model, pinned, incomplete))
     return shapes
+
+
+def _concrete(shape: tuple | None) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _executed_shapes(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]], names: Sequence[str]
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of the values ``names`` in one onnxruntime run at ``input_shapes``.
+
+    ONNX shape inference stops where it cannot compute a shape argument: a Reshape whose
+    target is ``Concat(Slice(Shape(x)), -1)`` in opset 12, where ``Slice`` has no data
+    propagation (PaddleOCR's recognizer: 140 values unknown, its channel groups unprunable,
+    its MACs uncounted). Running the model once with those values as extra outputs gives them
+    at the same pinned input shapes. Inputs are seeded random floats, zero integers and false
+    booleans; a model that does not run on them (or a value of a sequence type) keeps what
+    inference gave. Values whose size depends on the data (NonZero) get this run's size.
+    """
+    from onnxopt import evaluate  # evaluate imports this module
+
+    probe = model.clone()
+    by_name = {o.name: o for node in probe.graph for o in node.outputs}
+    present = {o.name for o in probe.graph.outputs}
+    wanted = [by_name[n] for n in names if n in by_name]
+    if not wanted:
+        return {}
+    rng = np.random.default_rng(0)
+    feed: dict[str, np.ndarray] = {}
+    for value in probe.graph.inputs:
+        if value.name in probe.graph.initializers or value.name not in input_shapes or value.dtype is None:
+            continue
+        try:
+            dtype = value.dtype.numpy()
+        except Exception:  # a type numpy cannot hold (bfloat16, float8…)
+            return {}
+        dims = list(input_shapes[value.name])
+        if dtype.kind == "f":
+            feed[value.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feed[value.name] = np.zeros(dims, dtype)
+    probe.graph.outputs.extend(v for v in wanted if v.name not in present)
+    try:
+        sess = evaluate.session(probe, opt_level=evaluate.ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        outputs = sess.run([v.name for v in wanted], feed)
+    except Exception as exc:  # the shapes stay as inference left them
+        logging.getLogger(__name__).debug("shapes by execution failed: %s", exc)
+        return {}
+    return {
+        v.name: tuple(int(d) for d in out.shape)
+        for v, out in zip(wanted, outputs) if isinstance(out, np.ndarray)
+    }  # fmt: skip
 
 
 def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
@@ -78,3 +80,78 @@ def test_metric_that_needs_several_samples_falls_back_to_the_bare_drop():
     score = evaluator.score(candidate)
     assert score.se == 0.0 and evaluator.confidence == 0.0
     assert isinstance(score, Score) and evaluator.within(score, 1.0)
+
+
+METRIC_FILE = '''
+from pathlib import Path
+
+import numpy as np
+
+def unchanged(original, candidate):
+    """1.0 per sample whose outputs did not move at all."""
+    return float(np.mean(np.all(np.isclose(original[0], candidate[0]), axis=1)))
+'''
+
+
+def test_a_metric_named_file_colon_function_scores_candidates(tmp_path):
+    (tmp_path / "my_metric.py").write_text(METRIC_FILE)
+    original, candidate, data = _flipping_pair()
+    spec = f"{tmp_path / 'my_metric.py'}:unchanged"
+    evaluator = Evaluator(original, data, metric=spec)
+    assert evaluator.metric_name == spec and evaluator.baseline == 1.0
+    # the shift moves every sample's logits: the user's metric sees 0, accuracy-free
+    assert evaluator.score(candidate) == 0.0
+    assert evaluator.score(original) == 1.0
+
+
+def test_bad_metric_names_are_one_line_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxopt.cli_prune import prune_command
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.evaluate import load_metric
+
+    (tmp_path / "m.py").write_text(METRIC_FILE)
+    for spec, message in [
+        ("no_such_module_xyz:f", "cannot import no_such_module_xyz"),
+        (f"{tmp_path / 'm.py'}:missing", "has no function 'missing'"),
+        (f"{tmp_path / 'nothere.py'}:f", "no such file"),
+    ]:
+        try:
+            load_metric(spec)
+        except OnnxoptError as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"{spec} was accepted")
+    demo = Path(__file__).resolve().parents[1] / "onnxopt" / "demo"
+    if not (demo / "digits_cnn.onnx").exists():
+        return
+    out = tmp_path / "p.onnx"
+    args = [str(demo / "digits_cnn.onnx"), "--data", str(demo / "digits.npz"), "--max-accuracy-drop", "0.01",
+            "--metric", "no_such_module_xyz:f", "-o", str(out)]  # fmt: skip
+    res = CliRunner().invoke(prune_command, args)
+    assert res.exit_code == 2 and "cannot import no_such_module_xyz" in res.output and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_cli_budget_follows_the_named_metric(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from onnxopt.cli_quantize import quantize_command
+
+    demo = Path(__file__).resolve().parents[1] / "onnxopt" / "demo"
+    if not (demo / "digits_cnn.onnx").exists():
+        return
+    (tmp_path / "m.py").write_text(METRIC_FILE)
+    spec = f"{tmp_path / 'm.py'}:unchanged"
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    args = [str(demo / "digits_cnn.onnx"), "--data", str(demo / "digits.npz"), "--mode", "int8",
+            "--max-accuracy-drop", "0.01", "--metric", spec, "-o", str(out), "--report", str(report)]  # fmt: skip
+    res = CliRunner().invoke(quantize_command, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(report.read_text())["quantize"]
+    # int8 moves every logit: under "unchanged" no int8 candidate fits a 1 % budget
+    assert data["metric"] == spec and not data["applied"]
+    assert "holds only with every layer float" in data["reason"]

@@ -1,0 +1,94 @@
+"""Graph helpers: shapes that ONNX inference cannot compute, and constant replacement."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt import evaluate
+from onnxopt.cost import model_cost
+from onnxopt.graph import set_const_input, static_shapes
+from onnxopt.groups import analyze_groups
+from onnxopt.pruning import prune_model
+
+
+def dynamic_reshape_model() -> onnx.ModelProto:
+    """x[N,3,8,8] → conv1 → Reshape(to Concat(Slice(Shape), [8, 8])) → conv2 → Mul(scale) → conv3.
+
+    In opset 12 ``Slice`` has no data propagation, so ONNX shape inference cannot compute
+    the Reshape's target (the pattern of PaddlePaddle's exports) and knows nothing after it.
+    """
+    rng = np.random.default_rng(0)
+
+    def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(array.astype(np.float32 if array.dtype.kind == "f" else np.int64), name)
+
+    inits = [
+        init("w1", rng.standard_normal((4, 3, 3, 3)) * 0.3),
+        init("w2", rng.standard_normal((8, 4, 3, 3)) * 0.3),
+        init("scale", rng.uniform(0.5, 1.5, (1, 8, 1, 1))),
+        init("w3", rng.standard_normal((5, 8, 1, 1)) * 0.3),
+        init("starts", np.array([0])),
+        init("ends", np.array([2])),
+        init("hw", np.array([8, 8])),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["a"], ["a_shape"], name="shape"),
+        helper.make_node("Slice", ["a_shape", "starts", "ends"], ["nc"], name="slice"),
+        helper.make_node("Concat", ["nc", "hw"], ["target"], name="target", axis=0),
+        helper.make_node("Reshape", ["a", "target"], ["r"], name="reshape"),
+        helper.make_node("Conv", ["r", "w2"], ["b"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["b", "scale"], ["s"], name="mul"),
+        helper.make_node("Conv", ["s", "w3"], ["y"], name="conv3"),
+    ]
+    graph = helper.make_graph(
+        nodes, "dynamic_reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 8, 8])],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_shapes_inference_cannot_compute_are_measured_by_one_run():
+    model = ir.from_proto(dynamic_reshape_model())
+    inferred = static_shapes(model, execute=False)
+    assert inferred.get("b") is None  # the premise: inference stops at the Reshape
+    shapes = static_shapes(model, {"x": [2, 3, 8, 8]})
+    assert shapes["r"] == (2, 4, 8, 8) and shapes["b"] == (2, 8, 8, 8) and shapes["y"] == (2, 5, 8, 8)
+    # MACs behind the Reshape are counted: conv1 + conv2 + Mul + conv3 per sample
+    assert model_cost(model).macs == 64 * (4 * 3 * 9 + 8 * 4 * 9 + 8 + 5 * 8)
+
+
+def test_a_group_behind_an_uninferable_reshape_is_pruned_exactly():
+    proto = dynamic_reshape_model()
+    w2 = next(t for t in proto.graph.initializer if t.name == "w2")
+    dead = numpy_helper.to_array(w2).copy()
+    dead[::2] = 0.0  # four filters of conv2 contribute nothing: pruning them is exact
+    w2.CopyFrom(numpy_helper.from_array(dead, "w2"))
+    model = ir.from_proto(proto)
+    by_source = {g.name: g for g in analyze_groups(model).groups}
+    assert by_source["b"].prunable  # conv2 → Mul(per-channel scale) → conv3
+    result = prune_model(model, ratio=0.5, criterion="l1", reconstruct=False, round_to=1)
+    conv2 = next(n for n in result.model.graph if n.name == "conv2")
+    assert conv2.inputs[1].const_value.shape[0] == 4
+    x = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(evaluate.run(result.model, x)[0], evaluate.run(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_set_const_input_drops_the_constant_node_it_orphans():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    const = helper.make_node("Constant", [], ["c"], name="c", value=numpy_helper.from_array(np.ones(2, np.float32)))
+    add = helper.make_node("Add", ["x", "c"], ["y"], name="add")
+    model = ir.from_proto(helper.make_model(helper.make_graph([const, add], "g", [x], [y])))
+    node = next(n for n in model.graph if n.op_type == "Add")
+    set_const_input(node, 1, np.full(2, 3.0, np.float32))
+    assert [n.op_type for n in model.graph] == ["Add"]
+    np.testing.assert_allclose(evaluate.run(model, {"x": np.zeros(2, np.float32)})[0], [3.0, 3.0])
