@@ -11,7 +11,8 @@ output relate to the channels of its inputs:
 - element-wise ops with several channel-carrying operands (residual ``Add``, SE ``Mul``)
   **unite** channel *c* of every operand: the channels become one *unit*;
 - ``Concat`` on the channel axis lays the operands' elements side by side (channel ranges
-  map to inputs); ``Flatten``/``Reshape`` that merge ``C×H×W`` into features give each
+  map to inputs), and ``Split`` or a constant ``Slice`` on it hands each output its range;
+  ``Flatten``/``Reshape`` that merge ``C×H×W`` into features give each
   channel a *block* of ``H·W`` consecutive features;
 - depthwise Conv ties input channel *c* to output channel *c*.
 
@@ -27,7 +28,7 @@ channels, Shape, Gather, …), and any op without a handler.
 
 from __future__ import annotations
 
-__all__ = ["const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS"]
+__all__ = ["const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS", "slice_range", "split_sizes"]
 
 import dataclasses
 import math
@@ -60,6 +61,8 @@ CONSUMER = "consumer"  # slice the weight's input axis (blocks of ``block`` colu
 DEPTHWISE = "depthwise"  # slice weight/bias axis 0 and lower the ``group`` attribute
 PARAM = "param"  # slice a per-channel constant input along ``axis``
 SHAPE = "shape"  # rewrite entry ``axis`` of a Reshape's constant shape input
+SPLIT = "split"  # recount the sizes of a Split along the channel axis of ``value`` (its input)
+SLICE = "slice"  # move entry ``input_index`` of a channel-axis Slice's starts/ends of ``value``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -677,10 +680,74 @@ def _slice_like(w: _Walker, node: ir.Node) -> None:
     else:
         axes = [attr(node, "axis", 0)]
     if axes is None or rank is None or t.axis in [a % rank for a in axes]:
+        if axes is not None and rank is not None and node.op_type == "Slice" and _channel_slice(w, node, t, rank, axes):
+            return
         w.block(t, f"{_label(node)}: slices the channel axis")
         return
     for out in node.outputs:
         w.set_track(out, t)
+
+
+def slice_range(node: ir.Node, entry: int, channels: int) -> tuple[int, int] | None:
+    """``[start, end)`` of entry ``entry`` of a Slice with constant starts/ends and step 1,
+    clamped to ``channels`` as onnxruntime does; None otherwise."""
+    starts, ends = (const_array(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
+                    for i in (1, 2))  # fmt: skip
+    steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+    if starts is None or ends is None or (steps is not None and int(steps.reshape(-1)[entry]) != 1):
+        return None
+    start, end = int(starts.reshape(-1)[entry]), int(ends.reshape(-1)[entry])
+    start, end = (min(max(v + channels if v < 0 else v, 0), channels) for v in (start, end))
+    return (start, end) if end > start else None
+
+
+def _channel_slice(w: _Walker, node: ir.Node, t: _Track, rank: int, axes: list[int]) -> bool:
+    """A Slice of a channel range (``torch.chunk`` exported by TorchScript, once its bounds
+    are folded): the output holds that range of the input's channels."""
+    entry = [a % rank for a in axes].index(t.axis)
+    bounds = slice_range(node, entry, t.channels) if t.block == 1 else None
+    if bounds is None:
+        return False
+    w.member(node, SLICE, node.inputs[0], entry, t.axis)
+    w.set_track(node.outputs[0], _Track(t.elems[bounds[0] : bounds[1]], t.axis))
+    return True
+
+
+def split_sizes(node: ir.Node, total: int) -> list[int] | None:
+    """The output sizes of a Split of ``total`` entries: its ``split`` input (opset ≥ 13) or
+    attribute, else equal parts (the last one smaller, as ``num_outputs`` specifies);
+    None when they are not constant or do not add up."""
+    given = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    sizes = given.reshape(-1).tolist() if given is not None else attr(node, "split")
+    if sizes is None:
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            return None  # a computed split input
+        n = len(node.outputs)
+        part = -(-total // n)
+        sizes = [min(part, total - i * part) for i in range(n)]
+    sizes = [int(x) for x in sizes]
+    return sizes if sum(sizes) == total and len(sizes) == len(node.outputs) and min(sizes) > 0 else None
+
+
+def _split(w: _Walker, node: ir.Node) -> None:
+    """Split along the channel axis hands each output its range of the input's channels,
+    as Concat is the inverse (YOLOv5/v8's C3/C2f blocks, CSP nets); the Split member
+    recounts the sizes when channels go. Along another axis the channels pass through."""
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None or rank is None or attr(node, "axis", 0) % rank != t.axis:
+        _slice_like(w, node)
+        return
+    sizes = split_sizes(node, t.channels * t.block) if t.block == 1 else None
+    if sizes is None:
+        w.block(t, f"{_label(node)}: splits the channel axis in sizes that are not constant")
+        return
+    w.member(node, SPLIT, node.inputs[0], 1, t.axis)
+    start = 0
+    for out, size in zip(node.outputs, sizes):
+        if out is not None:
+            w.set_track(out, _Track(t.elems[start : start + size], t.axis))
+        start += size
 
 
 _PASSTHROUGH = (
@@ -713,7 +780,7 @@ HANDLERS: dict[str, Handler] = {
     "Pad": _pad,
     "Resize": _resize,
     "Slice": _slice_like,
-    "Split": _slice_like,
+    "Split": _split,
     "Softmax": _channel_axis_safe("axis", -1),
     "LogSoftmax": _channel_axis_safe("axis", -1),
 }
@@ -774,7 +841,12 @@ def _collect(w: _Walker) -> GroupAnalysis:
         for u, r in enumerate(ordered):
             unit_of_root[r] = (gi, u)
         why = sorted({x for r in ordered for x in reasons.get(r, [])})
-        groups.append(ChannelGroup(first, len(ordered), {}, [], why))
+        name = first
+        if len(ordered) < len(first_roots):  # a part of the source (behind a Split): name its range
+            mine = set(ordered)
+            at = [p for p, r in enumerate(first_roots) if r in mine]
+            name = f"{first}[{at[0]}:{at[-1] + 1}]" if at[-1] - at[0] + 1 == len(at) else f"{first}#{gi}"
+        groups.append(ChannelGroup(name, len(ordered), {}, [], why))
     group_of = np.full(n_elems, -1, dtype=np.int64)
     unit_of = np.full(n_elems, -1, dtype=np.int64)
     for r, (gi, u) in unit_of_root.items():

@@ -44,6 +44,8 @@ from onnxopt.graph import attr
 from onnxopt.groups import (
     PARAM,
     SHAPE,
+    SLICE,
+    SPLIT,
     ChannelGroup,
     GroupAnalysis,
     Member,
@@ -80,6 +82,9 @@ class PadChannelsPass(LoggedPass):
         for group in analysis.groups:
             pad = self._padding(group)
             if not pad:
+                continue
+            if any(m.role in (SPLIT, SLICE) for m in group.members):
+                self.skip(group.name, "split or sliced along the channel axis: not padded")
                 continue
             starts = {value: _start(idx, group.units) for value, idx in group.index.items()}
             if any(s is None for s in starts.values()):

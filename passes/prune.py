@@ -10,7 +10,9 @@ consecutive entries after a Flatten, so position *c* expands to ``c·block … c
 - depthwise Conv: ``W ← W[keep]``, ``b ← b[keep]``, ``group ← |keep|``;
 - per-channel constants (BatchNormalization scale/B/mean/var, bias ``Add``, PRelu slope,
   SE ``Mul`` constants): sliced along their channel axis;
-- Reshape target shapes that spell the channel (or feature) count: rewritten.
+- Reshape target shapes that spell the channel (or feature) count: rewritten;
+- a Split along the channel axis: each output's size loses the removed positions in its range;
+  a Slice of a channel range: its start and end move down by the removed positions before them.
 
 **Bias compensation** (optional, needs the mean ``x̄_c`` of every removed input feature of a
 consumer over calibration data): a removed channel is not zero on average, so its average
@@ -43,10 +45,14 @@ from onnxopt.groups import (
     DEPTHWISE,
     PRODUCER,
     SHAPE,
+    SLICE,
+    SPLIT,
     GroupAnalysis,
     Member,
     analyze_groups,
     const_array,
+    slice_range,
+    split_sizes,
 )
 from onnxopt.passes.base import LoggedPass
 
@@ -127,6 +133,19 @@ class PruneChannelsPass(LoggedPass):
 
     # one member ---------------------------------------------------------------------
     def _apply(self, m: Member, positions: np.ndarray, channels: int) -> None:
+        if m.role == SPLIT:
+            sizes = split_sizes(m.node, channels)
+            bounds = np.cumsum([0, *sizes])
+            set_split_sizes(m.node, [size - int(np.count_nonzero((positions >= lo) & (positions < hi)))
+                                     for size, lo, hi in zip(sizes, bounds[:-1], bounds[1:])])  # fmt: skip
+            return
+        if m.role == SLICE:  # each bound moves down by the removed channels before it
+            start, end = slice_range(m.node, m.input_index, channels)
+            for i, bound in ((1, start), (2, end)):
+                values = const_array(m.node.inputs[i]).copy()
+                values.reshape(-1)[m.input_index] = bound - int(np.count_nonzero(positions < bound))
+                set_const_input(m.node, i, values)
+            return
         if m.role == CONSUMER and self.channel_means.get(m.value) is not None:
             self._compensate(m, const_array(m.node.inputs[m.input_index]), _expand(positions, m.block))
         resize_member(m, channels - len(positions), lambda a, axis, block: np.delete(a, _expand(positions, block), axis=axis))
@@ -191,6 +210,18 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
             set_const_input(node, 2, edit(bias, bias.ndim - 1, 1))
     if m.role == DEPTHWISE:
         node.attributes["group"] = ir.AttrInt64("group", channels)
+
+
+def set_split_sizes(node: ir.Node, sizes: Sequence[int]) -> None:
+    """Write explicit output sizes into a Split: its ``split`` input from opset 13 on (which
+    replaces ``num_outputs``), the attribute before."""
+    graph = node.graph
+    opset = graph.opset_imports.get("", 13) if graph is not None else 13
+    if opset >= 13:
+        node.attributes.pop("num_outputs", None)
+        set_const_input(node, 1, np.asarray(sizes, dtype=np.int64), name_hint=f"{node.name or 'split'}_sizes")
+    else:
+        node.attributes["split"] = ir.AttrInt64s("split", [int(x) for x in sizes])
 
 
 def refresh_shapes(model: ir.Model) -> None:

@@ -226,6 +226,35 @@ def test_shared_initializer_is_copied_before_slicing():
     assert const_array(c2_node.inputs[2]).shape == (8,)
 
 
+def test_split_hands_each_output_its_channel_range():
+    # YOLOv8's C2f pattern: c1 → Split[3, 5] → (part 0 → Concat) and (part 1 + c3 → c4),
+    # Concat → c5; and an equal Split without sizes (c6 → Split → two halves → Add).
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [2], [3, 5])
+    split = helper.make_node("Split", ["a", "sizes"], ["s0", "s1"], name="split", axis=1)
+    c3, i3 = _conv("c3", "x", "b", 3, 5)
+    add = helper.make_node("Add", ["s1", "b"], ["sb"], name="add")
+    c4, i4 = _conv("c4", "sb", "d", 5, 5)
+    cat = helper.make_node("Concat", ["s0", "d"], ["cat"], name="cat", axis=1)
+    c5, i5 = _conv("c5", "cat", "e", 8, 6)
+    halves = helper.make_node("Split", ["e"], ["h0", "h1"], name="halves", axis=1)
+    add2 = helper.make_node("Add", ["h0", "h1"], ["hh"], name="add2")
+    c6, i6 = _conv("c6", "hh", "y", 3, 2)
+    model = _model([c1, split, c3, add, c4, cat, c5, halves, add2, c6], i1 + i3 + i4 + i5 + i6 + [sizes])
+    analysis, pruned = _assert_exact(model, fraction=0.4)
+    groups = analysis.by_name()
+    assert len(groups) == len(analysis.groups)  # names stay unique
+    assert groups["a[0:3]"].prunable and groups["a[0:3]"].units == 3  # c1's first part alone
+    second = groups["a[3:8]"]
+    assert second.prunable and second.units == 5 and "b" in second.index  # united with c3 by the Add
+    assert list(groups["a[0:3]"].index["a"]) == [0, 1, 2] + [-1] * 5
+    nodes = {n.name: n for n in pruned.graph}
+    kept = const_array(nodes["split"].inputs[1]).tolist()
+    assert sum(kept) == const_array(nodes["c1"].inputs[1]).shape[0] and kept[0] < 3 and kept[1] < 5
+    # the equal Split got explicit sizes: its two halves are one group (the Add unites them)
+    assert sum(const_array(nodes["halves"].inputs[1]).tolist()) == const_array(nodes["c5"].inputs[1]).shape[0]
+
+
 def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
     c1, i1 = _conv("c1", "x", "a", 3, 8)
     shape1 = helper.make_tensor("s1", TensorProto.INT64, [5], [1, 2, 4, 8, 8])
@@ -296,6 +325,62 @@ def test_pruning_equals_zeroing_on_exported_architectures(name, size, dynamo, tm
     # every unprunable group says why, and only the classifier output is unprunable here
     assert all(g.reasons for g in analysis.unprunable)
     assert len(analysis.unprunable) == 1 and "graph output" in analysis.unprunable[0].reasons[0]
+
+
+def _c2f_net():
+    """A small YOLOv8-style network: Conv-BN-SiLU stem, two C2f blocks (cv1 → chunk into two
+    halves → bottlenecks with residual Adds on the last half → Concat of all → cv2), head."""
+    import torch
+    from torch import nn
+
+    def conv(c1, c2, k=1, s=1):
+        return nn.Sequential(nn.Conv2d(c1, c2, k, s, k // 2, bias=False), nn.BatchNorm2d(c2), nn.SiLU())
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.cv1, self.cv2 = conv(c, c, 3), conv(c, c, 3)
+
+        def forward(self, x):
+            return x + self.cv2(self.cv1(x))
+
+    class C2f(nn.Module):
+        def __init__(self, c1, c2, n=2):
+            super().__init__()
+            self.c = c2 // 2
+            self.cv1, self.cv2 = conv(c1, 2 * self.c), conv((2 + n) * self.c, c2)
+            self.m = nn.ModuleList(Bottleneck(self.c) for _ in range(n))
+
+        def forward(self, x):
+            y = list(self.cv1(x).chunk(2, 1))
+            y.extend(m(y[-1]) for m in self.m)
+            return self.cv2(torch.cat(y, 1))
+
+    return nn.Sequential(conv(3, 16, 3, 2), C2f(16, 32), conv(32, 64, 3, 2), C2f(64, 64, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))  # fmt: skip
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
+    torch = pytest.importorskip("torch")
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+
+    torch.manual_seed(0)
+    net = _c2f_net().eval()
+    archs.randomize_bn_stats(net)
+    path = tmp_path / "c2f.onnx"
+    export_onnx(net, (torch.randn(1, 3, 32, 32),), path, dynamo=dynamo)
+    model = ir.load(str(path))
+    from onnxopt.passes.cleanup import CleanupPass
+
+    CleanupPass()(model)  # TorchScript writes chunk as Slices with computed bounds: fold them
+    assert any(n.op_type in ("Split", "Slice") for n in model.graph)
+    data = Dataset({model.graph.inputs[0].name: RNG.standard_normal((2, 3, 32, 32)).astype(np.float32)})
+    analysis, pruned = _assert_exact(model, data, fraction=0.3)
+    # every group but the classifier's output is prunable, the Split halves included
+    assert len(analysis.unprunable) == 1 and "graph output" in analysis.unprunable[0].reasons[0]
+    assert sum("[" in g.name for g in analysis.prunable) >= 4  # two halves per C2f
 
 
 def test_shufflenet_runs_and_reports_unprunable_groups(tmp_path):
