@@ -298,8 +298,13 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         n = next(iter(dims.values()))[0] if dims and next(iter(dims.values())) else 1
         data = synthetic(model, n, seed=seed, shapes=dims).inputs
         feed = {i.name: data[i.name] for i in sess.get_inputs()}
-        for _ in range(warmup):
-            sess.run(None, feed)
+        try:
+            for _ in range(warmup):
+                sess.run(None, feed)
+        except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
+            used = ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feed.items())
+            raise OnnxoptError(f"onnxruntime cannot run {_label} on random inputs ({used}): "
+                               f"{str(exc).strip().splitlines()[0]}; give input sizes with --shape NAME=DxD…") from None
         after = _rss_mb()
         sessions.append(sess)
         feeds.append(feed)

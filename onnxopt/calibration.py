@@ -97,8 +97,11 @@ class Dataset:
         return len(batched[0]) if batched else (1 if self.inputs else 0)
 
     def take(self, index: np.ndarray | slice) -> Dataset:
+        """The samples at ``index``; an input without the sample axis (a scalar, or a first
+        axis of another length, such as an RNN state's layers in generated data) is shared."""
+        n = len(self)
         labels = None if self.labels is None else self.labels[index]
-        return Dataset({k: v[index] if np.ndim(v) > 0 else v for k, v in self.inputs.items()}, labels)
+        return Dataset({k: v[index] if np.ndim(v) > 0 and len(v) == n else v for k, v in self.inputs.items()}, labels)
 
     def split(self, eval_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint (calibration, evaluation) halves, shuffled with ``seed``."""
@@ -220,7 +223,9 @@ def synthetic(
     for spec in input_specs(model):
         if spec.name in shapes:
             dims = list(shapes[spec.name])
-            dims[0:1] = [n] if dims else []
+            fixed_first = spec.shape is not None and len(spec.shape) > 0 and isinstance(spec.shape[0], int) and spec.shape[0] > 0
+            if dims and not fixed_first:  # a fixed first axis (an RNN state's layers) is not the sample axis
+                dims[0] = n
         elif spec.shape is None:
             raise OnnxoptError(
                 f"input {spec.name!r} has no shape in the model; give it with --shape {spec.name}=..."

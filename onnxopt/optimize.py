@@ -227,6 +227,8 @@ def optimize(
                 options["max_drop"] = max_drop * share  # searched under its share of the budget
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
+    if held_out is None:
+        _check_runs(original, verify_data)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
     if speed_check:
         optimized, records = try_last_stage_alone(optimized, records, pipeline, ctx)
@@ -255,6 +257,18 @@ def optimize(
             seconds=5.0,
         )
     return result
+
+
+def _check_runs(model: ir.Model, data: Dataset) -> None:
+    """Run ``model`` on one random check sample; when it fails, say which shapes were used
+    (dynamic dims are 1, which e.g. a reflect Pad of an audio model's STFT rejects)."""
+    one = data.take(slice(0, 1))
+    try:
+        evaluate.run(model, one)
+    except OnnxoptError as exc:
+        used = ", ".join(f"{k}={'x'.join(str(d) for d in getattr(v, 'shape', ())) or 'scalar'}" for k, v in one.inputs.items())
+        raise OnnxoptError(f"{exc} — on random check inputs ({used}; dynamic dimensions are 1 unless given): "
+                           "give real sizes with --shape NAME=DxD… or real inputs with --data") from None
 
 
 def verify_models(

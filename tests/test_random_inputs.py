@@ -1,0 +1,59 @@
+"""Generated inputs for models without data: fixed non-sample axes, and a clear error when
+the default sizes do not fit (audio models such as silero-vad: an STFT with a reflect Pad,
+an LSTM state shaped [layers, batch, hidden])."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt.bench import benchmark
+from onnxopt.calibration import synthetic
+from onnxopt.errors import OnnxoptError
+from onnxopt.optimize import optimize
+
+
+def stateful_audio_model() -> ir.Model:
+    """audio [1, T] → reflect Pad by 4 → ReduceMean → + state [2, 1, 4] summed → y [1, 4]."""
+    nodes = [
+        helper.make_node("Pad", ["audio", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("ReduceMean", ["padded"], ["level"], axes=[1], keepdims=1),
+        helper.make_node("ReduceSum", ["state", "axis0"], ["s"], keepdims=0),
+        helper.make_node("Add", ["s", "level"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "audio",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, "T"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([0, 4, 0, 4], np.int64), "pads"),
+         numpy_helper.from_array(np.array([0], np.int64), "axis0")],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_generated_inputs_keep_a_fixed_first_axis_and_share_it():
+    model = stateful_audio_model()
+    data = synthetic(model, 8, shapes={"audio": [1, 64], "state": [2, 1, 4]})
+    assert data.inputs["audio"].shape == (1, 64) and data.inputs["state"].shape == (2, 1, 4)
+    one = data.take(slice(0, 1))
+    assert one.inputs["state"].shape == (2, 1, 4)  # not the sample axis: shared, not cut
+
+
+def test_optimize_without_data_names_the_sizes_that_do_not_fit():
+    model = stateful_audio_model()
+    with pytest.raises(OnnxoptError) as err:
+        optimize(model)  # T = 1: a reflect Pad of 4 cannot run
+    message = str(err.value)
+    assert "audio=1x1" in message and "--shape" in message and "\n" not in message
+    result = optimize(model, shapes={"audio": [1, 64]})
+    assert result.fidelity.within()
+
+
+def test_bench_runs_a_model_whose_first_axis_is_not_the_batch():
+    result = benchmark([("audio", stateful_audio_model())], shapes={"audio": [1, 64]}, iterations=3, warmup=1)
+    assert result.rows and all(r.p50_ms > 0 for r in result.rows)
+    with pytest.raises(OnnxoptError, match="--shape"):
+        benchmark([("audio", stateful_audio_model())], iterations=3, warmup=1)
