@@ -6,8 +6,9 @@ Two families of numbers:
   verify lossless passes (tolerance) and to report lossy ones.
 - **Task score** (:func:`task_score`): the single number an accuracy budget is measured
   on. With labels: accuracy. Without: agreement with the original, chosen from the output
-  shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences,
-  ``1 - relative L2 error`` for dense maps and embeddings — and the worst output counts.
+  shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences of
+  class scores (:func:`per_step_outputs`), ``1 - relative L2 error`` for dense maps,
+  embeddings and detection heads — and the worst output counts.
   A callable ``(original_outputs, candidate_outputs) -> float`` can replace it; on the
   command line and in recipes it is named ``module:function`` or ``path/to/file.py:function``
   (:func:`load_metric`), e.g. the F1 of a detector's decoded boxes.
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 import dataclasses
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -290,11 +292,11 @@ def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
     raise OnnxoptError("labels were given but no output has shape [N, classes] to compare them with")
 
 
-def _agreement_output(a: np.ndarray, b: np.ndarray) -> float:
+def _agreement_output(a: np.ndarray, b: np.ndarray, per_step: bool = True) -> float:
     """Task agreement for one output, by its shape (see module docstring)."""
     if a.dtype.kind != "f":
         return float(np.mean(a == b)) if a.shape == b.shape else 0.0
-    if _is_scores(a):
+    if _is_scores(a) and (a.ndim == 2 or per_step):
         return float(np.mean(a.argmax(-1) == b.argmax(-1)))
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     denom = np.linalg.norm(a64)
@@ -303,9 +305,33 @@ def _agreement_output(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(0.0, 1.0 - np.linalg.norm(a64 - b64) / denom))
 
 
-def agreement(reference: Outputs, candidate: Outputs) -> float:
-    """Worst task agreement over all outputs (1.0 = same decisions as the original)."""
-    return min((_agreement_output(a, b) for a, b in zip(reference, candidate)), default=1.0)
+def agreement(reference: Outputs, candidate: Outputs, per_step: Sequence[bool] | None = None) -> float:
+    """Worst task agreement over all outputs (1.0 = same decisions as the original);
+    ``per_step[i]`` False scores a 3-D output ``i`` as a dense map (:func:`per_step_outputs`)."""
+    flags = per_step if per_step is not None else [True] * len(reference)
+    return min((_agreement_output(a, b, f) for a, b, f in zip(reference, candidate, flags)), default=1.0)
+
+
+_LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast"})
+_SCORE_OPS = frozenset({"Softmax", "LogSoftmax", "MatMul", "Gemm"})
+
+
+def per_step_outputs(model: ir.Model) -> list[bool]:
+    """Per graph output: whether a ``[N, T, C]`` output holds class scores per step, i.e. it
+    comes (through layout ops) from a Softmax / LogSoftmax or a linear layer (MatMul / Gemm,
+    plus a bias Add) — a CTC recognizer, a token classifier. Otherwise (a YOLO head's Concat
+    of boxes and scores, ``[N, 4 + classes, anchors]``) the argmax along its last axis is no
+    decision at all, and agreement scores it as a dense output (1 − relative L2 error)."""
+    flags = []
+    for value in model.graph.outputs:
+        node = value.producer()
+        while node is not None and node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
+            node = node.inputs[0].producer()
+        if node is not None and node.op_type == "Add":  # a bias after the matrix product
+            node = next((v.producer() for v in node.inputs if v is not None and v.producer() is not None
+                         and v.producer().op_type in ("MatMul", "Gemm")), node)  # fmt: skip
+        flags.append(node is not None and node.op_type in _SCORE_OPS)
+    return flags
 
 
 def top1(reference: Outputs, candidate: Outputs) -> float:
@@ -462,11 +488,13 @@ class Evaluator:
         self.data = data
         named = metric if isinstance(metric, str) and ":" in metric else None
         self.metric = load_metric(metric) if named else metric
+        self.metric_name = named or metric_name(data.labels, self.metric)
+        if metric is None and data.labels is None and not all(steps := per_step_outputs(original)):
+            self.metric = functools.partial(agreement, per_step=steps)
         self.batch_size = batch_size
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
         self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)
-        self.metric_name = named or metric_name(data.labels, self.metric)
         self._per_sample_baseline: np.ndarray | None = None
 
     def outputs(self, candidate: ir.Model) -> Outputs:

@@ -13,16 +13,18 @@ from onnxopt.evaluate import Evaluator, Score
 
 
 def _shift_model(shift: np.ndarray, shape: list, time_major: bool = False) -> ir.Model:
-    """``y = x + shift``: the original (shift 0) and candidates that move some decisions;
-    ``time_major`` transposes ``[N, T, C]`` inputs to ``[T, N, C]`` outputs first."""
-    nodes = [helper.make_node("Add", ["xt" if time_major else "x", "shift"], ["y"])]
+    """``y = x·I + shift`` (a linear score layer): the original (shift 0) and candidates that
+    move some decisions; ``time_major`` transposes ``[N, T, C]`` inputs to ``[T, N, C]`` first."""
+    nodes = [helper.make_node("MatMul", ["xt" if time_major else "x", "eye"], ["xl"]),
+             helper.make_node("Add", ["xl", "shift"], ["y"])]  # fmt: skip
     if time_major:
         nodes.insert(0, helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]))
     graph = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[1], shape[0], shape[2]] if time_major else shape)],
-        [numpy_helper.from_array(shift.astype(np.float32), "shift")],
+        [numpy_helper.from_array(shift.astype(np.float32), "shift"),
+         numpy_helper.from_array(np.eye(shape[-1], dtype=np.float32), "eye")],
     )  # fmt: skip
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
@@ -66,6 +68,38 @@ def test_per_sample_split_of_a_sequence_output_on_axis_1():
     score = evaluator.score(candidate)
     assert np.isclose(float(score), 1 - 2 / n)
     assert np.isclose(score.se, np.std(np.r_[np.ones(2), np.zeros(n - 2)], ddof=1) / np.sqrt(n))
+
+
+def test_a_detection_head_is_scored_as_a_dense_output_not_by_argmax():
+    """A YOLO-style ``[N, 4 + classes, anchors]`` head (a Concat of boxes and scores): the
+    argmax over anchors is no decision; agreement is 1 − relative L2 error there."""
+    n, anchors = 8, 50
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (n, 6, anchors)).astype(np.float32)
+
+    def head(noise: float) -> ir.Model:
+        nodes = [helper.make_node("Slice", ["x", "s0", "s4", "ax"], ["boxes"]),
+                 helper.make_node("Slice", ["x", "s4", "s6", "ax"], ["logits"]),
+                 helper.make_node("Sigmoid", ["logits"], ["scores"]),
+                 helper.make_node("Concat", ["boxes", "scores"], ["c"], axis=1),
+                 helper.make_node("Add", ["c", "noise"], ["y"])]  # fmt: skip
+        consts = {"s0": [0], "s4": [4], "s6": [6], "ax": [1]}
+        inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items()]
+        inits.append(numpy_helper.from_array((rng.standard_normal((1, 6, anchors)) * noise).astype(np.float32), "noise"))
+        graph = helper.make_graph(
+            nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, anchors])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, anchors])], inits,
+        )  # fmt: skip
+        return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    original, candidate = head(0.0), head(5e-3)
+    evaluator = Evaluator(original, Dataset({"x": x}))
+    assert evaluator.metric_name == "agreement with original"
+    ref, out = evaluator.reference[0], evaluator.outputs(candidate)[0]
+    dense = 1 - np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64))
+    assert np.isclose(float(evaluator.score(candidate)), dense) and dense > 0.98
+    # per-step argmax over the anchors would have called this tiny change a disagreement
+    assert np.mean(ref.argmax(-1) == out.argmax(-1)) < 0.9
 
 
 def test_metric_that_needs_several_samples_falls_back_to_the_bare_drop():
