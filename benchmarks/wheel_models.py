@@ -1,0 +1,223 @@
+"""onnxopt on real pretrained models from other wheels (a robustness check, not in ``make bench``).
+
+The models are not dependencies of this project: fetch the wheels once, without their
+dependencies, and unzip them into one folder::
+
+    pip download --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 magika==1.0.3 -d DIR
+    (cd DIR && for w in *.whl; do unzip -q -o "$w" -d "${w%%-*}"; done)
+    python -m benchmarks.wheel_models DIR      # → benchmarks/results/wheel_models.{md,json}
+
+Models: PaddleOCR's PP-OCRv4 text detector (DB, ``[N, 1, H, W]`` probability map) and
+recognizer (CTC, softmax over 6,625 characters per step) and its direction classifier
+(rapidocr-onnxruntime, exported by paddle2onnx, opset 11–12, weights in Constant nodes); a
+YOLOv8n detector (nudenet, ``[N, 22, 2100]`` head); Google's magika file-type classifier
+(tf2onnx, int32 byte input). Inputs: crops of scikit-learn's sample photos with rendered
+text (the detectors, the recognizer, the classifier) and the first and last 1,024 bytes of
+files of this environment's Python packages (magika). Calibration and evaluation halves
+are disjoint. Per model, one process:
+
+1. ``optimize`` without data (lossless): the largest relative output error;
+2. ``prune_model`` with 20 % of every group's channels (obs, full recovery): MACs removed,
+   file size, score on the evaluation half;
+3. ``quantize_model`` int8 of every layer (no budget, no speed guard): score and the
+   latency ratio measured interleaved (< 1 is faster);
+4. ``optimize`` with data under a 1 % budget: the stages kept, score, the final check.
+
+Scores are the default agreement with the original model (per-step argmax for the
+recognizer, 1 − relative L2 error for the detectors' maps and heads, top-1 for the
+classifiers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset
+from onnxopt.model_io import load_model
+from onnxopt.optimize import optimize
+from onnxopt.pruning import prune_model
+from onnxopt.quantization import quantize_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+_IMAGENET = (np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]))
+
+
+def _crops(n: int, height: int, width: int, seed: int, mean=0.5, std=0.5) -> np.ndarray:
+    """``n`` crops of the sample photos (aspect ``width/height``) with rendered text, NCHW."""
+    from PIL import Image
+
+    from benchmarks.real_data import _draw_text, _photos
+
+    photos, rng, out = _photos(), np.random.default_rng(seed), []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        ch = int(rng.integers(height, h))
+        cw = min(w, int(ch * width / height))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        crop = _draw_text(Image.fromarray(img[y : y + ch, x : x + cw]).resize((width, height)), rng, min(width, height))
+        out.append((np.asarray(crop, np.float32) / 255.0 - mean) / std)
+    return np.stack(out).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def _file_bytes(n: int, seed: int) -> np.ndarray:
+    """magika's input: the first and last 1,024 bytes of ``n`` files, padded with 256."""
+    site = Path(np.__file__).resolve().parents[1]
+    files = sorted(p for p in glob.glob(str(site / "**" / "*"), recursive=True) if os.path.isfile(p))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for path in rng.choice(files, n, replace=False):
+        data = Path(path).read_bytes()
+        head = list(data[:1024]) + [256] * max(0, 1024 - len(data))
+        tail = list(data[-1024:]) if len(data) >= 1024 else [256] * (1024 - len(data)) + list(data)
+        rows.append(head + tail)
+    return np.asarray(rows, np.int32)
+
+
+# name → (path inside DIR, input name, input shape for one sample, data maker)
+MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int], np.ndarray]]] = {
+    "PP-OCRv4 detector": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "x",
+                          [1, 3, 320, 320], lambda n, s: _crops(n, 320, 320, s, *_IMAGENET)),
+    "PP-OCRv4 recognizer": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "x",
+                            [1, 3, 48, 320], lambda n, s: _crops(n, 48, 320, s)),
+    "PP-OCR direction classifier": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                                    "x", [1, 3, 48, 192], lambda n, s: _crops(n, 48, 192, s)),
+    "YOLOv8n (nudenet)": ("nudenet/nudenet/320n.onnx", "images", [1, 3, 320, 320],
+                          lambda n, s: _crops(n, 320, 320, s, 0.0, 1.0)),
+    "magika": ("magika/magika/models/standard_v3_3/model.onnx", "bytes", [1, 2048], lambda n, s: _file_bytes(n, s)),
+}  # fmt: skip
+SAMPLES = {"PP-OCRv4 detector": 24, "PP-OCRv4 recognizer": 48, "YOLOv8n (nudenet)": 24}
+
+
+def _step(row: dict, key: str, run: Callable[[], dict]) -> None:
+    """Record one step's numbers, or its one-line error (a model can refuse one step)."""
+    t = time.time()
+    try:
+        row[key] = run()
+    except Exception as exc:
+        row[key] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    row[key]["seconds"] = time.time() - t
+
+
+def check(name: str, path: Path) -> dict:
+    _, input_name, shape, make = MODELS[name]
+    n = SAMPLES.get(name, 96)
+    model = load_model(path)
+    calib = Dataset({input_name: make(n // 2, 1)})
+    held_out = Dataset({input_name: make(n - n // 2, 2)})
+    shapes = {input_name: shape}
+    evaluator = evaluate.Evaluator(model, held_out)
+    row: dict = {"model": name, "file": MODELS[name][0], "size_mb": path.stat().st_size / 1e6,
+                 "metric": evaluator.metric_name, "samples": {"calibration": len(calib), "evaluation": len(held_out)}}  # fmt: skip
+
+    def lossless() -> dict:
+        result = optimize(model, shapes=shapes)
+        return {"max_rel": result.fidelity.max_rel, "applied": [s.name for s in result.stages if s.kept and s.modified]}
+
+    def prune() -> dict:
+        pruned = prune_model(model, calib, ratio=0.2, criterion="obs", shapes=shapes)
+        return {"macs_removed": 1 - pruned.macs_after / pruned.macs_before, "macs_before": pruned.macs_before,
+                "score": float(evaluator.score(pruned.model)), "size_mb": _size(pruned.model) / 1e6,
+                "unprunable_groups": len(pruned.unprunable)}  # fmt: skip
+
+    def int8() -> dict:
+        q = quantize_model(model, calib, evaluator, mode="int8", check_speed=False)
+        return {"applied": q.applied, "score": None if q.score is None else float(q.score),
+                "latency_ratio": q.latency_ratio, "reason": q.reason}  # fmt: skip
+
+    def full() -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = optimize(model, Path(tmp) / "o.onnx", data=calib, eval_data=held_out, shapes=shapes)
+        return {"kept": [s.name for s in result.stages if s.kept and s.modified and not s.lossless],
+                "score": result.final_score, "final_check": result.speedup}  # fmt: skip
+
+    for key, run in (("lossless", lossless), ("prune_20", prune), ("int8_all", int8), ("optimize_1pct", full)):
+        _step(row, key, run)
+    return row
+
+
+def _num(value: float | None, digits: int = 4, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _size(model) -> int:
+    from onnxopt.model_io import _embedded_proto
+
+    return _embedded_proto(model).ByteSize()
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# onnxopt on real pretrained models from other wheels", "",
+        f"`python -m benchmarks.wheel_models DIR` — {meta['machine']}, onnxruntime {meta['onnxruntime']}, "
+        f"{meta['date']}, {meta['seconds']:.0f} s. How to fetch the models and what each column "
+        "means: the module docstring. Score = agreement with the original on the evaluation half "
+        "(metric per row); latency ratio < 1 is faster.", "",
+        "| model | metric | lossless: max rel. error | prune 20 % of channels: MACs removed / score / MB | "
+        "int8 every layer: score / latency ratio | optimize, 1 % budget: lossy stages kept / score / final check |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | - | failed: {r['error']} | | | |")
+            continue
+        cells = []
+        for key, fmt in (("lossless", lambda d: f"{d['max_rel']:.1e}"),
+                         ("prune_20", lambda d: f"{d['macs_removed']:.1%} of {d['macs_before'] / 1e6:.0f} M / "
+                                                f"{d['score']:.4f} / {d['size_mb']:.1f}"),
+                         ("int8_all", lambda d: f"{_num(d['score'])} / {_num(d['latency_ratio'], 2)}"),
+                         ("optimize_1pct", lambda d: f"{', '.join(d['kept']) or 'none'} / {_num(d['score'])} / "
+                                                     f"{_num(d['final_check'], 2, '×')}")):  # fmt: skip
+            d = r[key]
+            cells.append(f"not run: {d['error']}" if "error" in d else fmt(d))
+        lines.append(f"| {r['model']} ({r['size_mb']:.1f} MB) | {r['metric']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import platform
+
+    import onnxruntime as ort
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="folder with the unzipped wheels (module docstring)")
+    parser.add_argument("--only", nargs="*", help="model names to run")
+    args = parser.parse_args(argv)
+    start, rows = time.time(), []
+    for name, (rel, *_) in MODELS.items():
+        if args.only and name not in args.only:
+            continue
+        path = args.dir / rel
+        if not path.is_file():
+            print(f"skip {name}: {path} not found", file=sys.stderr)
+            continue
+        print(f"{name} …", file=sys.stderr, flush=True)
+        try:
+            rows.append(check(name, path))
+        except Exception as exc:  # a robustness check: record it and go on
+            rows.append({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    meta = {"date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__, "machine": cpu, "seconds": time.time() - start}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "wheel_models.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    (RESULTS / "wheel_models.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
