@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from onnxopt.calibration import synthetic
 from onnxopt.errors import OnnxoptError
-from onnxopt.evaluate import session
+from onnxopt.evaluate import _first_line, session
 from onnxopt.model_io import load_model
 
 PROVIDERS = {
@@ -304,7 +304,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
             used = ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feed.items())
             raise OnnxoptError(f"onnxruntime cannot run {_label} on random inputs ({used}): "
-                               f"{str(exc).strip().splitlines()[0]}; give input sizes with --shape NAME=DxD…") from None
+                               f"{_first_line(exc)}; give input sizes with --shape NAME=DxD…") from None
         after = _rss_mb()
         sessions.append(sess)
         feeds.append(feed)

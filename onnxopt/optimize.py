@@ -227,8 +227,7 @@ def optimize(
                 options["max_drop"] = max_drop * share  # searched under its share of the budget
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
-    if held_out is None:
-        _check_runs(original, verify_data)
+    reference = _reference_outputs(original, verify_data, generated=held_out is None)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
     if speed_check:
         optimized, records = try_last_stage_alone(optimized, records, pipeline, ctx)
@@ -237,7 +236,6 @@ def optimize(
         ctx.progress("final speed check")
         optimized, speedup = confirm_speedup(original, optimized, records, ctx)
     final_outputs = evaluate.run(optimized, verify_data)
-    reference = evaluate.run(original, verify_data)
     fidelity = evaluate.compare(reference, final_outputs, names=[o.name for o in original.graph.outputs], labels=verify_data.labels)
     written = save_model(optimized, output, input_path=input_path) if output is not None else None
     after = summarize(optimized, written, shapes)
@@ -259,12 +257,15 @@ def optimize(
     return result
 
 
-def _check_runs(model: ir.Model, data: Dataset) -> None:
-    """Run ``model`` on the random check inputs; when it fails, say which shapes were used
-    (dynamic dims are 1, which e.g. a reflect Pad of an audio model's STFT rejects)."""
+def _reference_outputs(model: ir.Model, data: Dataset, *, generated: bool) -> evaluate.Outputs:
+    """The original's outputs on the check inputs. When ``generated`` (random inputs, no
+    data given) and the model cannot run on them, say which shapes were used: dynamic dims
+    are 1, which e.g. a reflect Pad of an audio model's STFT rejects."""
     try:
-        evaluate.run(model, data)
+        return evaluate.run(model, data)
     except OnnxoptError as exc:
+        if not generated:
+            raise
         used = ", ".join(f"{k}={'x'.join(str(d) for d in getattr(v, 'shape', ())) or 'scalar'}" for k, v in data.inputs.items())
         raise OnnxoptError(f"{exc} — on random check inputs ({used}; dynamic dimensions are 1 unless given): "
                            "give real sizes with --shape NAME=DxD… or real inputs with --data") from None
