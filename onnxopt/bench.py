@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import synthetic
+from onnxopt.calibration import shapes_text, synthetic
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import _first_line, session
 from onnxopt.model_io import load_model
@@ -302,8 +302,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
             for _ in range(warmup):
                 sess.run(None, feed)
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
-            used = ", ".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feed.items())
-            raise OnnxoptError(f"onnxruntime cannot run {_label} on random inputs ({used}): "
+            raise OnnxoptError(f"onnxruntime cannot run {_label} on random inputs ({shapes_text(feed)}): "
                                f"{_first_line(exc)}; give input sizes with --shape NAME=DxD…") from None
         after = _rss_mb()
         sessions.append(sess)

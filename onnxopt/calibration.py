@@ -26,6 +26,7 @@ __all__ = [
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -145,6 +146,11 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
     return array
 
 
+def shapes_text(inputs: Mapping[str, Any]) -> str:
+    """``name=1x3x224x224, flag=scalar``: the shapes of a feed, for error messages."""
+    return ", ".join(f"{k}={'x'.join(str(d) for d in getattr(v, 'shape', ())) or 'scalar'}" for k, v in inputs.items())
+
+
 def _fmt_shape(shape: Sequence) -> str:
     return "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
 
@@ -223,17 +229,15 @@ def synthetic(
     for spec in input_specs(model):
         if spec.name in shapes:
             dims = list(shapes[spec.name])
-            fixed_first = spec.shape is not None and len(spec.shape) > 0 and isinstance(spec.shape[0], int) and spec.shape[0] > 0
-            if dims and not fixed_first:  # a fixed first axis (an RNN state's layers) is not the sample axis
-                dims[0] = n
         elif spec.shape is None:
             raise OnnxoptError(
                 f"input {spec.name!r} has no shape in the model; give it with --shape {spec.name}=..."
             )
         else:
             dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
-            if dims:
-                dims[0] = n if not (isinstance(spec.shape[0], int) and spec.shape[0] > 0) else spec.shape[0]
+        fixed_first = bool(spec.shape) and isinstance(spec.shape[0], int) and spec.shape[0] > 0
+        if dims and not fixed_first:  # a fixed first axis (an RNN state's layers) is not the sample axis
+            dims[0] = n
         kind = spec.dtype.kind
         if kind == "f":
             arr = rng.standard_normal(dims).astype(spec.dtype)

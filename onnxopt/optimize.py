@@ -39,7 +39,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxopt import evaluate
-from onnxopt.calibration import Dataset, check_dataset, load_npz, synthetic
+from onnxopt.calibration import Dataset, check_dataset, load_npz, shapes_text, synthetic
 from onnxopt.errors import OnnxoptError
 from onnxopt.lowrank import lowrank_stage
 from onnxopt.model_io import check_output_path, load_model, save_model
@@ -266,8 +266,7 @@ def _reference_outputs(model: ir.Model, data: Dataset, *, generated: bool) -> ev
     except OnnxoptError as exc:
         if not generated:
             raise
-        used = ", ".join(f"{k}={'x'.join(str(d) for d in getattr(v, 'shape', ())) or 'scalar'}" for k, v in data.inputs.items())
-        raise OnnxoptError(f"{exc} — on random check inputs ({used}; dynamic dimensions are 1 unless given): "
+        raise OnnxoptError(f"{exc} — on random check inputs ({shapes_text(data.inputs)}; dynamic dimensions are 1 unless given): "
                            "give real sizes with --shape NAME=DxD… or real inputs with --data") from None
 
 
