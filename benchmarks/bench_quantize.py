@@ -45,7 +45,7 @@ from benchmarks.real_data import photo_crops, real_models
 from onnxopt import evaluate
 from onnxopt.bench import interleaved_times, runs_per_turn
 from onnxopt.calibration import Dataset, load_npz
-from onnxopt.model_io import _embedded_proto, load_model
+from onnxopt.model_io import _embedded_proto, load_model, serialized_size
 from onnxopt.quantization import _auto_int8_modes, quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,10 +144,6 @@ def quality(reference_model: ir.Model, model: ir.Model, data: Dataset) -> dict:
     return result
 
 
-def size_of(model: ir.Model) -> int:
-    return _embedded_proto(model).ByteSize()
-
-
 def bench_model(
     name: str, model: ir.Model, calib: Dataset, held_out: Dataset, *, kind: str, rounds: int, metric=None
 ) -> dict:
@@ -208,8 +204,8 @@ def bench_model(
         if model_v is None:
             rows.append(row)
             continue
-        row["size_bytes"] = size_of(model_v)
-        row["size_ratio"] = size_of(model) / row["size_bytes"]
+        row["size_bytes"] = serialized_size(model_v)
+        row["size_ratio"] = serialized_size(model) / row["size_bytes"]
         row.update(quality(model, model_v, held_out))
         if label in latency:
             row["latency_ms"], row["latency_ratio"] = latency[label]

@@ -44,7 +44,7 @@ import numpy as np
 
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset
-from onnxopt.model_io import load_model
+from onnxopt.model_io import load_model, serialized_size
 from onnxopt.optimize import optimize
 from onnxopt.pruning import prune_model
 from onnxopt.quantization import quantize_model
@@ -128,7 +128,7 @@ def check(name: str, path: Path) -> dict:
     def prune() -> dict:
         pruned = prune_model(model, calib, ratio=0.2, criterion="obs", shapes=shapes)
         return {"macs_removed": 1 - pruned.macs_after / pruned.macs_before, "macs_before": pruned.macs_before,
-                "score": float(evaluator.score(pruned.model)), "size_mb": _size(pruned.model) / 1e6,
+                "score": float(evaluator.score(pruned.model)), "size_mb": serialized_size(pruned.model) / 1e6,
                 "unprunable_groups": len(pruned.unprunable)}  # fmt: skip
 
     def int8() -> dict:
@@ -149,12 +149,6 @@ def check(name: str, path: Path) -> dict:
 
 def _num(value: float | None, digits: int = 4, suffix: str = "") -> str:
     return "-" if value is None else f"{value:.{digits}f}{suffix}"
-
-
-def _size(model) -> int:
-    from onnxopt.model_io import _embedded_proto
-
-    return _embedded_proto(model).ByteSize()
 
 
 def markdown(rows: list[dict], meta: dict) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "load_model",
     "save_model",
     "model_bytes",
+    "serialized_size",
     "file_size",
     "check_output_path",
     "MIN_OPSET",
@@ -161,6 +162,12 @@ def model_bytes(model: ir.Model) -> int:
         if value.const_value is not None:
             total += value.const_value.nbytes
     return total
+
+
+def serialized_size(model: ir.Model) -> int:
+    """Bytes of the model written as one file, weights embedded (Constant nodes included,
+    which :func:`model_bytes` does not count)."""
+    return _embedded_proto(model).ByteSize()
 
 
 def file_size(path: str | os.PathLike) -> int:

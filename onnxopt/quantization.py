@@ -52,7 +52,7 @@ from onnxopt.bench import latency_ratio, latency_ratios
 from onnxopt.calibration import Dataset, synthetic
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import default_opset, fixed_batch
-from onnxopt.model_io import _embedded_proto
+from onnxopt.model_io import _embedded_proto, serialized_size
 from onnxopt.passes.cleanup import fold_weight_subgraphs
 from onnxopt.passes.lowbit import LowBitWeightPass
 from onnxopt.passes.quantize import (
@@ -119,10 +119,6 @@ class QuantizeResult:
         d["size_ratio"] = self.size_before / self.size_after if self.size_after else None
         d["layer_stats"] = [{k: v for k, v in s.items() if k not in ("alpha", "delta")} for s in self.layer_stats]
         return d
-
-
-def _size(model: ir.Model) -> int:
-    return _embedded_proto(model).ByteSize()
 
 
 # --------------------------------------------------------------------------- latency
@@ -407,7 +403,7 @@ def quantize_model(
             raise OnnxoptError("--max-accuracy-drop needs data to measure it on (--data, or --eval-data)")
         calib, held_out = calib.split(0.5, seed)
         evaluator = evaluate.Evaluator(model, held_out)
-    result = QuantizeResult(model, mode, False, [], {}, _size(model), _size(model))
+    result = QuantizeResult(model, mode, False, [], {}, serialized_size(model), serialized_size(model))
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
 
     if int8:  # onnxruntime's quantizers only see weights that are initializers
@@ -500,7 +496,7 @@ def quantize_model(
             result.score = result.baseline
         return result
     result.model, result.applied = candidate, True
-    result.size_after = _size(candidate)
+    result.size_after = serialized_size(candidate)
     if evaluator is not None:
         result.fidelity = evaluator.fidelity(candidate).to_dict()
     elif calib is not None and len(calib):
