@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import onnx
@@ -64,6 +64,7 @@ def _export_dynamo(
     output_names: list[str] | None,
     dynamic_batch: bool,
     optimize: bool,
+    batch_axes: dict[str, int],
 ) -> None:
     if opset is not None and opset < _DYNAMO_MIN_OPSET:
         # The exporter would fall back to 18 on its own after a failed down-conversion.
@@ -71,7 +72,8 @@ def _export_dynamo(
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+        names = input_names or [""] * len(example_inputs)
+        dynamic_shapes = tuple({batch_axes.get(name, 0): batch} for name in names)
     # Without torchvision the exporter logs one warning per torchvision op it cannot register.
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     old_level = registration_log.level
@@ -104,6 +106,7 @@ def _export_torchscript(
     output_names: list[str] | None,
     dynamic_batch: bool,
     optimize: bool,
+    batch_axes: dict[str, int],
 ) -> None:
     dynamic_axes = None
     if dynamic_batch:  # dynamic_axes is keyed by name, so every input and output needs one
@@ -112,7 +115,7 @@ def _export_torchscript(
             outputs = model(*example_inputs)
         n_outputs = len(outputs) if isinstance(outputs, tuple | list) else 1
         output_names = output_names or [f"output_{i}" for i in range(n_outputs)]
-        dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+        dynamic_axes = {name: {batch_axes.get(name, 0): "batch"} for name in [*input_names, *output_names]}
     # EVAL runs the exporter's Conv+BN fusion; PRESERVE on an eval-mode model skips only that.
     mode = torch.onnx.TrainingMode.EVAL if optimize else torch.onnx.TrainingMode.PRESERVE
     with warnings.catch_warnings():
@@ -144,11 +147,14 @@ def export_onnx(
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = False,
     optimize: bool = False,
+    batch_axes: Mapping[str, int] | None = None,
 ) -> Path:
     """Export ``model`` (run in eval mode) on ``example_inputs`` to ``path`` and return it.
 
     ``opset=None`` uses the exporter's default (20 with torch 2.13; dynamo needs >= 18).
-    ``dynamic_batch`` makes dimension 0 of every input and output symbolic (``batch``).
+    ``dynamic_batch`` makes dimension 0 of every input and output symbolic (``batch``);
+    ``batch_axes`` (name → axis, implies ``dynamic_batch``) moves it for the named inputs and
+    outputs, e.g. an RNN state ``[layers, batch, hidden]``.
     ``optimize=False`` keeps BatchNormalization nodes unfused with both exporters (see the
     module docstring). The model's train/eval mode is restored afterwards.
     """
@@ -165,8 +171,9 @@ def export_onnx(
             opset,
             list(input_names) if input_names else None,
             list(output_names) if output_names else None,
-            dynamic_batch,
+            dynamic_batch or bool(batch_axes),
             optimize,
+            dict(batch_axes or {}),
         )
     finally:
         model.train(was_training)

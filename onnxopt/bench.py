@@ -25,9 +25,10 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import shapes_text, synthetic
+from onnxopt.calibration import Dataset, input_specs, shapes_text, synthetic
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import _first_line, session
+from onnxopt.graph import sample_axes
 from onnxopt.model_io import load_model
 
 PROVIDERS = {
@@ -146,11 +147,15 @@ def benchmark(
     opt_level: str = "all",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    feed: Mapping[str, np.ndarray] | None = None,
 ) -> BenchResult:
     """Benchmark ``models`` (paths, or ``(label, model_or_path)`` pairs) interleaved.
 
     Stops after ``iterations`` rounds, or ``seconds`` of timed running per (provider,
-    batch) group, whichever is given (default: 100 rounds).
+    batch) group, whichever is given (default: 100 rounds). Inputs are random, sized by
+    ``batch_sizes`` and ``shapes``, unless ``feed`` gives the one batch to time (real
+    samples: a model that branches on its inputs, e.g. on a sample rate, then times the
+    path it takes in use).
     """
     if not models:
         raise OnnxoptError("no model to benchmark")
@@ -168,10 +173,11 @@ def benchmark(
         raise OnnxoptError("no requested execution provider is available: " + "; ".join(skipped))
     rows: list[BenchRow] = []
     for key, provider in chosen:
-        for batch in batch_sizes:
+        for batch in batch_sizes if feed is None else (None,):
             rows.extend(
-                _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress)
-            )
+                _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed,
+                             progress, feed)
+            )  # fmt: skip
     env = {
         "onnxruntime": ort.__version__,
         "cpu": _cpu_name(),
@@ -272,47 +278,52 @@ def latency_ratios(
 
 
 def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:
+    """Each input's shape at ``batch`` samples (on its sample axis, when that is dynamic or
+    ``shapes`` names the input)."""
     out = {}
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
-            continue
-        if shapes and value.name in shapes:
-            dims = list(shapes[value.name])
-        elif value.shape is not None:
-            dims = [d if isinstance(d, int) else 1 for d in value.shape]
+    for spec in input_specs(model):
+        if shapes and spec.name in shapes:
+            dims = list(shapes[spec.name])
+        elif spec.shape is not None:
+            dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
         else:
-            raise OnnxoptError(f"input {value.name!r} has no shape; give it with --shape {value.name}=...")
-        first_dynamic = value.shape is not None and len(value.shape) > 0 and not isinstance(value.shape[0], int)
-        if dims and (first_dynamic or (shapes and value.name in shapes)):
-            dims[0] = batch
-        out[value.name] = dims
+            raise OnnxoptError(f"input {spec.name!r} has no shape; give it with --shape {spec.name}=...")
+        axis = spec.axis
+        if axis is not None and axis < len(dims):
+            dynamic = spec.shape is not None and not (isinstance(spec.shape[axis], int) and spec.shape[axis] > 0)
+            if dynamic or (shapes and spec.name in shapes):
+                dims[axis] = batch
+        out[spec.name] = dims
     return out
 
 
-def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress):
+def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress,
+                 given=None):  # fmt: skip
     sessions, feeds, mems = [], [], []
     for _label, src, model in labelled:
         before = _rss_mb()
         sess = session(src if not isinstance(src, ir.Model) else model, providers=[provider], threads=threads, opt_level=OPT_LEVELS[opt_level])
-        dims = _batch_shapes(model, batch, shapes)
-        n = next(iter(dims.values()))[0] if dims and next(iter(dims.values())) else 1
-        data = synthetic(model, n, seed=seed, shapes=dims).inputs
+        if given is None:
+            data = synthetic(model, batch, seed=seed, shapes=_batch_shapes(model, batch, shapes)).inputs
+        else:
+            data = given
         feed = {i.name: data[i.name] for i in sess.get_inputs()}
         try:
             for _ in range(warmup):
                 sess.run(None, feed)
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
-            raise OnnxoptError(f"onnxruntime cannot run {_label} on random inputs ({shapes_text(feed)}): "
+            what = "random inputs" if given is None else "the timing inputs"
+            raise OnnxoptError(f"onnxruntime cannot run {_label} on {what} ({shapes_text(feed)}): "
                                f"{_first_line(exc)}; give input sizes with --shape NAME=DxD…") from None
         after = _rss_mb()
         sessions.append(sess)
         feeds.append(feed)
         mems.append(after - before if before is not None and after is not None else None)
-    say = (lambda rounds: progress(f"{key} batch {batch}: {rounds} rounds")) if progress else None
+    b = len(Dataset(feeds[0], axes=sample_axes({i.name: i.shape for i in sessions[0].get_inputs()})))
+    say = (lambda rounds: progress(f"{key} batch {b}: {rounds} rounds")) if progress else None
     times = interleaved_times(sessions, feeds, rounds=iterations, seconds=seconds, progress=say)
     rows = []
-    for (label, _, _), ms, mem, feed in zip(labelled, times, mems, feeds):
-        b = len(next(iter(feed.values()))) if feed else 1
+    for (label, _, _), ms, mem in zip(labelled, times, mems):
         p50 = float(np.percentile(ms, 50))
         rows.append(
             BenchRow(

@@ -21,6 +21,7 @@ __all__ = [
     "check_dataset",
     "synthetic",
     "parse_shapes",
+    "with_sample_axes",
 ]
 
 import dataclasses
@@ -32,17 +33,20 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
+from onnxopt.graph import sample_axes
 
 _LABEL_KEYS = ("labels", "label", "y", "targets")
 
 
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """A graph input: name, numpy dtype and shape (ints, or None/str for dynamic dims)."""
+    """A graph input: name, numpy dtype, shape (ints, or None/str for dynamic dims) and the
+    axis that carries samples (:func:`onnxopt.graph.sample_axes`; None for a scalar)."""
 
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...] | None
+    axis: int | None = 0
 
 
 def input_specs(model: ir.Model) -> list[InputSpec]:
@@ -56,7 +60,8 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         if value.shape is not None:
             shape = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape)
         specs.append(InputSpec(value.name, np.dtype(dtype), shape))
-    return specs
+    axes = sample_axes({s.name: s.shape for s in specs})
+    return [dataclasses.replace(s, axis=axes[s.name]) for s in specs]
 
 
 def parse_shapes(items: Sequence[str] | str | None) -> dict[str, list[int]]:
@@ -87,22 +92,46 @@ def parse_shapes(items: Sequence[str] | str | None) -> dict[str, list[int]]:
 
 @dataclasses.dataclass
 class Dataset:
-    """Named input arrays with the sample axis first, and optional labels."""
+    """Named input arrays and optional labels. Samples lie on each input's sample axis
+    (``axes``; the first axis unless it says otherwise, e.g. 1 for an RNN state
+    ``[layers, batch, hidden]``); an input without it (a scalar, a state shared by all
+    samples) is fed whole with every batch."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
+
+    def axis(self, name: str) -> int | None:
+        """The sample axis of input ``name`` (None: it has none)."""
+        value = self.inputs[name]
+        if np.ndim(value) == 0:
+            return None
+        axis = self.axes.get(name, 0)
+        return axis if axis is not None and axis < np.ndim(value) else None
 
     def __len__(self) -> int:
-        # scalar inputs (a flag, a step count) have no sample axis and are shared by all
-        batched = [v for v in self.inputs.values() if np.ndim(v) > 0]
-        return len(batched[0]) if batched else (1 if self.inputs else 0)
+        for name, value in self.inputs.items():
+            axis = self.axis(name)
+            if axis is not None:
+                return np.shape(value)[axis]
+        return 1 if self.inputs else 0
+
+    def _cut(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
+        n = len(self)
+        out = {}
+        for name, value in self.inputs.items():
+            axis = self.axis(name)
+            if axis is None or np.shape(value)[axis] != n:  # no sample axis: shared
+                out[name] = value
+            else:
+                out[name] = value[(slice(None),) * axis + (index,)]
+        return out
 
     def take(self, index: np.ndarray | slice) -> Dataset:
-        """The samples at ``index``; an input without the sample axis (a scalar, or a first
-        axis of another length, such as an RNN state's layers in generated data) is shared."""
-        n = len(self)
+        """The samples at ``index``; an input without the sample axis (a scalar, or one of
+        another length, such as a state shared by all samples) is shared."""
         labels = None if self.labels is None else self.labels[index]
-        return Dataset({k: v[index] if np.ndim(v) > 0 and len(v) == n else v for k, v in self.inputs.items()}, labels)
+        return Dataset(self._cut(index), labels, dict(self.axes))
 
     def split(self, eval_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint (calibration, evaluation) halves, shuffled with ``seed``."""
@@ -116,9 +145,9 @@ class Dataset:
         return self.take(np.sort(order[n_eval:])), self.take(np.sort(order[:n_eval]))
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        n = len(self)
-        for start in range(0, n, batch_size):
-            yield {k: v[start : start + batch_size] for k, v in self.inputs.items()}
+        """Feeds of ``batch_size`` samples (the last one may be smaller)."""
+        for start in range(0, len(self), batch_size):
+            yield self._cut(slice(start, start + batch_size))
 
 
 def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -126,10 +155,10 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
         if array.ndim != len(spec.shape):
             raise OnnxoptError(
                 f"input {name!r}: data has shape {list(array.shape)} but the model expects rank "
-                f"{len(spec.shape)} {_fmt_shape(spec.shape)} (samples on the first axis)"
+                f"{len(spec.shape)} {_fmt_shape(spec.shape)} ({_samples_on(spec)})"
             )
         for i, (got, want) in enumerate(zip(array.shape, spec.shape)):
-            if i > 0 and isinstance(want, int) and want > 0 and got != want:
+            if i != spec.axis and isinstance(want, int) and want > 0 and got != want:
                 raise OnnxoptError(
                     f"input {name!r}: data has shape {list(array.shape)} but the model expects "
                     f"{_fmt_shape(spec.shape)} (dimension {i} is {got}, expected {want})"
@@ -149,6 +178,16 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
 def shapes_text(inputs: Mapping[str, Any]) -> str:
     """``name=1x3x224x224, flag=scalar``: the shapes of a feed, for error messages."""
     return ", ".join(f"{k}={'x'.join(str(d) for d in getattr(v, 'shape', ())) or 'scalar'}" for k, v in inputs.items())
+
+
+def _samples_on(spec: InputSpec) -> str:
+    if spec.axis is None:
+        return "a scalar"
+    return "samples on the first axis" if spec.axis == 0 else f"samples on axis {spec.axis}"
+
+
+def _sample_counts(inputs: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> set[int]:
+    return {inputs[s.name].shape[s.axis] for s in specs if s.axis is not None and inputs[s.name].ndim > s.axis}
 
 
 def _fmt_shape(shape: Sequence) -> str:
@@ -183,7 +222,7 @@ def load_npz(path: str | Path, model: ir.Model, *, min_samples: int = 1) -> Data
             )
     for spec in specs:
         inputs[spec.name] = _check_array(spec.name, arrays[spec.name], spec)
-    counts = {len(a) for a in inputs.values()}
+    counts = _sample_counts(inputs, specs)
     if labels is not None:
         counts.add(len(labels))
     if len(counts) > 1:
@@ -193,7 +232,7 @@ def load_npz(path: str | Path, model: ir.Model, *, min_samples: int = 1) -> Data
         raise OnnxoptError(f"{path}: {n} samples, at least {min_samples} needed")
     if labels is not None:
         labels = np.asarray(labels).reshape(n, -1) if labels.ndim > 1 else np.asarray(labels)
-    return Dataset(inputs, labels)
+    return Dataset(inputs, labels, {s.name: s.axis for s in specs})
 
 
 def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
@@ -203,12 +242,25 @@ def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
     if missing:
         raise OnnxoptError(f"data has no array for model input(s) {missing}; its keys are {sorted(dataset.inputs)}")
     inputs = {s.name: _check_array(s.name, np.asarray(dataset.inputs[s.name]), s) for s in specs}
-    counts = {len(a) for a in inputs.values() if a.ndim}
+    counts = _sample_counts(inputs, specs)
     if dataset.labels is not None:
         counts.add(len(dataset.labels))
     if len(counts) > 1:
         raise OnnxoptError(f"data arrays disagree on the number of samples ({sorted(counts)})")
-    return Dataset(inputs, dataset.labels)
+    return Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs})
+
+
+def _fixed_dim(spec: InputSpec, axis: int) -> bool:
+    return spec.shape is not None and isinstance(spec.shape[axis], int) and spec.shape[axis] > 0
+
+
+def with_sample_axes(data: Dataset | None, model: ir.Model) -> Dataset | None:
+    """``data`` with the model's sample axis for every input whose axis it does not say (a
+    :class:`Dataset` built in Python)."""
+    if data is None:
+        return None
+    axes = {s.name: s.axis for s in input_specs(model)} | data.axes
+    return dataclasses.replace(data, axes=axes)
 
 
 def synthetic(
@@ -220,13 +272,15 @@ def synthetic(
 ) -> Dataset:
     """Random inputs that fit the model's signature (dynamic dims: from ``shapes`` or 1).
 
-    ``shapes`` gives the full shape of one batch; the sample axis is the first one.
+    ``shapes`` gives the full shape of one batch; the sample axis (of ``n``) is the one
+    :func:`onnxopt.graph.sample_axes` names.
     Floats are standard normal, integers small non-negative (safe as indices), bools random.
     """
     rng = np.random.default_rng(seed)
     shapes = dict(shapes or {})
     inputs: dict[str, np.ndarray] = {}
-    for spec in input_specs(model):
+    specs = input_specs(model)
+    for spec in specs:
         if spec.name in shapes:
             dims = list(shapes[spec.name])
         elif spec.shape is None:
@@ -235,9 +289,8 @@ def synthetic(
             )
         else:
             dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
-        fixed_first = bool(spec.shape) and isinstance(spec.shape[0], int) and spec.shape[0] > 0
-        if dims and not fixed_first:  # a fixed first axis (an RNN state's layers) is not the sample axis
-            dims[0] = n
+        if spec.axis is not None and spec.axis < len(dims) and not _fixed_dim(spec, spec.axis):
+            dims[spec.axis] = n  # a fixed sample axis (an exported batch of 1) stays as exported
         kind = spec.dtype.kind
         if kind == "f":
             arr = rng.standard_normal(dims).astype(spec.dtype)
@@ -248,4 +301,4 @@ def synthetic(
         else:
             raise OnnxoptError(f"input {spec.name!r}: cannot generate data of dtype {spec.dtype}; pass --data")
         inputs[spec.name] = arr
-    return Dataset(inputs)
+    return Dataset(inputs, axes={s.name: s.axis for s in specs})

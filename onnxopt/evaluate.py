@@ -45,7 +45,7 @@ import onnxruntime as ort
 
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import common_batch
+from onnxopt.graph import batch_along, input_shapes, sample_axes
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
 
 Outputs = list[np.ndarray]
@@ -96,9 +96,8 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _fixed_batch(sess: ort.InferenceSession) -> int | None:
-    """The batch the model's inputs fix on their first axis, if any (None = dynamic)."""
-    return common_batch(inp.shape[0] for inp in sess.get_inputs() if inp.shape)  # scalars have no sample axis
+def _session_shapes(sess: ort.InferenceSession) -> dict[str, list | None]:
+    return {i.name: i.shape for i in sess.get_inputs()}
 
 
 def run(
@@ -107,9 +106,10 @@ def run(
     *,
     batch_size: int = 64,
 ) -> Outputs:
-    """Run ``model`` on every sample of ``data``; outputs are concatenated on axis 0.
+    """Run ``model`` on every sample of ``data``; outputs are joined on their sample axis.
 
-    Samples are fed ``batch_size`` at a time, or as many as a fixed batch dimension allows.
+    Samples are fed ``batch_size`` at a time, or as many as a fixed batch dimension allows,
+    cut along each input's sample axis (:func:`onnxopt.graph.sample_axes`).
     """
     sess = model if isinstance(model, ort.InferenceSession) else session(model)
     inputs = data.inputs if isinstance(data, Dataset) else dict(data)
@@ -117,27 +117,47 @@ def run(
     missing = [n for n in names if n not in inputs]
     if missing:
         raise OnnxoptError(f"no data for model input(s) {missing}")
-    arrays = [inputs[k] for k in names if isinstance(inputs[k], np.ndarray) and inputs[k].ndim]
-    n = len(arrays[0]) if arrays else 1  # samples: the first axis of the first non-scalar input
-    fixed = _fixed_batch(sess)
-    step = fixed if fixed else batch_size
-    # Only arrays with the sample axis are cut into batches; scalars (a flag, a step count)
-    # and inputs of another length are fed whole with every batch. Sequences, maps and
-    # optionals cannot be cut: then everything is fed at once, as are small sets.
-    batched = {k for k in names if isinstance(inputs[k], np.ndarray) and inputs[k].ndim and len(inputs[k]) == n}
-    whole = n <= step or not batched or any(not isinstance(inputs[k], np.ndarray) for k in names)
+    shapes = _session_shapes(sess)
+    feed_data = Dataset({k: inputs[k] for k in names}, axes=sample_axes(shapes))
+    step = batch_along(shapes) or batch_size
+    # Sequences, maps and optionals cannot be cut: then everything is fed at once, as are
+    # small sets.
+    whole = len(feed_data) <= step or any(not isinstance(inputs[k], np.ndarray) for k in names)
+    feeds = [feed_data.inputs] if whole else list(feed_data.batches(step))
     chunks: list[Outputs] = []
     try:
-        for start in range(0, max(n, 1), step):
-            feed = {k: inputs[k][start : start + step] if k in batched and not whole else inputs[k] for k in names}
+        for feed in feeds:
             chunks.append(sess.run(None, feed))
-            if whole:
-                break
     except Exception as exc:
         raise OnnxoptError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
     if len(chunks) == 1:
         return chunks[0]
-    return [_concat([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    sizes = [len(Dataset(f, axes=feed_data.axes)) for f in feeds]
+    out_axes = [_output_axis(o.shape, shapes) for o in sess.get_outputs()]
+    return [_concat([c[i] for c in chunks], sizes, out_axes[i]) for i in range(len(chunks[0]))]
+
+
+def output_sample_axes(model: ir.Model) -> list[int | None]:
+    """Per graph output, the axis its declared shape gives the inputs' batch symbol (1 for an
+    LSTM's ``[T, batch, classes]``), or None."""
+    shapes = input_shapes(model)
+    return [
+        _output_axis(None if v.shape is None else [d if isinstance(d, int) else d.value for d in v.shape], shapes)
+        for v in model.graph.outputs
+    ]
+
+
+def _output_axis(shape: Sequence | None, inputs: Mapping[str, Sequence | None]) -> int | None:
+    """An output's sample axis when its declared shape names it: the inputs' batch symbol."""
+    symbols = {
+        s[a] for s, a in ((inputs[k], a) for k, a in sample_axes(inputs).items())
+        if a is not None and s is not None and isinstance(s[a], str)
+    }
+    if shape:
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, str) and dim in symbols:
+                return axis
+    return None
 
 
 def _samples(value) -> int:
@@ -147,12 +167,23 @@ def _samples(value) -> int:
     return len(value) if hasattr(value, "__len__") else 1
 
 
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    if all(p.ndim > 0 for p in parts):
-        try:
-            return np.concatenate(parts, axis=0)
-        except ValueError:
-            pass
+def _concat(parts: list[np.ndarray], sizes: Sequence[int], axis: int | None = None) -> np.ndarray:
+    """Join per-batch outputs on their sample axis: ``axis`` when declared, else the first
+    axis whose length is the batch size in every part (an LSTM's ``[T, dirs, N, H]`` output
+    has it third), else the first axis (a detector's ``[boxes, 6]`` after NMS), else they
+    are stacked."""
+    if all(isinstance(p, np.ndarray) and p.ndim > 0 for p in parts):
+        ndim = parts[0].ndim
+        fits = [
+            a for a in range(ndim)
+            if all(p.ndim == ndim and p.shape[a] == n for p, n in zip(parts, sizes))
+        ]  # fmt: skip
+        order = ([axis] if axis in fits else []) + fits + [0]
+        for a in order:
+            try:
+                return np.concatenate(parts, axis=a)
+            except ValueError:
+                continue
     return np.stack(parts)
 
 
@@ -238,15 +269,14 @@ def compare(
     results = []
     for i, (a, b) in enumerate(zip(reference, candidate)):
         name = names[i] if names else f"output{i}"
-        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.dtype.kind != "f":
-            # sequences, maps, optionals, integers, bools, strings: exact comparison only
-            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape != b.shape:
-                raise OnnxoptError(f"output {name!r}: shapes differ: {list(a.shape)} vs {list(b.shape)}")
-            equal = _same_value(a, b)
-            results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, None))
+        shapes_differ = isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape != b.shape
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.dtype.kind != "f" or shapes_differ:
+            # sequences, maps, optionals, integers, bools, strings: exact comparison only; a
+            # data-dependent shape (boxes after NMS) that changed is as far off as can be
+            equal = not shapes_differ and _same_value(a, b)
+            top1 = (0.0 if shapes_differ else None) if isinstance(a, np.ndarray) and _is_scores(a) else None
+            results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, top1))
             continue
-        if a.shape != b.shape:
-            raise OnnxoptError(f"output {name!r}: shapes differ: {list(a.shape)} vs {list(b.shape)}")
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         same = (np.isnan(a64) & np.isnan(b64)) | (a64 == b64)  # NaN = NaN, inf = inf
         diff = np.where(same, 0.0, np.abs(a64 - b64))
@@ -294,8 +324,10 @@ def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
 
 def _agreement_output(a: np.ndarray, b: np.ndarray, per_step: bool = True) -> float:
     """Task agreement for one output, by its shape (see module docstring)."""
+    if a.shape != b.shape:  # a data-dependent shape (detections after NMS) changed
+        return 0.0
     if a.dtype.kind != "f":
-        return float(np.mean(a == b)) if a.shape == b.shape else 0.0
+        return float(np.mean(a == b))
     if _is_scores(a) and (a.ndim == 2 or per_step):
         return float(np.mean(a.argmax(-1) == b.argmax(-1)))
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
@@ -335,7 +367,8 @@ def per_step_outputs(model: ir.Model) -> list[bool]:
 
 
 def top1(reference: Outputs, candidate: Outputs) -> float:
-    scores = [float(np.mean(a.argmax(-1) == b.argmax(-1))) for a, b in zip(reference, candidate) if _is_scores(a)]
+    scores = [float(np.mean(a.argmax(-1) == b.argmax(-1))) if a.shape == b.shape else 0.0
+              for a, b in zip(reference, candidate) if _is_scores(a)]  # fmt: skip
     if not scores:
         raise OnnxoptError("metric 'top1' needs an output of shape [N, C] or [N, T, C]")
     return min(scores)
@@ -348,6 +381,8 @@ def cosine(reference: Outputs, candidate: Outputs) -> float:
 def rel_l2(reference: Outputs, candidate: Outputs) -> float:
     worst = 1.0
     for a, b in zip(reference, candidate):
+        if a.shape != b.shape:
+            return 0.0
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         denom = np.linalg.norm(a64)
         err = np.linalg.norm(a64 - b64) / denom if denom > 0 else float(np.linalg.norm(b64) > 0)
@@ -442,15 +477,20 @@ class Score(float):
         return obj
 
 
-def _sample_slices(outputs: Outputs, n: int) -> list[Callable[[np.ndarray, int], np.ndarray]] | None:
-    """Per output, how to cut sample ``i`` out of it: along an axis of length ``n`` (the
+def _sample_slices(
+    outputs: Outputs, n: int, declared: Sequence[int | None] = ()
+) -> list[Callable[[np.ndarray, int], np.ndarray]] | None:
+    """Per output, how to cut sample ``i`` out of it: along its ``declared`` sample axis
+    (the batch symbol in the model's output shape), else along an axis of length ``n`` (the
     first such), or as the ``i``-th of ``n`` equal blocks of axis 0 (a fixed-batch model run
     one sample at a time, e.g. a ``[T, 1, C]`` OCR output). None when an output has neither."""
     cuts = []
-    for out in outputs:
+    for k, out in enumerate(outputs):
         if not isinstance(out, np.ndarray) or out.ndim == 0:
             return None
-        axis = next((a for a, d in enumerate(out.shape) if d == n), None)
+        axis = declared[k] if k < len(declared) else None
+        if axis is None or axis >= out.ndim or out.shape[axis] != n:
+            axis = next((a for a, d in enumerate(out.shape) if d == n), None)
         if axis is not None:
             cuts.append(lambda o, i, a=axis: np.take(o, [i], axis=a))
         elif out.shape[0] % n == 0:
@@ -494,6 +534,7 @@ class Evaluator:
         self.batch_size = batch_size
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
+        self._axes = output_sample_axes(original)
         self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)
         self._per_sample_baseline: np.ndarray | None = None
 
@@ -507,8 +548,8 @@ class Evaluator:
 
     def _per_sample(self, outputs: Outputs) -> np.ndarray | None:
         n = len(self.data)
-        ref_cuts = _sample_slices(self.reference, n) if n > 1 else None
-        cuts = _sample_slices(outputs, n) if n > 1 else None
+        ref_cuts = _sample_slices(self.reference, n, self._axes) if n > 1 else None
+        cuts = _sample_slices(outputs, n, self._axes) if n > 1 else None
         if ref_cuts is None or cuts is None:
             return None
         labels = self.data.labels

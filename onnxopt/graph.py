@@ -14,9 +14,11 @@ Rules the passes rely on:
 from __future__ import annotations
 
 __all__ = [
-    "common_batch",
+    "batch_along",
     "const_array",
     "fixed_batch",
+    "input_shapes",
+    "sample_axes",
     "consumers",
     "producer",
     "attr",
@@ -30,7 +32,8 @@ __all__ = [
 ]
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -148,20 +151,76 @@ def set_const_input(node: ir.Node, index: int, array: np.ndarray, name_hint: str
     return value
 
 
-def common_batch(first_dims: Iterable[Any]) -> int | None:
-    """The batch size that the first axes of a model's inputs fix together, or None when
-    any of them is dynamic (a name, None, -1) or they disagree."""
-    sizes = {d if isinstance(d, int) and d > 0 else None for d in first_dims}
+_BATCH_NAME = re.compile(r"batch|^(n|b|bs)$", re.IGNORECASE)
+
+
+def _fixed(dim: Any) -> bool:
+    return isinstance(dim, int) and dim > 0
+
+
+def sample_axes(shapes: Mapping[str, Sequence[Any] | None]) -> dict[str, int | None]:
+    """Per input (name → dims: ints, symbol names, None), the axis that carries the samples;
+    None for a scalar. Rules, first match wins:
+
+    1. a dimension named like a batch (``batch``, ``batch_size``, ``N``, ``B``, ``bs``);
+    2. the first axis, when it is dynamic;
+    3. the axis whose symbol is another input's dynamic first axis (an LSTM state
+       ``[layers, s0, hidden]`` beside ``x [s0, T, F]``, as the dynamo exporter names them);
+    4. the first dynamic axis, when the first axis is fixed above 1 and another input's
+       first axis is dynamic (a state ``[2, ?, 128]`` beside audio ``[?, ?]``: its first
+       axis is layers, not samples);
+    5. otherwise the first axis (a model exported with a fixed batch).
+    """
+    firsts = {s[0] for s in shapes.values() if s and isinstance(s[0], str)}
+    dynamic_batch = any(s and not _fixed(s[0]) for s in shapes.values())
+    axes: dict[str, int | None] = {}
+    for name, shape in shapes.items():
+        if shape is None:
+            axes[name] = 0
+            continue
+        if len(shape) == 0:
+            axes[name] = None
+            continue
+        named = [a for a, d in enumerate(shape) if isinstance(d, str) and _BATCH_NAME.search(d)]
+        shared = [a for a, d in enumerate(shape) if isinstance(d, str) and d in firsts]
+        dynamic = [a for a, d in enumerate(shape) if not _fixed(d)]
+        if named:
+            axes[name] = named[0]
+        elif not _fixed(shape[0]):
+            axes[name] = 0
+        elif shared:
+            axes[name] = shared[0]
+        elif dynamic and shape[0] > 1 and dynamic_batch:
+            axes[name] = dynamic[0]
+        else:
+            axes[name] = 0
+    return axes
+
+
+def batch_along(shapes: Mapping[str, Sequence[Any] | None]) -> int | None:
+    """The batch size that the inputs' sample axes fix together, or None when any of them
+    is dynamic or they disagree."""
+    sizes = {
+        shape[axis] if _fixed(shape[axis]) else None
+        for shape, axis in ((shapes[k], a) for k, a in sample_axes(shapes).items())
+        if axis is not None and shape is not None
+    }
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def input_shapes(model: ir.Model) -> dict[str, tuple[Any, ...] | None]:
+    """The real inputs' dims (ints, symbol names, None); initializers listed as inputs are
+    left out."""
+    return {
+        v.name: None if v.shape is None else tuple(d if isinstance(d, int) else d.value for d in v.shape)
+        for v in model.graph.inputs
+        if v.name not in model.graph.initializers
+    }
+
+
 def fixed_batch(model: ir.Model) -> int | None:
-    """The batch size fixed by the graph inputs' first axes (None = dynamic); initializers
-    listed as inputs and scalar inputs (flags, step counts) have no sample axis."""
-    return common_batch(
-        v.shape[0] for v in model.graph.inputs
-        if v.name not in model.graph.initializers and v.shape is not None and len(v.shape) > 0
-    )  # fmt: skip
+    """The batch size fixed by the graph inputs' sample axes (None = dynamic)."""
+    return batch_along(input_shapes(model))
 
 
 def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:

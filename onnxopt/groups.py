@@ -12,9 +12,13 @@ output relate to the channels of its inputs:
   **unite** channel *c* of every operand: the channels become one *unit*;
 - ``Concat`` on the channel axis lays the operands' elements side by side (channel ranges
   map to inputs), and ``Split`` or a constant ``Slice`` on it hands each output its range;
-  ``Flatten``/``Reshape`` that merge ``C×H×W`` into features give each
-  channel a *block* of ``H·W`` consecutive features;
-- depthwise Conv ties input channel *c* to output channel *c*.
+  ``Flatten``/``Reshape`` that merge ``C×H×W`` (or ``C×H``) into one axis give each
+  channel a *block* of ``H·W`` (``H``) consecutive entries; a Reshape target built at run
+  time by a ``Concat`` is rewritten in its constant piece, and ``Shape`` may read every size
+  but the channel count;
+- depthwise Conv ties input channel *c* to output channel *c*;
+- LSTM / GRU / RNN read their input features like a Gemm (a CRNN's convolutional
+  features, a speech model's front end); their hidden size is not pruned.
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
@@ -429,6 +433,27 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
     w.member(node, PRODUCER, out, 1, 1)
 
 
+def _recurrent(w: _Walker, node: ir.Node) -> None:
+    """LSTM / GRU / RNN: the input features (``X``'s last axis, in either ``layout``) meet
+    ``W [directions, gates·hidden, features]`` on axis 2, so channels of ``X`` are a
+    consumer like a Gemm's. The hidden size is not pruned: the outputs start no group, and
+    channels reaching the state, recurrence or bias inputs are blocked."""
+    for value in node.inputs[2:]:
+        w.block(w.track(value), f"{_label(node)}: recurrent weights and states are not pruned")
+    x = node.inputs[0]
+    t = w.track(x)
+    if t is None:
+        return
+    weight = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    bias = node.inputs[3] if len(node.inputs) > 3 else None
+    if weight is None or weight.ndim != 3 or (bias is not None and const_array(bias) is None):
+        w.block(t, f"{_label(node)}: input weight or bias is not constant")
+    elif t.axis != 2 or t.channels * t.block != weight.shape[2]:
+        w.block(t, f"{_label(node)}: input features do not match the channel layout")
+    else:
+        w.member(node, CONSUMER, x, 1, 2, t.block)
+
+
 def _operand_dim(shape: tuple, out_rank: int, out_axis: int) -> int | None:
     """Size of an operand's dimension that broadcasts onto output axis ``out_axis``."""
     offset = out_rank - len(shape)
@@ -539,9 +564,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     if t is None:
         return
     in_shape, out_shape = w.shape(node.inputs[0]), w.shape(node.outputs[0])
-    target = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
-    if not _known(in_shape) or not _known(out_shape) or target is None:
-        w.block(t, f"{_label(node)}: shapes or target shape not constant")
+    if not _known(in_shape) or not _known(out_shape) or len(node.inputs) < 2:
+        w.block(t, f"{_label(node)}: shapes unknown")
         return
     prefix = math.prod(in_shape[: t.axis])
     inner = math.prod(in_shape[t.axis + 1 :])
@@ -550,20 +574,211 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     candidates = [b for b in range(len(out_shape)) if math.prod(out_shape[:b]) == prefix]
     ok = bool(candidates)
     b = t.axis if t.axis in candidates else (candidates[-1] if ok else 0)
+    merged = out_shape[b] // in_shape[t.axis] if ok and in_shape[t.axis] and out_shape[b] % in_shape[t.axis] == 0 else 0
     if ok and out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner:
         new = _Track(t.elems, b, t.block)  # channel axis kept, other axes regrouped
-    elif ok and b == len(out_shape) - 1 and out_shape[b] == in_shape[t.axis] * inner:
-        new = _Track(t.elems, b, t.block * inner)  # C×H×W merged into features
+    elif merged and inner % merged == 0 and math.prod(out_shape[b + 1 :]) == inner // merged and _prefix_of(in_shape[t.axis + 1 :], merged):
+        new = _Track(t.elems, b, t.block * merged)  # C×H(×W) merged into one axis: blocks of H(·W)
     else:
         w.block(t, f"{_label(node)}: reshape mixes channels (e.g. channel shuffle)")
         return
-    entry = int(target.reshape(-1)[b]) if b < target.size else None
-    if entry is None or (entry == 0 and b != t.axis):
+    dims = _dims_of(w, node.inputs[1])
+    own = (node.inputs[0].name, t.axis)
+    if dims is not None and b < len(dims) and dims[b].sizes:
+        # An entry computed from the input's own sizes follows the pruning by itself when it
+        # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
+        # dynamic shapes); no other entry may read the channel count.
+        merged_axes = {(node.inputs[0].name, a) for a in _merged_axes(in_shape, t.axis, new.block // t.block)}
+        if dims[b].factor != 1 or set(dims[b].sizes) != merged_axes or len(dims[b].sizes) != len(merged_axes) or any(
+            own in d.sizes for i, d in enumerate(dims) if i != b
+        ):
+            w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
+            return
+        w.set_track(node.outputs[0], new)
+        return
+    if dims is not None and any(own in d.sizes for d in dims):
+        w.block(t, f"{_label(node)}: the target reads the channel count into another entry")
+        return
+    entry = _target_entry(w, node, b)
+    if entry is None:
+        w.block(t, f"{_label(node)}: the target's channel entry is computed")
+        return
+    value, holder, index, offset = entry
+    if value == 0 and b != t.axis:
         w.block(t, f"{_label(node)}: target shape copies a channel dimension")
         return
-    if entry > 0:
-        w.member(node, SHAPE, node.inputs[0], 1, b, new.block)
+    if value > 0:
+        w.member(holder, SHAPE, node.inputs[0], index, offset, new.block)
     w.set_track(node.outputs[0], new)
+
+
+def _prefix_of(dims: Sequence[int], size: int) -> bool:
+    """Whether the leading ``dims`` multiply to exactly ``size`` (the axes merged into the
+    channel axis are the ones right after it)."""
+    product = 1
+    for d in dims:
+        if product == size:
+            return True
+        product *= d
+    return product == size
+
+
+def _target_entry(w: _Walker, node: ir.Node, b: int) -> tuple[int, ir.Node, int, int] | None:
+    """Entry ``b`` of a Reshape's target shape and where it is written: ``(value, node,
+    input, offset)``, the constant target itself or the constant piece of the ``Concat``
+    that builds a computed one (a dynamic-batch export: ``Concat(Shape(x)[0:1], [64],
+    Shape(x)[3:4])``). None when that entry is computed."""
+    target = node.inputs[1]
+    array = const_array(target)
+    if array is not None:
+        return (int(array.reshape(-1)[b]), node, 1, b) if b < array.size else None
+    concat = target.producer() if target is not None else None
+    if concat is None or concat.op_type != "Concat" or len(target.uses()) != 1:
+        return None
+    start = 0
+    for index, piece in enumerate(concat.inputs):
+        shape = w.shape(piece)
+        if shape is None or len(shape) != 1 or not _known(shape):
+            return None
+        if start <= b < start + shape[0]:
+            array = const_array(piece)
+            return None if array is None else (int(array.reshape(-1)[b - start]), concat, index, b - start)
+        start += shape[0]
+    return None
+
+
+def _merged_axes(shape: Sequence[int], axis: int, block: int) -> list[int]:
+    """The channel axis and the axes after it whose sizes multiply to ``block``."""
+    axes, product = [axis], 1
+    for a in range(axis + 1, len(shape)):
+        if product == block:
+            break
+        product *= shape[a]
+        axes.append(a)
+    return axes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dim:
+    """One entry of a computed shape: ``factor`` × the sizes of ``(value, axis)`` pairs."""
+
+    factor: int
+    sizes: tuple[tuple[str, int], ...] = ()
+
+    def __mul__(self, other: _Dim) -> _Dim:
+        return _Dim(self.factor * other.factor, tuple(sorted(self.sizes + other.sizes)))
+
+
+_SIZE_PICKS = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Mul")
+
+
+def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] | None:
+    """The entries of a small integer tensor built from constants and ``Shape`` reads (a
+    Reshape target), as products; None when built any other way."""
+    if value is None or depth > 16:
+        return None
+    array = const_array(value)
+    if array is not None:
+        return [_Dim(int(v)) for v in array.reshape(-1)] if array.dtype.kind in "iu" and array.size <= 16 else None
+    node = value.producer()
+    if node is None or node.op_type not in ("Shape", *_SIZE_PICKS):
+        return None
+    if node.op_type == "Shape":
+        rank = w.rank(node.inputs[0])
+        if rank is None:
+            return None
+        axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
+        return [_Dim(1, ((node.inputs[0].name, a),)) for a in axes]
+    parts = [_dims_of(w, v, depth + 1) for v in (node.inputs if node.op_type in ("Concat", "Mul") else node.inputs[:1])]
+    if any(p is None for p in parts):
+        return None
+    if node.op_type == "Concat":
+        return [d for p in parts for d in p]
+    if node.op_type == "Mul":
+        a, b = parts
+        if len(a) != len(b) and 1 not in (len(a), len(b)):
+            return None
+        n = max(len(a), len(b))
+        return [a[i if len(a) > 1 else 0] * b[i if len(b) > 1 else 0] for i in range(n)]
+    if node.op_type == "Gather":
+        picks = const_array(node.inputs[1])
+        if picks is None or attr(node, "axis", 0) != 0 or any(not -len(parts[0]) <= int(i) < len(parts[0]) for i in picks.reshape(-1)):
+            return None
+        return [parts[0][int(i)] for i in picks.reshape(-1)]
+    if node.op_type == "Slice":
+        bounds = _shape_slice(node)
+        return None if bounds is None else parts[0][slice(*bounds)]
+    return parts[0]  # Unsqueeze / Squeeze / Cast / Identity keep the entries
+
+
+def _shape(w: _Walker, node: ir.Node) -> None:
+    """``Shape`` reads sizes, not values: safe unless its users read the channel count.
+    Proven only for users that are constant ``Gather``/``Slice`` picks of other entries (a
+    dynamic-batch export reads the batch and spatial sizes to build a Reshape target)."""
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if t is None:
+        return
+    read = _shape_entries_read(node, rank) if rank is not None else None
+    if read is None or (t.axis in read and not _only_reshapes(node.outputs[0], node.inputs[0])):
+        w.block(t, f"{_label(node)}: the channel count is read")
+
+
+def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
+    """Whether every path from ``sizes`` (picked out of ``Shape(x)``) through size arithmetic
+    ends in the target of a Reshape of ``x`` itself (whose handler checks the entry)."""
+    if depth > 16:
+        return False
+    for user, index in sizes.uses():
+        if user.op_type == "Reshape" and index == 1 and user.inputs[0] is x:
+            continue
+        if user.op_type not in _SIZE_PICKS or not all(_only_reshapes(o, x, depth + 1) for o in user.outputs):
+            return False
+    return True
+
+
+def _shape_entries_read(node: ir.Node, rank: int) -> set[int] | None:
+    """The input axes whose sizes the users of ``Shape`` node pick; None when a user is not a
+    constant pick."""
+    axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
+    read: set[int] = set()
+    for user, index in node.outputs[0].uses():
+        if index != 0:
+            return None
+        if user.op_type == "Gather" and attr(user, "axis", 0) == 0 and const_array(user.inputs[1]) is not None:
+            picks = const_array(user.inputs[1]).reshape(-1).tolist()
+            if any(not -len(axes) <= int(i) < len(axes) for i in picks):
+                return None
+            read |= {axes[int(i)] for i in picks}
+        elif user.op_type == "Slice":
+            bounds = _shape_slice(user)
+            if bounds is None:
+                return None
+            read |= set(axes[slice(*bounds)])
+        else:
+            return None
+    return read
+
+
+def _shape_slice(node: ir.Node) -> tuple[int, int, int] | None:
+    """``(start, end, step)`` of a 1-D Slice with constant bounds (inputs, or attributes
+    before opset 10)."""
+    if len(node.inputs) >= 3:
+        values = [const_array(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] is not None else None
+                  for i in (1, 2, 3, 4)]  # fmt: skip
+        if values[0] is None or values[1] is None or any(
+            v is None for i, v in zip((3, 4), values[2:]) if len(node.inputs) > i and node.inputs[i] is not None
+        ):
+            return None
+        starts, ends, axes, steps = values
+    else:
+        starts, ends, axes, steps = attr(node, "starts"), attr(node, "ends"), attr(node, "axes"), None
+        if starts is None or ends is None:
+            return None
+    if np.size(starts) != 1 or (axes is not None and int(np.reshape(axes, -1)[0]) not in (0, -1)):
+        return None
+    step = 1 if steps is None else int(np.reshape(steps, -1)[0])
+    return int(np.reshape(starts, -1)[0]), int(np.reshape(ends, -1)[0]), step
 
 
 def _axes_of(node: ir.Node, index: int = 1) -> list[int] | None:
@@ -612,7 +827,7 @@ def _transpose(w: _Walker, node: ir.Node) -> None:
     if t is None:
         return
     perm = attr(node, "perm") or (list(range(rank))[::-1] if rank else None)
-    if perm is None or t.block != 1:
+    if perm is None:
         w.block(t, f"{_label(node)}: permutation unknown")
         return
     w.set_track(node.outputs[0], _Track(t.elems, list(perm).index(t.axis), t.block))
@@ -767,6 +982,9 @@ HANDLERS: dict[str, Handler] = {
     "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,
+    "LSTM": _recurrent,
+    "GRU": _recurrent,
+    "RNN": _recurrent,
     "Concat": _concat,
     "Flatten": _flatten,
     "Reshape": _reshape,
@@ -781,6 +999,7 @@ HANDLERS: dict[str, Handler] = {
     "Resize": _resize,
     "Slice": _slice_like,
     "Split": _split,
+    "Shape": _shape,
     "Softmax": _channel_axis_safe("axis", -1),
     "LogSoftmax": _channel_axis_safe("axis", -1),
 }

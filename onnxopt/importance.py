@@ -38,7 +38,7 @@ import onnx_ir as ir
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import session
-from onnxopt.graph import attr, default_opset
+from onnxopt.graph import attr, default_opset, fixed_batch
 from onnxopt.groups import PARAM, PRODUCER, ChannelGroup, GroupAnalysis, Member, const_array
 
 CRITERIA = ("l1", "l2", "bn-gamma", "apoz", "permutation", "obs")
@@ -104,13 +104,13 @@ class Probe:
             return {}, len(data)
         sess = session(self.model)
         names = [i.name for i in sess.get_inputs()]
-        fixed = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
-        step = fixed if isinstance(fixed, int) and fixed > 0 else batch_size
+        step = fixed_batch(self.model) or batch_size
         sums: dict[str, np.ndarray] = {}
         n = len(data)
         for start in range(0, n, step):
-            feed = {k: data.inputs[k][start : start + step] for k in names}
-            rows = len(next(iter(feed.values()))) if feed else 1
+            part = data.take(slice(start, start + step))
+            feed = {k: part.inputs[k] for k in names}
+            rows = len(part)
             for key, out in zip(self.keys, sess.run(self.keys, feed)):
                 out = np.asarray(out, dtype=np.float64) * (rows if key in self.weighted else 1)
                 sums[key] = sums[key] + out if key in sums else out

@@ -27,9 +27,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt import evaluate
-from onnxopt.calibration import Dataset
+from onnxopt.calibration import Dataset, with_sample_axes
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, common_batch, static_shapes
+from onnxopt.graph import attr, fixed_batch, static_shapes
 from onnxopt.passes.lowrank import (
     Factorization,
     LayerDecision,
@@ -155,19 +155,20 @@ def collect_second_moments(
         outputs.add(name)
     sess = evaluate.session(probe)
     feed_names = [i.name for i in sess.get_inputs()]
-    fixed_batch = common_batch(i.shape[0] for i in sess.get_inputs() if i.shape)  # exported with a fixed batch
-    if fixed_batch is not None:
-        batch_size = fixed_batch
+    fixed = fixed_batch(probe)  # exported with a fixed batch
+    if fixed is not None:
+        batch_size = fixed
     fetch = [n for n in wanted if n not in graph_inputs]
     groups: dict[tuple[str, str], LinearLayer] = {}
     for layer in layers:  # layers reading the same rows share one accumulation
         groups.setdefault((layer.activation.name, _row_key(layer)), layer)
     sums: dict[tuple[str, str], np.ndarray] = {}
     counts = dict.fromkeys(groups, 0)
-    for batch in data.batches(batch_size):
-        feed = {k: batch[k] for k in feed_names}
-        if fixed_batch is not None and feed and len(next(iter(feed.values()))) != fixed_batch:
+    for start in range(0, len(data), batch_size):
+        part = data.take(slice(start, start + batch_size))
+        if fixed is not None and len(part) != fixed:
             continue  # the incomplete last batch of a fixed-batch model
+        feed = {k: part.inputs[k] for k in feed_names}
         values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
         values.update({k: v for k, v in feed.items() if k in wanted})
         for key, layer in groups.items():
@@ -255,6 +256,7 @@ def lowrank_model(
     held-out data (for ``max_drop`` without one, ``calib`` is split in two halves).
     """
     mode = _mode(rank, energy, ratio, max_drop)
+    calib = with_sample_axes(calib, model)
     say = progress or (lambda message: None)
     notes: list[str] = []
     if mode == "max_drop" and evaluator is None:

@@ -39,7 +39,14 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxopt import evaluate
-from onnxopt.calibration import Dataset, check_dataset, load_npz, shapes_text, synthetic
+from onnxopt.calibration import (
+    Dataset,
+    check_dataset,
+    input_specs,
+    load_npz,
+    shapes_text,
+    synthetic,
+)
 from onnxopt.errors import OnnxoptError
 from onnxopt.lowrank import lowrank_stage
 from onnxopt.model_io import check_output_path, load_model, save_model
@@ -53,6 +60,7 @@ from onnxopt.pipeline import (
     confirm_speedup,
     pass_stage,
     run_stages,
+    timing_feed,
     try_last_stage_alone,
 )
 from onnxopt.pruning import prune_stage
@@ -89,17 +97,20 @@ _FIXED_AMOUNT_KEYS = ("ratio", "cr", "rank", "energy", "max_drop")
 
 def shapes_from_data(model: ir.Model, data: Dataset, shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
     """``shapes`` completed with the data's sample shape (batch 1, or the model's fixed batch)
-    for every input with a dynamic non-batch axis: costs and speed checks then measure the
-    model at the size it is used at, not with that axis at 1 (an OCR model's width)."""
+    for every input with a dynamic axis besides its sample axis: costs and speed checks then
+    measure the model at the size it is used at, not with that axis at 1 (an OCR model's width)."""
     out = {k: list(v) for k, v in shapes.items()}
-    for value in model.graph.inputs:
-        array = data.inputs.get(value.name)
-        if value.name in out or array is None or value.shape is None or array.ndim != len(value.shape):
+    for spec in input_specs(model):
+        array = data.inputs.get(spec.name)
+        if spec.name in out or array is None or spec.shape is None or array.ndim != len(spec.shape):
             continue
-        if all(isinstance(d, int) for d in value.shape[1:]):
+        if all(isinstance(d, int) for a, d in enumerate(spec.shape) if a != spec.axis):
             continue
-        first = value.shape[0] if len(value.shape) and isinstance(value.shape[0], int) else 1
-        out[value.name] = [first, *array.shape[1:]]
+        dims = list(array.shape)
+        if spec.axis is not None:
+            want = spec.shape[spec.axis]
+            dims[spec.axis] = want if isinstance(want, int) and want > 0 else 1
+        out[spec.name] = dims
     return out
 
 
@@ -253,6 +264,7 @@ def optimize(
             threads=bench_threads,
             shapes=shapes,
             seconds=5.0,
+            feed=timing_feed(original, verify_data),
         )
     return result
 

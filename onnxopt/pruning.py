@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.calibration import Dataset
+from onnxopt.calibration import Dataset, with_sample_axes
 from onnxopt.cost import model_cost
 from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
-from onnxopt.graph import attr
+from onnxopt.graph import attr, has_subgraph
 from onnxopt.groups import CONSUMER, GroupAnalysis, analyze_groups, const_array
 from onnxopt.importance import CRITERIA, Probe, group_importance
 from onnxopt.passes.prune import PruneChannelsPass
@@ -270,10 +270,18 @@ class Pruner:
 
 
 def _has_computed_weights(model: ir.Model) -> bool:
-    return any(
+    """Whether a Conv/ConvTranspose/Gemm weight or bias is computed, or any node reads a
+    value computed from constants alone (PaddlePaddle's biases: ``Add(conv, Reshape(b,
+    [1, C, 1, 1]))``); folding those lets the group analysis see per-channel constants."""
+    computed = any(
         v is not None and const_array(v) is None
         for n in model.graph if n.op_type in ("Conv", "ConvTranspose", "Gemm")
         for v in n.inputs[1:]
+    )  # fmt: skip
+    return computed or any(
+        n.op_type != "Constant" and n.inputs and not has_subgraph(n)
+        and all(v is not None and const_array(v) is not None for v in n.inputs)
+        for n in model.graph
     )  # fmt: skip
 
 
@@ -333,6 +341,7 @@ def prune_model(
     ``max_drop`` (needs ``evaluator``, or calibration data to split one off); ``criterion``
     defaults to :func:`default_criterion`."""
     progress = progress or (lambda message: None)
+    calib = with_sample_axes(calib, model)
     allocation = allocation or ("uniform" if ratio is not None else "cr")
     criterion = criterion or default_criterion(calib, reconstruct, allocation)
     chosen = [k for k, v in (("ratio", ratio), ("cr", cr), ("max_drop", max_drop)) if v is not None]

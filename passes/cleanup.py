@@ -9,9 +9,10 @@ Rules, in order:
    Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN from constants alone are folded whatever their
    size (onnxscript skips tensors above 8192 elements in, 262144 out): the dynamo exporter
    builds an LSTM's ``W``/``R``/``B`` by slicing and concatenating its parameters, and a
-   quantizer or a pruner only sees weights that are initializers.
-2. ``onnx_ir`` common passes: Identity elimination (an Identity between a graph input and
-   a graph output is kept), ``Constant`` nodes lifted to initializers (so later passes see
+   quantizer or a pruner only sees weights that are initializers. A subgraph that reads a
+   tensor also read elsewhere is left alone: folding it would store that data twice.
+2. Identity elimination (an Identity that writes a graph output is kept, in subgraphs too),
+   then ``onnx_ir`` common passes: ``Constant`` nodes lifted to initializers (so later passes see
    every weight the same way), unused-node removal, topological sort.
 3. Attributes the model's opset does not define are dropped when they hold the value the
    newer opset defines as default, or when they cannot change the result (``allowzero`` of a
@@ -71,8 +72,8 @@ class CleanupPass(LoggedPass):
             else:
                 onnxscript.optimizer.fold_constants(model)
             fold_weight_subgraphs(model)
+        _eliminate_identities(model)
         ir.passes.Sequential(
-            common.IdentityEliminationPass(),
             common.LiftConstantsToInitializersPass(),
             common.RemoveUnusedNodesPass(),
             common.TopologicalSortPass(),
@@ -86,6 +87,32 @@ class CleanupPass(LoggedPass):
             if delta:
                 self.did(op, f"{op} {delta:+d}")
         return ir.passes.PassResult(model, modified=_fingerprint(model) != before)
+
+
+def _eliminate_identities(model: ir.Model) -> None:
+    """Remove every ``Identity`` whose output is not a graph output, in the main graph and
+    in subgraphs: its readers read its input instead. One that writes a graph output stays:
+    the output may not be renamed, and in an ``If``/``Loop`` body its input may come from the
+    outer scope, which a subgraph may not list as its output (onnx_ir's
+    IdentityEliminationPass raises there, or writes a model the checker rejects:
+    silero-vad's opset-15 export)."""
+    graphs = [model.graph, *(
+        a.value for n in ir.traversal.RecursiveGraphIterator(model.graph) for a in n.attributes.values()
+        if a.type == ir.AttributeType.GRAPH
+    ), *(
+        g for n in ir.traversal.RecursiveGraphIterator(model.graph) for a in n.attributes.values()
+        if a.type == ir.AttributeType.GRAPHS for g in a.value
+    )]  # fmt: skip
+    for graph in graphs:
+        outputs = {id(v) for v in graph.outputs}
+        for node in list(graph):
+            if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+                continue
+            out = node.outputs[0]
+            if id(out) in outputs or out.is_graph_output():
+                continue
+            out.replace_all_uses_with(node.inputs[0])
+            graph.remove(node, safe=True)
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})
@@ -103,7 +130,9 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
             continue
         for value in node.inputs[1:]:
             if value is not None and value.const_value is None:
-                cone |= _constant_cone(value)
+                nodes = _constant_cone(value)
+                if not _shares_a_leaf(model, nodes):
+                    cone |= nodes
     if not cone:
         return False
     nodes_before = len(model.graph)
@@ -113,6 +142,20 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
         )
     common.RemoveUnusedNodesPass()(model)
     return len(model.graph) < nodes_before
+
+
+def _shares_a_leaf(model: ir.Model, cone: set[int]) -> bool:
+    """Whether a tensor the cone reads (beyond a few entries) is also read outside it:
+    folding would then store its data twice (silero-vad's LSTM weights are read by an
+    Unsqueeze in the graph and again inside an If branch: the file grew by 38 %)."""
+    nodes = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if id(n) in cone]
+    for node in nodes:
+        for value in node.inputs:
+            if value is None or value.const_value is None or value.const_value.size <= 64:
+                continue
+            if any(id(user) not in cone for user, _ in value.uses()):
+                return True
+    return False
 
 
 def _constant_cone(value: ir.Value) -> set[int]:

@@ -6,7 +6,8 @@ slices its tensor (``P`` = removed positions of the member's value; a channel ow
 consecutive entries after a Flatten, so position *c* expands to ``c·block … c·block+block-1``):
 
 - producer Conv / Gemm / MatMul: ``W ← W[keep]`` along the output axis, ``b ← b[keep]``;
-- consumer Conv / Gemm / MatMul: ``W ← W[:, keep]`` along the input axis;
+- consumer Conv / Gemm / MatMul: ``W ← W[:, keep]`` along the input axis; LSTM / GRU /
+  RNN: ``W ← W[:, :, keep]`` (their input features);
 - depthwise Conv: ``W ← W[keep]``, ``b ← b[keep]``, ``group ← |keep|``;
 - per-channel constants (BatchNormalization scale/B/mean/var, bias ``Add``, PRelu slope,
   SE ``Mul`` constants): sliced along their channel axis;
@@ -20,6 +21,7 @@ contribution moves into the consumer's bias::
 
     b'[o] = b[o] + Σ_{c ∈ P} x̄_c · Σ_k W[o, c, k]        (Conv: k runs over the kernel)
     b'[n] = b[n] + Σ_{c ∈ P} x̄_c · W[c, n]              (Gemm/MatMul, W as K×N)
+    Wb[d, g] = Wb[d, g] + Σ_{c ∈ P} x̄_c · W[d, g, c]    (LSTM/GRU/RNN input bias)
 
 (exact for the mean output away from zero padding). A Conv or Gemm without a bias gets one.
 
@@ -158,6 +160,9 @@ class PruneChannelsPass(LoggedPass):
             self.skip(node, "ConvTranspose consumer: bias compensation skipped (no per-channel constant exists)")
             return
         means = np.asarray(self.channel_means[m.value], dtype=np.float64).reshape(-1)[cut]
+        if node.op_type in ("LSTM", "GRU", "RNN"):
+            self._compensate_recurrent(node, weight, cut, means)
+            return
         if node.op_type == "Conv":
             columns = weight[:, cut].reshape(weight.shape[0], len(cut), -1).sum(axis=2)
             shift = columns.astype(np.float64) @ means
@@ -175,6 +180,18 @@ class PruneChannelsPass(LoggedPass):
             bias = np.broadcast_to(bias.reshape(-1), shift.shape)
         new_bias = (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(weight.dtype)
         set_const_input(node, 2, new_bias, name_hint=f"{node.name}_bias")
+
+    def _compensate_recurrent(self, node: ir.Node, weight: np.ndarray, cut: np.ndarray, means: np.ndarray) -> None:
+        # W·x_t enters every gate next to the input bias Wb (the first gates·hidden entries
+        # of B per direction), so the removed features' mean input moves into Wb.
+        shift = weight[:, :, cut].astype(np.float64) @ means  # [directions, gates·hidden]
+        bias_value = node.inputs[3] if len(node.inputs) > 3 else None
+        bias = const_array(bias_value) if bias_value is not None else None
+        if bias is None:
+            bias = np.zeros((weight.shape[0], 2 * weight.shape[1]), dtype=weight.dtype)
+        new_bias = bias.astype(np.float64)
+        new_bias[:, : weight.shape[1]] += shift
+        set_const_input(node, 3, new_bias.astype(bias.dtype), name_hint=f"{node.name}_B")
 
     def _compensate_matmul(self, node: ir.Node, shift: np.ndarray) -> None:
         out = node.outputs[0]

@@ -124,7 +124,11 @@ def _load(path: str) -> ir.Model:
     # onnxruntime's quantizer can leave value_info entries without a type (seen after a
     # low-rank split); the checker rejects those, and they carry no information.
     _drop_untyped_value_info(proto.graph)
-    return ir.serde.deserialize_model(proto)
+    model = ir.serde.deserialize_model(proto)
+    # Its node order can put an If whose branch reads another If's output before that If
+    # (silero-vad): onnxruntime accepts it, but copying the graph needs producers first.
+    common.TopologicalSortPass()(model)
+    return model
 
 
 def preprocess(model: ir.Model) -> tuple[ir.Model, str]:

@@ -189,3 +189,19 @@ def test_cli_budget_follows_the_named_metric(tmp_path):
     # int8 moves every logit: under "unchanged" no int8 candidate fits a 1 % budget
     assert data["metric"] == spec and not data["applied"]
     assert "holds only with every layer float" in data["reason"]
+
+
+def test_outputs_whose_data_dependent_size_changed_score_as_far_off():
+    """A detector after NMS (or NonZero) returns as many rows as it finds: when a lossy pass
+    changes that count the outputs cannot be compared entry by entry, and they are scored as
+    disagreeing instead of stopping the run."""
+    from onnxopt.evaluate import agreement, compare, rel_l2, task_score
+    from onnxopt.quantization import _rel_error
+
+    ref = [np.arange(12, dtype=np.int64).reshape(6, 2), np.ones((6, 4), np.float32)]
+    cand = [np.arange(10, dtype=np.int64).reshape(5, 2), np.ones((5, 4), np.float32)]
+    fidelity = compare(ref, cand, names=["idx", "boxes"])
+    assert fidelity.max_rel == np.inf and fidelity.cosine == 0.0 and not fidelity.within()
+    assert agreement(ref, cand) == 0.0 and rel_l2(ref[1:], cand[1:]) == 0.0
+    assert task_score(ref, cand) == 0.0 and _rel_error(ref[1:], cand[1:]) == np.inf
+    assert compare(ref, [r.copy() for r in ref]).within()  # same count: compared as usual

@@ -68,16 +68,20 @@ def test_shapes_inference_cannot_compute_are_measured_by_one_run():
 
 def test_a_group_behind_an_uninferable_reshape_is_pruned_exactly():
     proto = dynamic_reshape_model()
-    w2 = next(t for t in proto.graph.initializer if t.name == "w2")
-    dead = numpy_helper.to_array(w2).copy()
-    dead[::2] = 0.0  # four filters of conv2 contribute nothing: pruning them is exact
-    w2.CopyFrom(numpy_helper.from_array(dead, "w2"))
+    for name in ("w1", "w2"):  # half the filters of conv1 and conv2 contribute nothing: pruning them is exact
+        tensor = next(t for t in proto.graph.initializer if t.name == name)
+        dead = numpy_helper.to_array(tensor).copy()
+        dead[::2] = 0.0
+        tensor.CopyFrom(numpy_helper.from_array(dead, name))
     model = ir.from_proto(proto)
     by_source = {g.name: g for g in analyze_groups(model).groups}
     assert by_source["b"].prunable  # conv2 → Mul(per-channel scale) → conv3
+    # conv1 → Reshape to Concat(Shape(a)[0:2], [8, 8]): the target reads the channel count
+    # of the very tensor it reshapes, so it follows the pruning
+    assert by_source["a"].prunable
     result = prune_model(model, ratio=0.5, criterion="l1", reconstruct=False, round_to=1)
-    conv2 = next(n for n in result.model.graph if n.name == "conv2")
-    assert conv2.inputs[1].const_value.shape[0] == 4
+    convs = {n.name: n.inputs[1].const_value.shape for n in result.model.graph if n.op_type == "Conv"}
+    assert convs["conv1"][0] == 2 and convs["conv2"][:2] == (4, 2)
     x = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     np.testing.assert_allclose(evaluate.run(result.model, x)[0], evaluate.run(model, x)[0], rtol=1e-5, atol=1e-5)
 

@@ -283,6 +283,46 @@ def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
     assert not p(model2.clone()).modified and p.skipped
 
 
+def _sized_reshape(entry_nodes, entry: str, extra_inits=()):
+    """c1 (8 ch) → Reshape to a target built from Shape(a) reads → Gemm: ``entry_nodes``
+    compute ``entry``, the target's feature entry, from ``sa`` = Shape(a)."""
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    pick = [helper.make_tensor(f"i{k}", TensorProto.INT64, [1], [k]) for k in range(4)]
+    nodes = [c1, helper.make_node("Shape", ["a"], ["sa"]), helper.make_node("Gather", ["sa", "i0"], ["n"], axis=0),
+             *entry_nodes, helper.make_node("Concat", ["n", entry], ["target"], axis=0),
+             helper.make_node("Reshape", ["a", "target"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "fc_w"], ["y"], transB=1)]  # fmt: skip
+    return _model(nodes, i1 + pick + [_init("fc_w", [4, 8 * 8 * 8]), *extra_inits])
+
+
+def test_reshape_target_computed_from_the_sizes_it_merges_follows_the_pruning():
+    # x.view(n, c * h * w): the feature entry is Shape(a)[1] · Shape(a)[2] · Shape(a)[3]
+    gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (1, 2, 3)]
+    muls = [helper.make_node("Mul", ["d1", "d2"], ["d12"]), helper.make_node("Mul", ["d12", "d3"], ["chw"])]
+    model = _sized_reshape(gathers + muls, "chw")
+    analysis, _ = _assert_exact(model)
+    assert analysis.by_name()["a"].prunable
+
+
+def test_reading_the_channel_count_otherwise_blocks_the_group():
+    # the feature entry counts only C · H: not the product of the merged axes (C·H·W)
+    gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (1, 2)]
+    wrong = _sized_reshape([*gathers, helper.make_node("Mul", ["d1", "d2"], ["ch"]),
+                            helper.make_node("Mul", ["ch", "eight"], ["chw"])], "chw",
+                           [helper.make_tensor("eight", TensorProto.INT64, [1], [8])])  # fmt: skip
+    group = analyze_groups(wrong).by_name()["a"]
+    assert not group.prunable and any("computed from other sizes" in r for r in group.reasons)
+    # the channel count scales the activations: pruning would change what it computes
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    nodes = [c1, helper.make_node("Shape", ["a"], ["sa"]),
+             helper.make_node("Gather", ["sa", "one"], ["c"], axis=0),
+             helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["a", "cf"], ["y"])]  # fmt: skip
+    model = _model(nodes, i1 + [helper.make_tensor("one", TensorProto.INT64, [], [1])])
+    group = analyze_groups(model).by_name()["a"]
+    assert not group.prunable and any("channel count is read" in r for r in group.reasons)
+
+
 # --------------------------------------------------------------------------- exported torch models
 def _export(name: str, size: int, dynamo: bool, tmp_path):
     torch = pytest.importorskip("torch")
@@ -390,3 +430,21 @@ def test_shufflenet_runs_and_reports_unprunable_groups(tmp_path):
     assert len(analysis.unprunable) >= 10
     assert any("mixes channels" in r for r in reasons)
     assert len(analysis.prunable) >= 10  # the branch-internal 1x1 convs stay prunable
+
+
+def test_a_bias_computed_from_constants_is_folded_before_pruning():
+    """PaddlePaddle writes a Conv bias as ``Add(conv, Reshape(b, [1, C, 1, 1]))``: the prune
+    API folds such constant subgraphs first, so the group stays prunable."""
+    from onnxopt.pruning import prune_model
+
+    c1, i1 = _conv("c1", "x", "a", 3, 8, bias=False)
+    c2, i2 = _conv("c2", "r", "y", 8, 2)
+    nodes = [c1, helper.make_node("Reshape", ["b", "b_shape"], ["b4"]), helper.make_node("Add", ["a", "b4"], ["ab"]),
+             helper.make_node("Relu", ["ab"], ["r"]), c2]  # fmt: skip
+    inits = i1 + i2 + [_init("b", [8]), helper.make_tensor("b_shape", TensorProto.INT64, [4], [1, 8, 1, 1])]
+    model = _model(nodes, inits)
+    assert not analyze_groups(model).by_name()["a"].prunable  # the raw graph: Add's operand is computed
+    result = prune_model(model, ratio=0.5, criterion="l1", reconstruct=False, bias_compensation=False, round_to=1)
+    pruned = {n.name: n for n in result.model.graph}
+    assert const_array(pruned["c1"].inputs[1]).shape[0] == 4 and const_array(pruned["c2"].inputs[1]).shape[1] == 4
+    assert evaluate.run(result.model, _data(model))[0].shape == (4, 2, 8, 8)

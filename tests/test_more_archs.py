@@ -22,11 +22,12 @@ from benchmarks.export import export_onnx  # noqa: E402
 
 # What the group analysis must find unprunable in each family, and why (part of a reason).
 BLOCKED_BY = {
-    "crnn_speech": "GRU",
-    "crnn_text": "LSTM",
     "vit_tiny": "Reshape",
     "convnext_tiny": "LayerNormalization",
 }
+
+# Families whose last convolution feeds a recurrent layer (its input features are pruned).
+FEEDS_RNN = {"crnn_speech": "GRU", "crnn_text": "LSTM"}
 
 
 def _export(name: str, dynamo: bool, tmp_path):
@@ -67,6 +68,9 @@ def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
     if name == "unet_small":  # transposed convolutions prune on both sides
         roles = {(m.node.op_type, m.role) for g in analysis.prunable for m in g.members}
         assert {("ConvTranspose", "producer"), ("ConvTranspose", "consumer")} <= roles
+    if name in FEEDS_RNN:  # the convolutional features feeding the recurrent layer prune
+        consumers = {m.node.op_type for g in analysis.prunable for m in g.members if m.role == "consumer"}
+        assert FEEDS_RNN[name] in consumers, consumers
     if name in BLOCKED_BY:
         reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
         assert BLOCKED_BY[name] in reasons, reasons

@@ -57,3 +57,41 @@ def test_bench_runs_a_model_whose_first_axis_is_not_the_batch():
     assert result.rows and all(r.p50_ms > 0 for r in result.rows)
     with pytest.raises(OnnxoptError, match="--shape"):
         benchmark([("audio", stateful_audio_model())], iterations=3, warmup=1)
+
+
+def sample_rate_model() -> ir.Model:
+    """audio [N, T] and a scalar sample rate: If sr == 16000 → Relu, else a Reshape to
+    [-1, 7] (T = 64 does not divide: onnxruntime fails), as silero-vad branches on sr."""
+    then = helper.make_graph([helper.make_node("Relu", ["audio"], ["y_then"])], "then", [],
+                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])  # fmt: skip
+    other = helper.make_graph(
+        [helper.make_node("Reshape", ["audio", "seven"], ["y_else"])], "else", [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([-1, 7], np.int64), "seven")],
+    )  # fmt: skip
+    nodes = [
+        helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+        helper.make_node("If", ["is16k"], ["y"], then_branch=then, else_branch=other),
+    ]
+    graph = helper.make_graph(
+        nodes, "vad",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 64]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(16000, np.int64), "rate")],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_speed_checks_time_the_data_not_random_values():
+    from onnxopt.calibration import Dataset
+    from onnxopt.pipeline import Context, measure_speedup
+
+    model = sample_rate_model()
+    with pytest.raises(OnnxoptError, match="random inputs"):  # a random sr takes the failing branch
+        benchmark([("vad", model)], iterations=3, warmup=1)
+    data = Dataset({"audio": np.ones((16, 64), np.float32), "sr": np.array(16000)}, axes={"audio": 0, "sr": None})
+    ctx = Context(verify_data=data, speed_seconds=0.2)
+    assert measure_speedup(model, model.clone(), ctx) > 0
+    result = optimize(model, data=Dataset(dict(data.inputs)), bench=True, bench_threads=1)
+    assert [r.batch for r in result.bench.rows] == [1, 1] and result.fidelity.within()

@@ -1,0 +1,187 @@
+"""Recurrent models: channel groups that end in an LSTM/GRU input (a CRNN's convolutional
+features), and data whose sample axis is not the first one (an RNN state ``[layers, batch,
+hidden]``, sequence-first outputs ``[T, batch, classes]``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset, load_npz, synthetic
+from onnxopt.graph import sample_axes, set_const_input
+from onnxopt.groups import CONSUMER, analyze_groups, const_array
+from onnxopt.passes.prune import PruneChannelsPass
+from onnxopt.pruning import prune_model
+
+RNG = np.random.default_rng(0)
+HIDDEN, LAYERS = 12, 2
+
+
+def _crnn(cell: str = "LSTM", view: bool = False):
+    """Conv-BN-ReLU ×2 over a [N, 1, 8, W] line image → [W, N, C·H] (``flatten``, or
+    ``view(b, c * h, w)`` on the read sizes as CRNN code writes it) → bidirectional 2-layer
+    RNN started from given states → per-step Linear: [W, N, 7] logits."""
+    from torch import nn
+
+    class CRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                nn.Conv2d(8, 16, 3, stride=(2, 1), padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            )  # fmt: skip
+            self.rnn = getattr(nn, cell)(16 * 4, HIDDEN, num_layers=LAYERS, bidirectional=True)
+            self.head = nn.Linear(2 * HIDDEN, 7)
+
+        def forward(self, x, h0, c0=None):
+            f = self.features(x)  # [N, 16, 4, W]
+            if view:
+                b, c, h, w = f.shape
+                seq = f.view(b, c * h, w).permute(2, 0, 1)  # [W, N, 64]
+            else:
+                seq = f.flatten(1, 2).permute(2, 0, 1)
+            out, _ = self.rnn(seq, h0 if c0 is None else (h0, c0))
+            return self.head(out)
+
+    return CRNN().eval()
+
+
+def _export(tmp_path, dynamo: bool, cell: str = "LSTM", view: bool = False):
+    torch = pytest.importorskip("torch")
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+
+    torch.manual_seed(0)
+    net = _crnn(cell, view)
+    archs.randomize_bn_stats(net)
+    n, states = 2, (1 if cell == "GRU" else 2)
+    args = (torch.randn(n, 1, 8, 20), *[torch.randn(2 * LAYERS, n, HIDDEN) for _ in range(states)])
+    names = ["image", "h0", "c0"][: 1 + states]
+    path = tmp_path / f"crnn_{cell}_{dynamo}_{view}.onnx"
+    export_onnx(net, args, path, dynamo=dynamo, input_names=names, output_names=["logits"],
+                batch_axes={"h0": 1, "c0": 1, "logits": 1})
+    model = ir.load(str(path))
+    from onnxopt.passes.cleanup import CleanupPass
+
+    CleanupPass()(model)
+    return model
+
+
+def _feed(model: ir.Model, n: int) -> dict[str, np.ndarray]:
+    feed = {"image": RNG.standard_normal((n, 1, 8, 20)).astype(np.float32)}
+    for v in model.graph.inputs[1:]:
+        feed[v.name] = (0.5 * RNG.standard_normal((2 * LAYERS, n, HIDDEN))).astype(np.float32)
+    return feed
+
+
+def _rnn_group(model: ir.Model):
+    analysis = analyze_groups(model)
+    groups = [g for g in analysis.prunable if any(m.role == CONSUMER and m.node.op_type in ("LSTM", "GRU") for m in g.members)]
+    assert len(groups) == 1, [g.describe() for g in analysis.groups]
+    return analysis, groups[0]
+
+
+@pytest.mark.parametrize(
+    "dynamo,cell,view",
+    [(False, "LSTM", False), (False, "GRU", True), pytest.param(True, "LSTM", True, marks=pytest.mark.slow)],
+)
+def test_features_feeding_an_rnn_prune_exactly(tmp_path, dynamo, cell, view):
+    model = _export(tmp_path, dynamo, cell, view)
+    if view and not dynamo:  # the target is built from Shape reads, the channel count among them
+        assert any(n.op_type == "Shape" for n in model.graph)
+    analysis, group = _rnn_group(model)
+    rnn = next(m for m in group.members if m.role == CONSUMER)
+    assert rnn.axis == 2 and rnn.block == 4  # each channel owns its 4 rows of the feature column
+    removals = {group.name: np.array([1, 5, 9, 14])}
+    data = Dataset(_feed(model, 3))
+    zeroed = model.clone()
+    weight = const_array(zeroed.graph.node(rnn.node.name).inputs[1]).copy()
+    weight[:, :, np.concatenate([np.arange(4) + 4 * c for c in removals[group.name]])] = 0
+    set_const_input(zeroed.graph.node(rnn.node.name), 1, weight)
+    pruned = model.clone()
+    assert PruneChannelsPass(removals)(pruned).modified
+    assert const_array(pruned.graph.node(rnn.node.name).inputs[1]).shape[2] == 16 * 4 - 16
+    original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
+    assert np.abs(expected - original).max() > 1e-3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bias_compensation_moves_a_constant_channel_into_the_rnn_input_bias(tmp_path):
+    model = _export(tmp_path, False)
+    analysis, group = _rnn_group(model)
+    producer = next(m.node for m in group.members if m.role == "producer")
+    # Channel 3 becomes a constant (zero filter, positive bias → ReLU passes the bias): its
+    # features are not zero, so only the compensated pruned model equals the original.
+    w, b = const_array(producer.inputs[1]).copy(), const_array(producer.inputs[2]).copy()
+    w[3], b[3] = 0, 2.0
+    set_const_input(producer, 1, w)
+    set_const_input(producer, 2, b)
+    data = Dataset(_feed(model, 4))
+    reference = evaluate.run(model, data)[0]
+    means = {}
+    for m in group.members:
+        if m.role == CONSUMER:
+            x = evaluate.run(_with_output(model, m.value), data)[-1]  # [W, N, 64]
+            means[m.value] = x.reshape(-1, x.shape[-1]).mean(0)
+    plain, compensated = model.clone(), model.clone()
+    PruneChannelsPass({group.name: [3]})(plain)
+    PruneChannelsPass({group.name: [3]}, channel_means=means)(compensated)
+    assert np.abs(evaluate.run(plain, data)[0] - reference).max() > 1e-2
+    np.testing.assert_allclose(evaluate.run(compensated, data)[0], reference, rtol=1e-4, atol=1e-4)
+
+
+def _with_output(model: ir.Model, name: str) -> ir.Model:
+    probe = model.clone()
+    value = next(v for n in probe.graph for v in n.outputs if v.name == name)
+    probe.graph.outputs.append(value)
+    return probe
+
+
+def test_state_inputs_keep_their_sample_axis(tmp_path):
+    model = _export(tmp_path, False)
+    assert sample_axes({v.name: [d if isinstance(d, int) else d.value for d in v.shape] for v in model.graph.inputs}) == {
+        "image": 0, "h0": 1, "c0": 1,
+    }  # fmt: skip
+    feed = _feed(model, 70)
+    path = tmp_path / "data.npz"
+    np.savez(path, **feed)
+    data = load_npz(path, model)
+    assert len(data) == 70 and data.axes == {"image": 0, "h0": 1, "c0": 1}
+    part = data.take(np.array([3, 10]))
+    assert part.inputs["h0"].shape == (2 * LAYERS, 2, HIDDEN)
+    np.testing.assert_array_equal(part.inputs["c0"][:, 1], feed["c0"][:, 10])
+    # run in batches of 64 + 6: the [T, N, 7] output joins on its batch axis, as one run gives
+    whole = evaluate.run(model, data, batch_size=128)[0]
+    batched = evaluate.run(model, data, batch_size=64)[0]
+    assert whole.shape == batched.shape == (20, 70, 7)
+    np.testing.assert_allclose(batched, whole, rtol=1e-5, atol=1e-6)
+    generated = synthetic(model, 5)
+    assert generated.inputs["h0"].shape == (2 * LAYERS, 5, HIDDEN) and len(generated) == 5
+
+
+def test_prune_with_state_data_removes_channels_before_the_rnn(tmp_path):
+    model = _export(tmp_path, False)
+    feed = _feed(model, 48)
+    data = Dataset(feed)  # built in Python without axes: the model's sample axes apply
+    result = prune_model(model, data, ratio=0.25, criterion="l1", round_to=1)
+    assert result.macs_after < result.macs_before
+    _, group = _rnn_group(result.model)
+    assert group.units == 12  # 16 channels, a quarter removed
+    out = evaluate.run(result.model, Dataset(_feed(model, 3)))[0]
+    assert out.shape == (20, 3, 7) and np.isfinite(out).all()
+
+
+def test_per_sample_scores_cut_the_declared_batch_axis(tmp_path):
+    """[T, N, classes] logits with as many samples as steps (20): the budget's per-sample
+    drops must cut samples (axis 1, the batch symbol), not time steps."""
+    from onnxopt.evaluate import Evaluator, _sample_slices, output_sample_axes
+
+    model = _export(tmp_path, False)
+    assert output_sample_axes(model) == [1]
+    data = Dataset(_feed(model, 20), axes={"image": 0, "h0": 1, "c0": 1})
+    evaluator = Evaluator(model, data)
+    cut = _sample_slices(evaluator.reference, 20, evaluator._axes)[0]
+    assert cut(evaluator.reference[0], 3).shape == (20, 1, 7)
+    np.testing.assert_array_equal(cut(evaluator.reference[0], 3)[:, 0], evaluator.reference[0][:, 3])
