@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnxopt.calibration import Dataset, input_specs, shapes_text, synthetic
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import _first_line, session
-from onnxopt.graph import sample_axes
+from onnxopt.graph import fixed_batch, sample_axes
 from onnxopt.model_io import load_model
 
 PROVIDERS = {
@@ -147,15 +147,15 @@ def benchmark(
     opt_level: str = "all",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
-    feed: Mapping[str, np.ndarray] | None = None,
+    data: Dataset | None = None,
 ) -> BenchResult:
     """Benchmark ``models`` (paths, or ``(label, model_or_path)`` pairs) interleaved.
 
     Stops after ``iterations`` rounds, or ``seconds`` of timed running per (provider,
     batch) group, whichever is given (default: 100 rounds). Inputs are random, sized by
-    ``batch_sizes`` and ``shapes``, unless ``feed`` gives the one batch to time (real
-    samples: a model that branches on its inputs, e.g. on a sample rate, then times the
-    path it takes in use).
+    ``batch_sizes`` and ``shapes``, unless ``data`` gives real samples: the first
+    ``batch`` of them are timed (a model that branches on its inputs, on a sample rate or on
+    the boxes it finds, then takes the path it takes in use).
     """
     if not models:
         raise OnnxoptError("no model to benchmark")
@@ -173,10 +173,10 @@ def benchmark(
         raise OnnxoptError("no requested execution provider is available: " + "; ".join(skipped))
     rows: list[BenchRow] = []
     for key, provider in chosen:
-        for batch in batch_sizes if feed is None else (None,):
+        for batch in batch_sizes:
             rows.extend(
                 _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed,
-                             progress, feed)
+                             progress, None if data is None else _first_samples(data, batch, labelled[0][2]))
             )  # fmt: skip
     env = {
         "onnxruntime": ort.__version__,
@@ -297,6 +297,14 @@ def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int
     return out
 
 
+def _first_samples(data: Dataset, batch: int, model: ir.Model) -> dict[str, np.ndarray]:
+    """The first ``batch`` samples of ``data`` (the model's fixed batch, if it has one)."""
+    batch = fixed_batch(model) or batch
+    if len(data) < batch:
+        raise OnnxoptError(f"the data has {len(data)} samples, fewer than the batch of {batch} to time")
+    return data.take(slice(0, batch)).inputs
+
+
 def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress,
                  given=None):  # fmt: skip
     sessions, feeds, mems = [], [], []
@@ -314,7 +322,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
             what = "random inputs" if given is None else "the timing inputs"
             raise OnnxoptError(f"onnxruntime cannot run {_label} on {what} ({shapes_text(feed)}): "
-                               f"{_first_line(exc)}; give input sizes with --shape NAME=DxD…") from None
+                               f"{_first_line(exc)}; give input sizes with --shape NAME=DxD…, or real samples with --data") from None
         after = _rss_mb()
         sessions.append(sess)
         feeds.append(feed)

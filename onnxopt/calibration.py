@@ -1,7 +1,8 @@
 """Calibration and evaluation data: loading, validation, synthesis, splitting, batching.
 
-A :class:`Dataset` is a dict of named input arrays (first axis = samples) plus optional
-labels. Sources:
+A :class:`Dataset` is a dict of named input arrays (samples on each input's sample axis,
+:func:`onnxopt.graph.sample_axes`: the first one unless the model says otherwise) plus
+optional labels. Sources:
 - an ``.npz`` file whose keys are the model's input names (a single-input model also
   accepts any one array, e.g. ``x``), and optionally ``labels`` (or ``y``/``label``);
 - :func:`synthetic`: random inputs generated from the model's input signature with a
@@ -102,9 +103,10 @@ class Dataset:
     axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
     def axis(self, name: str) -> int | None:
-        """The sample axis of input ``name`` (None: it has none)."""
+        """The sample axis of input ``name`` (None: it has none, e.g. a scalar, or a
+        sequence, map or optional input, which is never cut)."""
         value = self.inputs[name]
-        if np.ndim(value) == 0:
+        if not isinstance(value, np.ndarray) or value.ndim == 0:
             return None
         axis = self.axes.get(name, 0)
         return axis if axis is not None and axis < np.ndim(value) else None
@@ -113,7 +115,7 @@ class Dataset:
         for name, value in self.inputs.items():
             axis = self.axis(name)
             if axis is not None:
-                return np.shape(value)[axis]
+                return value.shape[axis]
         return 1 if self.inputs else 0
 
     def _cut(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
@@ -121,7 +123,7 @@ class Dataset:
         out = {}
         for name, value in self.inputs.items():
             axis = self.axis(name)
-            if axis is None or np.shape(value)[axis] != n:  # no sample axis: shared
+            if axis is None or value.shape[axis] != n:  # no sample axis: shared
                 out[name] = value
             else:
                 out[name] = value[(slice(None),) * axis + (index,)]

@@ -16,6 +16,7 @@ from onnxopt.cli_common import (
     data_options,
     default_output,
     err_console,
+    load_dataset,
     output_options,
     progress,
     shape_option,
@@ -232,21 +233,27 @@ def inspect_cmd(model, as_json, top, shapes):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON ('-' for stdout).")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False), default=None, help="Write a markdown table.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG bar chart (plot extra).")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
+              help="Time real samples (.npz, one array per input of the first model) instead of random ones.")
 @shape_option
 @command
-def bench_cmd(models, providers, threads, batches, warmup, iterations, seconds, opt_level, json_path, md_path, plot_path, shapes):
+def bench_cmd(models, providers, threads, batches, warmup, iterations, seconds, opt_level, json_path, md_path, plot_path,
+              data_path, shapes):  # fmt: skip
     """Latency of one or more models, interleaved in one process; ratio vs the first."""
     from onnxopt.bench import benchmark, plot
     from onnxopt.calibration import parse_shapes
     from onnxopt.errors import OnnxoptError
+    from onnxopt.model_io import load_model
 
     try:
         batch_sizes = [int(b) for b in batches.split(",") if b.strip()]
     except ValueError:
         raise OnnxoptError(f"--batch {batches!r}: expected comma-separated integers, e.g. 1,8,32") from None
+    data = load_dataset(data_path, load_model(models[0])) if data_path else None
     result = benchmark(
         list(models), providers=providers.split(","), threads=threads, batch_sizes=batch_sizes,
         shapes=parse_shapes(shapes), warmup=warmup, iterations=iterations, seconds=seconds, opt_level=opt_level,
+        data=data,
     )
     for s in result.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {s}")

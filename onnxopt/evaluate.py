@@ -429,7 +429,7 @@ def load_metric(spec: str) -> Metric:
     """The task metric named ``module:function`` (importable) or ``file.py:function``.
 
     It is called as ``metric(original_outputs, candidate_outputs) -> float`` (lists of the
-    models' outputs, samples on the first axis; higher is better, the original scores 1.0
+    models' outputs, samples on each output's batch axis; higher is better, the original scores 1.0
     against itself) — on the whole held-out set, and on one sample at a time for the
     standard error of the drop when the outputs can be split per sample.
     """

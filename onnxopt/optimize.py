@@ -60,7 +60,6 @@ from onnxopt.pipeline import (
     confirm_speedup,
     pass_stage,
     run_stages,
-    timing_feed,
     try_last_stage_alone,
 )
 from onnxopt.pruning import prune_stage
@@ -264,7 +263,7 @@ def optimize(
             threads=bench_threads,
             shapes=shapes,
             seconds=5.0,
-            feed=timing_feed(original, verify_data),
+            data=verify_data,
         )
     return result
 

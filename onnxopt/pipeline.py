@@ -45,7 +45,6 @@ __all__ = [
     "pass_stage",
     "confirm_speedup",
     "measure_speedup",
-    "timing_feed",
     "run_stages",
     "try_last_stage_alone",
 ]
@@ -56,7 +55,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -64,7 +62,7 @@ from onnxopt import evaluate
 from onnxopt.calibration import Dataset
 from onnxopt.cost import model_cost
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import _proto_without_weights, fixed_batch
+from onnxopt.graph import _proto_without_weights
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
 
 
@@ -89,7 +87,8 @@ class Context:
 
 def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context, seconds: float | None = None) -> float:
     """p50(current) / p50(candidate), timed interleaved on the context's provider for
-    ``seconds`` (default ``ctx.speed_seconds``), on one batch of the check inputs."""
+    ``seconds`` (default ``ctx.speed_seconds``), on the first sample of the check inputs
+    (real ones when data is given)."""
     from onnxopt.bench import benchmark
 
     result = benchmark(
@@ -99,17 +98,9 @@ def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context, second
         shapes=ctx.shapes,
         seconds=ctx.speed_seconds if seconds is None else seconds,
         warmup=3,
-        feed=timing_feed(current, ctx.verify_data),
+        data=ctx.verify_data,
     )
     return result.rows[1].ratio or 0.0
-
-
-def timing_feed(model: ir.Model, data: Dataset) -> dict[str, np.ndarray] | None:
-    """One batch of ``data`` (a sample, or the model's fixed batch) to time with: real
-    samples take the path the model takes in use (an If on a sample rate, an NMS on real
-    boxes). None when ``data`` is too small for a fixed batch."""
-    batch = fixed_batch(model) or 1
-    return data.take(slice(0, batch)).inputs if len(data) >= batch else None
 
 
 @dataclasses.dataclass

@@ -205,3 +205,21 @@ def test_outputs_whose_data_dependent_size_changed_score_as_far_off():
     assert agreement(ref, cand) == 0.0 and rel_l2(ref[1:], cand[1:]) == 0.0
     assert task_score(ref, cand) == 0.0 and _rel_error(ref[1:], cand[1:]) == np.inf
     assert compare(ref, [r.copy() for r in ref]).within()  # same count: compared as usual
+
+
+def test_a_sequence_input_is_fed_whole():
+    """A sequence input (a list of tensors of different shapes) has no sample axis: it is
+    fed as it is, never cut or converted to one array."""
+    from onnxopt.evaluate import run
+
+    seq_type = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
+    graph = helper.make_graph(
+        [helper.make_node("SequenceAt", ["seq", "one"], ["y"])], "g", [seq_type],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(1, np.int64), "one")],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    parts = [np.ones((2, 3), np.float32), np.arange(5, dtype=np.float32)]
+    data = Dataset({"seq": parts})
+    assert len(data) == 1 and data.take(slice(0, 1)).inputs["seq"] is parts
+    np.testing.assert_array_equal(run(model, data)[0], parts[1])

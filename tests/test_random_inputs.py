@@ -63,10 +63,10 @@ def sample_rate_model() -> ir.Model:
     """audio [N, T] and a scalar sample rate: If sr == 16000 → Relu, else a Reshape to
     [-1, 7] (T = 64 does not divide: onnxruntime fails), as silero-vad branches on sr."""
     then = helper.make_graph([helper.make_node("Relu", ["audio"], ["y_then"])], "then", [],
-                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])  # fmt: skip
+                             [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, ["batch", 64])])  # fmt: skip
     other = helper.make_graph(
         [helper.make_node("Reshape", ["audio", "seven"], ["y_else"])], "else", [],
-        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, ["batch", 64])],
         [numpy_helper.from_array(np.array([-1, 7], np.int64), "seven")],
     )  # fmt: skip
     nodes = [
@@ -77,7 +77,7 @@ def sample_rate_model() -> ir.Model:
         nodes, "vad",
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 64]),
          helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
         [numpy_helper.from_array(np.array(16000, np.int64), "rate")],
     )  # fmt: skip
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
@@ -95,3 +95,21 @@ def test_speed_checks_time_the_data_not_random_values():
     assert measure_speedup(model, model.clone(), ctx) > 0
     result = optimize(model, data=Dataset(dict(data.inputs)), bench=True, bench_threads=1)
     assert [r.batch for r in result.bench.rows] == [1, 1] and result.fidelity.within()
+
+
+def test_bench_times_real_samples_from_data(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxopt.cli import main
+
+    path, data = tmp_path / "vad.onnx", tmp_path / "d.npz"
+    ir.save(sample_rate_model(), str(path))
+    np.savez(data, audio=np.ones((4, 64), np.float32), sr=np.array(16000))
+    runner = CliRunner()
+    random = runner.invoke(main, ["bench", str(path), "--iterations", "3"])
+    assert random.exit_code == 2 and "--data" in random.output
+    real = runner.invoke(main, ["bench", str(path), "--data", str(data), "--batch", "1,4", "--iterations", "3", "--json", "-"])
+    assert real.exit_code == 0, real.output
+    assert '"batch": 4' in real.output
+    short = runner.invoke(main, ["bench", str(path), "--data", str(data), "--batch", "8", "--iterations", "3"])
+    assert short.exit_code == 2 and "fewer than the batch of 8" in short.output and "Traceback" not in short.output
