@@ -109,7 +109,8 @@ def run(
     """Run ``model`` on every sample of ``data``; outputs are joined on their sample axis.
 
     Samples are fed ``batch_size`` at a time, or as many as a fixed batch dimension allows,
-    cut along each input's sample axis (:func:`onnxopt.graph.sample_axes`).
+    cut along each input's sample axis: the one ``data`` names (``Dataset.axes``), else
+    :func:`onnxopt.graph.sample_axes`.
     """
     sess = model if isinstance(model, ort.InferenceSession) else session(model)
     inputs = data.inputs if isinstance(data, Dataset) else dict(data)
@@ -118,7 +119,8 @@ def run(
     if missing:
         raise OnnxoptError(f"no data for model input(s) {missing}")
     shapes = _session_shapes(sess)
-    feed_data = Dataset({k: inputs[k] for k in names}, axes=sample_axes(shapes))
+    axes = sample_axes(shapes) | (data.axes if isinstance(data, Dataset) else {})  # the data's own axes win
+    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes)
     step = batch_along(shapes) or batch_size
     # Sequences, maps and optionals cannot be cut: then everything is fed at once, as are
     # small sets.

@@ -185,3 +185,21 @@ def test_per_sample_scores_cut_the_declared_batch_axis(tmp_path):
     cut = _sample_slices(evaluator.reference, 20, evaluator._axes)[0]
     assert cut(evaluator.reference[0], 3).shape == (20, 1, 7)
     np.testing.assert_array_equal(cut(evaluator.reference[0], 3)[:, 0], evaluator.reference[0][:, 3])
+
+
+def test_a_dataset_can_name_the_sample_axis_the_rules_cannot_see():
+    """A sequence-first input with unnamed dims ``[?, ?, 4]`` looks batch-first to the rules;
+    a Dataset built in Python can say ``axes={"x": 1}``, and batched runs then cut samples."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "zero"], ["y"], keepdims=0)], "seq_first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0])],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = RNG.standard_normal((70, 3, 4)).astype(np.float32)  # 70 steps, 3 samples
+    whole = x.sum(0)
+    np.testing.assert_allclose(evaluate.run(model, Dataset({"x": x}, axes={"x": 1}), batch_size=2)[0], whole, rtol=1e-5)
+    assert evaluate.run(model, Dataset({"x": x}), batch_size=64)[0].shape != whole.shape  # the rules cut the steps
