@@ -146,10 +146,15 @@ class Dataset:
         n_eval = min(n - 1, max(1, round(n * eval_fraction)))
         return self.take(np.sort(order[n_eval:])), self.take(np.sort(order[:n_eval]))
 
+    def parts(self, batch_size: int) -> Iterator[Dataset]:
+        """Consecutive parts of ``batch_size`` samples (the last one may be smaller)."""
+        for start in range(0, len(self), batch_size):
+            yield self.take(slice(start, start + batch_size))
+
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of ``batch_size`` samples (the last one may be smaller)."""
-        for start in range(0, len(self), batch_size):
-            yield self._cut(slice(start, start + batch_size))
+        for part in self.parts(batch_size):
+            yield part.inputs
 
 
 def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -107,8 +107,7 @@ class Probe:
         step = fixed_batch(self.model) or batch_size
         sums: dict[str, np.ndarray] = {}
         n = len(data)
-        for start in range(0, n, step):
-            part = data.take(slice(start, start + step))
+        for part in data.parts(step):
             feed = {k: part.inputs[k] for k in names}
             rows = len(part)
             for key, out in zip(self.keys, sess.run(self.keys, feed)):

@@ -164,8 +164,7 @@ def collect_second_moments(
         groups.setdefault((layer.activation.name, _row_key(layer)), layer)
     sums: dict[tuple[str, str], np.ndarray] = {}
     counts = dict.fromkeys(groups, 0)
-    for start in range(0, len(data), batch_size):
-        part = data.take(slice(start, start + batch_size))
+    for part in data.parts(batch_size):
         if fixed is not None and len(part) != fixed:
             continue  # the incomplete last batch of a fixed-batch model
         feed = {k: part.inputs[k] for k in feed_names}
