@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from onnxopt.calibration import Dataset, input_specs, shapes_text, synthetic
 from onnxopt.errors import OnnxoptError
-from onnxopt.evaluate import _first_line, session
+from onnxopt.evaluate import _first_line, _session_shapes, session
 from onnxopt.graph import fixed_batch, sample_axes
 from onnxopt.model_io import load_model
 
@@ -327,7 +327,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         sessions.append(sess)
         feeds.append(feed)
         mems.append(after - before if before is not None and after is not None else None)
-    b = len(Dataset(feeds[0], axes=sample_axes({i.name: i.shape for i in sessions[0].get_inputs()})))
+    b = len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
     say = (lambda rounds: progress(f"{key} batch {b}: {rounds} rounds")) if progress else None
     times = interleaved_times(sessions, feeds, rounds=iterations, seconds=seconds, progress=say)
     rows = []
