@@ -18,7 +18,7 @@ output positions per sample and weighted by ``oh·ow / 64``, so ``ΔE`` estimate
 error summed over every output position and sample whatever the consumer type — the costs of
 a group's consumers add up in one unit. The re-fit is
 ``W ← W − P_:S (P_SS)⁻¹ W_S`` and the remaining features' inverse Hessian is
-``P ← P − P_:S (P_SS)⁻¹ P_S:`` (rows and columns of ``S`` become zero).
+``P ← P − P_:S (P_SS)⁻¹ P_S:`` (the rows and columns of ``S`` are dropped).
 
 Per :class:`~onnxopt.groups.ChannelGroup`, units are removed **greedily**: the unit with the
 smallest ΔE summed over every consumer of the group goes first, then ``W`` and ``P`` of those
@@ -119,25 +119,33 @@ def input_grams(
             a = a.astype(np.float64)
             if has_intercept(node):
                 a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-            g = (a.T @ a) * weight
-            grams[i] = g if grams[i] is None else grams[i] + g
+            g = np.dot(a.T, a)
+            g *= weight
+            if grams[i] is None:
+                grams[i] = g
+            else:
+                grams[i] += g
     return grams  # type: ignore[return-value]
 
 
 def inverse_hessian(node: ir.Node, gram: np.ndarray, alpha: float = OBS_ALPHA) -> np.ndarray:
     """``P = (gram + R)⁻¹``, ``R`` a ridge term of the re-fit's form (bias not regularised)."""
-    p = np.linalg.inv(gram + ridge(gram, alpha, has_intercept(node)))
-    return (p + p.T) / 2
+    regularised = gram.copy()
+    regularised[np.diag_indices_from(gram)] += ridge(gram, alpha, has_intercept(node))
+    p = np.linalg.inv(regularised)
+    p += p.T  # symmetric (rounding in inv() is not)
+    p *= 0.5
+    return p
 
 
 class _Consumer:
-    """OBS state of one consumer within one group: inverse Hessian (a copy of ``p``, which
-    other groups of the same node share), current weights, and the feature rows each unit
-    owns (units grouped by how many rows they own)."""
+    """OBS state of one consumer within one group: inverse Hessian and weights of the
+    features still alive (``p`` is shared with other groups of the same node and never
+    written), and, per feature count, the units and the rows of ``p`` each unit owns."""
 
     def __init__(self, group: ChannelGroup, member: Member, p: np.ndarray) -> None:
         node = member.node
-        self.p = p.copy()
+        self.p = p
         w = weight_matrix(node)
         self.w = w if has_intercept(node) else w[:-1]
         width = member.block * (int(np.prod(const_array(node.inputs[1]).shape[2:])) if node.op_type == "Conv" else 1)
@@ -145,20 +153,24 @@ class _Consumer:
             (group.removed_positions(member.value, [u])[:, None] * width + np.arange(width)[None, :]).reshape(-1)
             for u in range(group.units)
         ]
-        self.feats = feats
         lengths = np.array([len(fe) for fe in feats])
-        self.by_length = {int(n): np.nonzero(lengths == n)[0] for n in np.unique(lengths) if n}
+        self.by_length = {
+            int(n): (units, np.stack([feats[u] for u in units]))
+            for n in np.unique(lengths)
+            if n
+            for units in [np.nonzero(lengths == n)[0]]
+        }
 
     def costs(self, alive: np.ndarray) -> np.ndarray:
         """ΔE of removing each unit alone (0 for units this consumer does not read)."""
         out = np.zeros(len(alive))
-        for units in self.by_length.values():
-            units = units[alive[units]]
+        for units, rows in self.by_length.values():
+            live = alive[units]
+            units, rows = units[live], rows[live]
             if not len(units):
                 continue
-            idx = np.stack([self.feats[u] for u in units])  # n × L
-            p_blocks = self.p[idx[:, :, None], idx[:, None, :]]
-            w_blocks = self.w[idx]  # n × L × Cout
+            p_blocks = self.p[rows[:, :, None], rows[:, None, :]]
+            w_blocks = self.w[rows]  # n × L × Cout
             out[units] = np.einsum("nlc,nlc->n", w_blocks, np.linalg.solve(p_blocks, w_blocks))
         # rounding in a nearly singular P_SS can give NaN / inf: such a unit counts as the
         # most expensive finite one (kept late), never as free, and never as an infinite
@@ -169,14 +181,25 @@ class _Consumer:
         return out
 
     def remove(self, units: np.ndarray) -> None:
-        fe = np.concatenate([self.feats[u] for u in units])
+        """Re-fit the other weights and drop the units' rows from ``p`` and ``w``: later steps
+        work on ever smaller matrices (a third of the work of keeping them at full size)."""
+        chosen = np.zeros(len(self.p), dtype=bool)
+        for group_units, rows in self.by_length.values():
+            chosen[rows[np.isin(group_units, units)].reshape(-1)] = True
+        fe = np.nonzero(chosen)[0]
         if not len(fe):
             return
+        keep = np.nonzero(~chosen)[0]
         inv = np.linalg.inv(self.p[np.ix_(fe, fe)])
-        column = self.p[:, fe] @ inv
-        self.w -= column @ self.w[fe]
-        self.p -= column @ self.p[fe, :]
-        self.p = (self.p + self.p.T) / 2  # rounding would otherwise make it drift from symmetric
+        b = self.p.take(fe, axis=1).take(keep, axis=0)  # P_:S on the kept rows
+        column = b @ ((inv + inv.T) / 2)
+        self.w = self.w.take(keep, axis=0) - column @ self.w[fe]
+        # take(): a gather ~25× faster than p[np.ix_(keep, keep)] on 4609² float64
+        p = self.p.take(keep, axis=0).take(keep, axis=1)
+        p -= column @ b.T  # symmetric up to rounding; only small blocks are ever solved
+        self.p = p
+        position = np.cumsum(~chosen) - 1  # old row → row in the smaller matrices
+        self.by_length = {n: (u, position[r]) for n, (u, r) in self.by_length.items()}
 
 
 def _greedy_scores(group: ChannelGroup, consumers: list[_Consumer]) -> np.ndarray:

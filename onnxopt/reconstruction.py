@@ -254,15 +254,15 @@ def weight_matrix(node: ir.Node) -> np.ndarray:
 
 
 def ridge(gram: np.ndarray, alpha: float, has_bias: bool) -> np.ndarray:
-    """The ridge term ``λI`` for normal equations ``gram`` (``λ = alpha · mean diag`` over the
-    features); with ``has_bias`` the last row is the intercept, which is not regularised (it
-    is not pulled towards its old value). ``obs`` uses the same form with a smaller
-    ``alpha`` (:mod:`onnxopt.obs` says why)."""
+    """The diagonal of the ridge term ``λI`` for normal equations ``gram`` (``λ = alpha ·
+    mean diag`` over the features); with ``has_bias`` the last row is the intercept, which is
+    not regularised (it is not pulled towards its old value). ``obs`` uses the same form with
+    a smaller ``alpha`` (:mod:`onnxopt.obs` says why)."""
     f = gram.shape[0] - 1 if has_bias else gram.shape[0]
     lam = alpha * float(np.mean(np.diag(gram)[:f])) + 1e-12
-    reg = np.eye(gram.shape[0]) * lam
+    reg = np.full(gram.shape[0], lam)
     if has_bias:
-        reg[f, f] = 1e-12
+        reg[f] = 1e-12
     return reg
 
 
@@ -282,7 +282,7 @@ def _solve(fit: _Fit, alpha: float) -> None:
     if not has_bias:  # no intercept: drop the ones column
         gram, cross, prior = gram[:f, :f], cross[:f], prior[:f]
     reg = ridge(gram, alpha, has_bias)
-    solution = np.linalg.solve(gram + reg, cross + reg @ prior)
+    solution = np.linalg.solve(gram + np.diag(reg), cross + reg[:, None] * prior)
     new_w = solution[:f]
     if node.op_type == "Conv":
         set_const_input(node, 1, new_w.T.reshape(w.shape).astype(dtype))
