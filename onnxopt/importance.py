@@ -149,7 +149,7 @@ def _channel_axes(rank: int, axis: int) -> list[int]:
     return [a for a in range(rank) if a != axis]
 
 
-def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator) -> ir.Value | None:
+def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator, ranks: dict[str, int]) -> ir.Value | None:
     node = m.node
     weight = const_array(node.inputs[1])
     filters = _per_filter(weight, m.axis)
@@ -166,7 +166,9 @@ def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator) -> ir.
         rank = 2
     else:  # MatMul
         y = probe.add("MatMul", [x, w])
-        rank = len(probe.value(m.value).shape or ()) or 2
+        # the group analysis knows ranks that the file does not store (TorchScript exports
+        # keep no shapes of intermediate values; a [B, T, C] MatMul is not 2-D)
+        rank = ranks.get(m.value) or len(probe.value(m.value).shape or ()) or 2
     out_axis = 1 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else rank - 1
     return probe.reduce("ReduceSumSquare", y, _channel_axes(rank, out_axis))
 
@@ -231,7 +233,7 @@ def _data_scores(
         if criterion == "permutation":
             for si, m in enumerate(g.sources):
                 key = f"perm_{gi}_{si}"
-                probe.output(key, _permutation_probe(probe, m, rng))
+                probe.output(key, _permutation_probe(probe, m, rng, ranks))
                 plan.append((g, m.value, key))
         else:
             for vi, name in enumerate(_activation_values(g)):

@@ -112,6 +112,30 @@ def test_permutation_matches_a_direct_per_filter_computation():
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [12, 64])  # 64: as many time steps as hidden channels
+def test_permutation_on_a_3d_matmul_without_stored_shapes(tmp_path, steps):
+    """TorchScript exports store no shapes of intermediate values: a [B, T, C] MatMul's
+    channels are its last axis all the same (it crashed, or with T = C scored time steps)."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.export import export_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).eval()
+    export_onnx(net, (torch.randn(2, steps, 16),), tmp_path / "ffn.onnx", dynamo=False)
+    bare = onnx.load(tmp_path / "ffn.onnx")
+    del bare.graph.value_info[:]
+    inferred = ir.from_proto(onnx.shape_inference.infer_shapes(bare))
+    bare = ir.from_proto(bare)
+    x = np.random.default_rng(0).standard_normal((8, steps, 16)).astype(np.float32)
+    calib = Dataset({bare.graph.inputs[0].name: x})
+    scores = group_importance(bare, analyze_groups(bare), "permutation", calib)
+    expected = group_importance(inferred, analyze_groups(inferred), "permutation", calib)
+    assert len(scores) == 1 and scores.keys() == expected.keys()
+    for name in scores:
+        assert scores[name].shape == (64,)
+        np.testing.assert_allclose(scores[name], expected[name], rtol=1e-5)
+
+
 def test_allocations():
     scores = {"a": np.array([4.0, 3.0, 2.0, 1.0]), "b": np.array([1.0, 1.0, 1.0, 1.0, 100.0, 100.0])}
     uniform = allocate(scores, "uniform", 0.5)
