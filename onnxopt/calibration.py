@@ -34,7 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import sample_axes
+from onnxopt.graph import attr, const_array, sample_axes
 
 _LABEL_KEYS = ("labels", "label", "y", "targets")
 
@@ -270,6 +270,28 @@ def with_sample_axes(data: Dataset | None, model: ir.Model) -> Dataset | None:
     return dataclasses.replace(data, axes=axes)
 
 
+# ops that pass integer indices on unchanged (an input's ids reach their Gather through these)
+_PASS_INDICES = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"}
+
+
+def _index_limit(model: ir.Model, name: str) -> int | None:
+    """The rows of the smallest table that input ``name`` indexes (a Gather of a constant
+    along its axis), or None when it indexes none."""
+    stack = [v for v in model.graph.inputs if v.name == name]
+    limit = None
+    while stack:
+        for user, index in stack.pop().uses():
+            if user.op_type in _PASS_INDICES and index == 0:
+                stack.extend(user.outputs)
+            elif user.op_type == "Gather" and index == 1:
+                table = user.inputs[0]  # an initializer's shape is known without loading it
+                dims = table.const_value.shape if table.const_value is not None else getattr(const_array(table), "shape", None)
+                axis = attr(user, "axis", 0)
+                if dims is not None and -len(dims) <= axis < len(dims) and isinstance(dims[axis], int) and dims[axis] > 0:
+                    limit = dims[axis] if limit is None else min(limit, dims[axis])
+    return limit
+
+
 def synthetic(
     model: ir.Model,
     n: int = 8,
@@ -281,7 +303,8 @@ def synthetic(
 
     ``shapes`` gives the full shape of one batch; the sample axis (of ``n``) is the one
     :func:`onnxopt.graph.sample_axes` names.
-    Floats are standard normal, integers small non-negative (safe as indices), bools random.
+    Floats are standard normal, integers small non-negative (below 4 and below the rows of
+    any table they index: a BERT's token types have 2), bools random.
     """
     rng = np.random.default_rng(seed)
     shapes = dict(shapes or {})
@@ -302,7 +325,7 @@ def synthetic(
         if kind == "f":
             arr = rng.standard_normal(dims).astype(spec.dtype)
         elif kind in "iu":
-            arr = rng.integers(0, 4, size=dims).astype(spec.dtype)
+            arr = rng.integers(0, min(4, _index_limit(model, spec.name) or 4), size=dims).astype(spec.dtype)
         elif kind == "b":
             arr = rng.integers(0, 2, size=dims).astype(bool)
         else:

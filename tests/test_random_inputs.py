@@ -113,3 +113,33 @@ def test_bench_times_real_samples_from_data(tmp_path):
     assert '"batch": 4' in real.output
     short = runner.invoke(main, ["bench", str(path), "--data", str(data), "--batch", "8", "--iterations", "3"])
     assert short.exit_code == 2 and "fewer than the batch of 8" in short.output and "Traceback" not in short.output
+
+
+def token_type_model() -> ir.Model:
+    """BERT's embeddings in small: ids → Gather(words[10, 4]); token types → Cast →
+    Gather(types[2, 4]); summed."""
+    nodes = [
+        helper.make_node("Gather", ["words", "input_ids"], ["w"]),
+        helper.make_node("Cast", ["token_type_ids"], ["t64"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["types", "t64"], ["t"]),
+        helper.make_node("Add", ["w", "t"], ["y"]),
+    ]
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        nodes, "embeddings",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("token_type_ids", TensorProto.INT32, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4])],
+        [numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "words"),
+         numpy_helper.from_array(rng.standard_normal((2, 4)).astype(np.float32), "types")],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_generated_indices_stay_inside_the_tables_they_index():
+    model = token_type_model()
+    data = synthetic(model, 64, shapes={"input_ids": [1, 16], "token_type_ids": [1, 16]})
+    assert set(np.unique(data.inputs["token_type_ids"])) == {0, 1}
+    assert set(np.unique(data.inputs["input_ids"])) == {0, 1, 2, 3}
+    result = optimize(model, bench=False)  # no data: checked on generated inputs
+    assert result.model is not None
