@@ -106,7 +106,7 @@ def unique_name(graph: ir.Graph, base: str) -> str:
 def new_initializer(graph: ir.Graph, array: np.ndarray, name_hint: str) -> ir.Value:
     """Register a new initializer holding ``array`` under a fresh name."""
     name = unique_name(graph, name_hint)
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, order="C"), name=name))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
     graph.register_initializer(value)
@@ -123,7 +123,7 @@ def set_const_input(node: ir.Node, index: int, array: np.ndarray, name_hint: str
     graph = node.graph
     assert graph is not None, "node must belong to a graph"
     old = node.inputs[index] if index < len(node.inputs) else None
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")
     if (
         old is not None
         and old.is_initializer()

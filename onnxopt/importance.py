@@ -68,7 +68,7 @@ class Probe:
     def const(self, array: np.ndarray) -> ir.Value:
         self._count += 1
         name = f"_probe_c{self._count}"
-        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+        value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, order="C"), name=name))
         value.shape = ir.Shape(array.shape)
         value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
         self.graph.register_initializer(value)
@@ -156,7 +156,7 @@ def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator, ranks:
     permuted = rng.permuted(filters, axis=1)  # Fisher–Yates per filter, all filters at once
     diff = np.moveaxis((filters - permuted).reshape(np.moveaxis(weight, m.axis, 0).shape), 0, m.axis)
     x = probe.value(node.inputs[0].name)
-    w = probe.const(np.ascontiguousarray(diff.astype(weight.dtype)))
+    w = probe.const(np.asarray(diff.astype(weight.dtype), order="C"))
     if node.op_type in ("Conv", "ConvTranspose"):
         attrs = {k: a.value for k, a in node.attributes.items()}
         y = probe.add(node.op_type, [x, w], **attrs)
