@@ -38,8 +38,9 @@ def layer_table(result) -> Table:
 @output_options
 @data_options
 @click.option("--mode", type=click.Choice(["int8", "int8-dynamic", "int8-mixed", "ternary", "binary"]), default="int8", show_default=True,
-              help="int8: static QDQ (needs --data); int8-dynamic: MatMul/Gemm/LSTM weights, for transformers and recurrent models; "
-                   "int8-mixed: static convolutions + dynamic MatMul/Gemm/LSTM (CRNNs; needs --data); "
+              help="int8: static QDQ of every op onnxruntime quantizes but Softmax and its input (needs --data); "
+                   "int8-dynamic: MatMul/Gemm/LSTM weights, for transformers and recurrent models; "
+                   "int8-mixed: dynamic MatMul/Gemm/LSTM, static QDQ for the other ops (convolutions, adds, pools; CRNNs; needs --data); "
                    "ternary/binary: TWN / binary weights, packed (layers ≥16× smaller, fp32 speed).")  # fmt: skip
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
               help="Calibration method for static int8.")  # fmt: skip

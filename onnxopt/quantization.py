@@ -137,10 +137,12 @@ class _Builder:
     def __init__(self, make: Callable[[frozenset[str]], ir.Model], layers: list[str], model: ir.Model) -> None:
         self.make = make
         self.layers = layers
-        ops = {n.name: n.op_type for n in model.graph}
-        self.ranked = [n for n in layers if ops.get(n) not in _PASS_THROUGH]
+        nodes = {n.name: n for n in model.graph}
+        # a Gather of a quantized table (an embedding) rounds weights: not a pass-through
+        weighted = {n for n in layers if n in nodes and (nodes[n].op_type in _WEIGHTED or _reads_int8_constant(nodes[n]))}
+        self.ranked = [n for n in layers if n in weighted or (n in nodes and nodes[n].op_type not in _PASS_THROUGH)]
         if len(self.ranked) > _MAX_RANKED:  # bound the sensitivity cost: weighted layers only
-            self.ranked = [n for n in self.ranked if ops.get(n) in _WEIGHTED]
+            self.ranked = [n for n in self.ranked if n in weighted]
         self.cache: dict[frozenset[str], ir.Model] = {}
 
     def __call__(self, float_layers: Iterable[str]) -> ir.Model:
@@ -150,6 +152,15 @@ class _Builder:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[key] = self.make(key)
         return self.cache[key]
+
+
+def _reads_int8_constant(node: ir.Node) -> bool:
+    """Whether ``node`` reads a quantized constant (a DequantizeLinear of an initializer)."""
+    for value in node.inputs:
+        parent = value.producer() if value is not None else None
+        if parent is not None and parent.op_type == "DequantizeLinear" and parent.inputs[0].const_value is not None:
+            return True
+    return False
 
 
 def _first_last(model: ir.Model, names: list[str]) -> list[str]:
@@ -175,6 +186,7 @@ def _int8_static(model, calib, result, *, method, per_channel, activation_type, 
     result.notes.append(f"pre-processing: {note}")
     weighted = [n.name for n in pre.graph if n.op_type in _WEIGHTED]
     forced = {n: "excluded by the user" for n in exclude}
+    forced.update({n: why for n, why in _softmax_inputs(pre).items() if n not in forced})
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, weighted) if n not in forced})
     if activation_type == "auto":
@@ -188,6 +200,23 @@ def _int8_static(model, calib, result, *, method, per_channel, activation_type, 
     layers = [n for n in quantized_nodes(qdq) if n not in forced]
     build = _Builder(lambda keep: keep_float(qdq, pre, _with_followers(qdq, keep, frozenset(build.ranked)))[0], layers, qdq)
     return build, forced
+
+
+def _softmax_inputs(model: ir.Model) -> dict[str, str]:
+    """Softmax and the nodes that write its input stay float in static int8: the input is
+    logits (attention scores plus a mask of −1e4 or the float minimum), and one 8-bit scale
+    over that range rounds every score that matters to the same level (a 2-layer GPT's
+    agreement fell to 0.16, and no fallback over its MatMuls brought it back)."""
+    out = {}
+    for node in model.graph:
+        if node.op_type != "Softmax":
+            continue
+        out[node.name] = "Softmax kept float (attention logits and masks do not fit 8 bits)"
+        for value in node.inputs:
+            parent = value.producer() if value is not None else None
+            if parent is not None and parent.name:
+                out[parent.name] = "writes a Softmax input, kept float (logits and masks do not fit 8 bits)"
+    return out
 
 
 def _static_ops_but_dynamic() -> list[str]:
@@ -268,6 +297,7 @@ def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_firs
     result.notes.append(f"pre-processing: {note}")
     candidates = [n.name for n in pre.graph if n.op_type in DYNAMIC_OPS]
     forced = {n: "excluded by the user" for n in exclude}
+    forced.update({n: why for n, why in _softmax_inputs(pre).items() if n not in forced})
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, candidates) if n not in forced})
     weight_type = weight_type or "s8"
@@ -467,7 +497,9 @@ def quantize_model(
         if k is None or k >= len(ranked):
             result.layers_float = forced | {n: "the budget holds only with every layer float" for n in ranked}
             result.reason = f"no {mode}: the budget {max_drop:g} holds only with every layer float"
-            result.notes.append(f"best {mode} candidate scored {result.score:.4f}")
+            tried = [(s.score, int(math.ceil(s.knob - 1e-9))) for s in search.steps if s.score is not None]
+            best_score, best_k = max([(result.score, 0), *tried])
+            result.notes.append(f"best {mode} candidate scored {best_score:.4f} ({best_k} of {len(ranked)} ranked layers float)")
             result.score = result.baseline
             return result
         candidate = search.best
