@@ -258,7 +258,7 @@ def bench_cmd(models, providers, threads, batches, warmup, iterations, seconds, 
     for s in result.skipped:
         err_console.print(f"[yellow]skipped[/yellow] {s}")
     table = Table(title="latency (interleaved)")
-    for col in ("model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std", "samples/s", "MB", "ratio"):
+    for col in ("model", "provider", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std", "samples/s", "session MB", "ratio"):
         table.add_column(col, justify="left" if col in ("model", "provider") else "right")
     for r in result.rows:
         table.add_row(r.model, r.provider, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.p99_ms:.3f}",

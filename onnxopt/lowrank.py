@@ -199,7 +199,7 @@ def _mode(rank: int | None, energy: float | None, ratio: float | None, max_drop:
     given = [n for n, v in (("rank", rank), ("energy", energy), ("ratio", ratio), ("max_drop", max_drop)) if v is not None]
     if len(given) != 1:
         raise OnnxoptError(
-            "choose exactly one of rank, energy, ratio or max accuracy drop"
+            "choose exactly one of --rank, --energy, --ratio or --max-accuracy-drop (in Python: rank, energy, ratio, max_drop)"
             + (f" (got {', '.join(given)})" if given else "")
         )
     if rank is not None and rank < 1:
