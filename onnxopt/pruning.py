@@ -430,6 +430,13 @@ def prune_stage(**options: Any):
         result = prune_model(model, ctx.calib, ctx.evaluator, **opts)
         applied = [(layer["group"], f"{layer['before']} → {layer['after']} channels") for layer in result.layers if layer["after"] < layer["before"]]
         skipped = [(u["group"], "; ".join(u["reasons"])) for u in result.unprunable]
-        return StageOutcome(result.model, result.modified, applied, skipped, result.to_dict())
+        details = result.to_dict()
+        if not result.modified:
+            details["reason"] = (
+                "no prunable channel group" if not result.layers
+                else f"no pruning within the budget ({len(result.steps)} search steps)" if result.steps
+                else "nothing removed"
+            )
+        return StageOutcome(result.model, result.modified, applied, skipped, details)
 
     return Stage("prune", run, lossless=False)

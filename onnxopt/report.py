@@ -114,7 +114,10 @@ def stage_table(records: Sequence[Any]) -> Table:
             result = "no change"
         err = f"{r.fidelity['max_rel']:.2e}" if r.fidelity else "-"
         score = f"{r.score:.4f}" if r.score is not None else "-"
-        note = r.reason or ", ".join(m for _, m in r.applied[:4]) + (" …" if len(r.applied) > 4 else "")
+        # one entry per distinct message: quantize applies one mode to many layers
+        messages = [m if n == 1 else f"{m} ×{n}" for m, n in Counter(m for _, m in r.applied).items()]
+        why_not = "" if r.modified else str((r.details or {}).get("reason") or "")
+        note = r.reason or why_not or ", ".join(messages[:4]) + (" …" if len(messages) > 4 else "")
         if r.skipped and not r.reason:
             note = (note + "; " if note else "") + f"{len(r.skipped)} skipped"
         table.add_row(escape(r.name), result, err, score, fmt_count(r.macs), f"{r.seconds:.2f}s", escape(note))

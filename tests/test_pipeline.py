@@ -270,3 +270,19 @@ def test_optimize_measures_dynamic_axes_at_the_data_size(batch):
     data = Dataset({"x": np.zeros((4, 1, 8, 96), np.float32)})
     assert shapes_from_data(model, data, {}) == {"x": [1 if batch == "N" else 2, 1, 8, 96]}
     assert shapes_from_data(model, data, {"x": [1, 1, 8, 32]}) == {"x": [1, 1, 8, 32]}  # --shape wins
+
+
+def test_stage_table_says_why_a_stage_changed_nothing_and_counts_repeated_notes():
+    from rich.console import Console
+
+    from onnxopt.pipeline import StageRecord
+    from onnxopt.report import stage_table
+
+    quantized = StageRecord("quantize", False, True, True, 1.0, applied=[(f"fc{i}", "int8-dynamic") for i in range(3)])
+    declined = StageRecord("prune", False, False, False, 1.0, skipped=[("g", "graph output")],
+                           details={"reason": "no pruning within the budget (3 search steps)"})  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(stage_table([quantized, declined]))
+    text = console.export_text()
+    assert "int8-dynamic ×3" in text and "int8-dynamic, int8-dynamic" not in text
+    assert "no pruning within the budget (3 search steps); 1 skipped" in text
