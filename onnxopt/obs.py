@@ -119,7 +119,7 @@ def input_grams(
             a = a.astype(np.float64)
             if has_intercept(node):
                 a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-            g = np.dot(a.T, a)
+            g = a.T @ a  # one buffer on both sides: numpy's symmetric product (syrk), half the work
             g *= weight
             if grams[i] is None:
                 grams[i] = g

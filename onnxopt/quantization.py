@@ -214,7 +214,12 @@ def _softmax_inputs(model: ir.Model) -> dict[str, str]:
         out[node.name] = "Softmax kept float (attention logits and masks do not fit 8 bits)"
         for value in node.inputs:
             parent = value.producer() if value is not None else None
-            if parent is not None and parent.name:
+            # a classifier's Gemm before its Softmax stays int8: its weights are quantized, its
+            # output (the logits) is not, as the Softmax after it is float
+            weighted = parent is not None and parent.op_type in _WEIGHTED and len(parent.inputs) > 1 and (
+                parent.inputs[1] is not None and parent.inputs[1].const_value is not None
+            )
+            if parent is not None and parent.name and not weighted:
                 out[parent.name] = "writes a Softmax input, kept float (logits and masks do not fit 8 bits)"
     return out
 
