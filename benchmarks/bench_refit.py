@@ -89,7 +89,7 @@ def markdown(results: dict) -> str:
     ]
     for r in results["rows"]:
         lines.append(f"| {r['model']} | {r['setting']} | {r['macs_removed']:.1%} | {r['calib']} | {r['baseline']:.4f} | "
-                     f"{r['no re-fit']:.4f} | {r['fixed λ']:.4f} | **{r['cross-validated λ']:.4f}** |")  # fmt: skip
+                     f"{r['no re-fit']:.4f} | {r['fixed λ']:.4f} | {r['cross-validated λ']:.4f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ import time
 SCRIPTS = [
     ("bench_lossless", ["--quick"], []),
     ("bench_prune", [], ["--full", "--real", "orientation,ocr,detector"]),
+    ("bench_refit", [], []),
     ("bench_lowrank", ["--quick"], []),
     ("bench_quantize", [], ["--full"]),
     ("bench_quantize", [], ["--real"]),
