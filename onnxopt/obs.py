@@ -62,6 +62,7 @@ from onnxopt.groups import CONSUMER, ChannelGroup, GroupAnalysis, Member, const_
 from onnxopt.importance import Probe
 from onnxopt.reconstruction import (
     RIDGE_ALPHA,
+    NormalEquations,
     conv_output_hw,
     conv_patches,
     fittable,
@@ -112,20 +113,15 @@ def input_grams(
     sess = session(probe.model)
     names = [i.name for i in sess.get_inputs()]
     rng = np.random.default_rng(seed)
-    grams: list[np.ndarray | None] = [None] * len(nodes)
+    sums = [NormalEquations() for _ in nodes]
     for batch in calib.batches(fixed_batch(model) or batch_size):
         for i, (node, x) in enumerate(zip(nodes, sess.run(probe.keys, {k: batch[k] for k in names}))):
             a, weight = _input_rows(x, node, rng, per_sample)
-            a = a.astype(np.float64)
             if has_intercept(node):
-                a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-            g = a.T @ a  # one buffer on both sides: numpy's symmetric product (syrk), half the work
-            g *= weight
-            if grams[i] is None:
-                grams[i] = g
-            else:
-                grams[i] += g
-    return grams  # type: ignore[return-value]
+                a = np.concatenate([a, np.ones((len(a), 1), a.dtype)], axis=1)
+            # rows scaled by √weight: their products carry the weight
+            sums[i].add(a if weight == 1.0 else a * np.sqrt(weight, dtype=np.float64))
+    return [s.result()[0] for s in sums]  # type: ignore[misc]
 
 
 def inverse_hessian(node: ir.Node, gram: np.ndarray, alpha: float = OBS_ALPHA) -> np.ndarray:
