@@ -15,6 +15,7 @@ from __future__ import annotations
 __all__ = ["BenchRow", "BenchResult", "benchmark", "interleaved_times", "latency_ratio", "runs_per_turn", "PROVIDERS", "resolve_providers"]
 
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -306,9 +307,11 @@ def _first_samples(data: Dataset, batch: int, model: ir.Model) -> dict[str, np.n
     return data.take(slice(0, batch)).inputs
 
 
+@functools.cache
 def _start_runtime(provider: str, threads: int) -> None:
-    """Create and run a one-node session: onnxruntime's one-time start-up (its environment,
-    thread pools, kernel registry: ~10 MB) then is not measured as the first model's memory."""
+    """Create and run a one-node session, once per provider and thread count: onnxruntime's
+    one-time start-up (its environment, thread pools, kernel registry: ~10 MB) then is not
+    measured as the first model's memory."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "start", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

@@ -63,6 +63,7 @@ from onnxopt.passes.quantize import (
     quantize_dynamic_int8,
     quantize_static_int8,
     quantized_nodes,
+    reads_quantized_weight,
     resolve_reduce_range,
 )
 from onnxopt.pipeline import Context, Stage, StageOutcome
@@ -139,7 +140,7 @@ class _Builder:
         self.layers = layers
         nodes = {n.name: n for n in model.graph}
         # a Gather of a quantized table (an embedding) rounds weights: not a pass-through
-        weighted = {n for n in layers if n in nodes and (nodes[n].op_type in _WEIGHTED or _reads_int8_constant(nodes[n]))}
+        weighted = {n for n in layers if n in nodes and (nodes[n].op_type in _WEIGHTED or reads_quantized_weight(nodes[n]))}
         self.ranked = [n for n in layers if n in weighted or (n in nodes and nodes[n].op_type not in _PASS_THROUGH)]
         if len(self.ranked) > _MAX_RANKED:  # bound the sensitivity cost: weighted layers only
             self.ranked = [n for n in self.ranked if n in weighted]
@@ -152,15 +153,6 @@ class _Builder:
                 self.cache.pop(next(iter(self.cache)))
             self.cache[key] = self.make(key)
         return self.cache[key]
-
-
-def _reads_int8_constant(node: ir.Node) -> bool:
-    """Whether ``node`` reads a quantized constant (a DequantizeLinear of an initializer)."""
-    for value in node.inputs:
-        parent = value.producer() if value is not None else None
-        if parent is not None and parent.op_type == "DequantizeLinear" and parent.inputs[0].const_value is not None:
-            return True
-    return False
 
 
 def _first_last(model: ir.Model, names: list[str]) -> list[str]:

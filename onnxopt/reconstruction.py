@@ -89,8 +89,8 @@ class _Fit:
     node: ir.Node
     original_output: str
     kept_out: np.ndarray
-    sums: NormalEquations = dataclasses.field(default_factory=lambda: NormalEquations())
-    sums_even: NormalEquations = dataclasses.field(default_factory=lambda: NormalEquations())  # even samples only
+    sums: NormalEquations = dataclasses.field(default_factory=NormalEquations)
+    sums_even: NormalEquations = dataclasses.field(default_factory=NormalEquations)  # even samples only
     targets: list[np.ndarray] = dataclasses.field(default_factory=list)  # per batch
     positions: list[tuple[np.ndarray, ...] | None] = dataclasses.field(default_factory=list)
 

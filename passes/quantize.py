@@ -301,14 +301,23 @@ def quantized_nodes(qmodel: ir.Model) -> list[str]:
     for node in qmodel.graph:
         if node.op_type in _QDQ_OPS:
             continue
-        dqs = [p for v in node.inputs if v is not None and (p := producer(v)) is not None and p.op_type == "DequantizeLinear"]
-        if not dqs:
+        if not _dequantized_inputs(node):
             continue
-        has_weight = any(const_array(dq.inputs[0]) is not None for dq in dqs)
         requantized = any(c.op_type == "QuantizeLinear" for out in node.outputs for c in consumers(out))
-        if has_weight or requantized:
+        if reads_quantized_weight(node) or requantized:
             names.append(node.name)
     return names
+
+
+def _dequantized_inputs(node: ir.Node) -> list[ir.Node]:
+    """The DequantizeLinear nodes that write ``node``'s inputs."""
+    return [p for v in node.inputs if v is not None and (p := producer(v)) is not None and p.op_type == "DequantizeLinear"]
+
+
+def reads_quantized_weight(node: ir.Node) -> bool:
+    """Whether ``node`` reads a quantized constant: a DequantizeLinear of a weight (a Conv's
+    kernel, or an embedding table a Gather reads)."""
+    return any(const_array(dq.inputs[0]) is not None for dq in _dequantized_inputs(node))
 
 
 def _dequantized(dq: ir.Node) -> np.ndarray | None:
