@@ -294,7 +294,6 @@ def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_firs
     result.notes.append(f"pre-processing: {note}")
     candidates = [n.name for n in pre.graph if n.op_type in DYNAMIC_OPS]
     forced = {n: "excluded by the user" for n in exclude}
-    forced.update({n: why for n, why in _softmax_inputs(pre).items() if n not in forced})
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, candidates) if n not in forced})
     weight_type = weight_type or "s8"
