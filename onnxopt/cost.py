@@ -144,13 +144,14 @@ _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", 
                "LayerNormalization", "InstanceNormalization", "Gather", "LSTM", "GRU", "RNN"}
 
 
-def _constant_values(graph: ir.Graph) -> set[int]:
-    """ids of the values computed from constants only (no graph input upstream).
+def _constant_values(graph: ir.Graph, outer: set[int] | None = None) -> set[int]:
+    """ids of the values computed from constants only (no graph input upstream); ``outer``:
+    those of the enclosing graphs, which a subgraph may read.
 
     Forward propagation in graph order, repeated until nothing changes (one sweep for a
     topologically sorted graph); iterative, so arbitrarily deep graphs are fine.
     """
-    const = {id(v) for v in graph.initializers.values() if not v.is_graph_input()}
+    const = set(outer or ()) | {id(v) for v in graph.initializers.values() if not v.is_graph_input()}
     changed = True
     while changed:
         changed = False
@@ -174,17 +175,30 @@ def _value_params(value: ir.Value, shapes: Mapping[str, tuple], const: set[int])
 
 
 def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelCost:
-    """MACs and parameters of every main-graph node (subgraphs are not counted)."""
+    """MACs and parameters of every main-graph node; a node with subgraphs (If, Loop, Scan)
+    carries the cost of its bodies (:func:`_subgraph_cost`)."""
     shapes = static_shapes(model, input_shapes)
+    nodes, _, total_params = _graph_cost(model.graph, shapes, set(), set())
+    return ModelCost(nodes, sum(n.macs for n in nodes), total_params)
+
+
+def _graph_cost(
+    graph: ir.Graph, shapes: Mapping[str, tuple], counted: set[str], outer_const: set[int]
+) -> tuple[list[NodeCost], set[int], int]:
+    """(per-node costs, constant value ids, parameters not yet in ``counted``) of one graph."""
     nodes: list[NodeCost] = []
-    counted: set[str] = set()
-    const = _constant_values(model.graph)
+    const = _constant_values(graph, outer_const)
     total_params = 0
-    for node in model.graph:
+    for node in graph:
         if node.outputs and all(id(v) in const for v in node.outputs):
             # Part of a constant subgraph (weight decoding, shape arithmetic): onnxruntime
             # folds it at load, and its result is counted where it is consumed.
             nodes.append(NodeCost(node.name or node.op_type, node.op_type, 0, 0))
+            continue
+        if has_subgraph(node):
+            cost = _subgraph_cost(node, shapes, counted, const)
+            total_params += cost.params
+            nodes.append(cost)
             continue
         macs = _node_macs(node, shapes)
         params = 0
@@ -197,4 +211,64 @@ def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None
                         counted.add(value.name)
                         total_params += p
         nodes.append(NodeCost(node.name or node.op_type, node.op_type, macs or 0, params, macs is None))
-    return ModelCost(nodes, sum(n.macs for n in nodes), total_params)
+    return nodes, const, total_params
+
+
+def _subgraph_cost(node: ir.Node, shapes: Mapping[str, tuple], counted: set[str], const: set[int]) -> NodeCost:
+    """One inference of an If / Loop / Scan: parameters = the numeric constants its bodies
+    store (all of them are in the file; a body's weights are often reshaped or sliced per
+    branch, so counting them where they are read would count one tensor several times);
+    MACs of the costliest If branch (one runs, which one depends on the data), or of a Loop
+    / Scan body times its trip count (a constant ``M``; the scan length) — flagged unknown
+    when the count is not known (then one iteration is counted)."""
+    bodies = _bodies(node)
+    params, body_macs, unknown = 0, [], False
+    for body in bodies:
+        sub_nodes, _, _ = _graph_cost(body, shapes, set(), const)
+        body_macs.append(sum(n.macs for n in sub_nodes))
+        unknown = unknown or any(n.unknown for n in sub_nodes)
+    stack = list(bodies)
+    while stack:
+        body = stack.pop()
+        stored = list(body.initializers.values()) + [n.outputs[0] for n in body if n.op_type == "Constant"]
+        for value in stored:
+            key = f"{id(body)}:{value.name}"
+            if key not in counted:
+                counted.add(key)
+                params += _const_params(value)
+        for n in body:  # weights the enclosing graphs store and only a body reads
+            for value in n.inputs:
+                if value is not None and value.is_initializer() and value.graph is not body and value.name not in counted:
+                    counted.add(value.name)
+                    params += _const_params(value)
+        stack.extend(b for n in body for b in _bodies(n))
+    macs = max(body_macs, default=0)
+    if node.op_type in ("Loop", "Scan"):
+        trips = _trip_count(node, shapes)
+        unknown = unknown or trips is None
+        macs *= trips or 1
+    return NodeCost(node.name or node.op_type, node.op_type, macs, params, unknown)
+
+
+def _bodies(node: ir.Node) -> list[ir.Graph]:
+    bodies = []
+    for a in node.attributes.values():
+        if a.type == ir.AttributeType.GRAPH:
+            bodies.append(a.value)
+        elif a.type == ir.AttributeType.GRAPHS:
+            bodies.extend(a.value)
+    return bodies
+
+
+def _trip_count(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
+    if node.op_type == "Loop":
+        m = node.inputs[0] if node.inputs else None
+        tensor = None if m is None else m.const_value
+        return int(tensor.numpy().reshape(-1)[0]) if tensor is not None and tensor.size == 1 else None
+    n_scan = attr(node, "num_scan_inputs", 0)
+    first = node.inputs[len(node.inputs) - n_scan] if n_scan else None
+    shape = None if first is None else shapes.get(first.name)
+    axis = (attr(node, "scan_input_axes", None) or [0])[0]
+    if not _known(shape) or not -len(shape) <= axis < len(shape):
+        return None
+    return int(shape[axis])

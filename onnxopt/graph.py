@@ -265,7 +265,9 @@ def static_shapes(
         inferred = proto
     shapes: dict[str, tuple[int | str | None, ...]] = {}
     g = inferred.graph
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
+    main = {vi.name: vi for vi in list(g.input) + list(g.value_info) + list(g.output)}
+    subs = {vi.name: vi for sub in _subgraph_protos(g) for vi in [*sub.input, *sub.value_info, *sub.output]}
+    for vi in ({**subs, **main}).values():  # the main graph's annotation wins over a subgraph's
         t = vi.type.tensor_type
         if not t.HasField("shape"):
             continue
@@ -292,6 +294,18 @@ def static_shapes(
             }  # fmt: skip
             shapes.update(_executed_shapes(model, pinned, incomplete))
     return shapes
+
+
+def _subgraph_protos(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The bodies of If / Loop / Scan nodes in ``graph``, nested ones included."""
+    found, stack = [], [graph]
+    while stack:
+        for node in stack.pop().node:
+            for a in node.attribute:
+                subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+                found.extend(subs)
+                stack.extend(subs)
+    return found
 
 
 def _concrete(shape: tuple | None) -> bool:

@@ -97,3 +97,54 @@ def test_cleanup_does_not_store_a_shared_weight_twice():
         assert stored == weight.size
         x = {"x": np.ones((2, 128), np.float32)}
         np.testing.assert_allclose(evaluate.run(model, x)[0], evaluate.run(ir.from_proto(proto), x)[0], rtol=1e-6)
+
+
+def _matmul_branch(name: str, weight: np.ndarray, outer: str | None = None) -> onnx.GraphProto:
+    """``y = x @ W``: W stored in the branch (a Constant node) or read from the outer graph."""
+    nodes = [helper.make_node("MatMul", ["x", outer or f"{name}_w"], [f"{name}_y"])]
+    if outer is None:
+        nodes.insert(0, helper.make_node("Constant", [], [f"{name}_w"], value=numpy_helper.from_array(weight, f"{name}_w")))
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [2, weight.shape[1]])])
+
+
+def test_costs_count_the_weights_and_macs_inside_branches():
+    """silero-vad keeps every weight inside If branches: `inspect` said 0 parameters and a
+    clean-up that inlined a branch seemed to add 130 k."""
+    from onnxopt.cost import model_cost
+
+    rng = np.random.default_rng(0)
+    big, small, shared = (rng.standard_normal(s).astype(np.float32) for s in ((8, 6), (8, 6), (8, 6)))
+    then = _matmul_branch("then", big)
+    other = _matmul_branch("else", small[:, :6], outer="w_outer")  # reads an outer initializer
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])],
+        [numpy_helper.from_array(shared, "w_outer")],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    onnx.checker.check_model(proto)
+    cost = model_cost(ir.from_proto(proto))
+    assert cost.params == 2 * 8 * 6  # the branch's constant and the outer weight, once each
+    assert cost.macs == 2 * 8 * 6  # one branch runs
+    assert [(n.op_type, n.macs) for n in cost.nodes] == [("If", 2 * 8 * 6)]
+
+    # a Loop body runs M times
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("MatMul", ["h_in", "w_loop"], ["h_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [2, 8])],
+    )  # fmt: skip
+    loop = helper.make_graph(
+        [helper.make_node("Loop", ["m", "cond", "x"], ["h"], body=body)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(np.array(5, np.int64), "m"), numpy_helper.from_array(np.eye(8, dtype=np.float32), "w_loop")],
+    )  # fmt: skip
+    proto = helper.make_model(loop, opset_imports=[helper.make_opsetid("", 15)])
+    onnx.checker.check_model(proto)
+    cost = model_cost(ir.from_proto(proto))
+    assert cost.macs == 5 * 2 * 8 * 8 and not cost.nodes[0].unknown
+    assert cost.params == 64  # the trip count is no parameter
