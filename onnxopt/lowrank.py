@@ -308,7 +308,11 @@ def lowrank_model(
 
     steps: list[SearchStep] = []
     score = None
-    if mode == "max_drop":
+    if mode == "max_drop" and not splittable:  # every candidate would be the model itself
+        kinds = "Gemm/MatMul/1×1 Conv" if conv1x1 else "Gemm/MatMul"
+        notes.append(f"no {kinds} with a constant weight that a split makes {min_saving:.0%} cheaper: nothing to search")
+        built, knob, score = build(energy=1.0), 1.0, evaluator.baseline if evaluator is not None else None
+    elif mode == "max_drop":
         assert evaluator is not None and max_drop is not None
         scores: dict[int, float] = {}
 

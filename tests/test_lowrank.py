@@ -342,6 +342,22 @@ def test_api_budget_search_keeps_accuracy():
     assert all(0.5 <= k <= 0.9999 for k in knobs) and result.knob in knobs
 
 
+def test_budget_search_without_a_layer_to_split_evaluates_nothing():
+    """silero-vad's LSTM model has no layer to split: the search used to score eight
+    candidates that were all the model itself."""
+    model = mlp_model((2, 2, 2), seed=1)  # too small for any split to save MACs
+    data = Dataset({"x": _correlated(40, 2, 1)})
+    calib, held = data.split(0.5, seed=0)
+    evaluator = evaluate.Evaluator(model, held)
+    scored = []
+    original_score = evaluator.score
+    evaluator.score = lambda candidate: scored.append(candidate) or original_score(candidate)
+    result = lowrank_model(model, calib, evaluator, max_drop=0.01)
+    assert not scored and not result.steps and not result.split_layers
+    assert "nothing to search" in " ".join(result.notes)
+    assert result.score == evaluator.baseline
+
+
 def test_bad_options_raise_one_line_errors():
     from onnxopt.errors import OnnxoptError
 
