@@ -391,12 +391,12 @@ def lowrank_stage(**options: Any) -> Stage:
         kwargs.setdefault("progress", ctx.progress)
         result = lowrank_model(model, ctx.calib, ctx.evaluator, **kwargs)
         modified = bool(result.split_layers)
-        return StageOutcome(
-            result.model if modified else model,
-            modified,
-            result.applied,
-            result.skipped,
-            result.to_dict(),
-        )
+        details = result.to_dict()
+        if not modified:
+            details["reason"] = (
+                f"no split within the budget ({len(result.steps)} search steps)" if result.steps
+                else result.notes[-1] if result.notes else "no layer split"
+            )
+        return StageOutcome(result.model if modified else model, modified, result.applied, result.skipped, details)
 
     return Stage("lowrank", run, lossless=False)

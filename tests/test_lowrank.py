@@ -356,6 +356,9 @@ def test_budget_search_without_a_layer_to_split_evaluates_nothing():
     assert not scored and not result.steps and not result.split_layers
     assert "nothing to search" in " ".join(result.notes)
     assert result.score == evaluator.baseline
+    ctx = Context(verify_data=held, calib=calib, evaluator=evaluator, max_drop=0.01)
+    _, records = run_stages(model, [lowrank_stage()], ctx)
+    assert not records[0].modified and "nothing to search" in records[0].details["reason"]
 
 
 def test_bad_options_raise_one_line_errors():
