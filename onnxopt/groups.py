@@ -18,7 +18,9 @@ output relate to the channels of its inputs:
   but the channel count;
 - depthwise Conv ties input channel *c* to output channel *c*;
 - LSTM / GRU / RNN read their input features like a Gemm (a CRNN's convolutional
-  features, a speech model's front end); their hidden size is not pruned.
+  features, a speech model's front end), and their hidden units are a source (one unit
+  spans both directions of a bidirectional layer); a ``Reshape`` that merges the
+  directions with the hidden axis (``[T, N, 2, H] → [T, N, 2H]``) repeats the units.
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
@@ -32,7 +34,10 @@ channels, Shape, Gather, …), and any op without a handler.
 
 from __future__ import annotations
 
-__all__ = ["const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS", "slice_range", "split_sizes"]
+__all__ = [
+    "const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS", "RECURRENT_GATES",
+    "is_zero_tensor", "recurrent_unit_rows", "slice_range", "split_sizes",
+]  # fmt: skip
 
 import dataclasses
 import math
@@ -433,25 +438,92 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
     w.member(node, PRODUCER, out, 1, 1)
 
 
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_STATE_INPUTS = (5, 6)  # initial_h, initial_c (LSTM only)
+_ZERO_KEEPING = ("Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Cast", "Expand")
+
+
+def is_zero_tensor(value: ir.Value | None, depth: int = 0) -> bool:
+    """Whether ``value`` is all zeros whatever the inputs: a ``ConstantOfShape`` of 0 (the
+    TorchScript exporter's default RNN state), an ``Expand`` of a zero constant (dynamo's),
+    or a slice / reshape of one."""
+    if value is None or depth > 8:
+        return False
+    array = const_array(value)
+    if array is not None:
+        return array.size > 0 and not np.any(array)
+    node = value.producer()
+    if node is None:
+        return False
+    if node.op_type == "ConstantOfShape":
+        fill = attr(node, "value")
+        return fill is None or not np.any(fill.numpy())
+    return node.op_type in _ZERO_KEEPING and is_zero_tensor(node.inputs[0], depth + 1)
+
+
+def recurrent_unit_rows(node: ir.Node) -> np.ndarray:
+    """``[hidden, …]``: every weight of hidden unit *j* of an LSTM / GRU / RNN — its row of
+    ``W`` and ``R`` in every gate and direction, and its column of ``R`` (what it feeds
+    back) — for norm-based criteria."""
+    gates = RECURRENT_GATES[node.op_type]
+    w, r = (const_array(node.inputs[i]).astype(np.float64) for i in (1, 2))
+    d, _, hidden = r.shape
+    rows = [np.moveaxis(a.reshape(d, gates, hidden, -1), 2, 0).reshape(hidden, -1) for a in (w, r)]
+    rows.append(np.moveaxis(r, 2, 0).reshape(hidden, -1))
+    return np.concatenate(rows, axis=1)
+
+
 def _recurrent(w: _Walker, node: ir.Node) -> None:
     """LSTM / GRU / RNN: the input features (``X``'s last axis, in either ``layout``) meet
     ``W [directions, gates·hidden, features]`` on axis 2, so channels of ``X`` are a
-    consumer like a Gemm's. The hidden size is not pruned: the outputs start no group, and
-    channels reaching the state, recurrence or bias inputs are blocked."""
-    for value in node.inputs[2:]:
-        w.block(w.track(value), f"{_label(node)}: recurrent weights and states are not pruned")
+    consumer like a Gemm's. The hidden units are a source: unit *j* is entry *j* of the
+    last axis of ``Y`` / ``Y_h`` / ``Y_c`` in every direction (directions share
+    ``hidden_size``); removing it removes its rows of ``W``, ``R``, ``B``, ``P`` in every
+    gate, its column of ``R`` and its entry of a constant initial state (a zero state
+    computed at run time is dropped: zero is the default). States read from graph inputs,
+    or computed otherwise, make the hidden units unprunable."""
     x = node.inputs[0]
     t = w.track(x)
-    if t is None:
-        return
     weight = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     bias = node.inputs[3] if len(node.inputs) > 3 else None
-    if weight is None or weight.ndim != 3 or (bias is not None and const_array(bias) is None):
-        w.block(t, f"{_label(node)}: input weight or bias is not constant")
-    elif t.axis != 2 or t.channels * t.block != weight.shape[2]:
-        w.block(t, f"{_label(node)}: input features do not match the channel layout")
-    else:
-        w.member(node, CONSUMER, x, 1, 2, t.block)
+    if t is not None:
+        if weight is None or weight.ndim != 3 or (bias is not None and const_array(bias) is None):
+            w.block(t, f"{_label(node)}: input weight or bias is not constant")
+        elif t.axis != 2 or t.channels * t.block != weight.shape[2]:
+            w.block(t, f"{_label(node)}: input features do not match the channel layout")
+        else:
+            w.member(node, CONSUMER, x, 1, 2, t.block)
+    for value in node.inputs[2:]:
+        w.block(w.track(value), f"{_label(node)}: channels reach the recurrence, bias or state")
+    hidden = attr(node, "hidden_size", 0)
+    outputs = [o for o in node.outputs if o is not None and o.name]
+    if not outputs or not hidden:
+        return
+    elems = w.new_elems(hidden)
+    for i, out in enumerate(node.outputs):
+        if out is not None and out.name:
+            w.set_track(out, _Track(elems, 3 if i == 0 else 2))
+    w.member(node, PRODUCER, outputs[0], 1, 1)
+    why = _recurrent_blocker(node, hidden)
+    if why:
+        w.block(_Track(elems, 0), f"{_label(node)}: {why}")
+
+
+def _recurrent_blocker(node: ir.Node, hidden: int) -> str | None:
+    """Why the hidden units of a recurrent node cannot be pruned, or None."""
+    gates = RECURRENT_GATES[node.op_type]
+    arrays = [const_array(v) if v is not None else None for v in node.inputs[1:4]]
+    if any(a is None for a in arrays[:2]) or (node.inputs[3:4] and node.inputs[3] is not None and arrays[2] is None):
+        return "weights, recurrence or bias not constant"
+    if arrays[0].shape[1] != gates * hidden or arrays[1].shape[1:] != (gates * hidden, hidden):
+        return "weight shapes do not match hidden_size"
+    if node.op_type == "LSTM" and len(node.inputs) > 7 and node.inputs[7] is not None and const_array(node.inputs[7]) is None:
+        return "peephole weights not constant"
+    for i in _STATE_INPUTS if node.op_type == "LSTM" else _STATE_INPUTS[:1]:
+        state = node.inputs[i] if len(node.inputs) > i else None
+        if state is not None and const_array(state) is None and not is_zero_tensor(state):
+            return "an initial state comes from outside (a graph input or a computed value)"
+    return None
 
 
 def _operand_dim(shape: tuple, out_rank: int, out_axis: int) -> int | None:
@@ -575,21 +647,32 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     ok = bool(candidates)
     b = t.axis if t.axis in candidates else (candidates[-1] if ok else 0)
     merged = out_shape[b] // in_shape[t.axis] if ok and in_shape[t.axis] and out_shape[b] % in_shape[t.axis] == 0 else 0
+    repeats = 1
     if ok and out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner:
         new = _Track(t.elems, b, t.block)  # channel axis kept, other axes regrouped
+        merged_axes = _merged_axes(in_shape, t.axis, 1)
     elif merged and inner % merged == 0 and math.prod(out_shape[b + 1 :]) == inner // merged and _prefix_of(in_shape[t.axis + 1 :], merged):
         new = _Track(t.elems, b, t.block * merged)  # C×H(×W) merged into one axis: blocks of H(·W)
+        merged_axes = _merged_axes(in_shape, t.axis, merged)
+    elif (outer := _outer_merge(in_shape, out_shape, t)) is not None:
+        b, repeats, first = outer  # D×C merged (a bidirectional RNN's [T, N, 2, H] → [T, N, 2H])
+        new = _Track(np.tile(t.elems, repeats), b)  # the channels D times over
+        merged_axes = list(range(first, t.axis + 1))
     else:
         w.block(t, f"{_label(node)}: reshape mixes channels (e.g. channel shuffle)")
         return
+    name = node.inputs[0].name
     dims = _dims_of(w, node.inputs[1])
-    own = (node.inputs[0].name, t.axis)
+    own = (name, t.axis)
     if dims is not None and b < len(dims) and dims[b].sizes:
         # An entry computed from the input's own sizes follows the pruning by itself when it
         # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
-        # dynamic shapes); no other entry may read the channel count.
-        merged_axes = {(node.inputs[0].name, a) for a in _merged_axes(in_shape, t.axis, new.block // t.block)}
-        if dims[b].factor != 1 or set(dims[b].sizes) != merged_axes or len(dims[b].sizes) != len(merged_axes) or any(
+        # dynamic shapes; axes of size 1 change nothing); no other entry may read the
+        # channel count.
+        def real(pairs) -> list[tuple[str, int]]:
+            return sorted((v, a) for v, a in pairs if v != name or in_shape[a] != 1)
+
+        if dims[b].factor != 1 or real(dims[b].sizes) != real((name, a) for a in merged_axes) or any(
             own in d.sizes for i, d in enumerate(dims) if i != b
         ):
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
@@ -604,12 +687,29 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         w.block(t, f"{_label(node)}: the target's channel entry is computed")
         return
     value, holder, index, offset = entry
-    if value == 0 and b != t.axis:
+    if value == 0 and (b != t.axis or repeats > 1):
         w.block(t, f"{_label(node)}: target shape copies a channel dimension")
         return
-    if value > 0:
-        w.member(holder, SHAPE, node.inputs[0], index, offset, new.block)
+    if value > 0:  # the entry spells the channel count times the block (or the repeats)
+        w.member(holder, SHAPE, node.inputs[0], index, offset, new.block * repeats)
     w.set_track(node.outputs[0], new)
+
+
+def _outer_merge(in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> tuple[int, int, int] | None:
+    """``(output axis, repeats, first merged input axis)`` when a Reshape merges the axes right before the channel
+    axis into it, outermost first (``[…, D, C, …] → […, D·C, …]``): the merged axis holds
+    the channels ``D`` times over. None otherwise."""
+    if t.block != 1:
+        return None
+    inner = math.prod(in_shape[t.axis + 1 :])
+    for first in range(t.axis - 1, -1, -1):
+        repeats = math.prod(in_shape[first : t.axis])
+        prefix = math.prod(in_shape[:first])
+        for b in range(len(out_shape)):
+            if (math.prod(out_shape[:b]) == prefix and out_shape[b] == repeats * in_shape[t.axis]
+                    and math.prod(out_shape[b + 1 :]) == inner and repeats > 1):
+                return b, repeats, first
+    return None
 
 
 def _prefix_of(dims: Sequence[int], size: int) -> bool:
@@ -669,7 +769,7 @@ class _Dim:
         return _Dim(self.factor * other.factor, tuple(sorted(self.sizes + other.sizes)))
 
 
-_SIZE_PICKS = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Mul")
+_SIZE_PICKS = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Mul", "Reshape")
 
 
 def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] | None:
@@ -708,7 +808,9 @@ def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] |
     if node.op_type == "Slice":
         bounds = _shape_slice(node)
         return None if bounds is None else parts[0][slice(*bounds)]
-    return parts[0]  # Unsqueeze / Squeeze / Cast / Identity keep the entries
+    if node.op_type == "Reshape" and len(w.shape(value) or ()) != 1:
+        return None  # a sizes vector reshaped to anything but a vector
+    return parts[0]  # Unsqueeze / Squeeze / Cast / Identity / Reshape to a vector keep the entries
 
 
 def _shape(w: _Walker, node: ir.Node) -> None:
@@ -732,6 +834,8 @@ def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     for user, index in sizes.uses():
         if user.op_type == "Reshape" and index == 1 and user.inputs[0] is x:
             continue
+        if user.op_type == "Reshape" and index != 0:  # another tensor shaped by these sizes
+            return False
         if user.op_type not in _SIZE_PICKS or not all(_only_reshapes(o, x, depth + 1) for o in user.outputs):
             return False
     return True
@@ -1006,7 +1110,7 @@ HANDLERS: dict[str, Handler] = {
 """op type → handler. Supporting a new op is one entry here. Source ops (Conv, Gemm,
 MatMul) create channels even when no input is tracked; the others act only on tracked inputs."""
 
-_SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
 
 
 def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> GroupAnalysis:

@@ -39,7 +39,16 @@ from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import session
 from onnxopt.graph import attr, default_opset, fixed_batch
-from onnxopt.groups import PARAM, PRODUCER, ChannelGroup, GroupAnalysis, Member, const_array
+from onnxopt.groups import (
+    PARAM,
+    PRODUCER,
+    RECURRENT_GATES,
+    ChannelGroup,
+    GroupAnalysis,
+    Member,
+    const_array,
+    recurrent_unit_rows,
+)
 
 CRITERIA = ("l1", "l2", "bn-gamma", "apoz", "permutation", "obs")
 _ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "Sigmoid", "PRelu", "Elu", "Selu", "Gelu", "HardSigmoid"}
@@ -129,7 +138,10 @@ def _per_filter(weight: np.ndarray, axis: int) -> np.ndarray:
 def _norm_scores(group: ChannelGroup, order: int) -> np.ndarray:
     scores = np.zeros(group.units)
     for m in group.sources:
-        filters = _per_filter(const_array(m.node.inputs[1]).astype(np.float64), m.axis)
+        if m.node.op_type in RECURRENT_GATES:
+            filters = recurrent_unit_rows(m.node)
+        else:
+            filters = _per_filter(const_array(m.node.inputs[1]).astype(np.float64), m.axis)
         per = np.abs(filters).sum(1) if order == 1 else np.sqrt((filters**2).sum(1))
         _to_units(group, m.value, per, scores)
     return scores
@@ -151,6 +163,8 @@ def _channel_axes(rank: int, axis: int) -> list[int]:
 
 def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator, ranks: dict[str, int]) -> ir.Value | None:
     node = m.node
+    if node.op_type in RECURRENT_GATES:
+        return _recurrent_permutation_probe(probe, node, rng)
     weight = const_array(node.inputs[1])
     filters = _per_filter(weight, m.axis)
     permuted = rng.permuted(filters, axis=1)  # Fisher–Yates per filter, all filters at once
@@ -171,6 +185,22 @@ def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator, ranks:
         rank = ranks.get(m.value) or len(probe.value(m.value).shape or ()) or 2
     out_axis = 1 if node.op_type in ("Conv", "ConvTranspose", "Gemm") else rank - 1
     return probe.reduce("ReduceSumSquare", y, _channel_axes(rank, out_axis))
+
+
+def _recurrent_permutation_probe(probe: Probe, node: ir.Node, rng: np.random.Generator) -> ir.Value:
+    """An RNN's hidden unit *j*: shuffle its input-weight rows ``W[d, g·H + j]`` (every gate
+    and direction), and measure the change of the gate pre-activations ``W·x_t`` summed
+    over gates, steps and samples — the thesis's output change taken where the layer is
+    still linear (the recurrence and the gates' nonlinearities come after)."""
+    gates = RECURRENT_GATES[node.op_type]
+    weight = const_array(node.inputs[1])  # [D, G·H, I]
+    d, rows, features = weight.shape
+    diff = weight - rng.permuted(weight, axis=2)
+    x = probe.value(node.inputs[0].name)  # [T, N, I] or, layout 1, [N, T, I]
+    y = probe.add("MatMul", [x, probe.const(np.asarray(diff.reshape(d * rows, features).T, dtype=weight.dtype, order="C"))])
+    per_row = probe.reduce("ReduceSumSquare", y, [0, 1])  # [D·G·H]
+    grid = probe.add("Reshape", [per_row, probe.const(np.array([d * gates, rows // gates], np.int64))])
+    return probe.reduce("ReduceSum", grid, [0])
 
 
 def _activation_values(group: ChannelGroup) -> list[tuple[str, ir.Node | None]]:

@@ -45,7 +45,14 @@ from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
 from onnxopt.graph import attr, has_subgraph
-from onnxopt.groups import CONSUMER, GroupAnalysis, analyze_groups, const_array
+from onnxopt.groups import (
+    CONSUMER,
+    PRODUCER,
+    RECURRENT_GATES,
+    GroupAnalysis,
+    analyze_groups,
+    const_array,
+)
 from onnxopt.importance import CRITERIA, Probe, group_importance
 from onnxopt.passes.prune import PruneChannelsPass
 from onnxopt.reconstruction import reconstruct
@@ -113,9 +120,11 @@ def allocate(
 
 # --------------------------------------------------------------------------- statistics
 def _feature_means(model: ir.Model, analysis: GroupAnalysis, calib: Dataset, batch_size: int) -> dict[str, np.ndarray]:
-    """Mean of every feature of every consumer input (per channel, per column after Flatten)."""
+    """Mean of every feature of every consumer input (per channel, per column after Flatten),
+    and of every RNN hidden unit (its output fed back through the recurrence)."""
     probe = Probe(model)
-    names = sorted({m.value for g in analysis.prunable for m in g.members if m.role == CONSUMER})
+    names = sorted({m.value for g in analysis.prunable for m in g.members
+                    if m.role == CONSUMER or (m.role == PRODUCER and m.node.op_type in RECURRENT_GATES)})  # fmt: skip
     for name in names:
         rank = analysis.ranks.get(name)
         if rank is None:

@@ -43,6 +43,7 @@ from onnxopt.cpu import nchwc_block
 from onnxopt.graph import attr
 from onnxopt.groups import (
     PARAM,
+    RECURRENT_GATES,
     SHAPE,
     SLICE,
     SPLIT,
@@ -131,6 +132,8 @@ class PadChannelsPass(LoggedPass):
     def _padding(self, group: ChannelGroup) -> int:
         if group.units % self.multiple == 0 or group.units < self.multiple:
             return 0
+        if any(m.node.op_type in RECURRENT_GATES for m in group.sources):
+            return 0  # an RNN's hidden size has no NCHWc blocking to fill
         if not group.prunable:
             self.skip(group.name, "not padded: " + "; ".join(group.reasons[:2]))
             return 0

@@ -8,6 +8,9 @@ consecutive entries after a Flatten, so position *c* expands to ``c·block … c
 - producer Conv / Gemm / MatMul: ``W ← W[keep]`` along the output axis, ``b ← b[keep]``;
 - consumer Conv / Gemm / MatMul: ``W ← W[:, keep]`` along the input axis; LSTM / GRU /
   RNN: ``W ← W[:, :, keep]`` (their input features);
+- producer LSTM / GRU / RNN (hidden units): the unit's rows of ``W``, ``R``, ``B``, ``P`` in
+  every gate and direction, its column of ``R``, its entry of a constant initial state, and
+  ``hidden_size``;
 - depthwise Conv: ``W ← W[keep]``, ``b ← b[keep]``, ``group ← |keep|``;
 - per-channel constants (BatchNormalization scale/B/mean/var, bias ``Add``, PRelu slope,
   SE ``Mul`` constants): sliced along their channel axis;
@@ -22,6 +25,7 @@ contribution moves into the consumer's bias::
     b'[o] = b[o] + Σ_{c ∈ P} x̄_c · Σ_k W[o, c, k]        (Conv: k runs over the kernel)
     b'[n] = b[n] + Σ_{c ∈ P} x̄_c · W[c, n]              (Gemm/MatMul, W as K×N)
     Wb[d, g] = Wb[d, g] + Σ_{c ∈ P} x̄_c · W[d, g, c]    (LSTM/GRU/RNN input bias)
+    Rb[d, g] = Rb[d, g] + Σ_{j ∈ P} h̄_j · R[d, g, j]    (its own removed hidden units)
 
 (exact for the mean output away from zero padding). A Conv or Gemm without a bias gets one.
 
@@ -41,11 +45,12 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import set_const_input
+from onnxopt.graph import attr, set_const_input
 from onnxopt.groups import (
     CONSUMER,
     DEPTHWISE,
     PRODUCER,
+    RECURRENT_GATES,
     SHAPE,
     SLICE,
     SPLIT,
@@ -150,6 +155,8 @@ class PruneChannelsPass(LoggedPass):
             return
         if m.role == CONSUMER and self.channel_means.get(m.value) is not None:
             self._compensate(m, const_array(m.node.inputs[m.input_index]), _expand(positions, m.block))
+        if m.role == PRODUCER and m.node.op_type in RECURRENT_GATES and self.channel_means.get(m.value) is not None:
+            self._compensate_feedback(m.node, positions, np.asarray(self.channel_means[m.value], np.float64).reshape(-1))
         resize_member(m, channels - len(positions), lambda a, axis, block: np.delete(a, _expand(positions, block), axis=axis))
 
     def _compensate(self, m: Member, weight: np.ndarray, cut: np.ndarray) -> None:
@@ -193,6 +200,21 @@ class PruneChannelsPass(LoggedPass):
         new_bias[:, : weight.shape[1]] += shift
         set_const_input(node, 3, new_bias.astype(bias.dtype), name_hint=f"{node.name}_B")
 
+    def _compensate_feedback(self, node: ir.Node, cut: np.ndarray, means: np.ndarray) -> None:
+        # A removed hidden unit's output h_j fed every gate through column j of R: its mean
+        # (over steps, samples and directions) moves into the recurrence bias Rb.
+        r = const_array(node.inputs[2]).astype(np.float64)  # [directions, gates·H, H]
+        shift = r[:, :, cut] @ means[cut]
+        if node.op_type == "GRU" and not attr(node, "linear_before_reset", 0):
+            shift[:, 2 * r.shape[2] :] = 0  # its candidate gate reads r ⊙ h, not h: mean unknown
+        bias_value = node.inputs[3] if len(node.inputs) > 3 else None
+        bias = const_array(bias_value) if bias_value is not None else None
+        if bias is None:
+            bias = np.zeros((r.shape[0], 2 * r.shape[1]), dtype=np.float32)
+        new_bias = bias.astype(np.float64)
+        new_bias[:, r.shape[1] :] += shift
+        set_const_input(node, 3, new_bias.astype(bias.dtype), name_hint=f"{node.name}_B")
+
     def _compensate_matmul(self, node: ir.Node, shift: np.ndarray) -> None:
         out = node.outputs[0]
         users = [n for n, _ in out.uses()]
@@ -213,6 +235,9 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
     ``channels``. Pruning deletes entries, :class:`~onnxopt.passes.pad_channels.PadChannelsPass`
     inserts them."""
     node = m.node
+    if m.role == PRODUCER and node.op_type in RECURRENT_GATES:
+        _resize_recurrent(node, channels, edit)
+        return
     if m.role == SHAPE:
         target = const_array(node.inputs[m.input_index]).copy()
         flat = target.reshape(-1)
@@ -227,6 +252,39 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
             set_const_input(node, 2, edit(bias, bias.ndim - 1, 1))
     if m.role == DEPTHWISE:
         node.attributes["group"] = ir.AttrInt64("group", channels)
+
+
+def _resize_recurrent(node: ir.Node, hidden: int, edit: Callable[[np.ndarray, int, int], np.ndarray]) -> None:
+    """Give an LSTM / GRU / RNN ``hidden`` units: ``edit`` each gate's block of rows of ``W``
+    / ``R`` / ``B`` / ``P`` (``[directions, gates·H, …]``), the columns of ``R``, and the
+    last axis of constant initial states; a zero initial state computed at run time (its
+    shape spells the old size) is dropped, zero being the default."""
+    gates = RECURRENT_GATES[node.op_type]
+
+    def per_gate(array: np.ndarray, blocks: int) -> np.ndarray:
+        d, rows = array.shape[:2]
+        split = array.reshape(d, blocks, rows // blocks, *array.shape[2:])
+        edited = edit(split, 2, 1)
+        return edited.reshape(d, blocks * edited.shape[2], *array.shape[2:])
+
+    w, r = const_array(node.inputs[1]), const_array(node.inputs[2])
+    set_const_input(node, 1, per_gate(w, gates))
+    set_const_input(node, 2, edit(per_gate(r, gates), 2, 1))
+    extras = [(3, 2 * gates)] + ([(7, 3)] if node.op_type == "LSTM" else [])
+    for index, blocks in extras:
+        value = node.inputs[index] if len(node.inputs) > index else None
+        if value is not None:
+            set_const_input(node, index, per_gate(const_array(value), blocks))
+    for index in (5, 6) if node.op_type == "LSTM" else (5,):
+        state = node.inputs[index] if len(node.inputs) > index else None
+        if state is None:
+            continue
+        array = const_array(state)
+        if array is not None:
+            set_const_input(node, index, edit(array, array.ndim - 1, 1))
+        else:  # is_zero_tensor (the group analysis proved it)
+            node.replace_input_with(index, None)
+    node.attributes["hidden_size"] = ir.AttrInt64("hidden_size", hidden)
 
 
 def set_split_sizes(node: ir.Node, sizes: Sequence[int]) -> None:

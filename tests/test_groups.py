@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset
 from onnxopt.graph import set_const_input
-from onnxopt.groups import CONSUMER, analyze_groups, const_array
+from onnxopt.groups import CONSUMER, PRODUCER, RECURRENT_GATES, analyze_groups, const_array
 from onnxopt.passes.prune import PruneChannelsPass
 from onnxopt.pipeline import check_model
 
@@ -84,6 +84,11 @@ def zero_then_prune(model: ir.Model, data: Dataset, fraction: float = 0.4, seed:
     for name, units in removals.items():
         g = groups[name]
         for m in g.members:
+            if m.role == PRODUCER and m.node.op_type in RECURRENT_GATES:
+                # an RNN reads its own hidden units through R's columns: a consumer too
+                r = const_array(m.node.inputs[2]).copy()
+                r[:, :, g.removed_positions(m.value, units)] = 0
+                set_const_input(m.node, 2, r)
             if m.role != CONSUMER:
                 continue
             pos = g.removed_positions(m.value, units)

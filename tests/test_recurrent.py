@@ -203,3 +203,120 @@ def test_a_dataset_can_name_the_sample_axis_the_rules_cannot_see():
     whole = x.sum(0)
     np.testing.assert_allclose(evaluate.run(model, Dataset({"x": x}, axes={"x": 1}), batch_size=2)[0], whole, rtol=1e-5)
     assert evaluate.run(model, Dataset({"x": x}), batch_size=64)[0].shape != whole.shape  # the rules cut the steps
+
+
+# --------------------------------------------------------------------------- hidden units
+def _speech_rnn(cell: str, bidirectional: bool):
+    """Conv1d front end over [N, 8, T] features → [T, N, 16] → 2-layer RNN started from
+    zero states (none given) → per-step Linear: [T, N, 7]."""
+    import torch
+    from torch import nn
+
+    class SpeechRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.front = nn.Conv1d(8, 16, 3, padding=1)
+            self.rnn = getattr(nn, cell)(16, HIDDEN, num_layers=2, bidirectional=bidirectional)
+            self.head = nn.Linear(HIDDEN * (2 if bidirectional else 1), 7)
+
+        def forward(self, x):
+            out, _ = self.rnn(torch.relu(self.front(x)).permute(2, 0, 1))
+            return self.head(out)
+
+    return SpeechRNN().eval()
+
+
+def _export_speech(tmp_path, cell: str, bidirectional: bool, dynamo: bool) -> ir.Model:
+    torch = pytest.importorskip("torch")
+    from benchmarks.export import export_onnx
+    from onnxopt.model_io import load_model
+
+    torch.manual_seed(0)
+    path = tmp_path / f"speech_{cell}_{bidirectional}_{dynamo}.onnx"
+    export_onnx(_speech_rnn(cell, bidirectional), (torch.randn(2, 8, 10),), path, dynamo=dynamo,
+                input_names=["x"], output_names=["y"], batch_axes={"y": 1})  # fmt: skip
+    return load_model(path)
+
+
+def _hidden_groups(analysis):
+    return [g for g in analysis.groups if any(s.node.op_type in ("LSTM", "GRU", "RNN") for s in g.sources)]
+
+
+def _zero_units(model: ir.Model, node_name: str, units) -> None:
+    """Zero unit ``units``' rows of W, R and B in every gate and direction: with a zero
+    initial state its output stays exactly 0 (gates at σ(0), candidate tanh(0) = 0)."""
+    node = model.graph.node(node_name)
+    for index in (1, 2, 3):
+        array = const_array(node.inputs[index]).copy()
+        blocks = array.shape[1] // HIDDEN
+        view = array.reshape(array.shape[0], blocks, HIDDEN, *array.shape[2:])
+        view[:, :, units] = 0
+        set_const_input(node, index, view.reshape(array.shape))
+
+
+@pytest.mark.parametrize(
+    "cell,bidirectional,dynamo",
+    [("LSTM", True, False), ("GRU", True, False), ("RNN", False, False), ("LSTM", False, False),
+     ("LSTM", True, True), ("GRU", False, True)],
+)  # fmt: skip
+def test_hidden_units_prune_exactly(tmp_path, cell, bidirectional, dynamo):
+    """Removing hidden units (both directions, every gate, the recurrence columns, the zero
+    initial states' size, a Reshape target spelling 2·H) equals zeroing them first."""
+    import onnx
+
+    from onnxopt.cost import model_cost
+    from onnxopt.pruning import Pruner
+
+    model = Pruner(_export_speech(tmp_path, cell, bidirectional, dynamo), criterion="l1").model  # dynamo: weights folded
+    groups = _hidden_groups(analyze_groups(model))
+    assert len(groups) == 2 and all(g.prunable and g.units == HIDDEN for g in groups), [g.describe() for g in groups]
+    units = np.array([1, 5, 6])
+    zeroed, pruned = model.clone(), model.clone()
+    for g in groups:
+        _zero_units(zeroed, g.sources[0].node.name, units)
+    assert PruneChannelsPass({g.name: units for g in groups})(pruned).modified
+    onnx.checker.check_model(ir.to_proto(pruned), full_check=True)
+    rnns = [n for n in pruned.graph if n.op_type == cell]
+    assert [n.attributes["hidden_size"].value for n in rnns] == [HIDDEN - 3] * 2
+    assert model_cost(pruned).macs < model_cost(model).macs
+    data = Dataset({"x": RNG.standard_normal((3, 8, 10)).astype(np.float32)})
+    original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
+    assert np.abs(expected - original).max() > 1e-3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_hidden_units_with_given_initial_states_are_unprunable(tmp_path):
+    """The CRNN reads h0 / c0 from graph inputs: their size is the caller's, so the hidden
+    units stay and say why; the convolutional features before the RNN still prune."""
+    model = _export(tmp_path, False)
+    analysis = analyze_groups(model)
+    hidden = _hidden_groups(analysis)
+    assert hidden and not any(g.prunable for g in hidden)
+    assert any("initial state" in r for g in hidden for r in g.reasons)
+    _rnn_group(model)  # the features group is still prunable
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "permutation", "apoz", "obs"])
+def test_every_criterion_ranks_a_dead_hidden_unit_last(tmp_path, criterion):
+    from onnxopt.importance import group_importance
+
+    model = _export_speech(tmp_path, "LSTM", True, False)
+    group = _hidden_groups(analyze_groups(model))[0]
+    _zero_units(model, group.sources[0].node.name, [4])
+    analysis = analyze_groups(model)
+    calib = Dataset({"x": RNG.standard_normal((24, 8, 10)).astype(np.float32)})
+    scores = group_importance(model, analysis, criterion, calib, seed=0)[group.name]
+    assert int(np.argmin(scores)) == 4, scores
+
+
+def test_pruning_an_rnn_speech_model_end_to_end(tmp_path):
+    """prune_model with data on a bidirectional GRU model: hidden units go with the rest,
+    recovery keeps the output closer to the original than no recovery."""
+    model = _export_speech(tmp_path, "GRU", True, False)
+    data = Dataset({"x": RNG.standard_normal((64, 8, 10)).astype(np.float32)})
+    calib, held = data.split(0.5, seed=0)
+    evaluator = evaluate.Evaluator(model, held, metric="cosine")
+    result = prune_model(model, calib, evaluator, criterion="obs", ratio=0.25, round_to=1)
+    hidden = [layer for layer in result.layers if layer["sources"] and "GRU" in layer["sources"][0]]
+    assert len(hidden) == 2 and all(layer["after"] == HIDDEN - 3 for layer in hidden), result.layers
+    assert result.scores["pruned"] > result.scores["pruned_without_recovery"]
