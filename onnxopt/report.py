@@ -40,6 +40,7 @@ class ModelSummary:
     macs: int
     size_bytes: int
     opset: int
+    macs_unknown: int = 0  # nodes whose shapes stayed unknown: ``macs`` is a lower bound
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -50,7 +51,8 @@ def summarize(model: ir.Model, path: str | os.PathLike | None = None, shapes: Ma
     cost = model_cost(model, shapes)
     ops = Counter(n.op_type for n in model.graph)
     size = file_size(path) if path is not None and Path(path).exists() else model_bytes(model)
-    return ModelSummary(len(model.graph), dict(sorted(ops.items())), cost.params, cost.macs, size, default_opset(model))
+    unknown = sum(n.unknown for n in cost.nodes)
+    return ModelSummary(len(model.graph), dict(sorted(ops.items())), cost.params, cost.macs, size, default_opset(model), unknown)
 
 
 def fmt_count(n: float | None) -> str:
@@ -89,7 +91,11 @@ def before_after_table(
         table.add_column(col, justify="right" if col else "left")
     table.add_row("file size", fmt_bytes(before.size_bytes), fmt_bytes(after.size_bytes), _ratio(before.size_bytes, after.size_bytes))
     table.add_row("parameters", fmt_count(before.params), fmt_count(after.params), _ratio(before.params, after.params))
-    table.add_row("MACs", fmt_count(before.macs), fmt_count(after.macs), _ratio(before.macs, after.macs))
+    def macs(summary: ModelSummary) -> str:  # a lower bound where some shapes stayed unknown
+        return ("≥ " if summary.macs_unknown else "") + fmt_count(summary.macs)
+
+    exact = not (before.macs_unknown or after.macs_unknown)
+    table.add_row("MACs", macs(before), macs(after), _ratio(before.macs, after.macs) if exact else "")
     table.add_row("nodes", str(before.nodes), str(after.nodes), f"{after.nodes - before.nodes:+d}")
     for op in sorted(set(before.ops) | set(after.ops)):
         b, a = before.ops.get(op, 0), after.ops.get(op, 0)

@@ -148,3 +148,30 @@ def test_costs_count_the_weights_and_macs_inside_branches():
     cost = model_cost(ir.from_proto(proto))
     assert cost.macs == 5 * 2 * 8 * 8 and not cost.nodes[0].unknown
     assert cost.params == 64  # the trip count is no parameter
+
+
+def test_a_loop_with_a_run_time_trip_count_reports_its_macs_as_a_lower_bound():
+    from rich.console import Console
+
+    from onnxopt.report import before_after_table, summarize
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [2, 8])],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["m", "cond", "x"], ["h"], body=body)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]), helper.make_tensor_value_info("m", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 8])],
+        [numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]))
+    summary = summarize(model)
+    assert summary.macs == 2 * 8 * 8 and summary.macs_unknown == 1  # one iteration counted
+    console = Console(record=True, width=120)
+    console.print(before_after_table(summary, summary))
+    row = next(line for line in console.export_text().splitlines() if "MACs" in line)
+    assert "≥ 128" in row and "×" not in row
