@@ -8,7 +8,9 @@ Two families of numbers:
   on. With labels: accuracy. Without: agreement with the original, chosen from the output
   shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences of
   class scores (:func:`per_step_outputs`), ``1 - relative L2 error`` for dense maps,
-  embeddings and detection heads — and the worst output counts.
+  embeddings and detection heads — and the worst output counts; a detector that runs
+  NonMaxSuppression in the graph scores the F1 of its boxes per image
+  (:mod:`onnxopt.detection`).
   A callable ``(original_outputs, candidate_outputs) -> float`` can replace it; on the
   command line and in recipes it is named ``module:function`` or ``path/to/file.py:function``
   (:func:`load_metric`), e.g. the F1 of a detector's decoded boxes.
@@ -44,6 +46,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.calibration import Dataset
+from onnxopt.detection import box_f1, detection_layout
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import batch_along, input_shapes, sample_axes
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
@@ -537,13 +540,32 @@ class Evaluator:
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
         self._axes = output_sample_axes(original)
-        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)
         self._per_sample_baseline: np.ndarray | None = None
+        # a detector with NMS inside returns a data-dependent number of boxes: scored per
+        # image by box F1 (onnxopt.detection) unless a metric or labels are given
+        self._detection = detection_layout(original) if metric is None and data.labels is None else None
+        if self._detection is not None:
+            self.metric_name = self._detection.name
+            self._reference_images = self._per_image(original)
+            self.baseline = 1.0
+            return
+        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)
+
+    def _per_image(self, model: ir.Model) -> list[Outputs]:
+        sess = session(model)
+        try:
+            return [sess.run(None, feed) for feed in self.data.batches(1)]
+        except Exception as exc:
+            raise OnnxoptError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
 
     def outputs(self, candidate: ir.Model) -> Outputs:
         return run(candidate, self.data, batch_size=self.batch_size)
 
     def score(self, candidate: ir.Model) -> Score:
+        if self._detection is not None:
+            per_image = np.array([box_f1(r, c, self._detection) for r, c in zip(self._reference_images, self._per_image(candidate))])
+            se = float(np.std(per_image, ddof=1) / np.sqrt(len(per_image))) if len(per_image) > 1 and self.confidence else 0.0
+            return Score(float(per_image.mean()), se)
         outputs = self.outputs(candidate)
         value = task_score(self.reference, outputs, labels=self.data.labels, metric=self.metric)
         return Score(value, self._drop_se(outputs) if self.confidence else 0.0)

@@ -1,0 +1,120 @@
+"""The default task score of detectors that run NonMaxSuppression inside the graph.
+
+Such a model returns a data-dependent number of boxes (torchvision's ``boxes [K, 4]``,
+``labels [K]``, ``scores [K]``; mmdeploy's ``dets [1, K, 5]``, ``labels [1, K]``). Any
+lossy change that adds or drops one box on one image changes the output shape, so the
+generic agreement (which compares outputs element by element) scores it 0 and every lossy
+stage is refused. Instead, per image, the boxes of the candidate are matched to the
+original's — greedily by IoU, at IoU ≥ 0.5 and, when the model returns labels, the same
+label — and the image scores the F1 of that matching (1 when both return nothing); the
+set scores the mean over images, whose per-image values give the standard error of the
+drop like any per-sample metric.
+
+Rules: the graph (or a subgraph) holds a ``NonMaxSuppression``, and a float output has
+rank 2 or 3 with a last axis of 4 to 7 (corners first: ``x1, y1, x2, y2``, as torchvision
+and mmdeploy write them; a score or label may follow). An integer output of rank 1 or 2
+holds the labels when its length is that of the boxes. Rows whose box has no area
+(padding of a fixed-size output) are ignored.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DetectionLayout", "detection_layout", "box_f1", "IOU_THRESHOLD"]
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+IOU_THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionLayout:
+    boxes: int  # index of the boxes output
+    labels: int | None  # index of the labels output, if any
+
+    @property
+    def name(self) -> str:
+        return f"box F1 (IoU ≥ {IOU_THRESHOLD:g}{', same label' if self.labels is not None else ''})"
+
+
+def _has_nms(graph: ir.Graph) -> bool:
+    for node in graph:
+        if node.op_type == "NonMaxSuppression":
+            return True
+        for a in node.attributes.values():
+            subs = [a.value] if a.type == ir.AttributeType.GRAPH else a.value if a.type == ir.AttributeType.GRAPHS else []
+            if any(_has_nms(sub) for sub in subs):
+                return True
+    return False
+
+
+def _dtype_kind(value: ir.Value) -> str | None:
+    try:
+        return np.dtype(value.dtype.numpy()).kind if value.dtype is not None else None
+    except Exception:  # a type numpy cannot hold
+        return None
+
+
+def detection_layout(model: ir.Model) -> DetectionLayout | None:
+    """Where a NonMaxSuppression detector's boxes (and labels) are among its outputs, or
+    None for any other model (module docstring)."""
+    if not _has_nms(model.graph):
+        return None
+    outputs = list(model.graph.outputs)
+    boxes = next((
+        i for i, v in enumerate(outputs)
+        if _dtype_kind(v) == "f" and v.shape is not None and len(v.shape) in (2, 3)
+        and isinstance(v.shape[-1], int) and 4 <= v.shape[-1] <= 7
+    ), None)  # fmt: skip
+    if boxes is None:
+        return None
+    labels = next((
+        i for i, v in enumerate(outputs)
+        if i != boxes and _dtype_kind(v) in ("i", "u") and v.shape is not None and len(v.shape) in (1, 2)
+    ), None)  # fmt: skip
+    return DetectionLayout(boxes, labels)
+
+
+def _rows(outputs: Sequence[np.ndarray], layout: DetectionLayout) -> tuple[np.ndarray, np.ndarray | None]:
+    """(corners ``[K, 4]``, labels ``[K]`` or None) of one image, padding rows dropped."""
+    boxes = np.asarray(outputs[layout.boxes], dtype=np.float64)
+    boxes = boxes.reshape(-1, boxes.shape[-1])[:, :4]
+    labels = None
+    if layout.labels is not None:
+        candidate = np.asarray(outputs[layout.labels]).reshape(-1)
+        labels = candidate if len(candidate) == len(boxes) else None
+    real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[real], None if labels is None else labels[real]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[len(a), len(b)]`` IoU of corner boxes."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], layout: DetectionLayout) -> float:
+    """F1 of one image's candidate boxes matched to the original's (module docstring)."""
+    ref_boxes, ref_labels = _rows(reference, layout)
+    cand_boxes, cand_labels = _rows(candidate, layout)
+    if not len(ref_boxes) and not len(cand_boxes):
+        return 1.0
+    if not len(ref_boxes) or not len(cand_boxes):
+        return 0.0
+    iou = _iou(ref_boxes, cand_boxes)
+    if ref_labels is not None and cand_labels is not None:
+        iou = np.where(ref_labels[:, None] == cand_labels[None, :], iou, 0.0)
+    matched = 0
+    while True:  # greedy: the best remaining pair first
+        r, c = np.unravel_index(int(np.argmax(iou)), iou.shape)
+        if iou[r, c] < IOU_THRESHOLD:
+            break
+        matched += 1
+        iou[r, :], iou[:, c] = -1.0, -1.0
+    return 2.0 * matched / (len(ref_boxes) + len(cand_boxes))

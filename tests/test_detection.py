@@ -1,0 +1,117 @@
+"""Detectors that run NonMaxSuppression in the graph: scored per image by box F1, not by the
+element-wise agreement that a changed box count would zero."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxopt import evaluate
+from onnxopt.calibration import Dataset
+from onnxopt.detection import DetectionLayout, box_f1, detection_layout
+
+SIDE = 16
+
+
+def nms_detector(seed: int = 0, noise: float = 0.0) -> ir.Model:
+    """x [1, 3, 16, 16] → 1×1 Conv → per-pixel box offsets (4) and a score logit →
+    anchors + offsets → NonMaxSuppression → boxes [K, 4], labels [K], scores [K]."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((5, 3, 1, 1)).astype(np.float32)
+    weight[4] *= 1.5
+    weight += noise * np.random.default_rng(seed + 1).standard_normal(weight.shape).astype(np.float32)
+    grid = np.stack(np.meshgrid(np.arange(SIDE), np.arange(SIDE), indexing="xy"), -1).reshape(-1, 2).astype(np.float32)
+    anchors = np.concatenate([grid, grid + 3.0], axis=1)[None]  # [1, 256, 4] corners
+    inits = [
+        numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(5, np.float32), "b"),
+        numpy_helper.from_array(np.array([1, 5, SIDE * SIDE], np.int64), "to_rows"),
+        numpy_helper.from_array(anchors, "anchors"),
+        numpy_helper.from_array(np.array([50], np.int64), "max_out"),
+        numpy_helper.from_array(np.array([0.5], np.float32), "iou"),
+        numpy_helper.from_array(np.array([0.95], np.float32), "score_min"),
+        numpy_helper.from_array(np.array([0], np.int64), "c0"), numpy_helper.from_array(np.array([4], np.int64), "c4"),
+        numpy_helper.from_array(np.array([5], np.int64), "c5"), numpy_helper.from_array(np.array([2], np.int64), "c2"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"), numpy_helper.from_array(np.array(2, np.int64), "two"),
+        numpy_helper.from_array(np.array([SIDE * SIDE, 4], np.int64), "flat_boxes"),
+        numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["map"]),
+        helper.make_node("Reshape", ["map", "to_rows"], ["rows_t"]),
+        helper.make_node("Transpose", ["rows_t"], ["rows"], perm=[0, 2, 1]),  # [1, 256, 5]
+        helper.make_node("Slice", ["rows", "c0", "c4", "c2"], ["offsets"]),
+        helper.make_node("Slice", ["rows", "c4", "c5", "c2"], ["logits"]),
+        helper.make_node("Add", ["anchors", "offsets"], ["boxes_all"]),
+        helper.make_node("Sigmoid", ["logits"], ["probs"]),
+        helper.make_node("Transpose", ["probs"], ["scores_all"], perm=[0, 2, 1]),  # [1, 1, 256]
+        helper.make_node("NonMaxSuppression", ["boxes_all", "scores_all", "max_out", "iou", "score_min"], ["selected"]),
+        helper.make_node("Gather", ["selected", "two"], ["index"], axis=1),
+        helper.make_node("Gather", ["selected", "one"], ["labels"], axis=1),
+        helper.make_node("Reshape", ["boxes_all", "flat_boxes"], ["box_rows"]),
+        helper.make_node("Gather", ["box_rows", "index"], ["boxes"], axis=0),
+        helper.make_node("Reshape", ["scores_all", "flat"], ["score_rows"]),
+        helper.make_node("Gather", ["score_rows", "index"], ["scores"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "nms_detector", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIDE, SIDE])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["K", 4]),
+         helper.make_tensor_value_info("labels", TensorProto.INT64, ["K"]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["K"])],
+        inits,
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.from_proto(proto)
+
+
+def _images(n: int, seed: int = 0) -> Dataset:
+    return Dataset({"x": np.random.default_rng(seed).standard_normal((n, 3, SIDE, SIDE)).astype(np.float32)})
+
+
+def test_box_f1_matches_boxes_by_iou_and_label():
+    layout = DetectionLayout(boxes=0, labels=1)
+    ref = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32), np.array([1, 2])]
+    assert box_f1(ref, ref, layout) == 1.0
+    moved = [ref[0] + np.array([1, 1, 1, 1], np.float32), ref[1]]  # IoU 0.68 each
+    assert box_f1(ref, moved, layout) == 1.0
+    far = [ref[0] + 6, ref[1]]  # IoU 0.08: no match
+    assert box_f1(ref, far, layout) == 0.0
+    extra = [np.concatenate([ref[0], [[40, 40, 50, 50]]]).astype(np.float32), np.array([1, 2, 1])]
+    assert box_f1(ref, extra, layout) == pytest.approx(2 * 2 / 5)
+    relabelled = [ref[0], np.array([1, 3])]
+    assert box_f1(ref, relabelled, layout) == pytest.approx(0.5)
+    padded = [np.concatenate([ref[0], np.zeros((3, 4), np.float32)]), np.array([1, 2, 0, 0, 0])]  # fixed-size output
+    assert box_f1(ref, padded, layout) == 1.0
+    empty = [np.zeros((0, 4), np.float32), np.zeros(0, np.int64)]
+    assert box_f1(empty, empty, layout) == 1.0 and box_f1(ref, empty, layout) == 0.0
+
+
+def test_an_nms_detector_is_scored_by_box_f1_per_image():
+    model = nms_detector()
+    assert detection_layout(model) == DetectionLayout(boxes=0, labels=1)
+    data = _images(24)
+    evaluator = evaluate.Evaluator(model, data)
+    assert evaluator.metric_name.startswith("box F1") and evaluator.baseline == 1.0
+    counts = {len(evaluate.run(model, data.take(slice(i, i + 1)))[0]) for i in range(len(data))}
+    assert len(counts) > 1  # the number of boxes depends on the image
+    assert evaluator.score(model) == 1.0
+    nudged = nms_detector(noise=0.05)
+    score = evaluator.score(nudged)
+    # the element-wise agreement sees a changed box count somewhere and gives 0
+    assert evaluate.agreement(evaluator.reference, evaluate.run(nudged, data)) == 0.0
+    assert 0.5 < score < 1.0 and score.se > 0
+
+
+def test_optimize_with_data_keeps_a_detectors_boxes_inside_the_budget(tmp_path):
+    from onnxopt.model_io import save_model
+    from onnxopt.optimize import optimize
+
+    path = tmp_path / "det.onnx"
+    save_model(nms_detector(), path)
+    data = _images(40, seed=1)
+    result = optimize(path, tmp_path / "out.onnx", data=data, max_drop=0.01)
+    assert result.metric.startswith("box F1")
+    assert result.baseline_score - result.final_score <= 0.01 + 1e-9
