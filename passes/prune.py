@@ -135,6 +135,7 @@ class PruneChannelsPass(LoggedPass):
                 self._apply(member, positions, analysis.channels.get(member.value, 0))
                 modified = True
         if modified:
+            common.RemoveUnusedNodesPass()(model)  # e.g. the zero RNN states whose inputs went
             refresh_shapes(model)
         return ir.passes.PassResult(model, modified=modified)
 
