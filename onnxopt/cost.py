@@ -1,7 +1,7 @@
 """Parameters and multiply-accumulates (MACs) per node and per model.
 
 Counting rules (one MAC = one multiply + one add; per inference of the given input shape):
-- Conv: ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose: ``in_elements *
+- Conv (and its int8 forms): ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose: ``in_elements *
   (C_out / group) * prod(kernel)``.
 - Gemm / MatMul: ``prod(output batch dims) * M * N * K``.
 - LSTM / GRU / RNN: per time step and sample, the input and recurrent products of every
@@ -11,8 +11,9 @@ Counting rules (one MAC = one multiply + one add; per inference of the given inp
   element (pooling: per window element), so cheap ops are visible but never dominate.
 - Parameters: elements of the node's constant inputs — initializers, Constant nodes, or
   values computed from constants only (a DequantizeLinear of int8 weights, the decode
-  subgraph of packed ternary weights), counted at their decoded shape; a weight shared by
-  several nodes is counted once per model.
+  subgraph of packed ternary weights), counted at their decoded shape, or the int8 weights of
+  dynamic-int8 kernels (``MatMulInteger``, ``DynamicQuantizeLSTM``, …) with their scales and
+  zero points; a weight shared by several nodes is counted once per model.
 Nodes computed from constants only are folded by onnxruntime at load and count nothing.
 Shapes come from ONNX shape inference with the inputs pinned (dynamic dims: given by the
 user, else 1). A node whose shapes stay unknown counts 0 MACs and is flagged ``unknown``.
@@ -86,8 +87,8 @@ def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
 
     op = node.op_type
     out = shape_of(0, outputs=True)
-    if op == "Conv":
-        w = shape_of(1)
+    if op in ("Conv", "ConvInteger", "QLinearConv"):
+        w = shape_of(3 if op == "QLinearConv" else 1)
         if out is None or w is None:
             return None
         return _prod(out) * _prod(w[1:])
@@ -141,7 +142,10 @@ def _const_params(value: ir.Value | None) -> int:
 
 
 _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "PRelu", "Add", "Mul",
-               "LayerNormalization", "InstanceNormalization", "Gather", "LSTM", "GRU", "RNN"}
+               "LayerNormalization", "InstanceNormalization", "Gather", "LSTM", "GRU", "RNN",
+               # int8 kernels whose weights are initializers (dynamic int8, onnxruntime's QOperator format)
+               "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
+               "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention", "MatMulNBits"}
 
 
 def _constant_values(graph: ir.Graph, outer: set[int] | None = None) -> set[int]:
