@@ -201,6 +201,7 @@ class OutputFidelity:
     top1_agreement: float | None  # None when the output is not a score vector
     # Machine epsilon of the output's float type: a float16 result cannot be "exact" to 1e-4.
     eps: float = 0.0
+    shapes: tuple[list[int], list[int]] | None = None  # (reference, candidate) when they differ
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -280,7 +281,8 @@ def compare(
             # data-dependent shape (boxes after NMS) that changed is as far off as can be
             equal = not shapes_differ and _same_value(a, b)
             top1 = (0.0 if shapes_differ else None) if isinstance(a, np.ndarray) and _is_scores(a) else None
-            results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, top1))
+            shapes = (list(a.shape), list(b.shape)) if shapes_differ else None
+            results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, top1, shapes=shapes))
             continue
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         same = (np.isnan(a64) & np.isnan(b64)) | (a64 == b64)  # NaN = NaN, inf = inf

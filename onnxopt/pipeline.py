@@ -213,7 +213,11 @@ def run_stages(
                 outputs = evaluate.run(candidate, ctx.verify_data)
                 fid = evaluate.compare(current_outputs, outputs, names=[o.name for o in current.graph.outputs])
                 record.fidelity = fid.to_dict()
-                if stage.lossless and not fid.within(rtol, atol):
+                reshaped = next((o for o in fid.outputs if o.shapes), None)
+                if stage.lossless and reshaped is not None:
+                    before, after = reshaped.shapes
+                    record.reason = f"not exact: output {reshaped.name!r} changed shape {before} → {after}"
+                elif stage.lossless and not fid.within(rtol, atol):
                     record.reason = (
                         f"not exact: max abs error {fid.max_abs:.3g}, relative {fid.max_rel:.3g} "
                         f"(tolerance {rtol:g})"

@@ -50,6 +50,28 @@ def test_wrong_lossless_pass_is_rolled_back():
     np.testing.assert_array_equal(run(result, ctx.verify_data)[0], expected[0])
 
 
+def test_a_lossless_stage_that_reshapes_an_output_says_so():
+    """onnxscript's clean-up turned the OCR recognizer's [T, N, 8210] output into
+    [N, T·8210]: the rollback said "max abs error inf"."""
+
+    def flatten_output(model: ir.Model, ctx) -> StageOutcome:
+        out = model.graph.outputs[0]
+        flat = ir.node("Flatten", [out], attributes={"axis": 0})
+        model.graph.append(flat)
+        flat.outputs[0].name, flat.outputs[0].dtype = "flat", out.dtype
+        flat.outputs[0].shape = ir.Shape([1, "n"])
+        model.graph.outputs[0] = flat.outputs[0]
+        return StageOutcome(model, True)
+
+    model = _model()
+    ctx = _ctx(model)
+    _, records = run_stages(model, [Stage("reshaping", flatten_output)], ctx)
+    shape = list(run(model, ctx.verify_data)[0].shape)
+    assert not records[0].kept
+    name = model.graph.outputs[0].name
+    assert records[0].reason == f"not exact: output {name!r} changed shape {shape} → [1, {int(np.prod(shape))}]"
+
+
 def test_exception_in_stage_is_rolled_back_and_run_continues():
     model = _model()
     ctx = _ctx(model)
