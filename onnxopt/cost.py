@@ -9,6 +9,8 @@ Counting rules (one MAC = one multiply + one add; per inference of the given inp
   ``R: [dirs, gates·H, H]``); the gate arithmetic is not counted.
 - Element-wise arithmetic, activations, normalisations, pooling: about one MAC per output
   element (pooling: per window element), so cheap ops are visible but never dominate.
+  (De)quantization nodes count nothing: onnxruntime fuses a QDQ pair around a Conv or
+  MatMul into its int8 kernel, so an int8 model shows the MACs of its layers, not more.
 - Parameters: elements of the node's constant inputs — initializers, Constant nodes, or
   values computed from constants only (a DequantizeLinear of int8 weights, the decode
   subgraph of packed ternary weights), counted at their decoded shape, or the int8 weights of
@@ -37,7 +39,7 @@ _ELEMENTWISE = {
     "HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu", "Erf", "Sqrt", "Pow", "Exp", "Log",
     "Softmax", "LogSoftmax", "Max", "Min", "Sum", "Mean", "Neg", "Abs", "Mish", "Softplus",
     "BatchNormalization", "InstanceNormalization", "LayerNormalization",
-    "GroupNormalization", "Where", "QuantizeLinear", "DequantizeLinear",
+    "GroupNormalization", "Where",
 }
 _POOLS = {"MaxPool", "AveragePool", "LpPool"}
 _RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}

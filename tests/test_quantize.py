@@ -188,6 +188,10 @@ def test_int8_digits_cnn_within_one_percent(digits):
     assert evaluator.baseline - result.score <= 0.01
     assert result.size_after < result.size_before / 3
     assert result.latency_ratio is not None
+    from onnxopt.cost import model_cost  # int8 runs the same layers: no more MACs, as many weights
+
+    before, after = model_cost(model), model_cost(result.model)
+    assert after.macs <= before.macs and after.params >= 0.99 * before.params  # (its BN is folded)
     report = result.to_dict()
     json.dumps(report)
     assert report["fidelity"]["accuracy_candidate"] == pytest.approx(result.score)
