@@ -1,4 +1,5 @@
-"""The default task score of detectors that run NonMaxSuppression inside the graph.
+"""The default task scores of detectors: boxes after NonMaxSuppression inside the graph,
+and the raw head of Ultralytics YOLO (v8 and later).
 
 Such a model returns a data-dependent number of boxes (torchvision's ``boxes [K, 4]``,
 ``labels [K]``, ``scores [K]``; mmdeploy's ``dets [1, K, 5]``, ``labels [1, K]``). Any
@@ -15,11 +16,18 @@ rank 2 or 3 with a last axis of 4 to 7 (corners first: ``x1, y1, x2, y2``, as to
 and mmdeploy write them; a score or label may follow). An integer output of rank 1 or 2
 holds the labels when its length is that of the boxes. Rows whose box has no area
 (padding of a fixed-size output) are ignored.
+
+An Ultralytics YOLO head (``[N, 4 + classes, anchors]``: ``cx, cy, w, h`` in pixels, then
+class probabilities, written by a ``Concat`` on axis 1 whose last input is a ``Sigmoid``)
+is decoded as Ultralytics predicts — confidence = the best class probability ≥ 0.25,
+class-aware NMS at IoU 0.45, at most 300 boxes — and each image scores the same box F1.
+A 1 − relative-L2 agreement, the dense default, is dominated by the box coordinates (in
+pixels) and lets class scores move enough to drop or add detections.
 """
 
 from __future__ import annotations
 
-__all__ = ["DetectionLayout", "detection_layout", "box_f1", "IOU_THRESHOLD"]
+__all__ = ["DetectionLayout", "detection_layout", "box_f1", "IOU_THRESHOLD", "yolo_head", "yolo_box_f1"]
 
 import dataclasses
 from collections.abc import Sequence
@@ -118,3 +126,61 @@ def box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], lay
         matched += 1
         iou[r, :], iou[:, c] = -1.0, -1.0
     return 2.0 * matched / (len(ref_boxes) + len(cand_boxes))
+
+
+YOLO_CONFIDENCE, YOLO_NMS_IOU, YOLO_MAX_BOXES = 0.25, 0.45, 300
+_LAYOUT = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Cast")
+
+
+def yolo_head(model: ir.Model) -> int | None:
+    """The index of an Ultralytics YOLO head among the outputs (module docstring), or None."""
+    for i, value in enumerate(model.graph.outputs):
+        node = value.producer()
+        if node is None or node.op_type != "Concat" or len(node.inputs) != 2 or node.attributes.get("axis") is None:
+            continue
+        if node.attributes["axis"].value not in (1, -2) or value.shape is None or len(value.shape) != 3:
+            continue
+        source = node.inputs[1].producer() if node.inputs[1] is not None else None
+        while source is not None and source.op_type in _LAYOUT:
+            source = source.inputs[0].producer() if source.inputs and source.inputs[0] is not None else None
+        if source is not None and source.op_type == "Sigmoid":
+            return i
+    return None
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices kept by class-aware greedy NMS, best first."""
+    keep: list[int] = []
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        if len(keep) == YOLO_MAX_BOXES:
+            break
+        overlap = _iou(boxes[i : i + 1], boxes)[0]
+        suppressed |= (overlap > YOLO_NMS_IOU) & (labels == labels[i])
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _yolo_detections(head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(corner boxes, labels) of one image's ``[4 + classes, anchors]`` head."""
+    rows = np.asarray(head, dtype=np.float64).reshape(head.shape[-2], -1).T  # [anchors, 4 + classes]
+    probs = rows[:, 4:]
+    labels, scores = probs.argmax(1), probs.max(1)
+    pick = scores >= YOLO_CONFIDENCE
+    xywh, labels, scores = rows[pick, :4], labels[pick], scores[pick]
+    boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
+    keep = _nms(boxes, scores, labels)
+    return boxes[keep], labels[keep]
+
+
+def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], index: int) -> float:
+    """Mean over images of the box F1 between the decoded detections of two YOLO heads."""
+    ref, cand = np.asarray(reference[index]), np.asarray(candidate[index])
+    if ref.shape != cand.shape:
+        return 0.0
+    layout = DetectionLayout(boxes=0, labels=1)
+    scores = [box_f1(_yolo_detections(r), _yolo_detections(c), layout) for r, c in zip(ref, cand)]
+    return float(np.mean(scores)) if scores else 1.0

@@ -46,7 +46,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.calibration import Dataset
-from onnxopt.detection import box_f1, detection_layout
+from onnxopt.detection import box_f1, detection_layout, yolo_box_f1, yolo_head
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import batch_along, input_shapes, sample_axes
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
@@ -536,7 +536,10 @@ class Evaluator:
         named = metric if isinstance(metric, str) and ":" in metric else None
         self.metric = load_metric(metric) if named else metric
         self.metric_name = named or metric_name(data.labels, self.metric)
-        if metric is None and data.labels is None and not all(steps := per_step_outputs(original)):
+        if metric is None and data.labels is None and (head := yolo_head(original)) is not None:
+            self.metric = functools.partial(yolo_box_f1, index=head)
+            self.metric_name = "box F1 of the decoded YOLO head"
+        elif metric is None and data.labels is None and not all(steps := per_step_outputs(original)):
             self.metric = functools.partial(agreement, per_step=steps)
         self.batch_size = batch_size
         self.confidence = float(confidence)

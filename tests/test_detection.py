@@ -115,3 +115,58 @@ def test_optimize_with_data_keeps_a_detectors_boxes_inside_the_budget(tmp_path):
     result = optimize(path, tmp_path / "out.onnx", data=data, max_drop=0.01)
     assert result.metric.startswith("box F1")
     assert result.baseline_score - result.final_score <= 0.01 + 1e-9
+
+
+def yolo_v8_head(class_shift: float = 0.0) -> ir.Model:
+    """An Ultralytics-style head: x [N, 3, 8, 8] → 1×1 Conv → 4 box rows (cx, cy, w, h in
+    pixels: grid + offsets, size 4 + |offset|·4) and 2 class rows through a Sigmoid →
+    Concat on axis 1: [N, 6, 64]."""
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((6, 3, 1, 1)).astype(np.float32)
+    bias = np.array([0, 0, 0, 0, -1.5 + class_shift, -1.5 + class_shift], np.float32)
+    centers = (np.stack(np.meshgrid(np.arange(8), np.arange(8), indexing="xy"), 0).reshape(2, 64) * 8 + 4).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b"),
+        numpy_helper.from_array(np.array([0, 6, 64], np.int64), "rows_shape"),
+        numpy_helper.from_array(np.array([0], np.int64), "c0"), numpy_helper.from_array(np.array([2], np.int64), "c2"),
+        numpy_helper.from_array(np.array([4], np.int64), "c4"), numpy_helper.from_array(np.array([6], np.int64), "c6"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+        numpy_helper.from_array(centers[None], "centers"), numpy_helper.from_array(np.array(4.0, np.float32), "four"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["map"]),
+        helper.make_node("Reshape", ["map", "rows_shape"], ["rows"]),
+        helper.make_node("Slice", ["rows", "c0", "c2", "ax1"], ["xy_off"]),
+        helper.make_node("Slice", ["rows", "c2", "c4", "ax1"], ["wh_raw"]),
+        helper.make_node("Slice", ["rows", "c4", "c6", "ax1"], ["cls_logits"]),
+        helper.make_node("Add", ["centers", "xy_off"], ["xy"]),
+        helper.make_node("Abs", ["wh_raw"], ["wh_abs"]),
+        helper.make_node("Mul", ["wh_abs", "four"], ["wh_scaled"]),
+        helper.make_node("Add", ["wh_scaled", "four"], ["wh"]),
+        helper.make_node("Concat", ["xy", "wh"], ["box"], axis=1),
+        helper.make_node("Sigmoid", ["cls_logits"], ["cls"]),
+        helper.make_node("Concat", ["box", "cls"], ["output0"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "yolo_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 6, 64])], inits,
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto, full_check=True)
+    return ir.from_proto(proto)
+
+
+def test_a_yolo_head_is_scored_by_the_f1_of_its_decoded_boxes():
+    from onnxopt.detection import yolo_head
+
+    model = yolo_v8_head()
+    assert yolo_head(model) == 0
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)})
+    evaluator = evaluate.Evaluator(model, data)
+    assert evaluator.metric_name == "box F1 of the decoded YOLO head" and evaluator.baseline == 1.0
+    shifted = yolo_v8_head(class_shift=0.4)  # class probabilities a little higher: more boxes pass 0.25
+    outputs = evaluate.run(shifted, data)
+    dense = evaluate.agreement(evaluator.reference, outputs, per_step=[False])
+    score = evaluator.score(shifted)
+    assert dense > 0.99 and score < 0.9, (dense, score)  # the pixel coordinates hid the change
+    assert evaluator.score(model) == 1.0
