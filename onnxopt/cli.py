@@ -84,7 +84,7 @@ def print_optimize_result(result) -> None:
 @click.option("--stages", "stage_names", type=str, default=None, help="Comma-separated lossy stages to run (default: all).")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure latency of original vs optimized (interleaved).")
 @click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime threads for --bench and the speed check.")
-@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Execution provider to be fast on.")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Execution provider to be fast on (cuda needs onnxruntime-gpu; without it the run stops).")
 @click.option("--speed-check/--no-speed-check", default=True, show_default=True, help="Keep a lossy stage only if it is measurably faster.")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="TOML recipe pinning the settings of every stage.")
 @shape_option

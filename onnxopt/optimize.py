@@ -39,6 +39,7 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxopt import evaluate
+from onnxopt.bench import resolve_providers
 from onnxopt.calibration import (
     Dataset,
     check_dataset,
@@ -186,6 +187,9 @@ def optimize(
     """
     if target not in TARGETS:
         raise OnnxoptError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    _, missing = resolve_providers(TARGETS[target][:1])
+    if missing:  # speed decisions measured on another device would not hold on the target
+        raise OnnxoptError(f"target {target}: {missing[0].split(': ', 1)[1]} (for CUDA: pip install onnxruntime-gpu)")
     if recipe is not None:
         pinned = load_recipe(recipe, set(LOSSY_STAGES))
         max_drop = pinned.optimize.get("max_accuracy_drop", max_drop)

@@ -56,3 +56,17 @@ def test_unknown_target(model_and_data):
     model, _ = model_and_data
     with pytest.raises(OnnxoptError, match="unknown target"):
         optimize(model, target="tpu")
+
+
+def test_a_target_whose_provider_is_missing_is_refused(model_and_data, tmp_path):
+    """Speed checks measured on the CPU would not say what is faster on a GPU: without
+    onnxruntime-gpu, --target cuda stops with one line and writes nothing."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    model, _ = model_and_data
+    out = tmp_path / "o.onnx"
+    with pytest.raises(OnnxoptError, match=r"target cuda: CUDAExecutionProvider is not available .* onnxruntime-gpu"):
+        optimize(model, out, target="cuda")
+    assert not out.exists()
