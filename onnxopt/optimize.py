@@ -188,8 +188,11 @@ def optimize(
     if target not in TARGETS:
         raise OnnxoptError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     _, missing = resolve_providers(TARGETS[target][:1])
-    if missing:  # speed decisions measured on another device would not hold on the target
-        raise OnnxoptError(f"target {target}: {missing[0].split(': ', 1)[1]} (for CUDA: pip install onnxruntime-gpu)")
+    if missing and speed_check:  # speed decisions measured on another device would not hold on the target
+        raise OnnxoptError(
+            f"target {target}: {missing[0].split(': ', 1)[1]} (pip install onnxruntime-gpu, or --no-speed-check "
+            "to optimize without timing)"
+        )
     if recipe is not None:
         pinned = load_recipe(recipe, set(LOSSY_STAGES))
         max_drop = pinned.optimize.get("max_accuracy_drop", max_drop)
