@@ -19,6 +19,7 @@ __all__ = [
     "InputSpec",
     "input_specs",
     "load_npz",
+    "parse_sample_axes",
     "check_dataset",
     "synthetic",
     "parse_shapes",
@@ -201,8 +202,51 @@ def _fmt_shape(shape: Sequence) -> str:
     return "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in shape) + "]"
 
 
-def load_npz(path: str | Path, model: ir.Model, *, min_samples: int = 1) -> Dataset:
-    """Load and validate an ``.npz`` of model inputs (and optional labels)."""
+def parse_sample_axes(items: Sequence[str] | str | None) -> dict[str, int | None]:
+    """Parse ``state=1`` / ``sr=none`` (several, comma or repeated) into name → sample axis
+    (None: the input has no sample axis and is shared by every sample)."""
+    if not items:
+        return {}
+    if isinstance(items, str):
+        items = [items]
+    axes: dict[str, int | None] = {}
+    for part in (p.strip() for item in items for p in item.split(",")):
+        if not part:
+            continue
+        name, sep, axis = part.rpartition("=")
+        if not sep or not name or not (axis.strip().lower() == "none" or axis.strip().lstrip("-").isdigit()):
+            raise OnnxoptError(f"--sample-axis {part!r}: expected NAME=AXIS (an integer, or none)")
+        axes[name.strip()] = None if axis.strip().lower() == "none" else int(axis)
+    return axes
+
+
+def _named_sample_axes(specs: list[InputSpec], sample_axes: Mapping[str, int | None] | None) -> list[InputSpec]:
+    """``specs`` with the sample axes the user named (``--sample-axis``)."""
+    if not sample_axes:
+        return specs
+    by_name = {s.name: s for s in specs}
+    unknown = [n for n in sample_axes if n not in by_name]
+    if unknown:
+        raise OnnxoptError(f"--sample-axis {unknown[0]!r}: the model has no input of that name (inputs: {sorted(by_name)})")
+    out = []
+    for spec in specs:
+        if spec.name in sample_axes:
+            axis = sample_axes[spec.name]
+            rank = len(spec.shape) if spec.shape is not None else None
+            if axis is not None and rank is not None:
+                if not -rank <= axis < rank:
+                    raise OnnxoptError(f"--sample-axis {spec.name}={axis}: the input has rank {rank}")
+                axis %= rank
+            spec = dataclasses.replace(spec, axis=axis)
+        out.append(spec)
+    return out
+
+
+def load_npz(
+    path: str | Path, model: ir.Model, *, min_samples: int = 1, sample_axes: Mapping[str, int | None] | None = None
+) -> Dataset:
+    """Load and validate an ``.npz`` of model inputs (and optional labels); ``sample_axes``
+    names the sample axis of inputs whose shape does not say it (``--sample-axis``)."""
     path = Path(path)
     if not path.is_file():
         raise OnnxoptError(f"{path}: no such data file; give an .npz with one array per model input")
@@ -212,7 +256,7 @@ def load_npz(path: str | Path, model: ir.Model, *, min_samples: int = 1) -> Data
     except Exception as exc:  # a damaged file fails deep inside zipfile/zlib/numpy's header parser
         detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise OnnxoptError(f"{path}: not a readable .npz file ({detail}); write it with numpy.savez") from None
-    specs = input_specs(model)
+    specs = _named_sample_axes(input_specs(model), sample_axes)
     labels = None
     for key in _LABEL_KEYS:
         if key in arrays and key not in {s.name for s in specs}:

@@ -89,10 +89,10 @@ def print_optimize_result(result) -> None:
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="TOML recipe pinning the settings of every stage.")
 @shape_option
 @command
-def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, budget_se, max_accuracy_drop, stage_names, bench, threads,
+def optimize_cmd(model, output, report_path, data, eval_data, sample_axes, metric, seed, budget_se, max_accuracy_drop, stage_names, bench, threads,
                  target, speed_check, recipe, shapes):
     """Optimize MODEL: lossless passes, and with --data the lossy ones under a budget."""
-    from onnxopt.calibration import parse_shapes
+    from onnxopt.calibration import parse_sample_axes, parse_shapes
     from onnxopt.optimize import optimize
 
     output = output or default_output(model, "opt")
@@ -101,6 +101,7 @@ def optimize_cmd(model, output, report_path, data, eval_data, metric, seed, budg
         output,
         data=data,
         eval_data=eval_data,
+        sample_axes=parse_sample_axes(sample_axes),
         max_drop=max_accuracy_drop,
         metric=metric,
         budget_se=budget_se,

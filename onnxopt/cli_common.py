@@ -112,15 +112,20 @@ def data_options(fn: Callable) -> Callable:
              "module:function or file.py:function, called as f(original_outputs, candidate_outputs) -> score "
              "(default: accuracy with labels, else agreement).",
     )(fn)
+    fn = click.option(
+        "--sample-axis", "sample_axes", multiple=True, metavar="NAME=AXIS",
+        help="The axis of input NAME that holds the samples in the data, where its shape does not say "
+             "(e.g. state=1 for [layers, batch, hidden]; none: shared by all samples). Repeatable.",
+    )(fn)  # fmt: skip
     fn = click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out evaluation data (.npz); default: half of --data.")(fn)
     fn = click.option("--data", type=click.Path(dir_okay=False), help="Calibration data: .npz with one array per model input (+ optional 'labels').")(fn)
     return fn
 
 
-def load_dataset(path: str | None, model, *, min_samples: int = 1):
-    from onnxopt.calibration import load_npz
+def load_dataset(path: str | None, model, *, min_samples: int = 1, sample_axes=()):
+    from onnxopt.calibration import load_npz, parse_sample_axes
 
-    return None if path is None else load_npz(path, model, min_samples=min_samples)
+    return None if path is None else load_npz(path, model, min_samples=min_samples, sample_axes=parse_sample_axes(sample_axes))
 
 
 @dataclasses.dataclass
@@ -137,7 +142,8 @@ class LossyRun:
     evaluator: Any = None
 
     @classmethod
-    def start(cls, model, output, suffix, data, eval_data, metric, seed, shapes, *, min_split=2, budget_se=1.0) -> LossyRun:
+    def start(cls, model, output, suffix, data, eval_data, metric, seed, shapes, *, min_split=2, budget_se=1.0,
+              sample_axes=()) -> LossyRun:  # fmt: skip
         """Load the model and data, refuse a bad output path, split calibration/evaluation."""
         from onnxopt.calibration import parse_shapes
         from onnxopt.evaluate import Evaluator
@@ -147,8 +153,8 @@ class LossyRun:
         original = load_model(model)
         check_output_path(output, model)
         run = cls(model, output, original, parse_shapes(shapes), seed)
-        run.calib = load_dataset(data, original)
-        run.held_out = load_dataset(eval_data, original)
+        run.calib = load_dataset(data, original, sample_axes=sample_axes)
+        run.held_out = load_dataset(eval_data, original, sample_axes=sample_axes)
         if run.calib is not None and run.held_out is None and len(run.calib) >= min_split:
             run.calib, run.held_out = run.calib.split(0.5, seed)
         if run.held_out is not None:

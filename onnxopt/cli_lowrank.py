@@ -59,12 +59,13 @@ def _declined_summary(result) -> list[str]:
 @click.option("--conv1x1", is_flag=True, help="Also split 1×1 convolutions.")
 @shape_option
 @command
-def lowrank_command(model, output, report_path, data, eval_data, metric, seed, budget_se, rank, energy, ratio, max_drop,
+def lowrank_command(model, output, report_path, data, eval_data, sample_axes, metric, seed, budget_se, rank, energy, ratio, max_drop,
                     data_aware, round_to, conv1x1, shapes):
     """Split Gemm/MatMul layers of MODEL into two low-rank layers where that saves MACs."""
     from onnxopt.lowrank import lowrank_model
 
-    run = LossyRun.start(model, output, "lowrank", data, eval_data, metric, seed, shapes, budget_se=budget_se)
+    run = LossyRun.start(model, output, "lowrank", data, eval_data, metric, seed, shapes, budget_se=budget_se,
+                         sample_axes=sample_axes)
     result = lowrank_model(
         run.original, run.calib, run.evaluator, rank=rank, energy=energy, ratio=ratio, max_drop=max_drop,
         data_aware=data_aware, round_to=round_to, conv1x1=conv1x1, shapes=run.shapes or None,

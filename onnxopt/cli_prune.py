@@ -70,7 +70,7 @@ def _with_se(score: float) -> str:
 @click.option("--no-bias-compensation", is_flag=True, help="Skip moving removed channels' means into biases.")
 @shape_option
 @command
-def prune_command(model, output, report_path, data, eval_data, metric, seed, budget_se, criterion, ratio, cr, max_drop,
+def prune_command(model, output, report_path, data, eval_data, sample_axes, metric, seed, budget_se, criterion, ratio, cr, max_drop,
                   allocation, round_to, no_reconstruct, no_bias_compensation, shapes):
     """Remove whole channels (filters) of MODEL, on channel dependency groups."""
     from onnxopt.errors import OnnxoptError
@@ -78,7 +78,8 @@ def prune_command(model, output, report_path, data, eval_data, metric, seed, bud
 
     if sum(v is not None for v in (ratio, cr, max_drop)) != 1:
         raise OnnxoptError("give exactly one of --ratio, --cr or --max-accuracy-drop")
-    run = LossyRun.start(model, output, "pruned", data, eval_data, metric, seed, shapes, budget_se=budget_se)
+    run = LossyRun.start(model, output, "pruned", data, eval_data, metric, seed, shapes, budget_se=budget_se,
+                         sample_axes=sample_axes)
     if max_drop is not None and run.held_out is None:
         raise OnnxoptError("--max-accuracy-drop needs --data (and optionally --eval-data) to score candidates")
     result = prune_model(

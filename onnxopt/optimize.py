@@ -146,12 +146,14 @@ class OptimizeResult:
         }
 
 
-def _as_dataset(data: Dataset | str | os.PathLike | None, model: ir.Model) -> Dataset | None:
+def _as_dataset(
+    data: Dataset | str | os.PathLike | None, model: ir.Model, sample_axes: Mapping[str, int | None] | None = None
+) -> Dataset | None:
     if data is None:
         return None
     if isinstance(data, Dataset):
         return check_dataset(data, model)
-    return load_npz(data, model)
+    return load_npz(data, model, sample_axes=sample_axes)
 
 
 def optimize(
@@ -160,6 +162,7 @@ def optimize(
     *,
     data: Dataset | str | os.PathLike | None = None,
     eval_data: Dataset | str | os.PathLike | None = None,
+    sample_axes: Mapping[str, int | None] | None = None,
     max_drop: float = 0.01,
     metric: str | evaluate.Metric | None = None,
     budget_se: float = evaluate.CONFIDENCE_Z,
@@ -181,7 +184,8 @@ def optimize(
     replaces the default lossless stages (e.g. only fold_bn). ``stage_options`` passes
     settings to a stage by name (they override the shared budget too, e.g.
     ``{"prune": {"ratio": 0.3}}``). ``target`` is the execution provider the speed check
-    and the benchmark measure on. A ``recipe`` (TOML, see :mod:`onnxopt.recipe`) pins
+    and the benchmark measure on. ``sample_axes`` names the axis that holds the samples of
+    inputs read from an .npz whose shape does not say it (``--sample-axis``). A ``recipe`` (TOML, see :mod:`onnxopt.recipe`) pins
     settings: its values replace the corresponding arguments, so a pipeline reproduces the
     same run from the file alone.
     """
@@ -206,8 +210,8 @@ def optimize(
         check_output_path(output, input_path)
     original = load_model(input_path) if input_path is not None else model
     shapes = dict(shapes or {})
-    calib = _as_dataset(data, original)
-    held_out = _as_dataset(eval_data, original)
+    calib = _as_dataset(data, original, sample_axes)
+    held_out = _as_dataset(eval_data, original, sample_axes)
     if calib is not None and held_out is None:
         calib, held_out = calib.split(0.5, seed)
     if calib is not None:

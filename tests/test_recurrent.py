@@ -323,3 +323,39 @@ def test_pruning_an_rnn_speech_model_end_to_end(tmp_path):
     hidden = [layer for layer in result.layers if layer["sources"] and "GRU" in layer["sources"][0]]
     assert len(hidden) == 2 and all(layer["after"] == HIDDEN - 3 for layer in hidden), result.layers
     assert result.scores["pruned"] > result.scores["pruned_without_recovery"]
+
+
+def test_the_command_line_names_a_sample_axis_with_sample_axis(tmp_path):
+    """What ``Dataset(axes=...)`` says in Python, ``--sample-axis x=1`` says on the command
+    line; a wrong name or axis is a one-line error."""
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper
+
+    from onnxopt.calibration import parse_sample_axes
+    from onnxopt.cli import main
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.model_io import save_model
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("ReduceSum", ["h", "zero"], ["y"], keepdims=0)],
+        "seq_first", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("w", TensorProto.FLOAT, [4, 4], RNG.standard_normal(16).astype(np.float32).tolist())],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    save_model(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=RNG.standard_normal((30, 8, 4)).astype(np.float32))  # 30 steps, 8 samples
+    assert len(load_npz(tmp_path / "d.npz", model)) == 30
+    assert len(load_npz(tmp_path / "d.npz", model, sample_axes=parse_sample_axes("x=1"))) == 8
+    for bad, message in (("y=1", "no input of that name"), ("x=3", "rank 3"), ("x", "NAME=AXIS")):
+        with pytest.raises(OnnxoptError, match=message):
+            load_npz(tmp_path / "d.npz", model, sample_axes=parse_sample_axes(bad))
+    runner = CliRunner()
+    ok = runner.invoke(main, ["optimize", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--sample-axis", "x=1",
+                              "--no-bench", "--report", str(tmp_path / "r.json"), "-o", str(tmp_path / "o.onnx")])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    assert "4 held-out samples" in ok.output  # 8 samples split in two, not 30 steps
+    bad = runner.invoke(main, ["prune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--sample-axis", "x=7",
+                               "--ratio", "0.5"])  # fmt: skip
+    assert bad.exit_code != 0 and "rank 3" in bad.output and "Traceback" not in bad.output
