@@ -359,3 +359,61 @@ def test_the_command_line_names_a_sample_axis_with_sample_axis(tmp_path):
     bad = runner.invoke(main, ["prune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--sample-axis", "x=7",
                                "--ratio", "0.5"])  # fmt: skip
     assert bad.exit_code != 0 and "rank 3" in bad.output and "Traceback" not in bad.output
+
+
+def test_hidden_units_of_an_lstm_with_peepholes_and_constant_states_prune_exactly():
+    """Peephole weights P and constant initial states (onnxruntime runs no layout=1): the
+    unit's entries go from P and from both states too."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    hidden, features, steps = 6, 5, 7
+
+    def rand(*shape, scale=0.5):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(rand(2, 4 * hidden, features), "W"), numpy_helper.from_array(rand(2, 4 * hidden, hidden), "R"),
+        numpy_helper.from_array(rand(2, 8 * hidden), "B"), numpy_helper.from_array(rand(2, 3 * hidden), "P"),
+        numpy_helper.from_array(rand(2, 1, hidden), "h0"), numpy_helper.from_array(rand(2, 1, hidden), "c0"),
+        numpy_helper.from_array(np.array([steps, 1, 2 * hidden], np.int64), "merged"),
+        numpy_helper.from_array(rand(2 * hidden, 3), "head"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("LSTM", ["x", "W", "R", "B", "", "h0", "c0", "P"], ["y"], hidden_size=hidden,
+                         direction="bidirectional"),
+        helper.make_node("Transpose", ["y"], ["y_t"], perm=[0, 2, 1, 3]),  # [T, 1, 2, H]
+        helper.make_node("Reshape", ["y_t", "merged"], ["features"]),  # [T, 1, 2H]: 2H spelled out
+        helper.make_node("MatMul", ["features", "head"], ["out"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "lstm_peepholes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, features])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [steps, 1, 3])], inits,
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto, full_check=True)
+    model = ir.from_proto(proto)
+    (group,) = _hidden_groups(analyze_groups(model))
+    assert group.prunable, group.describe()
+    units = np.array([0, 4])
+    zeroed = model.clone()
+    node = zeroed.graph.node(0)
+    for index, blocks in ((1, 4), (2, 4), (3, 8), (7, 3)):
+        array = const_array(node.inputs[index]).copy()
+        array.reshape(2, blocks, hidden, -1)[:, :, units] = 0
+        set_const_input(node, index, array)
+    for index in (5, 6):
+        array = const_array(node.inputs[index]).copy()
+        array[..., units] = 0
+        set_const_input(node, index, array)
+    pruned = model.clone()
+    PruneChannelsPass({group.name: units})(pruned)
+    onnx.checker.check_model(ir.to_proto(pruned), full_check=True)
+    assert const_array(pruned.graph.node(0).inputs[7]).shape == (2, 3 * (hidden - 2))
+    assert const_array(pruned.graph.node(0).inputs[5]).shape == (2, 1, hidden - 2)
+    assert const_array(pruned.graph.node(2).inputs[1]).tolist() == [steps, 1, 2 * (hidden - 2)]
+    data = Dataset({"x": rand(steps, 1, features, scale=1.0)}, axes={"x": 1})
+    original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
+    assert np.abs(expected - original).max() > 1e-3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
