@@ -19,6 +19,7 @@ from onnxopt.cli_common import (
     load_dataset,
     output_options,
     progress,
+    sample_axis_option,
     shape_option,
 )
 from onnxopt.cli_lowrank import lowrank_command
@@ -152,14 +153,16 @@ def fold_bn_cmd(model, output, report_path, shapes):
 @click.option("--min-agreement", type=float, default=None, help="Instead of rtol/atol: pass when top-1 agreement ≥ this.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@sample_axis_option
 @shape_option
 @command
-def verify_cmd(original, candidate, data, samples, rtol, atol, min_agreement, as_json, seed, shapes):
+def verify_cmd(original, candidate, data, samples, rtol, atol, min_agreement, as_json, seed, sample_axes, shapes):
     """Compare CANDIDATE against ORIGINAL on the same inputs; exit 1 when out of tolerance."""
-    from onnxopt.calibration import parse_shapes
+    from onnxopt.calibration import parse_sample_axes, parse_shapes
     from onnxopt.optimize import verify_models
 
-    fid, described = verify_models(original, candidate, data=data, samples=samples, shapes=parse_shapes(shapes), seed=seed)
+    fid, described = verify_models(original, candidate, data=data, samples=samples, shapes=parse_shapes(shapes), seed=seed,
+                                   sample_axes=parse_sample_axes(sample_axes))  # fmt: skip
     if min_agreement is not None:
         agreement = fid.top1_agreement
         ok = agreement is not None and agreement >= min_agreement
@@ -236,10 +239,11 @@ def inspect_cmd(model, as_json, top, shapes):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG bar chart (plot extra).")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
               help="Time real samples (.npz, one array per input of the first model) instead of random ones.")
+@sample_axis_option
 @shape_option
 @command
 def bench_cmd(models, providers, threads, batches, warmup, iterations, seconds, opt_level, json_path, md_path, plot_path,
-              data_path, shapes):  # fmt: skip
+              data_path, sample_axes, shapes):  # fmt: skip
     """Latency of one or more models, interleaved in one process; ratio vs the first."""
     from onnxopt.bench import benchmark, plot
     from onnxopt.calibration import parse_shapes
@@ -250,7 +254,7 @@ def bench_cmd(models, providers, threads, batches, warmup, iterations, seconds, 
         batch_sizes = [int(b) for b in batches.split(",") if b.strip()]
     except ValueError:
         raise OnnxoptError(f"--batch {batches!r}: expected comma-separated integers, e.g. 1,8,32") from None
-    data = load_dataset(data_path, load_model(models[0])) if data_path else None
+    data = load_dataset(data_path, load_model(models[0]), sample_axes=sample_axes) if data_path else None
     result = benchmark(
         list(models), providers=providers.split(","), threads=threads, batch_sizes=batch_sizes,
         shapes=parse_shapes(shapes), warmup=warmup, iterations=iterations, seconds=seconds, opt_level=opt_level,

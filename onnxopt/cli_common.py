@@ -13,6 +13,7 @@ __all__ = [
     "err_console",
     "command",
     "data_options",
+    "sample_axis_option",
     "output_options",
     "shape_option",
     "load_dataset",
@@ -97,6 +98,14 @@ def output_options(fn: Callable) -> Callable:
     return fn
 
 
+def sample_axis_option(fn: Callable) -> Callable:
+    return click.option(
+        "--sample-axis", "sample_axes", multiple=True, metavar="NAME=AXIS",
+        help="The axis of input NAME that holds the samples in the data, where its shape does not say "
+             "(e.g. state=1 for [layers, batch, hidden]; none: shared by all samples). Repeatable.",
+    )(fn)  # fmt: skip
+
+
 def data_options(fn: Callable) -> Callable:
     fn = click.option("--seed", type=int, default=0, show_default=True, help="Seed for splits, sampling and search.")(fn)
     fn = click.option(
@@ -112,11 +121,7 @@ def data_options(fn: Callable) -> Callable:
              "module:function or file.py:function, called as f(original_outputs, candidate_outputs) -> score "
              "(default: accuracy with labels, else agreement).",
     )(fn)
-    fn = click.option(
-        "--sample-axis", "sample_axes", multiple=True, metavar="NAME=AXIS",
-        help="The axis of input NAME that holds the samples in the data, where its shape does not say "
-             "(e.g. state=1 for [layers, batch, hidden]; none: shared by all samples). Repeatable.",
-    )(fn)  # fmt: skip
+    fn = sample_axis_option(fn)
     fn = click.option("--eval-data", type=click.Path(dir_okay=False), help="Held-out evaluation data (.npz); default: half of --data.")(fn)
     fn = click.option("--data", type=click.Path(dir_okay=False), help="Calibration data: .npz with one array per model input (+ optional 'labels').")(fn)
     return fn

@@ -300,11 +300,12 @@ def verify_models(
     samples: int = VERIFY_SAMPLES,
     shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
+    sample_axes: Mapping[str, int | None] | None = None,
 ) -> tuple[evaluate.Fidelity, str]:
     """Run both models on the same inputs; returns the fidelity and what the inputs were."""
     a = original if isinstance(original, ir.Model) else load_model(original)
     b = candidate if isinstance(candidate, ir.Model) else load_model(candidate)
-    dataset = _as_dataset(data, a)
+    dataset = _as_dataset(data, a, sample_axes)
     if dataset is None:
         dataset = synthetic(a, samples, seed=seed, shapes=shapes)
         described = f"{len(dataset)} random samples (seed {seed})"

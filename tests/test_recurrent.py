@@ -359,6 +359,9 @@ def test_the_command_line_names_a_sample_axis_with_sample_axis(tmp_path):
     bad = runner.invoke(main, ["prune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--sample-axis", "x=7",
                                "--ratio", "0.5"])  # fmt: skip
     assert bad.exit_code != 0 and "rank 3" in bad.output and "Traceback" not in bad.output
+    same = runner.invoke(main, ["verify", str(tmp_path / "m.onnx"), str(tmp_path / "o.onnx"), "--data", str(tmp_path / "d.npz"),
+                                "--sample-axis", "x=1"])  # fmt: skip
+    assert same.exit_code == 0 and "8 samples" in same.output, same.output
 
 
 def test_hidden_units_of_an_lstm_with_peepholes_and_constant_states_prune_exactly():
