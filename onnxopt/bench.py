@@ -343,7 +343,9 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         sessions.append(sess)
         feeds.append(feed)
         mems.append(after - before if before is not None and after is not None else None)
-    b = len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
+    # samples timed: the count taken from the data (whose axes may be the user's), else
+    # what the random inputs hold on the model's sample axis
+    b = (fixed_batch(labelled[0][2]) or batch) if given is not None else len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
     say = (lambda rounds: progress(f"{key} batch {b}: {rounds} rounds")) if progress else None
     times = interleaved_times(sessions, feeds, rounds=iterations, seconds=seconds, progress=say)
     rows = []

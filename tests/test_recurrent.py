@@ -362,6 +362,12 @@ def test_the_command_line_names_a_sample_axis_with_sample_axis(tmp_path):
     same = runner.invoke(main, ["verify", str(tmp_path / "m.onnx"), str(tmp_path / "o.onnx"), "--data", str(tmp_path / "d.npz"),
                                 "--sample-axis", "x=1"])  # fmt: skip
     assert same.exit_code == 0 and "8 samples" in same.output, same.output
+    timed = runner.invoke(main, ["bench", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "--sample-axis", "x=1",
+                                 "--batch", "2", "--iterations", "3", "--warmup", "1", "--json", str(tmp_path / "b.json")])  # fmt: skip
+    assert timed.exit_code == 0, timed.output
+    import json
+
+    assert [row["batch"] for row in json.loads((tmp_path / "b.json").read_text())["rows"]] == [2]  # not the 30 steps
 
 
 def test_hidden_units_of_an_lstm_with_peepholes_and_constant_states_prune_exactly():
