@@ -9,8 +9,8 @@ Two families of numbers:
   shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences of
   class scores (:func:`per_step_outputs`), ``1 - relative L2 error`` for dense maps,
   embeddings and detection heads — and the worst output counts; a detector that runs
-  NonMaxSuppression in the graph scores the F1 of its boxes per image
-  (:mod:`onnxopt.detection`).
+  NonMaxSuppression in the graph, or an Ultralytics YOLO head, scores the F1 of its boxes
+  per image (:mod:`onnxopt.detection`).
   A callable ``(original_outputs, candidate_outputs) -> float`` can replace it; on the
   command line and in recipes it is named ``module:function`` or ``path/to/file.py:function``
   (:func:`load_metric`), e.g. the F1 of a detector's decoded boxes.
