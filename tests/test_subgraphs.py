@@ -130,22 +130,7 @@ def test_costs_count_the_weights_and_macs_inside_branches():
     assert [(n.op_type, n.macs) for n in cost.nodes] == [("If", 2 * 8 * 6)]
 
     # a Loop body runs M times
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("MatMul", ["h_in", "w_loop"], ["h_out"])], "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [2, 8])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [2, 8])],
-    )  # fmt: skip
-    loop = helper.make_graph(
-        [helper.make_node("Loop", ["m", "cond", "x"], ["h"], body=body)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 8])],
-        [numpy_helper.from_array(np.array(5, np.int64), "m"), numpy_helper.from_array(np.eye(8, dtype=np.float32), "w_loop")],
-    )  # fmt: skip
-    proto = helper.make_model(loop, opset_imports=[helper.make_opsetid("", 15)])
-    onnx.checker.check_model(proto)
-    cost = model_cost(ir.from_proto(proto))
+    cost = model_cost(_loop_model(trip_count=5))
     assert cost.macs == 5 * 2 * 8 * 8 and not cost.nodes[0].unknown
     assert cost.params == 64  # the trip count is no parameter
 
@@ -155,23 +140,32 @@ def test_a_loop_with_a_run_time_trip_count_reports_its_macs_as_a_lower_bound():
 
     from onnxopt.report import before_after_table, summarize
 
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])], "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [2, 8])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [2, 8])],
-    )  # fmt: skip
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["m", "cond", "x"], ["h"], body=body)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]), helper.make_tensor_value_info("m", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 8])],
-        [numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")],
-    )  # fmt: skip
-    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]))
+    model = _loop_model(trip_count=None)
     summary = summarize(model)
     assert summary.macs == 2 * 8 * 8 and summary.macs_unknown == 1  # one iteration counted
     console = Console(record=True, width=120)
     console.print(before_after_table(summary, summary))
     row = next(line for line in console.export_text().splitlines() if "MACs" in line)
     assert "≥ 128" in row and "×" not in row
+
+
+def _loop_model(trip_count: int | None) -> ir.Model:
+    """``h = x @ I`` repeated by a Loop: ``trip_count`` times (a constant ``M``), or as often
+    as the graph input ``m`` says (None)."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [2, 8])],
+    )  # fmt: skip
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
+    inits = [numpy_helper.from_array(np.eye(8, dtype=np.float32), "w")]
+    if trip_count is None:
+        inputs.append(helper.make_tensor_value_info("m", TensorProto.INT64, []))
+    else:
+        inits.append(numpy_helper.from_array(np.array(trip_count, np.int64), "m"))
+    graph = helper.make_graph([helper.make_node("Loop", ["m", "cond", "x"], ["h"], body=body)], "g", inputs,
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 8])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
