@@ -184,14 +184,15 @@ def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None
     """MACs and parameters of every main-graph node; a node with subgraphs (If, Loop, Scan)
     carries the cost of its bodies (:func:`_subgraph_cost`)."""
     shapes = static_shapes(model, input_shapes)
-    nodes, _, total_params = _graph_cost(model.graph, shapes, set(), set())
+    nodes, total_params = _graph_cost(model.graph, shapes, set(), set())
     return ModelCost(nodes, sum(n.macs for n in nodes), total_params)
 
 
 def _graph_cost(
     graph: ir.Graph, shapes: Mapping[str, tuple], counted: set[str], outer_const: set[int]
-) -> tuple[list[NodeCost], set[int], int]:
-    """(per-node costs, constant value ids, parameters not yet in ``counted``) of one graph."""
+) -> tuple[list[NodeCost], int]:
+    """(per-node costs, parameters not yet in ``counted``) of one graph; ``outer_const``: the
+    constant values of the graphs around it."""
     nodes: list[NodeCost] = []
     const = _constant_values(graph, outer_const)
     total_params = 0
@@ -217,7 +218,7 @@ def _graph_cost(
                         counted.add(value.name)
                         total_params += p
         nodes.append(NodeCost(node.name or node.op_type, node.op_type, macs or 0, params, macs is None))
-    return nodes, const, total_params
+    return nodes, total_params
 
 
 def _subgraph_cost(node: ir.Node, shapes: Mapping[str, tuple], counted: set[str], const: set[int]) -> NodeCost:
@@ -230,7 +231,7 @@ def _subgraph_cost(node: ir.Node, shapes: Mapping[str, tuple], counted: set[str]
     bodies = _bodies(node)
     params, body_macs, unknown = 0, [], False
     for body in bodies:
-        sub_nodes, _, _ = _graph_cost(body, shapes, set(), const)
+        sub_nodes, _ = _graph_cost(body, shapes, set(), const)
         body_macs.append(sum(n.macs for n in sub_nodes))
         unknown = unknown or any(n.unknown for n in sub_nodes)
     stack = list(bodies)

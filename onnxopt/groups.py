@@ -35,7 +35,7 @@ channels, Shape, Gather, …), and any op without a handler.
 from __future__ import annotations
 
 __all__ = [
-    "const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS", "RECURRENT_GATES",
+    "const_array", "Member", "ChannelGroup", "GroupAnalysis", "analyze_groups", "HANDLERS", "RECURRENT_GATES", "RECURRENT_STATES",
     "is_zero_tensor", "recurrent_unit_rows", "slice_range", "split_sizes",
 ]  # fmt: skip
 
@@ -439,7 +439,7 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
 
 
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-_STATE_INPUTS = (5, 6)  # initial_h, initial_c (LSTM only)
+RECURRENT_STATES = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # initial_h (, initial_c) inputs
 _ZERO_KEEPING = ("Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Cast", "Expand")
 
 
@@ -519,7 +519,7 @@ def _recurrent_blocker(node: ir.Node, hidden: int) -> str | None:
         return "weight shapes do not match hidden_size"
     if node.op_type == "LSTM" and len(node.inputs) > 7 and node.inputs[7] is not None and const_array(node.inputs[7]) is None:
         return "peephole weights not constant"
-    for i in _STATE_INPUTS if node.op_type == "LSTM" else _STATE_INPUTS[:1]:
+    for i in RECURRENT_STATES[node.op_type]:
         state = node.inputs[i] if len(node.inputs) > i else None
         if state is not None and const_array(state) is None and not is_zero_tensor(state):
             return "an initial state comes from outside (a graph input or a computed value)"

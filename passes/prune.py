@@ -51,6 +51,7 @@ from onnxopt.groups import (
     DEPTHWISE,
     PRODUCER,
     RECURRENT_GATES,
+    RECURRENT_STATES,
     SHAPE,
     SLICE,
     SPLIT,
@@ -192,14 +193,7 @@ class PruneChannelsPass(LoggedPass):
     def _compensate_recurrent(self, node: ir.Node, weight: np.ndarray, cut: np.ndarray, means: np.ndarray) -> None:
         # W·x_t enters every gate next to the input bias Wb (the first gates·hidden entries
         # of B per direction), so the removed features' mean input moves into Wb.
-        shift = weight[:, :, cut].astype(np.float64) @ means  # [directions, gates·hidden]
-        bias_value = node.inputs[3] if len(node.inputs) > 3 else None
-        bias = const_array(bias_value) if bias_value is not None else None
-        if bias is None:
-            bias = np.zeros((weight.shape[0], 2 * weight.shape[1]), dtype=weight.dtype)
-        new_bias = bias.astype(np.float64)
-        new_bias[:, : weight.shape[1]] += shift
-        set_const_input(node, 3, new_bias.astype(bias.dtype), name_hint=f"{node.name}_B")
+        _add_to_recurrent_bias(node, weight[:, :, cut].astype(np.float64) @ means, recurrence=False)
 
     def _compensate_feedback(self, node: ir.Node, cut: np.ndarray, means: np.ndarray) -> None:
         # A removed hidden unit's output h_j fed every gate through column j of R: its mean
@@ -208,13 +202,7 @@ class PruneChannelsPass(LoggedPass):
         shift = r[:, :, cut] @ means[cut]
         if node.op_type == "GRU" and not attr(node, "linear_before_reset", 0):
             shift[:, 2 * r.shape[2] :] = 0  # its candidate gate reads r ⊙ h, not h: mean unknown
-        bias_value = node.inputs[3] if len(node.inputs) > 3 else None
-        bias = const_array(bias_value) if bias_value is not None else None
-        if bias is None:
-            bias = np.zeros((r.shape[0], 2 * r.shape[1]), dtype=np.float32)
-        new_bias = bias.astype(np.float64)
-        new_bias[:, r.shape[1] :] += shift
-        set_const_input(node, 3, new_bias.astype(bias.dtype), name_hint=f"{node.name}_B")
+        _add_to_recurrent_bias(node, shift, recurrence=True)
 
     def _compensate_matmul(self, node: ir.Node, shift: np.ndarray) -> None:
         out = node.outputs[0]
@@ -227,6 +215,20 @@ class PruneChannelsPass(LoggedPass):
                 set_const_input(add, other, (bias + shift.astype(bias.dtype)).astype(bias.dtype))
                 return
         self.skip(node, "no constant bias Add after this MatMul: bias compensation skipped")
+
+
+def _add_to_recurrent_bias(node: ir.Node, shift: np.ndarray, *, recurrence: bool) -> None:
+    """Add ``shift`` ``[directions, gates·H]`` to an RNN's input bias ``Wb`` or recurrence
+    bias ``Rb`` (the halves of ``B``), creating a zero ``B`` when the node has none."""
+    weight = const_array(node.inputs[1])
+    bias_value = node.inputs[3] if len(node.inputs) > 3 else None
+    bias = const_array(bias_value) if bias_value is not None else None
+    if bias is None:
+        bias = np.zeros((shift.shape[0], 2 * shift.shape[1]), dtype=weight.dtype)
+    new_bias = bias.astype(np.float64)
+    half = slice(shift.shape[1], None) if recurrence else slice(0, shift.shape[1])
+    new_bias[:, half] += shift
+    set_const_input(node, 3, new_bias.astype(bias.dtype), name_hint=f"{node.name}_B")
 
 
 def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int], np.ndarray]) -> None:
@@ -276,7 +278,7 @@ def _resize_recurrent(node: ir.Node, hidden: int, edit: Callable[[np.ndarray, in
         value = node.inputs[index] if len(node.inputs) > index else None
         if value is not None:
             set_const_input(node, index, per_gate(const_array(value), blocks))
-    for index in (5, 6) if node.op_type == "LSTM" else (5,):
+    for index in RECURRENT_STATES[node.op_type]:
         state = node.inputs[index] if len(node.inputs) > index else None
         if state is None:
             continue
