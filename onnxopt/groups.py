@@ -667,14 +667,11 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     if dims is not None and b < len(dims) and dims[b].sizes:
         # An entry computed from the input's own sizes follows the pruning by itself when it
         # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
-        # dynamic shapes; axes of size 1 change nothing); no other entry may read the
-        # channel count.
-        def real(pairs) -> list[tuple[str, int]]:
-            return sorted((v, a) for v, a in pairs if v != name or in_shape[a] != 1)
-
-        if dims[b].factor != 1 or real(dims[b].sizes) != real((name, a) for a in merged_axes) or any(
-            own in d.sizes for i, d in enumerate(dims) if i != b
-        ):
+        # dynamic shapes; dynamo's bidirectional RNN output: Shape[2]·Shape[3]); no other
+        # entry may read the channel count. A size-1 factor is not ignored: it may be a batch
+        # pinned to 1 here (so a one-direction RNN's [T, N, 1, H] → [T, N, H] is not followed).
+        expected = sorted((name, a) for a in merged_axes)
+        if dims[b].factor != 1 or sorted(dims[b].sizes) != expected or any(own in d.sizes for i, d in enumerate(dims) if i != b):
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
         w.set_track(node.outputs[0], new)
