@@ -108,6 +108,8 @@ def prune_command(model, output, report_path, data, eval_data, sample_axes, metr
         f"({1 - result.macs_after / max(result.macs_before, 1):.1%} removed), params "
         f"{fmt_count(result.params_before)} → {fmt_count(result.params_after)}"
     )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
     for u in result.unprunable:
         console.print(f"[dim]unprunable {u['group']} ({u['channels']} ch): {'; '.join(u['reasons'])}[/dim]")
     console.print(f"wrote {run.output}")

@@ -191,6 +191,7 @@ class PruneResult:
     metric: str | None = None
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     round_to: int = 1  # kept channel counts are multiples of this (or the whole group)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -398,6 +399,13 @@ def prune_model(
     else:
         knob = ratio if ratio is not None else cr
         pruned = pruner.build(knob)
+    notes = []
+    if round_to > 1 and max_drop is None:
+        exact = {k for k, v in allocate(pruner.scores, allocation, knob, round_to=1).items() if len(v)}
+        spared = sorted(exact - set(pruner.last_removals))
+        if spared:  # the user asked for a share of them, rounding kept them whole
+            notes.append(f"{len(spared)} of {len(exact)} groups keep all their channels: kept counts are rounded up to "
+                         f"multiples of {round_to} (round-to 1 for exact counts)")  # fmt: skip
     pruner.seconds["search" if max_drop is not None else "prune"] = time.perf_counter() - start
     removals = pruner.last_removals
     after = model_cost(pruned, shapes)
@@ -410,7 +418,7 @@ def prune_model(
     result = PruneResult(
         pruned, criterion, allocation, knob, layers, before.macs, after.macs, before.params, after.params,
         steps=steps, unprunable=unprunable, reconstructed=list(pruner.reconstructed), seconds=pruner.seconds,
-        round_to=round_to,
+        round_to=round_to, notes=notes,
     )  # fmt: skip
     if evaluator is not None:
         result.metric = evaluator.metric_name

@@ -196,6 +196,17 @@ def test_kept_channels_are_rounded_to_the_nchwc_block_by_default(hard_digits):
     assert all(n.inputs[1].const_value.shape[0] % block == 0 for n in convs)
 
 
+def test_a_ratio_that_rounding_turns_into_nothing_says_so(hard_digits):
+    """At 20 % a 32-channel group keeps 26, rounded up to 32: nothing removed there, and the
+    result says why instead of silently pruning less than asked."""
+    model = hard_digits[0]
+    rounded = prune_model(model, criterion="l1", ratio=0.2, round_to=16)
+    spared = [layer for layer in rounded.layers if layer["after"] == layer["before"]]
+    assert spared and any("keep all their channels" in n and "multiples of 16" in n for n in rounded.notes)
+    assert f"{len(spared)} of" in rounded.notes[0]
+    assert not prune_model(model, criterion="l1", ratio=0.2, round_to=1).notes
+
+
 def test_the_nchwc_block_follows_the_cpu_flags(monkeypatch):
     import onnxopt.cpu as cpu
 
