@@ -27,7 +27,10 @@ pixels) and lets class scores move enough to drop or add detections.
 
 from __future__ import annotations
 
-__all__ = ["DetectionLayout", "detection_layout", "box_f1", "IOU_THRESHOLD", "yolo_head", "yolo_box_f1"]
+__all__ = [
+    "DetectionLayout", "detection_layout", "box_f1", "box_count", "IOU_THRESHOLD", "yolo_head", "yolo_box_f1",
+    "yolo_box_count", "few_boxes",
+]  # fmt: skip
 
 import dataclasses
 from collections.abc import Sequence
@@ -177,10 +180,32 @@ def _yolo_detections(head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], index: int) -> float:
-    """Mean over images of the box F1 between the decoded detections of two YOLO heads."""
+    """Mean over images of the box F1 between the decoded detections of two YOLO heads, and
+    never more than the head's dense agreement (1 − relative L2 error): on images where the
+    original finds nothing, F1 is 1 whatever the candidate's scores did below the threshold,
+    so without the dense bound a model that had stopped detecting would pass there."""
     ref, cand = np.asarray(reference[index]), np.asarray(candidate[index])
     if ref.shape != cand.shape:
         return 0.0
     layout = DetectionLayout(boxes=0, labels=1)
     scores = [box_f1(_yolo_detections(r), _yolo_detections(c), layout) for r, c in zip(ref, cand)]
-    return float(np.mean(scores)) if scores else 1.0
+    a, b = ref.astype(np.float64), cand.astype(np.float64)
+    norm = np.linalg.norm(a)
+    dense = max(0.0, 1.0 - np.linalg.norm(a - b) / norm) if norm > 0 else float(not np.any(b))
+    return min(float(np.mean(scores)) if scores else 1.0, dense)
+
+
+def yolo_box_count(outputs: Sequence[np.ndarray], index: int) -> int:
+    """Detections the decoded head holds over all images (how much the F1 can see)."""
+    return sum(len(_yolo_detections(head)[0]) for head in np.asarray(outputs[index]))
+
+
+def box_count(images: Sequence[Sequence[np.ndarray]], layout: DetectionLayout) -> int:
+    """Boxes an NMS detector returned over all images."""
+    return sum(len(_rows(outputs, layout)[0]) for outputs in images)
+
+
+def few_boxes(boxes: int, images: int) -> str:
+    """A warning for the metric's name when the evaluation images hold fewer boxes than
+    images: a box F1 cannot see what it is not shown."""
+    return f"; only {boxes} boxes on {images} images: give images with objects" if boxes < images else ""

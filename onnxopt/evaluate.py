@@ -46,7 +46,15 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.calibration import Dataset
-from onnxopt.detection import box_f1, detection_layout, yolo_box_f1, yolo_head
+from onnxopt.detection import (
+    box_count,
+    box_f1,
+    detection_layout,
+    few_boxes,
+    yolo_box_count,
+    yolo_box_f1,
+    yolo_head,
+)
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import batch_along, input_shapes, sample_axes
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
@@ -536,22 +544,25 @@ class Evaluator:
         named = metric if isinstance(metric, str) and ":" in metric else None
         self.metric = load_metric(metric) if named else metric
         self.metric_name = named or metric_name(data.labels, self.metric)
-        if metric is None and data.labels is None and (head := yolo_head(original)) is not None:
+        head = yolo_head(original) if metric is None and data.labels is None else None
+        if head is not None:
             self.metric = functools.partial(yolo_box_f1, index=head)
-            self.metric_name = "box F1 of the decoded YOLO head"
+            self.metric_name = "box F1 of the decoded YOLO head (≤ its dense agreement)"
         elif metric is None and data.labels is None and not all(steps := per_step_outputs(original)):
             self.metric = functools.partial(agreement, per_step=steps)
         self.batch_size = batch_size
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
+        if head is not None:
+            self.metric_name += few_boxes(yolo_box_count(self.reference, head), len(data))
         self._axes = output_sample_axes(original)
         self._per_sample_baseline: np.ndarray | None = None
         # a detector with NMS inside returns a data-dependent number of boxes: scored per
         # image by box F1 (onnxopt.detection) unless a metric or labels are given
         self._detection = detection_layout(original) if metric is None and data.labels is None else None
         if self._detection is not None:
-            self.metric_name = self._detection.name
             self._reference_images = self._per_image(original)
+            self.metric_name = self._detection.name + few_boxes(box_count(self._reference_images, self._detection), len(data))
             self.baseline = 1.0
             return
         self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)

@@ -117,7 +117,7 @@ def test_optimize_with_data_keeps_a_detectors_boxes_inside_the_budget(tmp_path):
     assert result.baseline_score - result.final_score <= 0.01 + 1e-9
 
 
-def yolo_v8_head(class_shift: float = 0.0) -> ir.Model:
+def yolo_v8_head(class_shift: float = 0.0, size: float = 4.0) -> ir.Model:
     """An Ultralytics-style head: x [N, 3, 8, 8] → 1×1 Conv → 4 box rows (cx, cy, w, h in
     pixels: grid + offsets, size 4 + |offset|·4) and 2 class rows through a Sigmoid →
     Concat on axis 1: [N, 6, 64]."""
@@ -132,6 +132,7 @@ def yolo_v8_head(class_shift: float = 0.0) -> ir.Model:
         numpy_helper.from_array(np.array([4], np.int64), "c4"), numpy_helper.from_array(np.array([6], np.int64), "c6"),
         numpy_helper.from_array(np.array([1], np.int64), "ax1"),
         numpy_helper.from_array(centers[None], "centers"), numpy_helper.from_array(np.array(4.0, np.float32), "four"),
+        numpy_helper.from_array(np.array(size, np.float32), "size"),
     ]  # fmt: skip
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["map"]),
@@ -141,7 +142,7 @@ def yolo_v8_head(class_shift: float = 0.0) -> ir.Model:
         helper.make_node("Slice", ["rows", "c4", "c6", "ax1"], ["cls_logits"]),
         helper.make_node("Add", ["centers", "xy_off"], ["xy"]),
         helper.make_node("Abs", ["wh_raw"], ["wh_abs"]),
-        helper.make_node("Mul", ["wh_abs", "four"], ["wh_scaled"]),
+        helper.make_node("Mul", ["wh_abs", "size"], ["wh_scaled"]),
         helper.make_node("Add", ["wh_scaled", "four"], ["wh"]),
         helper.make_node("Concat", ["xy", "wh"], ["box"], axis=1),
         helper.make_node("Sigmoid", ["cls_logits"], ["cls"]),
@@ -163,10 +164,23 @@ def test_a_yolo_head_is_scored_by_the_f1_of_its_decoded_boxes():
     assert yolo_head(model) == 0
     data = Dataset({"x": np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)})
     evaluator = evaluate.Evaluator(model, data)
-    assert evaluator.metric_name == "box F1 of the decoded YOLO head" and evaluator.baseline == 1.0
+    assert evaluator.metric_name == "box F1 of the decoded YOLO head (≤ its dense agreement)" and evaluator.baseline == 1.0
     shifted = yolo_v8_head(class_shift=0.4)  # class probabilities a little higher: more boxes pass 0.25
     outputs = evaluate.run(shifted, data)
     dense = evaluate.agreement(evaluator.reference, outputs, per_step=[False])
     score = evaluator.score(shifted)
     assert dense > 0.99 and score < 0.9, (dense, score)  # the pixel coordinates hid the change
     assert evaluator.score(model) == 1.0
+
+
+def test_a_yolo_head_that_detects_nothing_here_is_held_to_its_dense_agreement():
+    """On images where the original finds no object (a nudity detector on street photos),
+    every image scores F1 1 whatever the candidate did: YOLOv8n pruned by 73 % of its MACs
+    passed that way. The dense agreement bounds the score, and the metric's name warns."""
+    model = yolo_v8_head(class_shift=-6.0)  # no class probability reaches 0.25
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)})
+    evaluator = evaluate.Evaluator(model, data)
+    assert "only 0 boxes on 8 images" in evaluator.metric_name
+    broken = yolo_v8_head(class_shift=-6.0, size=8.0)  # every box twice as large, still no detection
+    dense = evaluate.agreement(evaluator.reference, evaluate.run(broken, data), per_step=[False])
+    assert dense < 0.9 and evaluator.score(broken) == pytest.approx(dense)
