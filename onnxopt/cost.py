@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import attr, has_subgraph, static_shapes
+from onnxopt.graph import attr, has_subgraph, static_shapes, subgraphs
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip",
@@ -228,7 +228,7 @@ def _subgraph_cost(node: ir.Node, shapes: Mapping[str, tuple], counted: set[str]
     MACs of the costliest If branch (one runs, which one depends on the data), or of a Loop
     / Scan body times its trip count (a constant ``M``; the scan length) — flagged unknown
     when the count is not known (then one iteration is counted)."""
-    bodies = _bodies(node)
+    bodies = subgraphs(node)
     params, body_macs, unknown = 0, [], False
     for body in bodies:
         sub_nodes, _ = _graph_cost(body, shapes, set(), const)
@@ -248,23 +248,13 @@ def _subgraph_cost(node: ir.Node, shapes: Mapping[str, tuple], counted: set[str]
                 if value is not None and value.is_initializer() and value.graph is not body and value.name not in counted:
                     counted.add(value.name)
                     params += _const_params(value)
-        stack.extend(b for n in body for b in _bodies(n))
+        stack.extend(b for n in body for b in subgraphs(n))
     macs = max(body_macs, default=0)
     if node.op_type in ("Loop", "Scan"):
         trips = _trip_count(node, shapes)
         unknown = unknown or trips is None
         macs *= trips or 1
     return NodeCost(node.name or node.op_type, node.op_type, macs, params, unknown)
-
-
-def _bodies(node: ir.Node) -> list[ir.Graph]:
-    bodies = []
-    for a in node.attributes.values():
-        if a.type == ir.AttributeType.GRAPH:
-            bodies.append(a.value)
-        elif a.type == ir.AttributeType.GRAPHS:
-            bodies.extend(a.value)
-    return bodies
 
 
 def _trip_count(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:

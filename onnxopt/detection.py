@@ -38,6 +38,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxopt.graph import subgraphs
+
 IOU_THRESHOLD = 0.5
 
 
@@ -52,14 +54,7 @@ class DetectionLayout:
 
 
 def _has_nms(graph: ir.Graph) -> bool:
-    for node in graph:
-        if node.op_type == "NonMaxSuppression":
-            return True
-        for a in node.attributes.values():
-            subs = [a.value] if a.type == ir.AttributeType.GRAPH else a.value if a.type == ir.AttributeType.GRAPHS else []
-            if any(_has_nms(sub) for sub in subs):
-                return True
-    return False
+    return any(node.op_type == "NonMaxSuppression" or any(_has_nms(sub) for sub in subgraphs(node)) for node in graph)
 
 
 def _dtype_kind(value: ir.Value) -> str | None:
@@ -188,11 +183,10 @@ def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
     if ref.shape != cand.shape:
         return 0.0
     layout = DetectionLayout(boxes=0, labels=1)
+    from onnxopt.evaluate import _agreement_output  # evaluate imports this module
+
     scores = [box_f1(_yolo_detections(r), _yolo_detections(c), layout) for r, c in zip(ref, cand)]
-    a, b = ref.astype(np.float64), cand.astype(np.float64)
-    norm = np.linalg.norm(a)
-    dense = max(0.0, 1.0 - np.linalg.norm(a - b) / norm) if norm > 0 else float(not np.any(b))
-    return min(float(np.mean(scores)) if scores else 1.0, dense)
+    return min(float(np.mean(scores)) if scores else 1.0, _agreement_output(ref, cand, per_step=False))
 
 
 def yolo_box_count(outputs: Sequence[np.ndarray], index: int) -> int:

@@ -28,6 +28,7 @@ __all__ = [
     "default_opset",
     "static_shapes",
     "has_subgraph",
+    "subgraphs",
     "iter_nodes",
 ]
 
@@ -57,9 +58,20 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
         return None
 
 
+def subgraphs(node: ir.Node) -> list[ir.Graph]:
+    """The graphs ``node`` carries as attributes (an If's branches, a Loop's or Scan's body)."""
+    bodies = []
+    for a in node.attributes.values():
+        if a.type == ir.AttributeType.GRAPH:
+            bodies.append(a.value)
+        elif a.type == ir.AttributeType.GRAPHS:
+            bodies.extend(a.value)
+    return bodies
+
+
 def has_subgraph(node: ir.Node) -> bool:
     """Whether ``node`` carries a graph attribute (If, Loop, Scan, ...)."""
-    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+    return bool(subgraphs(node))
 
 
 def producer(value: ir.Value | None) -> ir.Node | None:
