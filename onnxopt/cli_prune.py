@@ -64,8 +64,9 @@ def _with_se(score: float) -> str:
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=None,
               help="uniform or global with --ratio; cr with --cr; any with --max-accuracy-drop (default cr).")
 @click.option("--round-to", type=int, default=None,
-              help="Round kept channels up to a multiple; default: onnxruntime's NCHWc block on this CPU (16 "
-                   "with AVX-512, else 8), which its fast convolutions need. 1 keeps exact counts.")
+              help="Keep channel counts that are multiples of this; default: onnxruntime's NCHWc block on this "
+                   "CPU (16 with AVX-512, else 8), which its fast convolutions need. With --ratio the nearest "
+                   "multiple of the asked share, else rounded up. 1 keeps exact counts.")
 @click.option("--no-reconstruct", is_flag=True, help="Skip the least-squares re-fit of consumer layers.")
 @click.option("--no-bias-compensation", is_flag=True, help="Skip moving removed channels' means into biases.")
 @shape_option

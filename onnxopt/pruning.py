@@ -75,25 +75,31 @@ def _resolve_round_to(round_to: int | None) -> int:
 
 
 # --------------------------------------------------------------------------- allocation
-def _round_keep(keep: int, units: int, round_to: int) -> int:
-    keep = max(1, keep)
+def _round_keep(keep: float, units: int, round_to: int, nearest: bool) -> int:
+    keep = max(1.0, keep)
     if round_to > 1:
-        keep = math.ceil(keep / round_to) * round_to
-    return min(units, keep)
+        blocks = math.floor(keep / round_to + 0.5) if nearest else math.ceil(keep / round_to)
+        keep = max(1, blocks) * round_to
+    return min(units, math.ceil(keep - 1e-9))  # 10 · (1 − 0.3) is 7.000000000000001
 
 
 def allocate(
-    scores: Mapping[str, np.ndarray], method: str, amount: float, *, round_to: int = 1
+    scores: Mapping[str, np.ndarray], method: str, amount: float, *, round_to: int = 1, nearest: bool = False
 ) -> dict[str, np.ndarray]:
-    """Units to remove per group. ``amount`` is the ratio (uniform/global) or ``cr``."""
+    """Units to remove per group. ``amount`` is the ratio (uniform/global) or ``cr``.
+
+    Kept counts are rounded up to a multiple of ``round_to`` (or the whole group); with
+    ``nearest`` (an explicit ratio: the user asked for that share) to the nearest multiple of
+    the exact share instead, at least one: at 20 % a 32-channel group keeps 24 rather than all
+    32 (rounding up made ``--ratio 0.2`` remove nothing from YOLOv8n's 32-channel groups)."""
     if method not in ALLOCATIONS:
         raise OnnxoptError(f"unknown allocation {method!r}; choose one of {', '.join(ALLOCATIONS)}")
     if not 0.0 <= amount <= 1.0:
         raise OnnxoptError(f"{'cr' if method == 'cr' else 'ratio'} must lie in [0, 1], got {amount}")
-    keep_count: dict[str, int] = {}
+    keep_count: dict[str, float] = {}
     if method == "uniform":
         for name, s in scores.items():
-            keep_count[name] = len(s) - math.floor(amount * len(s))
+            keep_count[name] = len(s) * (1.0 - amount) if nearest else len(s) - math.floor(amount * len(s))
     elif method == "cr":
         for name, s in scores.items():
             total = float(np.sum(s))
@@ -112,7 +118,7 @@ def allocate(
             keep_count[n] = len(scores[n]) - int(removed_per[i])
     removals = {}
     for name, s in scores.items():
-        keep = _round_keep(keep_count[name], len(s), round_to)
+        keep = _round_keep(keep_count[name], len(s), round_to, nearest and method != "cr")
         order = np.argsort(-np.asarray(s), kind="stable")
         removals[name] = np.sort(order[keep:])
     return removals
@@ -216,12 +222,12 @@ class Pruner:
 
     def __init__(
         self, model: ir.Model, calib: Dataset | None = None, *, criterion: str = "permutation",
-        allocation: str = "cr", round_to: int | None = None, reconstruct: bool = True, bias_compensation: bool = True,
-        seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
+        allocation: str = "cr", round_to: int | None = None, round_nearest: bool = False, reconstruct: bool = True,
+        bias_compensation: bool = True, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:  # fmt: skip
         self.model, self.calib, self.shapes, self.seed = model, calib, shapes, seed
-        self.allocation, self.round_to = allocation, _resolve_round_to(round_to)
+        self.allocation, self.round_to, self.round_nearest = allocation, _resolve_round_to(round_to), round_nearest
         self.progress = progress
         self.seconds: dict[str, float] = {}
         start = time.perf_counter()
@@ -250,7 +256,7 @@ class Pruner:
 
     def removals_of(self, knob: float) -> dict[str, np.ndarray]:
         """Units removed per group at ``knob`` (groups that lose nothing are left out)."""
-        removals = allocate(self.scores, self.allocation, knob, round_to=self.round_to)
+        removals = allocate(self.scores, self.allocation, knob, round_to=self.round_to, nearest=self.round_nearest)
         return {k: v for k, v in removals.items() if len(v)}
 
     def build(
@@ -366,7 +372,7 @@ def prune_model(
         calib, held_out = calib.split(0.5, seed)
         evaluator = Evaluator(model, held_out)
     pruner = Pruner(
-        model, calib, criterion=criterion, allocation=allocation, round_to=round_to,
+        model, calib, criterion=criterion, allocation=allocation, round_to=round_to, round_nearest=ratio is not None,
         reconstruct=reconstruct, bias_compensation=bias_compensation, seed=seed,
         shapes=shapes, progress=progress,
     )  # fmt: skip

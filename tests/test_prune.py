@@ -196,14 +196,34 @@ def test_kept_channels_are_rounded_to_the_nchwc_block_by_default(hard_digits):
     assert all(n.inputs[1].const_value.shape[0] % block == 0 for n in convs)
 
 
+def test_an_explicit_ratio_rounds_kept_counts_to_the_nearest_multiple():
+    """Rounding up, 20 % of a 32-channel group (25.6 kept) is all 32: nothing removed. An
+    explicit ratio rounds to the nearest multiple instead (24); cr and the search, which must
+    not keep less than they chose, still round up; one block is always kept."""
+    scores = {"a": np.arange(32.0), "b": np.arange(64.0), "c": np.arange(12.0)}
+    up = allocate(scores, "uniform", 0.2, round_to=8)
+    nearest = allocate(scores, "uniform", 0.2, round_to=8, nearest=True)
+    assert {k: len(v) for k, v in up.items()} == {"a": 0, "b": 8, "c": 0}
+    assert {k: len(v) for k, v in nearest.items()} == {"a": 8, "b": 16, "c": 4}  # 51.2 → 48; 9.6 → 8
+    assert list(nearest["a"]) == list(range(8))  # still the lowest-scored units
+    assert {k: len(v) for k, v in allocate(scores, "uniform", 0.95, round_to=8, nearest=True).items()} == {
+        "a": 24, "b": 56, "c": 4}  # fmt: skip
+    assert len(allocate({"a": np.arange(32.0)}, "cr", 0.5, round_to=8, nearest=True)["a"]) == len(
+        allocate({"a": np.arange(32.0)}, "cr", 0.5, round_to=8)["a"])  # fmt: skip
+    exact = allocate({"d": np.arange(10.0)}, "uniform", 0.3, nearest=True)
+    assert len(exact["d"]) == 3  # 10 · 0.7 is 7.000000000000001: still 7 kept
+
+
 def test_a_ratio_that_rounding_turns_into_nothing_says_so(hard_digits):
-    """At 20 % a 32-channel group keeps 26, rounded up to 32: nothing removed there, and the
-    result says why instead of silently pruning less than asked."""
+    """At 20 % a 32-channel group keeps 25.6, to the nearest multiple of 16: 32, nothing
+    removed there, and the result says why instead of silently pruning less than asked;
+    the 64-channel groups keep 48 (51.2 rounded up would be 64)."""
     model = hard_digits[0]
     rounded = prune_model(model, criterion="l1", ratio=0.2, round_to=16)
     spared = [layer for layer in rounded.layers if layer["after"] == layer["before"]]
     assert spared and any("keep all their channels" in n and "multiples of 16" in n for n in rounded.notes)
     assert f"{len(spared)} of" in rounded.notes[0]
+    assert {layer["after"] for layer in rounded.layers if layer["before"] == 64} == {48}
     assert not prune_model(model, criterion="l1", ratio=0.2, round_to=1).notes
 
 
