@@ -204,7 +204,11 @@ def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike |
             }
         except Exception:
             inputs_data = set()
-        if (output.parent / data_name).resolve() in inputs_data:
+        if output.resolve() in inputs_data:
+            raise OnnxoptError(
+                f"{output}: output path is the input's external data file; give another -o/--output path"
+            )
+        if (output.parent / data_name).resolve() in inputs_data | {input_path.resolve()}:
             raise OnnxoptError(
                 f"{output}: its external data file would overwrite the input's; choose another name"
             )

@@ -157,6 +157,24 @@ def test_output_equal_to_input_refused(model_path):
     assert sha(model_path) == before
 
 
+def test_output_onto_the_inputs_external_data_refused(model_path, tmp_path):
+    """`-o m.onnx.data` once overwrote the input's data file with the new protobuf (exit 0,
+    the input then ran to NaN)."""
+    from onnxopt.model_io import load_model, save_model
+
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    save_model(load_model(model_path), ext / "m.onnx", external_data=True)
+    before = {p.name: sha(p) for p in ext.iterdir()}
+    for command in (["optimize"], ["fold-bn"], ["quantize", "--mode", "ternary"]):
+        for target in ("m.onnx.data", "m.onnx"):  # the data file itself; m.onnx.data is the output's own data name too
+            out = onnxopt(*command, str(ext / "m.onnx"), "-o", str(ext / target))
+            assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, (command, target, out.stderr)
+    out = onnxopt("optimize", str(ext / "m.onnx"), "-o", str(ext / "m.onnx.data"))
+    assert "external data file" in out.stderr
+    assert {p.name: sha(p) for p in ext.iterdir()} == before
+
+
 @pytest.mark.parametrize(
     "setup, message",
     [
