@@ -186,7 +186,7 @@ def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
     from onnxopt.evaluate import _agreement_output  # evaluate imports this module
 
     scores = [box_f1(_yolo_detections(r), _yolo_detections(c), layout) for r, c in zip(ref, cand)]
-    return min(float(np.mean(scores)) if scores else 1.0, _agreement_output(ref, cand, per_step=False))
+    return min(float(np.mean(scores)) if scores else 1.0, _agreement_output(ref, cand, axis=None))
 
 
 def yolo_box_count(outputs: Sequence[np.ndarray], index: int) -> int:

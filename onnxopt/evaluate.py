@@ -7,7 +7,7 @@ Two families of numbers:
 - **Task score** (:func:`task_score`): the single number an accuracy budget is measured
   on. With labels: accuracy. Without: agreement with the original, chosen from the output
   shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences of
-  class scores (:func:`per_step_outputs`), ``1 - relative L2 error`` for dense maps,
+  class scores along the axis a Softmax or linear layer gave them (:func:`score_axes`), ``1 - relative L2 error`` for dense maps,
   embeddings and detection heads — and the worst output counts; a detector that runs
   NonMaxSuppression in the graph, or an Ultralytics YOLO head, scores the F1 of its boxes
   per image (:mod:`onnxopt.detection`).
@@ -56,7 +56,7 @@ from onnxopt.detection import (
     yolo_head,
 )
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import batch_along, input_shapes, sample_axes
+from onnxopt.graph import attr, batch_along, input_shapes, sample_axes
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
 
 Outputs = list[np.ndarray]
@@ -337,13 +337,17 @@ def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
     raise OnnxoptError("labels were given but no output has shape [N, classes] to compare them with")
 
 
-def _agreement_output(a: np.ndarray, b: np.ndarray, per_step: bool = True) -> float:
-    """Task agreement for one output, by its shape (see module docstring)."""
+def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> float:
+    """Task agreement for one output, by its shape (see module docstring): argmax agreement
+    over the class ``axis``, or for ``None`` (not known to hold class scores) top-1 of a
+    ``[N, C]`` output and ``1 − relative L2 error`` of anything else."""
     if a.shape != b.shape:  # a data-dependent shape (detections after NMS) changed
         return 0.0
     if a.dtype.kind != "f":
         return float(np.mean(a == b))
-    if _is_scores(a) and (a.ndim == 2 or per_step):
+    if axis is not None and a.ndim >= 2 and -a.ndim <= axis < a.ndim and a.shape[axis] > 1:
+        return float(np.mean(a.argmax(axis) == b.argmax(axis)))
+    if a.ndim == 2 and a.shape[-1] > 1:
         return float(np.mean(a.argmax(-1) == b.argmax(-1)))
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     denom = np.linalg.norm(a64)
@@ -352,33 +356,73 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, per_step: bool = True) -> fl
     return float(max(0.0, 1.0 - np.linalg.norm(a64 - b64) / denom))
 
 
-def agreement(reference: Outputs, candidate: Outputs, per_step: Sequence[bool] | None = None) -> float:
+def agreement(reference: Outputs, candidate: Outputs, axes: Sequence[int | None] | None = None) -> float:
     """Worst task agreement over all outputs (1.0 = same decisions as the original);
-    ``per_step[i]`` False scores a 3-D output ``i`` as a dense map (:func:`per_step_outputs`)."""
-    flags = per_step if per_step is not None else [True] * len(reference)
-    return min((_agreement_output(a, b, f) for a, b, f in zip(reference, candidate, flags)), default=1.0)
+    ``axes[i]`` is output ``i``'s class axis or None (:func:`score_axes`). Without ``axes``
+    a 3-D output is taken as ``[N, T, C]`` scores per step, anything else as unknown."""
+    if axes is None:
+        axes = [-1 if a.ndim == 3 else None for a in reference]
+    return min((_agreement_output(a, b, axis) for a, b, axis in zip(reference, candidate, axes)), default=1.0)
 
 
 _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Flatten", "Cast"})
 _SCORE_OPS = frozenset({"Softmax", "LogSoftmax", "MatMul", "Gemm"})
 
 
-def per_step_outputs(model: ir.Model) -> list[bool]:
-    """Per graph output: whether a ``[N, T, C]`` output holds class scores per step, i.e. it
-    comes (through layout ops) from a Softmax / LogSoftmax or a linear layer (MatMul / Gemm,
-    plus a bias Add) — a CTC recognizer, a token classifier. Otherwise (a YOLO head's Concat
-    of boxes and scores, ``[N, 4 + classes, anchors]``) the argmax along its last axis is no
-    decision at all, and agreement scores it as a dense output (1 − relative L2 error)."""
-    flags = []
+def score_axes(model: ir.Model) -> list[int | None]:
+    """Per graph output, the axis that holds class scores, or None where the output is not
+    known to hold them. Scores come (through layout ops) from a Softmax / LogSoftmax (its
+    ``axis``: a QuartzNet-style ``[N, C, T]`` CTC output normalises axis 1) or a linear layer
+    (MatMul / Gemm, plus a bias Add: the last axis; a token classifier, a CTC recognizer).
+    A Transpose on the way moves the axis; other layout ops keep a last axis last and lose
+    any other. Otherwise (a YOLO head's Concat of boxes and scores, ``[N, 4 + classes,
+    anchors]``) the argmax along an axis is no decision at all, and agreement scores the
+    output as a dense one (1 − relative L2 error)."""
+    axes: list[int | None] = []
     for value in model.graph.outputs:
+        layout: list[ir.Node] = []
         node = value.producer()
         while node is not None and node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
+            layout.append(node)
             node = node.inputs[0].producer()
         if node is not None and node.op_type == "Add":  # a bias after the matrix product
             node = next((v.producer() for v in node.inputs if v is not None and v.producer() is not None
                          and v.producer().op_type in ("MatMul", "Gemm")), node)  # fmt: skip
-        flags.append(node is not None and node.op_type in _SCORE_OPS)
-    return flags
+        axes.append(_class_axis(node, layout[::-1]) if node is not None and node.op_type in _SCORE_OPS else None)
+    return axes
+
+
+def _class_axis(scores: ir.Node, layout: list[ir.Node]) -> int | None:
+    """The class axis of ``scores``' output carried through the ``layout`` nodes after it
+    (as a non-negative index where ranks are known, else ``-1`` for the last axis)."""
+    rank = _rank(scores.outputs[0])
+    if scores.op_type in ("Softmax", "LogSoftmax"):
+        opset = scores.graph.opset_imports.get("", 13) if scores.graph is not None else 13
+        axis = int(attr(scores, "axis", -1 if opset >= 13 else 1))
+    else:
+        axis = -1
+    if axis < 0 and rank is not None:
+        axis += rank
+    for node in layout:
+        out_rank = _rank(node.outputs[0])
+        last = axis == -1 or (rank is not None and axis == rank - 1)
+        if node.op_type == "Transpose" and axis >= 0:
+            perm = attr(node, "perm", None) or list(range(rank or 0))[::-1]
+            axis = perm.index(axis) if axis in perm else None
+        elif node.op_type in ("Identity", "Cast"):
+            pass
+        elif last:
+            axis = -1 if out_rank is None else out_rank - 1
+        else:
+            return None
+        if axis is None:
+            return None
+        rank = out_rank
+    return axis
+
+
+def _rank(value: ir.Value) -> int | None:
+    return len(value.shape) if value.shape is not None else None
 
 
 def top1(reference: Outputs, candidate: Outputs) -> float:
@@ -548,8 +592,8 @@ class Evaluator:
         if head is not None:
             self.metric = functools.partial(yolo_box_f1, index=head)
             self.metric_name = "box F1 of the decoded YOLO head (≤ its dense agreement)"
-        elif metric is None and data.labels is None and not all(steps := per_step_outputs(original)):
-            self.metric = functools.partial(agreement, per_step=steps)
+        elif metric is None and data.labels is None:
+            self.metric = functools.partial(agreement, axes=score_axes(original))
         self.batch_size = batch_size
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)

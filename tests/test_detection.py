@@ -167,7 +167,7 @@ def test_a_yolo_head_is_scored_by_the_f1_of_its_decoded_boxes():
     assert evaluator.metric_name == "box F1 of the decoded YOLO head (≤ its dense agreement)" and evaluator.baseline == 1.0
     shifted = yolo_v8_head(class_shift=0.4)  # class probabilities a little higher: more boxes pass 0.25
     outputs = evaluate.run(shifted, data)
-    dense = evaluate.agreement(evaluator.reference, outputs, per_step=[False])
+    dense = evaluate.agreement(evaluator.reference, outputs, axes=[None])
     score = evaluator.score(shifted)
     assert dense > 0.99 and score < 0.9, (dense, score)  # the pixel coordinates hid the change
     assert evaluator.score(model) == 1.0
@@ -182,5 +182,5 @@ def test_a_yolo_head_that_detects_nothing_here_is_held_to_its_dense_agreement():
     evaluator = evaluate.Evaluator(model, data)
     assert "only 0 boxes on 8 images" in evaluator.metric_name
     broken = yolo_v8_head(class_shift=-6.0, size=8.0)  # every box twice as large, still no detection
-    dense = evaluate.agreement(evaluator.reference, evaluate.run(broken, data), per_step=[False])
+    dense = evaluate.agreement(evaluator.reference, evaluate.run(broken, data), axes=[None])
     assert dense < 0.9 and evaluator.score(broken) == pytest.approx(dense)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.calibration import Dataset
@@ -120,6 +121,7 @@ METRIC_FILE = '''
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 def unchanged(original, candidate):
     """1.0 per sample whose outputs did not move at all."""
@@ -223,3 +225,49 @@ def test_a_sequence_input_is_fed_whole():
     data = Dataset({"seq": parts})
     assert len(data) == 1 and data.take(slice(0, 1)).inputs["seq"] is parts
     np.testing.assert_array_equal(run(model, data)[0], parts[1])
+
+
+def _channels_first_ctc(bias: np.ndarray, transpose: bool) -> ir.Model:
+    """A QuartzNet-style CTC head, ``[N, C, T]``: a 1×1 Conv1d over ``[N, 4, T]`` then
+    LogSoftmax over the classes — on axis 1 directly, or (``transpose``) on the last axis of
+    ``[N, T, C]`` followed by a Transpose to ``[N, C, T]``."""
+    w = np.eye(4, dtype=np.float32)[:, :, None]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["logits"])]
+    if transpose:
+        nodes += [helper.make_node("Transpose", ["logits"], ["ntc"], perm=[0, 2, 1]),
+                  helper.make_node("LogSoftmax", ["ntc"], ["ls"], axis=-1),
+                  helper.make_node("Transpose", ["ls"], ["y"], perm=[0, 2, 1])]  # fmt: skip
+    else:
+        nodes.append(helper.make_node("LogSoftmax", ["logits"], ["y"], axis=1))
+    graph = helper.make_graph(
+        nodes, "ctc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 24])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias.astype(np.float32), "b")],
+    )  # fmt: skip
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    import onnx_ir.passes.common as common
+
+    common.ShapeInferencePass()(model)
+    return model
+
+
+def test_a_channels_first_ctc_output_is_scored_along_its_class_axis():
+    """QuartzNet's ``[N, C, T]`` log-probabilities: a candidate that changes no class
+    decision scored 0.68 by an argmax over time (the last axis); now 1.0, and one that moves
+    the decisions of half the steps scores about 0.5."""
+    from onnxopt.evaluate import score_axes
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 4, 24)).astype(np.float32)
+    data = Dataset({"x": x})
+    for transpose in (False, True):
+        original = _channels_first_ctc(np.zeros(4), transpose)
+        assert score_axes(original) == [1]
+        evaluator = Evaluator(original, data)
+        # a class-independent shift changes every time step's value but no class decision
+        nudged = evaluator.score(_channels_first_ctc(np.full(4, 0.3), transpose))
+        assert nudged == 1.0
+        # a large bias on class 0 takes the decision wherever class 0 was not far behind
+        favoured = float(evaluator.score(_channels_first_ctc(np.array([1.0, 0, 0, 0]), transpose)))
+        expected = np.mean(np.argmax(x, 1) == np.argmax(x + np.array([1.0, 0, 0, 0])[None, :, None], 1))
+        assert favoured == pytest.approx(expected) and favoured < 0.9
