@@ -235,6 +235,26 @@ def fixed_batch(model: ir.Model) -> int | None:
     return batch_along(input_shapes(model))
 
 
+def name_nodes(model: ir.Model) -> bool:
+    """Give every unnamed node (subgraphs included) a name unique in the model,
+    ``<op_type>_<k>``: the passes find layers by name (the re-fit's consumers, the
+    quantizer's float-kept layers), and a hand-built or converted graph may name none.
+    Returns whether any name was given."""
+    nodes = list(iter_nodes(model))
+    taken = {n.name for n in nodes if n.name}
+    given = False
+    for k, node in enumerate(nodes):
+        if node.name:
+            continue
+        name = f"{node.op_type}_{k}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+        given = True
+    return given
+
+
 def iter_nodes(model: ir.Model) -> Iterator[ir.Node]:
     """Every node of the main graph and its subgraphs (not functions)."""
     yield from ir.traversal.RecursiveGraphIterator(model.graph)

@@ -101,7 +101,11 @@ class Probe:
         batch, so :meth:`run` weights it by the batch size (divide the sum by ``n``)."""
         if batch_mean:
             self.weighted.add(key)
-        if value.name in self.values and self.values[value.name] is value:
+        if value.dtype != ir.DataType.FLOAT:
+            # read as float32 (a float16 model's values; an untyped value may be either, and
+            # onnxruntime drops a Cast to the type it already has)
+            value = self.add("Cast", [value], to=ir.DataType.FLOAT)
+        elif value.name in self.values and self.values[value.name] is value:
             value = self.add("Identity", [value])  # keep the model's own names intact
         value.name = key
         value.type = ir.TensorType(ir.DataType.FLOAT)
@@ -270,7 +274,8 @@ def _data_scores(
                 x = probe.value(name)
                 rank = ranks.get(name) or len(x.shape or ()) or 4
                 axis = _value_axis(analysis, g, name, rank)
-                positive = probe.add("Cast", [probe.add("Greater", [x, probe.const(np.zeros((), np.float32))])], to=1)
+                x32 = probe.add("Cast", [x], to=ir.DataType.FLOAT)  # a float16 model's activation too
+                positive = probe.add("Cast", [probe.add("Greater", [x32, probe.const(np.zeros((), np.float32))])], to=1)
                 key = f"apoz_{gi}_{vi}"
                 probe.output(key, probe.reduce("ReduceMean", positive, _channel_axes(rank, axis)), batch_mean=True)
                 plan.append((g, name, key))

@@ -36,6 +36,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from onnxopt.errors import OnnxoptError
+from onnxopt.graph import name_nodes
 
 MIN_OPSET = 7
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it.
@@ -152,6 +153,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     except Exception as exc:  # the IR rejects a few things the checker lets pass
         raise OnnxoptError(f"{path}: cannot be read into the IR: {exc}") from exc
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
+    name_nodes(model)
     return model
 
 

@@ -44,7 +44,7 @@ from onnxopt.cost import model_cost
 from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
-from onnxopt.graph import attr, has_subgraph
+from onnxopt.graph import attr, has_subgraph, iter_nodes, name_nodes
 from onnxopt.groups import (
     CONSUMER,
     PRODUCER,
@@ -226,6 +226,9 @@ class Pruner:
         bias_compensation: bool = True, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
         progress: Callable[[str], None] = lambda message: None,
     ) -> None:  # fmt: skip
+        if any(not n.name for n in iter_nodes(model)):  # the re-fit finds its layers by name
+            model = model.clone()
+            name_nodes(model)
         self.model, self.calib, self.shapes, self.seed = model, calib, shapes, seed
         self.allocation, self.round_to, self.round_nearest = allocation, _resolve_round_to(round_to), round_nearest
         self.progress = progress

@@ -139,3 +139,14 @@ def test_value_with_shape_but_no_type_does_not_break_the_checker():
     inner.shape = ir.Shape(["N", 8, 6, 6])
     assert any(vi.name == inner.name for vi in ir.to_proto(model).graph.value_info)  # the raw serializer writes it
     onnx.checker.check_model(_embedded_proto(model), full_check=True)
+
+
+def test_unnamed_nodes_get_unique_names(tmp_path):
+    """The passes find layers by name (the re-fit's consumers, the quantizer's float-kept
+    layers); a hand-built graph may name no node."""
+    proto = conv_bn_relu_gemm()
+    for node in proto.graph.node[:2]:
+        node.name = ""
+    proto.graph.node[2].name = "Conv_0"  # a taken name is not given twice
+    names = [n.name for n in load_model(save(proto, tmp_path / "u.onnx")).graph]
+    assert all(names) and len(set(names)) == len(names)

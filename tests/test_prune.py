@@ -730,3 +730,35 @@ def test_cross_validation_walks_the_grid_to_the_same_choice_with_fewer_solves(mo
             assert walked == pytest.approx(expected)
             chosen_indices.add(ALPHA_GRID.index(round(expected * 2 / RIDGE_ALPHA, 6)))
     assert len(chosen_indices) >= 3  # the problems do cover the grid
+
+
+def _float16_cnn() -> ir.Model:
+    """Conv → Relu → Conv → Relu → GlobalAveragePool → Gemm, every tensor float16."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float16), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "fp16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 4])],
+        [weight("w1", 16, 3, 3, 3), weight("b1", 16), weight("w2", 16, 16, 3, 3), weight("b2", 16), weight("w3", 4, 16), weight("b3", 4)],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize("criterion", ["permutation", "obs", "apoz", "l1"])
+def test_a_float16_model_prunes_with_data(criterion):
+    """The statistics probes declared every extra output float32: onnxruntime refused to load
+    them for a float16 model (exit 2 for every criterion with --data)."""
+    model = _float16_cnn()
+    calib = Dataset({"x": np.random.default_rng(1).standard_normal((24, 3, 8, 8)).astype(np.float16)})
+    result = prune_model(model, calib, criterion=criterion, ratio=0.5, round_to=1)
+    assert result.modified and result.reconstructed
+    out = evaluate.run(result.model, calib)[0]
+    assert out.dtype == np.float16 and out.shape == (24, 4) and np.isfinite(out).all()
+    assert const_array(next(n for n in result.model.graph if n.op_type == "Conv").inputs[1]).dtype == np.float16
