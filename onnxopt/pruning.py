@@ -305,14 +305,14 @@ def _has_computed_weights(model: ir.Model) -> bool:
 
 
 def _fold_constants(model: ir.Model) -> ir.Model | None:
-    """A constant-folded clone (lossless), or None when folding fails."""
-    import onnx_ir.passes.common as common
-    import onnxscript.optimizer
+    """A constant-folded clone (lossless: the conservative clean-up, which also folds weights
+    computed from constants whatever their size — weight_norm's ``g · v / ‖v‖``, the dynamo
+    exporter's LSTM gates), or None when folding fails."""
+    from onnxopt.passes.cleanup import CleanupPass
 
     folded = model.clone()
     try:
-        onnxscript.optimizer.fold_constants(folded)
-        ir.passes.Sequential(common.LiftConstantsToInitializersPass(), common.RemoveUnusedNodesPass())(folded)
+        CleanupPass(onnxscript_rules=False)(folded)
     except Exception:
         return None
     return folded

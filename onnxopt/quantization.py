@@ -436,11 +436,11 @@ def quantize_model(
     result = QuantizeResult(model, mode, False, [], {}, serialized_size(model), serialized_size(model))
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
 
-    if int8:  # onnxruntime's quantizers only see weights that are initializers
-        folded = model.clone()
-        if fold_weight_subgraphs(folded):
-            model = folded
-            result.notes.append("weights computed from constants (e.g. the dynamo exporter's LSTM) folded first")
+    # onnxruntime's quantizers, and the ternary / binary pass, only see weights that are initializers
+    folded = model.clone()
+    if fold_weight_subgraphs(folded):
+        model = folded
+        result.notes.append("weights computed from constants (e.g. the dynamo exporter's LSTM, weight_norm) folded first")
     progress(f"quantize: building the {mode} model")
     # None: 7-bit weights where the CPU's int8 kernels saturate (passes.quantize decides);
     # other providers (CUDA, TensorRT) have no such kernels

@@ -4,7 +4,9 @@ Rules, in order:
 1. ``onnxscript``'s optimizer: constant folding (shape arithmetic, the dynamo exporter's
    ``Expand(CastLike(0, x))`` zero biases among them), its default rewrite rules (no-op
    removal, BatchNormalization fusion into Conv / ConvTranspose / Gemm, Pad into Conv, …)
-   and removal of unused nodes, functions and opsets. Functions are inlined.
+   and removal of unused nodes, functions and opsets. Functions are inlined. A
+   ``ConstantOfShape`` of at most 1,024 elements is folded too (onnxscript keeps them all):
+   TorchScript builds ReflectionPad2d's ``pads`` from one.
    Then :func:`fold_weight_subgraphs`: subgraphs that compute a weight of a
    Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN from constants alone are folded whatever their
    size (onnxscript skips tensors above 8192 elements in, 262144 out): the dynamo exporter
@@ -68,9 +70,9 @@ class CleanupPass(LoggedPass):
         ops_before = _op_counts(model)
         with _quiet("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
             if self.onnxscript_rules:
-                onnxscript.optimizer.optimize_ir(model)
+                onnxscript.optimizer.optimize_ir(model, should_fold=_small_constant_of_shape)
             else:
-                onnxscript.optimizer.fold_constants(model)
+                onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape)
             fold_weight_subgraphs(model)
         _eliminate_identities(model)
         ir.passes.Sequential(
@@ -87,6 +89,22 @@ class CleanupPass(LoggedPass):
             if delta:
                 self.did(op, f"{op} {delta:+d}")
         return ir.passes.PassResult(model, modified=_fingerprint(model) != before)
+
+
+SMALL_CONSTANT = 1024  # elements: a pads or shape vector, not a tensor worth keeping compact
+
+
+def _small_constant_of_shape(node: ir.Node) -> bool | None:
+    """Fold a ConstantOfShape whose constant shape asks for at most :data:`SMALL_CONSTANT`
+    elements. onnxscript keeps every ConstantOfShape, to keep large zero tensors compact;
+    but TorchScript's ReflectionPad2d builds its ``pads`` from one (``ConstantOfShape →
+    Concat → Reshape → Slice → Transpose → Reshape``), and an unfolded ``pads`` hides that the
+    Pad leaves the channels alone: the group analysis then blocked every group of a
+    style-transfer network. None: onnxscript's default rules."""
+    if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+        return None
+    shape = const_array(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+    return True if shape is not None and shape.size and int(np.prod(shape)) <= SMALL_CONSTANT else None
 
 
 def _eliminate_identities(model: ir.Model) -> None:

@@ -652,3 +652,19 @@ def test_static_int8_keeps_masked_attention_logits_float(tmp_path):
     strict = quantize_model(model, data, evaluate.Evaluator(model, data), mode="int8", check_speed=False, max_drop=0.001)
     embedding = next(n.name for n in model.graph if n.op_type == "Gather" and n.inputs[0].const_value is not None)
     assert embedding in strict.sensitivity
+
+
+def test_ternary_quantizes_weights_computed_from_constants(tmp_path):
+    """weight_norm's ``g · v / ‖v‖`` (TorchScript without constant folding): int8 folded such
+    weights first, ternary listed every layer as 'weight is not a constant initializer'."""
+    torch = pytest.importorskip("torch")
+    nn, wn = torch.nn, torch.nn.utils.parametrizations.weight_norm
+    torch.manual_seed(0)
+    net = nn.Sequential(wn(nn.Conv1d(8, 32, 5, padding=2)), nn.ReLU(), wn(nn.Conv1d(32, 32, 5, padding=2)), nn.ReLU(),
+                        wn(nn.Conv1d(32, 4, 5, padding=2))).eval()  # fmt: skip
+    path = tmp_path / "wn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(1, 8, 16),), str(path), dynamo=False, opset_version=17, do_constant_folding=False)
+    result = quantize_model(load_model(path), mode="ternary", skip_first_last=False)
+    assert result.applied and len(result.layers_quantized) == 3, result.layers_float
+    assert any("folded first" in note for note in result.notes)
