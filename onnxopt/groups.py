@@ -982,6 +982,26 @@ def _resize(w: _Walker, node: ir.Node) -> None:
     w.set_track(node.outputs[0], t)
 
 
+def _gather(w: _Walker, node: ir.Node) -> None:
+    """Gather with constant indices along another axis keeps the channels (an RNN's last
+    layer ``h_n[-1]``, the last step ``out[:, -1]``): the gathered axis is replaced by the
+    indices' axes, so the channel axis moves by ``indices.ndim − 1`` when it lies after it."""
+    t = w.track(node.inputs[0])
+    rank = w.rank(node.inputs[0])
+    if w.track(node.inputs[1]) is not None:
+        _block_inputs(w, node, "channel values used as indices")
+        return
+    if t is None:
+        return
+    indices = const_array(node.inputs[1])
+    axis = attr(node, "axis", 0)
+    if indices is None or rank is None or axis % rank == t.axis:
+        w.block(t, f"{_label(node)}: gathers along the channel axis or indices not constant")
+        return
+    shift = indices.ndim - 1 if axis % rank < t.axis else 0
+    w.set_track(node.outputs[0], _Track(t.elems, t.axis + shift, t.block))
+
+
 def _slice_like(w: _Walker, node: ir.Node) -> None:
     """Slice / Split along a non-channel axis keep the channels."""
     t = w.track(node.inputs[0])
@@ -1099,6 +1119,7 @@ HANDLERS: dict[str, Handler] = {
     "Pad": _pad,
     "Resize": _resize,
     "Slice": _slice_like,
+    "Gather": _gather,
     "Split": _split,
     "Shape": _shape,
     "Softmax": _channel_axis_safe("axis", -1),

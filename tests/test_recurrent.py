@@ -442,3 +442,46 @@ def test_hidden_units_of_an_lstm_with_peepholes_and_constant_states_prune_exactl
     original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
     assert np.abs(expected - original).max() > 1e-3
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reads", ["last layer state", "last step"])
+def test_a_classifier_reading_one_state_or_step_through_gather_prunes_the_hidden_units(tmp_path, reads):
+    """``h_n[-1]`` (Gather on axis 0 of ``[layers, N, H]``) and ``out[:, -1]`` (Gather on the
+    time axis of a batch-first output) keep the hidden units on their axis; both were "reads
+    the channels in a way onnxopt does not model", and a stacked GRU classifier had no
+    prunable group at all."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from benchmarks.export import export_onnx
+    from onnxopt.model_io import load_model
+    from onnxopt.pruning import Pruner
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(8, HIDDEN, num_layers=2, batch_first=True)
+            self.head = nn.Linear(HIDDEN, 5)
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            return self.head(h[-1] if reads == "last layer state" else out[:, -1])
+
+    torch.manual_seed(0)
+    path = export_onnx(Classifier().eval(), (torch.randn(2, 6, 8),), tmp_path / "cls.onnx", dynamo=False,
+                       input_names=["x"], output_names=["y"], dynamic_batch=True)  # fmt: skip
+    model = Pruner(load_model(path), criterion="l1").model
+    assert any(n.op_type == "Gather" for n in model.graph)
+    last = [g for g in _hidden_groups(analyze_groups(model)) if g.prunable]
+    assert last and all(g.units == HIDDEN for g in last)
+    assert any(m.node.op_type == "Gemm" for g in last for m in g.members)  # the units the classifier reads
+    units = np.array([0, 3, 7])
+    zeroed, pruned = model.clone(), model.clone()
+    for g in last:  # h_n concatenates both layers' states: one group, two GRUs
+        for source in g.sources:
+            _zero_units(zeroed, source.node.name, units)
+    assert PruneChannelsPass({g.name: units for g in last})(pruned).modified
+    data = Dataset({"x": RNG.standard_normal((3, 6, 8)).astype(np.float32)})
+    original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
+    assert np.abs(expected - original).max() > 1e-3
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
