@@ -380,7 +380,20 @@ def _conv(w: _Walker, node: ir.Node) -> None:
             w.member(node, DEPTHWISE, x, 1, 0)
             w.set_track(node.outputs[0], t)
         return
-    w.block(t, f"{_label(node)}: grouped convolution (group={groups}) couples channels across groups")
+    why = f"{_label(node)}: grouped convolution (group={groups}) couples channels across groups"
+    w.block(t, why)
+    _blocked_source(w, node, cout, why)
+
+
+def _blocked_source(w: _Walker, node: ir.Node, channels: int, why: str) -> None:
+    """Output channels that cannot be removed (a grouped convolution's: every group must keep
+    as many as the others) still form a group, reported unprunable with ``why``: its
+    consumers would otherwise be left out of the analysis without a word."""
+    out = node.outputs[0]
+    track = _Track(w.new_elems(channels), 1)
+    w.set_track(out, track)
+    w.member(node, PRODUCER, out, 1, 0 if node.op_type == "Conv" else 1)
+    w.block(track, why)
 
 
 def _conv_transpose(w: _Walker, node: ir.Node) -> None:
@@ -390,7 +403,9 @@ def _conv_transpose(w: _Walker, node: ir.Node) -> None:
     if weight is None:
         return
     if attr(node, "group", 1) != 1:
-        w.block(w.track(node.inputs[0]), f"{_label(node)}: grouped transposed convolution couples channels across groups")
+        why = f"{_label(node)}: grouped transposed convolution couples channels across groups"
+        w.block(w.track(node.inputs[0]), why)
+        _blocked_source(w, node, weight.shape[1] * attr(node, "group", 1), why)
         return
     _new_source(w, node, 0, 1, weight.shape[1])
 

@@ -180,6 +180,22 @@ def test_depthwise_couples_input_and_output_channels():
     assert dw_node.attributes["group"].value == const_array(dw_node.inputs[1]).shape[0] == 8 - 3
 
 
+def test_a_grouped_convolutions_output_channels_are_reported_unprunable():
+    """group=4 (not depthwise): removing one output channel would leave its group with fewer
+    filters than the others. Its output channels used to vanish from the analysis (neither
+    prunable nor unprunable, their 1×1 consumer unmentioned); now they are a group that says
+    why, and the channels before it are one too."""
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    g4, ig4 = _conv("g4", "a", "g", 8, 16, group=4)
+    relu = helper.make_node("Relu", ["g"], ["r"])
+    pw, ipw = _conv("pw", "r", "y", 16, 4, k=1)
+    model = _model([c1, g4, relu, pw], i1 + ig4 + ipw)
+    groups = analyze_groups(model).by_name()
+    assert set(groups) == {"a", "g", "y"} and not any(g.prunable for g in groups.values())
+    assert {m.node.name for m in groups["g"].members} == {"g4", "pw"} and groups["g"].units == 16
+    assert all(any("grouped convolution (group=4)" in r for r in groups[k].reasons) for k in ("a", "g"))
+
+
 def test_conv_transpose_prunes_its_input_and_output_channels():
     """Weight [C_in, C_out, k, k]: consumer slices axis 0, producer axis 1 and the bias."""
     c1, i1 = _conv("c1", "x", "a", 3, 6)
