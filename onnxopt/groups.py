@@ -673,6 +673,11 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         b, repeats, first = outer  # D×C merged (a bidirectional RNN's [T, N, 2, H] → [T, N, 2H])
         new = _Track(np.tile(t.elems, repeats), b)  # the channels D times over
         merged_axes = list(range(first, t.axis + 1))
+    elif ok and 1 < out_shape[b] < in_shape[t.axis] and in_shape[t.axis] % out_shape[b] == 0:
+        # [N, C, …] → [N, G, C/G, …]: GroupNorm's decomposition, a channel shuffle
+        w.block(t, f"{_label(node)}: reshape splits the channel axis into groups (GroupNorm, channel shuffle), "
+                   "which mixes channels within each group")  # fmt: skip
+        return
     else:
         w.block(t, f"{_label(node)}: reshape mixes channels (e.g. channel shuffle)")
         return

@@ -288,6 +288,7 @@ def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
     analysis = analyze_groups(model)
     group = analysis.by_name()["a"]
     assert not group.prunable and any("mixes channels" in r for r in group.reasons)
+    assert any("splits the channel axis into groups (GroupNorm, channel shuffle)" in r for r in group.reasons)
     # a Conv whose weight is a graph input: its input channels cannot be pruned
     c3, i3 = _conv("c3", "x", "a", 3, 8)
     c4 = helper.make_node("Conv", ["a", "w_in"], ["y"], name="c4", pads=[1] * 4)
