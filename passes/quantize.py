@@ -119,6 +119,37 @@ def _save(model: ir.Model, path: str) -> None:
     onnx.save_model(_embedded_proto(model), path)
 
 
+SMALL_SHARED = 4096  # elements: per-channel vectors, not weight matrices (ALBERT shares those)
+
+
+def _unshare_small_initializers(proto: onnx.ModelProto) -> None:
+    """Give every node its own copy of a small initializer that several nodes read. The
+    dynamo exporter's GroupNorm feeds one scale and one bias to every InstanceNormalization;
+    onnxruntime's QDQ quantizer copies such a tensor per reader as ``<name><k>``, and where
+    that name is taken (bias ``val_34``, value ``val_341``) it stops with "Quantization
+    parameter shared mode is not supported for weight yet". Lossless; large shared weights
+    (ALBERT's layers) are left shared."""
+    graph = proto.graph
+    small = {t.name: t for t in graph.initializer if 0 < int(np.prod(t.dims)) <= SMALL_SHARED}
+    seen: dict[str, int] = {}
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name not in small:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1:
+                continue
+            copy = onnx.TensorProto()
+            copy.CopyFrom(small[name])
+            copy.name = f"{name}_copy{seen[name] - 1}"
+            while copy.name in taken:
+                copy.name += "_"
+            taken.add(copy.name)
+            graph.initializer.append(copy)
+            node.input[i] = copy.name
+
+
 def _load(path: str) -> ir.Model:
     proto = onnx.load(path)
     # onnxruntime's quantizer can leave value_info entries without a type (seen after a
@@ -214,7 +245,9 @@ def quantize_static_int8(
     retry = {**extra, "QDQDisableWeightAdjustForInt32Bias": True}
     with tempfile.TemporaryDirectory(prefix="onnxopt-q-") as tmp, _quiet_expected_warnings():
         src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
-        _save(model, src)
+        proto = _embedded_proto(model)
+        _unshare_small_initializers(proto)
+        onnx.save_model(proto, src)
         first: Exception | None = None
         for options in (extra, retry):
             try:

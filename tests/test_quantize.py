@@ -668,3 +668,44 @@ def test_ternary_quantizes_weights_computed_from_constants(tmp_path):
     result = quantize_model(load_model(path), mode="ternary", skip_first_last=False)
     assert result.applied and len(result.layers_quantized) == 3, result.layers_float
     assert any("folded first" in note for note in result.notes)
+
+
+def _group_norm_pair() -> ir.Model:
+    """Two convolutions, each followed by GroupNorm as the dynamo exporter writes it: Reshape
+    to ``[N, G, -1]``, InstanceNormalization whose ``ones`` scale and ``zeros`` bias are one
+    initializer pair read by both, Reshape back, per-channel Mul / Add. The values are
+    named as dynamo numbers them: the second norm's input is ``zeros1``, the name
+    onnxruntime's quantizer gives the bias's copy for its second reader."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("w1", rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3), ("w2", rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2),
+        ("ones", np.ones(2, np.float32)), ("zeros", np.zeros(2, np.float32)),
+        ("grouped", np.array([0, 2, -1], np.int64)), ("back", np.array([0, 8, 8, 8], np.int64)),
+        ("gamma", rng.uniform(0.5, 1.5, (8, 1, 1)).astype(np.float32)), ("beta", rng.standard_normal((8, 1, 1)).astype(np.float32)),
+    ]]  # fmt: skip
+    nodes = []
+    x = "x"
+    for i, w in enumerate(("w1", "w2")):
+        nodes += [helper.make_node("Conv", [x, w], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"),
+                  helper.make_node("Reshape", [f"c{i}", "grouped"], [f"zeros{i}"], name=f"to_groups{i}"),
+                  helper.make_node("InstanceNormalization", [f"zeros{i}", "ones", "zeros"], [f"n{i}"], name=f"norm{i}"),
+                  helper.make_node("Reshape", [f"n{i}", "back"], [f"b{i}"], name=f"from_groups{i}"),
+                  helper.make_node("Mul", [f"b{i}", "gamma"], [f"s{i}"], name=f"scale{i}"),
+                  helper.make_node("Add", [f"s{i}", "beta"], [f"y{i}" if i else "h"], name=f"shift{i}")]  # fmt: skip
+        x = "h"
+    graph = helper.make_graph(nodes, "gn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_static_int8_with_a_norm_scale_shared_by_several_nodes():
+    """onnxruntime's QDQ quantizer copies a shared initializer per reader, naming the copy
+    ``<name><k>``; where that name is taken (dynamo's ``val_34`` bias beside the value
+    ``val_341`` in a UNet) it stopped with "Quantization parameter shared mode is not
+    supported for weight yet". Each node now gets its own copy of small shared initializers."""
+    model = _group_norm_pair()
+    calib = Dataset({"x": np.random.default_rng(1).random((16, 3, 8, 8), np.float32)})
+    quantized = quantize_static_int8(preprocess(model)[0], calib)
+    assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph) >= 2
+    ref, out = evaluate.run(model, calib)[0], evaluate.run(quantized, calib)[0]
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.1
