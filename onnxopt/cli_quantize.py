@@ -60,10 +60,12 @@ def quantize_command(model, output, report_path, data, eval_data, sample_axes, m
                      keep_first_last, types, storage, allow_slower, shapes):  # fmt: skip
     """Quantize MODEL's weights (and activations for int8) and report what it cost."""
     from onnxopt.errors import OnnxoptError
-    from onnxopt.quantization import quantize_model
+    from onnxopt.quantization import already_quantized, quantize_model
 
     run = LossyRun.start(model, output, mode, data, eval_data, metric, seed, shapes, min_split=4, budget_se=budget_se,
                          sample_axes=sample_axes)
+    if why := already_quantized(run.original):
+        raise OnnxoptError(why)
     if mode in ("int8", "int8-mixed") and run.calib is None:
         raise OnnxoptError(f"--mode {mode} needs calibration data (--data calib.npz); or use --mode int8-dynamic")
     if max_drop is not None and run.calib is None and run.held_out is None:

@@ -51,7 +51,7 @@ from onnxopt import evaluate
 from onnxopt.bench import latency_ratio, latency_ratios
 from onnxopt.calibration import Dataset, synthetic, with_sample_axes
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import default_opset, fixed_batch
+from onnxopt.graph import default_opset, fixed_batch, iter_nodes
 from onnxopt.model_io import _embedded_proto, serialized_size
 from onnxopt.passes.cleanup import fold_weight_subgraphs
 from onnxopt.passes.lowbit import LowBitWeightPass
@@ -389,6 +389,20 @@ def _sensitivities(build: _Builder, model: ir.Model, probe: Dataset) -> dict[str
     return scores
 
 
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+    "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention",
+    "MatMulNBits",
+})  # fmt: skip
+
+
+def already_quantized(model: ir.Model) -> str | None:
+    """Why ``model`` cannot be quantized again (it holds int8 kernels or (de)quantization
+    nodes), or None."""
+    ops = sorted({n.op_type for n in iter_nodes(model) if n.op_type in QUANTIZED_OPS})
+    return f"the model is already quantized ({', '.join(ops)}): quantize its float original instead" if ops else None
+
+
 def quantize_model(
     model: ir.Model,
     calib: Dataset | None = None,
@@ -435,6 +449,9 @@ def quantize_model(
         evaluator = evaluate.Evaluator(model, held_out)
     result = QuantizeResult(model, mode, False, [], {}, serialized_size(model), serialized_size(model))
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
+    if why := already_quantized(model):  # onnxruntime's quantizers would stack a second layer on it
+        result.reason = why
+        return result
 
     # onnxruntime's quantizers, and the ternary / binary pass, only see weights that are initializers
     folded = model.clone()

@@ -709,3 +709,20 @@ def test_static_int8_with_a_norm_scale_shared_by_several_nodes():
     assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph) >= 2
     ref, out = evaluate.run(model, calib)[0], evaluate.run(quantized, calib)[0]
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.1
+
+
+def test_an_already_quantized_model_is_refused_with_the_reason(tmp_path):
+    """Re-quantizing onnxruntime's own QDQ output stopped with "SerdeError: Error calling
+    _deserialize_graph" (its second pass redeclares a DequantizeLinear output)."""
+    from onnxopt.cli_quantize import quantize_command
+
+    model = ir.from_proto(conv_matmul_model())
+    calib = Dataset({"input": np.random.default_rng(0).standard_normal((8, 8, 8, 8)).astype(np.float32)})
+    int8 = quantize_static_int8(preprocess(model)[0], calib)
+    for mode in ("int8", "int8-dynamic", "ternary"):
+        result = quantize_model(int8, calib, mode=mode)
+        assert not result.applied and "already quantized" in result.reason and result.model is int8
+    path = save_model(int8, tmp_path / "int8.onnx")
+    np.savez(tmp_path / "d.npz", input=calib.inputs["input"])
+    out = CliRunner().invoke(quantize_command, [str(path), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "q.onnx")])
+    assert out.exit_code == 2 and "already quantized" in out.output and not (tmp_path / "q.onnx").exists()
