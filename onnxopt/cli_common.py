@@ -164,6 +164,11 @@ class LossyRun:
             run.calib, run.held_out = run.calib.split(0.5, seed)
         if run.held_out is not None:
             run.evaluator = Evaluator(original, run.held_out, metric=metric, confidence=budget_se)
+        data_given = run.calib if run.calib is not None else run.held_out
+        if data_given is not None:  # costs at the data's sizes (a sequence's length), not with dynamic axes at 1
+            from onnxopt.optimize import shapes_from_data
+
+            run.shapes = shapes_from_data(original, data_given, run.shapes)
         return run
 
     def finish(self, candidate) -> tuple[Any, Any, Any]:
