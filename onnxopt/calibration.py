@@ -167,9 +167,12 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
             )
         for i, (got, want) in enumerate(zip(array.shape, spec.shape)):
             if i != spec.axis and isinstance(want, int) and want > 0 and got != want:
+                # a fixed batch of 1 off the first axis (an RNN state [layers, 1, hidden])
+                hint = (f"; if axis {i} holds the samples, say so: --sample-axis {name}={i} "
+                        f"(Dataset(axes={{{name!r}: {i}}}) in Python)") if want == 1 else ""  # fmt: skip
                 raise OnnxoptError(
                     f"input {name!r}: data has shape {list(array.shape)} but the model expects "
-                    f"{_fmt_shape(spec.shape)} (dimension {i} is {got}, expected {want})"
+                    f"{_fmt_shape(spec.shape)} (dimension {i} is {got}, expected {want}{hint})"
                 )
     if array.dtype != spec.dtype:
         same_kind = (array.dtype.kind in "f") == (spec.dtype.kind in "f") and array.dtype.kind != "b"

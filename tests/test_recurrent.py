@@ -485,3 +485,24 @@ def test_a_classifier_reading_one_state_or_step_through_gather_prunes_the_hidden
     original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
     assert np.abs(expected - original).max() > 1e-3
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_state_with_a_fixed_batch_of_one_off_the_first_axis_points_at_sample_axis(tmp_path):
+    """A fixed-batch keyword spotter's ``h0 [1, 1, 64]`` fed ``[1, 48, 64]`` (48 samples, as
+    an RNN state holds them): the refusal now says which flag fixes it, and that flag does."""
+    from onnx import TensorProto, helper
+
+    from onnxopt.calibration import parse_sample_axes
+    from onnxopt.errors import OnnxoptError
+    from onnxopt.model_io import save_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["h0"], ["y"])], "state",
+        [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4])],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    save_model(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", h0=RNG.standard_normal((1, 6, 4)).astype(np.float32))
+    with pytest.raises(OnnxoptError, match=r"dimension 1 is 6, expected 1; if axis 1 holds the samples, say so: --sample-axis h0=1"):
+        load_npz(tmp_path / "d.npz", model)
+    assert len(load_npz(tmp_path / "d.npz", model, sample_axes=parse_sample_axes("h0=1"))) == 6
