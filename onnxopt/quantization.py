@@ -179,6 +179,7 @@ def _int8_static(model, calib, result, *, method, per_channel, activation_type, 
     weighted = [n.name for n in pre.graph if n.op_type in _WEIGHTED]
     forced = {n: "excluded by the user" for n in exclude}
     forced.update({n: why for n, why in _softmax_inputs(pre).items() if n not in forced})
+    forced.update({n: why for n, why in _shape_arithmetic(pre).items() if n not in forced})
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, weighted) if n not in forced})
     if activation_type == "auto":
@@ -213,6 +214,31 @@ def _softmax_inputs(model: ir.Model) -> dict[str, str]:
             )
             if parent is not None and parent.name and not weighted:
                 out[parent.name] = "writes a Softmax input, kept float (logits and masks do not fit 8 bits)"
+    return out
+
+
+_SHAPE_ONLY = frozenset({"Shape", "Size", "ConstantOfShape", "EyeLike"})  # outputs that ignore input values
+
+
+def _shape_arithmetic(model: ir.Model) -> dict[str, str]:
+    """Nodes whose result does not depend on any input's values, only on shapes and
+    constants (position arithmetic, as T5's relative-position buckets: ``Range`` → ``Log`` →
+    ``Div`` → ``Mul`` → ``Cast`` to int64 → ``Gather``). Static int8 would calibrate them too:
+    ``log(0) = −inf`` gives no finite scale, and the rounded positions index outside the
+    bias table (onnxruntime: "indices element out of data bounds"). They stay float; they
+    cost nothing at run time."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
+    depends = {id(v) for v in model.graph.inputs}
+    out = {}
+    for node in model.graph:
+        if node.op_type in _SHAPE_ONLY or not any(v is not None and id(v) in depends for v in node.inputs):
+            # listed only where the quantizer would act: a float op it handles (not integer shape maths)
+            if node.name and node.op_type in quantizable and any(o.dtype in (ir.DataType.FLOAT, None) for o in node.outputs):
+                out[node.name] = "computes positions or sizes from shapes only, kept float"
+            continue
+        depends.update(id(v) for v in node.outputs)
     return out
 
 

@@ -726,3 +726,39 @@ def test_an_already_quantized_model_is_refused_with_the_reason(tmp_path):
     np.savez(tmp_path / "d.npz", input=calib.inputs["input"])
     out = CliRunner().invoke(quantize_command, [str(path), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "q.onnx")])
     assert out.exit_code == 2 and "already quantized" in out.output and not (tmp_path / "q.onnx").exists()
+
+
+def _relative_position_model() -> ir.Model:
+    """``x [N, T, 16]`` plus a bias looked up by T5-style position buckets computed from the
+    sequence length alone (``Range → Cast → Div → Log → Mul → Cast → Min → Where → Gather``;
+    position 0 gives ``log 0 = −inf``, which the Where discards), then a MatMul."""
+    rng = np.random.default_rng(0)
+    i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    f32 = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
+    inits = [i64("zero", 0), i64("one", 1), i64("four", 4), i64("seven", 7), f32("fourf", 4.0), f32("two", 2.0),
+             f32("table", rng.standard_normal((8, 16))), f32("w", rng.standard_normal((16, 16)) * 0.3)]  # fmt: skip
+    n = helper.make_node
+    nodes = [n("Shape", ["x"], ["shape"], name="shape"), n("Gather", ["shape", "one"], ["t"], name="length", axis=0),
+             n("Range", ["zero", "t", "one"], ["pos"], name="range"), n("Less", ["pos", "four"], ["small"], name="less"),
+             n("Cast", ["pos"], ["posf"], name="to_float", to=TensorProto.FLOAT), n("Div", ["posf", "fourf"], ["ratio"], name="div"),
+             n("Log", ["ratio"], ["log"], name="log"), n("Mul", ["log", "two"], ["scaled"], name="mul"),
+             n("Cast", ["scaled"], ["steps"], name="to_int", to=TensorProto.INT64), n("Add", ["steps", "four"], ["large"], name="add"),
+             n("Min", ["large", "seven"], ["capped"], name="cap"), n("Where", ["small", "pos", "capped"], ["bucket"], name="where"),
+             n("Gather", ["table", "bucket"], ["bias"], name="lookup", axis=0), n("Add", ["x", "bias"], ["xb"], name="plus_bias"),
+             n("MatMul", ["xb", "w"], ["y"], name="proj")]  # fmt: skip
+    graph = helper.make_graph(nodes, "buckets", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 12, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12, 16])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_static_int8_leaves_position_arithmetic_float():
+    """T5's relative-position buckets: static int8 calibrated their float arithmetic too
+    (log 0 = −inf: no finite scale), and onnxruntime then failed on "indices element out of
+    data bounds". Nodes computed from shapes alone stay float, and say why."""
+    model = _relative_position_model()
+    calib = Dataset({"x": np.random.default_rng(1).standard_normal((16, 12, 16)).astype(np.float32)})
+    result = quantize_model(model, calib, mode="int8", check_speed=False)
+    assert result.applied and "proj" in result.layers_quantized
+    assert {"mul", "lookup"} <= {n for n, why in result.layers_float.items() if "from shapes only" in why}
+    ref, out = evaluate.run(model, calib)[0], evaluate.run(result.model, calib)[0]
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
