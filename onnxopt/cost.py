@@ -180,6 +180,16 @@ def _value_params(value: ir.Value, shapes: Mapping[str, tuple], const: set[int])
     return _prod(shape) if _known(shape) else 0
 
 
+def _through_identities(value: ir.Value) -> ir.Value:
+    """The tensor an Identity chain passes on: a weight shared that way (TorchScript's ALBERT
+    layers) is counted once."""
+    node = value.producer()
+    while node is not None and node.op_type == "Identity" and node.inputs and node.inputs[0] is not None:
+        value = node.inputs[0]
+        node = value.producer()
+    return value
+
+
 def model_cost(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelCost:
     """MACs and parameters of every main-graph node; a node with subgraphs (If, Loop, Scan)
     carries the cost of its bodies (:func:`_subgraph_cost`)."""
@@ -214,8 +224,9 @@ def _graph_cost(
                 p = _value_params(value, shapes, const) if value is not None else 0
                 if p and value is not None:
                     params += p
-                    if value.name not in counted:
-                        counted.add(value.name)
+                    source = _through_identities(value).name
+                    if source not in counted:
+                        counted.add(source)
                         total_params += p
         nodes.append(NodeCost(node.name or node.op_type, node.op_type, macs or 0, params, macs is None))
     return nodes, total_params

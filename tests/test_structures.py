@@ -405,6 +405,33 @@ def test_weights_in_constant_nodes(tmp_path):
     assert fold.kept and fold.applied, fold  # Constant-node weights are folded, not skipped
 
 
+def test_a_weight_shared_through_identities_stays_one_tensor():
+    """TorchScript's ALBERT shares each weight across layers through Identity nodes: the
+    clean-up used to fold every Identity into a copy (343 → 466 kB), and the parameter count
+    counted the weight once per reader."""
+    import onnx_ir as ir
+
+    from onnxopt.cost import model_cost
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    nodes = [helper.make_node("Identity", ["w"], [f"w{i}"], name=f"share{i}") for i in range(3)]
+    x = "x"
+    for i in range(3):
+        nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"), helper.make_node("Relu", [f"m{i}"], [f"h{i}"])]
+        x = f"h{i}"
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("h2", TensorProto.FLOAT, ["N", 16])], [w])  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert model_cost(model).params == 256
+    cleaned = model.clone()
+    CleanupPass()(cleaned)
+    assert [v.const_value.size for v in cleaned.graph.initializers.values()] == [256]
+    assert model_cost(cleaned).params == 256
+    data = {"x": rng.standard_normal((4, 16)).astype(np.float32)}
+    np.testing.assert_array_equal(evaluate.run(model, data)[0], evaluate.run(cleaned, data)[0])
+
+
 def test_external_data_input(tmp_path):
     rng = np.random.default_rng(1)
     model = conv_bn_gemm(opset=17, ir_version=8)
