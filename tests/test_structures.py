@@ -414,21 +414,23 @@ def test_a_weight_shared_through_identities_stays_one_tensor():
     from onnxopt.cost import model_cost
 
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32), "w")
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    # 4,096 elements: onnxscript folds Identity(w) into a copy below 8,192, and merges
+    # identical tensors only up to 1,024
     nodes = [helper.make_node("Identity", ["w"], [f"w{i}"], name=f"share{i}") for i in range(3)]
     x = "x"
     for i in range(3):
         nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=f"mm{i}"), helper.make_node("Relu", [f"m{i}"], [f"h{i}"])]
         x = f"h{i}"
-    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("h2", TensorProto.FLOAT, ["N", 16])], [w])  # fmt: skip
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("h2", TensorProto.FLOAT, ["N", 64])], [w])  # fmt: skip
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    assert model_cost(model).params == 256
+    assert model_cost(model).params == 4096
     cleaned = model.clone()
     CleanupPass()(cleaned)
-    assert [v.const_value.size for v in cleaned.graph.initializers.values()] == [256]
-    assert model_cost(cleaned).params == 256
-    data = {"x": rng.standard_normal((4, 16)).astype(np.float32)}
+    assert [v.const_value.size for v in cleaned.graph.initializers.values()] == [4096]
+    assert model_cost(cleaned).params == 4096
+    data = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
     np.testing.assert_array_equal(evaluate.run(model, data)[0], evaluate.run(cleaned, data)[0])
 
 
