@@ -674,8 +674,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         new = _Track(np.tile(t.elems, repeats), b)  # the channels D times over
         merged_axes = list(range(first, t.axis + 1))
     elif ok and 1 < out_shape[b] < in_shape[t.axis] and in_shape[t.axis] % out_shape[b] == 0:
-        # [N, C, …] → [N, G, C/G, …]: GroupNorm's decomposition, a channel shuffle
-        w.block(t, f"{_label(node)}: reshape splits the channel axis into groups (GroupNorm, channel shuffle), "
+        # [N, C, …] → [N, G, C/G, …]: attention heads, GroupNorm's decomposition, a channel shuffle
+        w.block(t, f"{_label(node)}: reshape splits the channel axis into groups (attention heads, GroupNorm, channel shuffle), "
                    "which mixes channels within each group")  # fmt: skip
         return
     else:
@@ -683,20 +683,25 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         return
     name = node.inputs[0].name
     dims = _dims_of(w, node.inputs[1])
-    own = (name, t.axis)
+    own = _same_channels(w, t) if dims is not None else set()
     if dims is not None and b < len(dims) and dims[b].sizes:
         # An entry computed from the input's own sizes follows the pruning by itself when it
         # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
         # dynamic shapes; dynamo's bidirectional RNN output: Shape[2]·Shape[3]); no other
         # entry may read the channel count. A size-1 factor is not ignored: it may be a batch
         # pinned to 1 here (so a one-direction RNN's [T, N, 1, H] → [T, N, H] is not followed).
+        # Where the channel axis is not merged, the size may be read from any tensor with the
+        # same channels (SegFormer's ``x.transpose(1, 2).view(B, C, H, W)`` with C read
+        # before the Transpose; GroupNorm reshaped back to ``Shape`` of its input).
         expected = sorted((name, a) for a in merged_axes)
-        if dims[b].factor != 1 or sorted(dims[b].sizes) != expected or any(own in d.sizes for i, d in enumerate(dims) if i != b):
+        sizes = sorted(dims[b].sizes)
+        follows = sizes == expected or (merged_axes == [t.axis] and len(sizes) == 1 and sizes[0] in own)
+        if dims[b].factor != 1 or not follows or any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
         w.set_track(node.outputs[0], new)
         return
-    if dims is not None and any(own in d.sizes for d in dims):
+    if dims is not None and any(own & set(d.sizes) for d in dims):
         w.block(t, f"{_label(node)}: the target reads the channel count into another entry")
         return
     entry = _target_entry(w, node, b)
@@ -710,6 +715,16 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     if value > 0:  # the entry spells the channel count times the block (or the repeats)
         w.member(holder, SHAPE, node.inputs[0], index, offset, new.block * repeats)
     w.set_track(node.outputs[0], new)
+
+
+def _same_channels(w: _Walker, t: _Track) -> set[tuple[str, int]]:
+    """``(value, axis)`` of every tracked value whose channel axis holds exactly ``t``'s
+    channels (as far as the walk has united them): their sizes there are ``t``'s count."""
+    roots = [w.find(e) for e in t.elems.tolist()]
+    return {
+        (name, other.axis) for name, other in w.tracks.items()
+        if other.block == t.block and other.channels == t.channels and [w.find(e) for e in other.elems.tolist()] == roots
+    }  # fmt: skip
 
 
 def _outer_merge(in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> tuple[int, int, int] | None:
@@ -838,18 +853,40 @@ def _shape(w: _Walker, node: ir.Node) -> None:
     rank = w.rank(node.inputs[0])
     if t is None:
         return
-    read = _shape_entries_read(node, rank) if rank is not None else None
-    if read is None or (t.axis in read and not _only_reshapes(node.outputs[0], node.inputs[0])):
+    if rank is None:
         w.block(t, f"{_label(node)}: the channel count is read")
+        return
+    axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
+    for user, index in node.outputs[0].uses():
+        read = _shape_entries_read(user, index, axes)
+        if read is None and user.op_type == "Reshape" and index == 1 and _carries_channels_of(user.inputs[0], node.inputs[0]):
+            continue  # the whole shape as a Reshape target (GroupNorm reshaped back): its handler checks it
+        if read is None or (t.axis in read and not _only_reshapes(user.outputs[0], node.inputs[0])):
+            w.block(t, f"{_label(node)}: the channel count is read")
+            return
+
+
+def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) -> bool:
+    """Whether ``value`` is ``x`` or computed from it by ops that keep its channels apart
+    (a Transpose, activations, per-channel norms and constants). The Reshape handler then
+    checks that the channels really are the same ones; a tensor reached any other way
+    would take the channel count without being pruned with it."""
+    if value is x:
+        return True
+    node = value.producer() if value is not None else None
+    if node is None or depth > 16 or node.op_type not in _CHANNEL_KEEPING:
+        return False
+    return any(v is not None and const_array(v) is None and _carries_channels_of(v, x, depth + 1) for v in node.inputs)
 
 
 def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     """Whether every path from ``sizes`` (picked out of ``Shape(x)``) through size arithmetic
-    ends in the target of a Reshape of ``x`` itself (whose handler checks the entry)."""
+    ends in the target of a Reshape of ``x``, or of a tensor carrying its channels (whose
+    handler checks the entry)."""
     if depth > 16:
         return False
     for user, index in sizes.uses():
-        if user.op_type == "Reshape" and index == 1 and user.inputs[0] is x:
+        if user.op_type == "Reshape" and index == 1 and _carries_channels_of(user.inputs[0], x):
             continue
         if user.op_type == "Reshape" and index != 0:  # another tensor shaped by these sizes
             return False
@@ -858,27 +895,20 @@ def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     return True
 
 
-def _shape_entries_read(node: ir.Node, rank: int) -> set[int] | None:
-    """The input axes whose sizes the users of ``Shape`` node pick; None when a user is not a
-    constant pick."""
-    axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
-    read: set[int] = set()
-    for user, index in node.outputs[0].uses():
-        if index != 0:
+def _shape_entries_read(user: ir.Node, index: int, axes: list[int]) -> set[int] | None:
+    """The axes (of the tensor behind a ``Shape`` that gives the sizes of ``axes``) whose
+    sizes ``user`` picks; None when it is not a constant pick."""
+    if index != 0:
+        return None
+    if user.op_type == "Gather" and attr(user, "axis", 0) == 0 and const_array(user.inputs[1]) is not None:
+        picks = const_array(user.inputs[1]).reshape(-1).tolist()
+        if any(not -len(axes) <= int(i) < len(axes) for i in picks):
             return None
-        if user.op_type == "Gather" and attr(user, "axis", 0) == 0 and const_array(user.inputs[1]) is not None:
-            picks = const_array(user.inputs[1]).reshape(-1).tolist()
-            if any(not -len(axes) <= int(i) < len(axes) for i in picks):
-                return None
-            read |= {axes[int(i)] for i in picks}
-        elif user.op_type == "Slice":
-            bounds = _shape_slice(user)
-            if bounds is None:
-                return None
-            read |= set(axes[slice(*bounds)])
-        else:
-            return None
-    return read
+        return {axes[int(i)] for i in picks}
+    if user.op_type == "Slice":
+        bounds = _shape_slice(user)
+        return None if bounds is None else set(axes[slice(*bounds)])
+    return None
 
 
 def _shape_slice(node: ir.Node) -> tuple[int, int, int] | None:
@@ -1113,6 +1143,10 @@ _PASSTHROUGH = (
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
     "Upsample",
 )  # fmt: skip
+# ops after which a tensor still carries its input's channels (for a Reshape target read off
+# that input's Shape); their handlers pass the channels on or block them
+_CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "BatchNormalization", "Add", "Sub",
+                              "Mul", "Div"})  # fmt: skip
 
 HANDLERS: dict[str, Handler] = {
     **{op: _passthrough for op in _PASSTHROUGH},

@@ -288,7 +288,7 @@ def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
     analysis = analyze_groups(model)
     group = analysis.by_name()["a"]
     assert not group.prunable and any("mixes channels" in r for r in group.reasons)
-    assert any("splits the channel axis into groups (GroupNorm, channel shuffle)" in r for r in group.reasons)
+    assert any("splits the channel axis into groups (attention heads, GroupNorm, channel shuffle)" in r for r in group.reasons)
     # a Conv whose weight is a graph input: its input channels cannot be pruned
     c3, i3 = _conv("c3", "x", "a", 3, 8)
     c4 = helper.make_node("Conv", ["a", "w_in"], ["y"], name="c4", pads=[1] * 4)
@@ -531,3 +531,70 @@ def test_weights_computed_by_weight_norm_are_folded_before_pruning(dynamo, tmp_p
     result = prune_model(model, ratio=0.5, criterion="l1", round_to=1)
     assert [layer["after"] for layer in result.layers] == [32, 24, 24]
     assert not result.unprunable[1:] and len(result.unprunable) == 1  # the single-channel output
+
+
+def _shape_read_nets():
+    """Three blocks whose Reshape targets read the channel count off the Shape of another
+    tensor holding the same channels, as HuggingFace models exported by TorchScript do."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class MixFFN(nn.Module):  # SegFormer: C read before the Transpose
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.dw, self.fc2 = nn.Linear(8, 32), nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.Linear(32, 8)
+
+        def forward(self, x):
+            h = self.fc1(x.flatten(2).transpose(1, 2))
+            b, _, c = h.shape
+            h = self.dw(h.transpose(1, 2).reshape(b, c, 4, 4))
+            return self.fc2(nn.functional.gelu(h.flatten(2).transpose(1, 2)))
+
+    class ChannelGroupNorm(nn.Module):  # wav2vec2's first layer: GroupNorm with a group per channel
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.out = nn.Conv1d(2, 16, 3), nn.GroupNorm(16, 16, affine=True), nn.Conv1d(16, 4, 1)
+
+        def forward(self, x):
+            return self.out(nn.functional.gelu(self.norm(self.conv(x.flatten(2)))))
+
+    class Conv1D(nn.Module):  # GPT-2's Conv1D: x.view(-1, x.size(-1)) and x.size()[:-1] + (nf,)
+        def __init__(self):
+            super().__init__()
+            self.w1, self.w2 = nn.Parameter(torch.randn(8, 24) * 0.3), nn.Parameter(torch.randn(24, 8) * 0.3)
+
+        def linear(self, x, w):
+            size = x.size()[:-1] + (w.size(1),)
+            return torch.mm(x.view(-1, x.size(-1)), w).view(size)
+
+        def forward(self, x):
+            h = x.flatten(2).transpose(1, 2).contiguous()
+            return self.linear(torch.relu(self.linear(h, self.w1)), self.w2)
+
+    return {"mix_ffn": MixFFN, "group_norm_per_channel": ChannelGroupNorm, "gpt2_conv1d": Conv1D}
+
+
+@pytest.mark.parametrize("name", ["mix_ffn", "group_norm_per_channel", "gpt2_conv1d"])
+def test_a_reshape_target_read_off_another_tensor_with_the_same_channels_follows_the_pruning(name, tmp_path):
+    """The channel entry computed from ``Shape`` of a tensor that carries the same channels
+    (before a Transpose; GroupNorm's input; one Shape node the clean-up merged for both
+    reshapes of GPT-2's Conv1D) follows the pruning by itself: those groups were "the
+    channel count is read" / "computed from other sizes" (SegFormer's TorchScript export:
+    no MixFFN group, 10.9 % of its MACs removed against 17.7 % for dynamo's)."""
+    torch = pytest.importorskip("torch")
+    from onnxopt.passes.cleanup import CleanupPass
+
+    torch.manual_seed(0)
+    net = _shape_read_nets()[name]().eval()
+    path = tmp_path / f"{name}.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(2, 8, 4, 4) if name != "group_norm_per_channel" else torch.randn(2, 2, 4, 5),),
+                          str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          dynamic_axes={"x": {0: "N"}})  # fmt: skip
+    model = ir.load(str(path))
+    CleanupPass()(model)
+    assert any(n.op_type == "Shape" for n in model.graph)
+    shape = (3, 8, 4, 4) if name != "group_norm_per_channel" else (3, 2, 4, 5)
+    analysis, _ = _assert_exact(model, Dataset({"x": RNG.standard_normal(shape).astype(np.float32)}), fraction=0.3)
+    hidden = 32 if name == "mix_ffn" else 16 if name == "group_norm_per_channel" else 24
+    assert any(g.units == hidden for g in analysis.prunable), [g.describe() for g in analysis.groups]
