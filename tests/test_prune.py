@@ -311,6 +311,18 @@ def test_prune_stage_in_the_pipeline():
     assert records[0].details["layers"][0]["after"] == 6
     skipped = prune_stage()
     assert not skipped.run(model, Context(verify_data=held_out)).modified
+    # a model with no prunable group: the stage says so and changes nothing (it was reported
+    # as "rolled back", as if it had failed)
+    single = ir.from_proto(helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="only")], "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [onnx.numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")]), opset_imports=[helper.make_opsetid("", 17)]))  # fmt: skip
+    data = Dataset({"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32)})
+    ctx = Context(verify_data=data, calib=data, evaluator=evaluate.Evaluator(single, data), max_drop=0.01)
+    _, records = run_stages(single, [prune_stage()], ctx)
+    assert not records[0].kept and "rolled back" not in records[0].reason
+    assert "no prunable channel group" in records[0].details["reason"] and "graph output" in records[0].details["reason"]
 
 
 def test_bad_requests_are_one_line_errors():
