@@ -36,7 +36,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import name_nodes
+from onnxopt.graph import name_nodes, subgraphs
 
 MIN_OPSET = 7
 # Protobuf cannot serialize a message of 2 GiB or more; stay well below it.
@@ -154,7 +154,20 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise OnnxoptError(f"{path}: cannot be read into the IR: {exc}") from exc
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     name_nodes(model)
+    _negative_dims_as_dynamic(model)
     return model
+
+
+def _negative_dims_as_dynamic(model: ir.Model) -> None:
+    """paddle2onnx writes a dynamic batch as ``dim_value: -1`` (PP-OCR's classifier): a size
+    of −1 is read as unknown, not as a fixed size (``inspect`` built a −1-sized input)."""
+    graphs = [model.graph, *(g for n in ir.traversal.RecursiveGraphIterator(model.graph) for g in subgraphs(n))]
+    for graph in graphs:
+        values = [*graph.inputs, *graph.outputs, *(o for n in graph for o in n.outputs)]
+        for value in values:
+            shape = value.shape
+            if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
+                value.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in shape])
 
 
 def model_bytes(model: ir.Model) -> int:

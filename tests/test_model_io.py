@@ -150,3 +150,18 @@ def test_unnamed_nodes_get_unique_names(tmp_path):
     proto.graph.node[2].name = "Conv_0"  # a taken name is not given twice
     names = [n.name for n in load_model(save(proto, tmp_path / "u.onnx")).graph]
     assert all(names) and len(set(names)) == len(names)
+
+
+def test_a_size_of_minus_one_reads_as_dynamic(tmp_path):
+    """paddle2onnx writes a dynamic batch as dim_value -1 (PP-OCR's direction classifier):
+    `inspect` and `prune` stopped with "internal error: negative dimensions are not allowed"."""
+    from onnxopt.cost import model_cost
+
+    proto = conv_bn_relu_gemm()
+    proto.graph.input[0].type.tensor_type.shape.dim[0].ClearField("dim_param")
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -1
+    model = load_model(save(proto, tmp_path / "paddle.onnx"))
+    assert model.graph.inputs[0].shape[0] is None or not isinstance(model.graph.inputs[0].shape[0], int)
+    assert model_cost(model).macs > 0
+    x = {"input": np.ones((2, 3, 8, 8), np.float32)}
+    assert run(model, x)[0].shape[0] == 2
