@@ -183,6 +183,7 @@ class LossyRun:
         fidelity = evaluate.compare(
             evaluate.run(self.original, data), evaluate.run(candidate, data),
             names=[o.name for o in self.original.graph.outputs], labels=data.labels,
+            axes=evaluate.score_axes(self.original),
         )  # fmt: skip
         before = summarize(self.original, self.model_path, self.shapes)
         return before, summarize(candidate, self.output, self.shapes), fidelity

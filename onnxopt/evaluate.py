@@ -266,29 +266,51 @@ def _is_scores(a: np.ndarray) -> bool:
     return a.dtype.kind == "f" and a.ndim in (2, 3) and a.shape[-1] > 1
 
 
+_UNKNOWN = object()  # no score axis given: a 2-D or 3-D float output is taken as scores on its last axis
+
+
+def _top1(a: np.ndarray, b: np.ndarray, axis) -> float | None:
+    """Argmax agreement along the class ``axis``; None where the output holds no class scores
+    (``axis`` None: only an ``[N, C]`` output is taken as scores, as :func:`agreement` does)."""
+    if axis is _UNKNOWN:
+        axis = -1 if _is_scores(a) else None
+    elif axis is None and a.dtype.kind == "f" and a.ndim == 2 and a.shape[-1] > 1:
+        axis = -1
+    if axis is None or a.dtype.kind != "f" or not -a.ndim <= axis < a.ndim or a.shape[axis] <= 1:
+        return None
+    return float(np.mean(a.argmax(axis) == b.argmax(axis)))
+
+
 def compare(
     reference: Outputs,
     candidate: Outputs,
     *,
     names: Sequence[str] | None = None,
     labels: np.ndarray | None = None,
+    axes: Sequence[int | None] | None = None,
 ) -> Fidelity:
     """Per-output error statistics of ``candidate`` against ``reference``.
 
     ``max_rel`` is the largest absolute error divided by the largest magnitude of the
-    reference output (a scale-aware error that does not explode near zeros).
+    reference output (a scale-aware error that does not explode near zeros). Top-1 agreement
+    is taken along ``axes[i]``, output ``i``'s class axis (:func:`score_axes`; None: not
+    scores, so a YOLO head's ``[N, 4 + classes, anchors]`` or a QuartzNet ``[N, C, T]`` is
+    not argmaxed over anchors or time); without ``axes``, on the last axis of a 2-D or 3-D
+    float output.
     """
     if len(reference) != len(candidate):
         raise OnnxoptError(f"models have {len(reference)} and {len(candidate)} outputs")
     results = []
     for i, (a, b) in enumerate(zip(reference, candidate)):
         name = names[i] if names else f"output{i}"
+        axis = axes[i] if axes is not None and i < len(axes) else _UNKNOWN
         shapes_differ = isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape != b.shape
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.dtype.kind != "f" or shapes_differ:
             # sequences, maps, optionals, integers, bools, strings: exact comparison only; a
             # data-dependent shape (boxes after NMS) that changed is as far off as can be
             equal = not shapes_differ and _same_value(a, b)
-            top1 = (0.0 if shapes_differ else None) if isinstance(a, np.ndarray) and _is_scores(a) else None
+            scores = isinstance(a, np.ndarray) and _top1(a, a, axis) is not None
+            top1 = (0.0 if shapes_differ else None) if scores else None
             shapes = (list(a.shape), list(b.shape)) if shapes_differ else None
             results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, top1, shapes=shapes))
             continue
@@ -303,7 +325,7 @@ def compare(
         fa, fb = np.nan_to_num(a64.ravel()), np.nan_to_num(b64.ravel())
         na, nb = np.linalg.norm(fa), np.linalg.norm(fb)
         cosine = float(fa @ fb / (na * nb)) if na > 0 and nb > 0 else (1.0 if na == nb else 0.0)
-        top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if _is_scores(a) else None
+        top1 = _top1(a, b, axis)
         try:
             eps = float(np.finfo(a.dtype).eps) if a.dtype.itemsize < 4 else 0.0
         except (TypeError, ValueError):  # an exotic float type numpy has no finfo for
@@ -592,8 +614,9 @@ class Evaluator:
         if head is not None:
             self.metric = functools.partial(yolo_box_f1, index=head)
             self.metric_name = "box F1 of the decoded YOLO head (≤ its dense agreement)"
-        elif metric is None and data.labels is None:
-            self.metric = functools.partial(agreement, axes=score_axes(original))
+        self.class_axes = score_axes(original)
+        if head is None and metric is None and data.labels is None:
+            self.metric = functools.partial(agreement, axes=self.class_axes)
         self.batch_size = batch_size
         self.confidence = float(confidence)
         self.reference = run(original, data, batch_size=batch_size)
@@ -659,7 +682,7 @@ class Evaluator:
         return float(np.std(drops, ddof=1) / np.sqrt(len(drops)))
 
     def fidelity(self, candidate: ir.Model) -> Fidelity:
-        return compare(self.reference, self.outputs(candidate), labels=self.data.labels)
+        return compare(self.reference, self.outputs(candidate), labels=self.data.labels, axes=self.class_axes)
 
     def drop(self, score: float) -> float:
         return self.baseline - score

@@ -257,7 +257,8 @@ def optimize(
         ctx.progress("final speed check")
         optimized, speedup = confirm_speedup(original, optimized, records, ctx)
     final_outputs = evaluate.run(optimized, verify_data)
-    fidelity = evaluate.compare(reference, final_outputs, names=[o.name for o in original.graph.outputs], labels=verify_data.labels)
+    fidelity = evaluate.compare(reference, final_outputs, names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
+                                axes=evaluate.score_axes(original))  # fmt: skip
     written = save_model(optimized, output, input_path=input_path) if output is not None else None
     after = summarize(optimized, written, shapes)
     result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only, speedup=speedup)
@@ -315,5 +316,5 @@ def verify_models(
     names_b = [v.name for v in b.graph.outputs]
     if len(names_a) != len(names_b):
         raise OnnxoptError(f"the models have different numbers of outputs ({len(names_a)} vs {len(names_b)})")
-    fid = evaluate.compare(evaluate.run(a, dataset), evaluate.run(b, dataset), names=names_a, labels=dataset.labels)
+    fid = evaluate.compare(evaluate.run(a, dataset), evaluate.run(b, dataset), names=names_a, labels=dataset.labels, axes=evaluate.score_axes(a))
     return fid, described

@@ -211,7 +211,7 @@ def run_stages(
                 candidate = outcome.model
                 check_model(candidate)
                 outputs = evaluate.run(candidate, ctx.verify_data)
-                fid = evaluate.compare(current_outputs, outputs, names=[o.name for o in current.graph.outputs])
+                fid = evaluate.compare(current_outputs, outputs, names=[o.name for o in current.graph.outputs], axes=evaluate.score_axes(current))
                 record.fidelity = fid.to_dict()
                 reshaped = next((o for o in fid.outputs if o.shapes), None)
                 if stage.lossless and reshaped is not None:

@@ -576,7 +576,8 @@ def quantize_model(
         result.fidelity = evaluator.fidelity(candidate).to_dict()
     elif calib is not None and len(calib):
         probe = calib.take(slice(0, 64))
-        result.fidelity = evaluate.compare(evaluate.run(model, probe), evaluate.run(candidate, probe), labels=probe.labels).to_dict()
+        result.fidelity = evaluate.compare(evaluate.run(model, probe), evaluate.run(candidate, probe), labels=probe.labels,
+                                          axes=evaluate.score_axes(model)).to_dict()  # fmt: skip
     return result
 
 

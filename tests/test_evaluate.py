@@ -271,3 +271,28 @@ def test_a_channels_first_ctc_output_is_scored_along_its_class_axis():
         favoured = float(evaluator.score(_channels_first_ctc(np.array([1.0, 0, 0, 0]), transpose)))
         expected = np.mean(np.argmax(x, 1) == np.argmax(x + np.array([1.0, 0, 0, 0])[None, :, None], 1))
         assert favoured == pytest.approx(expected) and favoured < 0.9
+
+
+def test_fidelity_top1_uses_the_class_axis_and_leaves_dense_outputs_out():
+    """The fidelity table's top-1 agreement (``verify``, each command's report) argmaxed the
+    last axis of any 3-D output: over time for QuartzNet's ``[N, C, T]`` (below 0.9 for a
+    candidate that changed no decision), over anchors for a YOLO head. It now follows the
+    Softmax's axis, and an output that is not known to hold scores gets no top-1."""
+    from onnxopt import evaluate
+
+    x = np.random.default_rng(0).standard_normal((32, 4, 24)).astype(np.float32)
+    data = Dataset({"x": x})
+    for transpose in (False, True):
+        original = _channels_first_ctc(np.zeros(4), transpose)
+        nudged = _channels_first_ctc(np.zeros(4), transpose)
+        w = nudged.graph.initializers["w"]  # sharper logits: new values, the same class decisions
+        w.const_value = ir.tensor(3 * w.const_value.numpy())
+        ref, out = evaluate.run(original, data), evaluate.run(nudged, data)
+        assert evaluate.compare(ref, out).top1_agreement < 0.9  # the last axis: time
+        fidelity = evaluate.compare(ref, out, axes=evaluate.score_axes(original))
+        assert fidelity.top1_agreement == 1.0
+        assert Evaluator(original, data).fidelity(nudged).top1_agreement == 1.0
+        # the same values with no Softmax behind them (a dense map): no top-1 at all
+        assert evaluate.compare(ref, out, axes=[None]).top1_agreement is None
+    logits = np.random.default_rng(1).standard_normal((8, 5)).astype(np.float32)
+    assert evaluate.compare([logits], [logits], axes=[None]).top1_agreement == 1.0  # [N, C] stays scores
