@@ -16,6 +16,7 @@ SCRIPTS = [
     ("bench_lossless", ["--quick"], []),
     ("bench_prune", [], ["--full", "--real", "orientation,ocr,detector"]),
     ("bench_refit", [], []),
+    ("bench_calibration", [], []),
     ("bench_lowrank", ["--quick"], []),
     ("bench_quantize", [], ["--full"]),
     ("bench_quantize", [], ["--real"]),
