@@ -21,17 +21,13 @@ Run: ``python -m benchmarks.bench_calibration`` → ``benchmarks/results/calibra
 from __future__ import annotations
 
 import functools
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 import onnxopt.pruning as pruning
 import onnxopt.reconstruction as reconstruction
-from benchmarks import bench_prune
+from benchmarks import bench_prune, record
 from benchmarks.digits import distort, hard_digits_sources
 from benchmarks.real_data import real_inputs
 from onnxopt import evaluate
@@ -39,7 +35,6 @@ from onnxopt.calibration import Dataset
 from onnxopt.cost import model_cost
 from onnxopt.pruning import Pruner
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 POSITIONS = (64, 512)
 REAL = {"orientation": ((64, 512), (0.1, 0.25)), "ocr": ((32, 256), (0.1, 0.25))}
 HARD = ((256, 2048), (0.2, 0.3, 0.5))
@@ -113,15 +108,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     start = time.perf_counter()
-    rows = hard_digits() + real("orientation") + real("ocr")
-    results = {
-        "machine": platform.machine(), "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d"),
-        "seconds": time.perf_counter() - start, "rows": rows,
-    }  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "calibration.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (RESULTS / "calibration.md").write_text(markdown(results))
-    print(markdown(results))
+    record.write("calibration", hard_digits() + real("orientation") + real("ocr"), start, markdown)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,14 @@ ten minutes on 2 cores).
 
 from __future__ import annotations
 
-import json
-import platform
 import time
-from pathlib import Path
-
-import onnxruntime as ort
 
 import onnxopt.reconstruction as reconstruction
-from benchmarks import bench_prune
+from benchmarks import bench_prune, record
 from onnxopt import evaluate
 from onnxopt.cost import model_cost
 from onnxopt.pruning import Pruner
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 CROSS_VALIDATED = reconstruction._cross_validated_alpha
 
 
@@ -95,15 +89,7 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     start = time.perf_counter()
-    rows = hard_digits() + real("orientation") + real("ocr")
-    results = {
-        "machine": platform.machine(), "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d"),
-        "seconds": time.perf_counter() - start, "rows": rows,
-    }  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "refit.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    (RESULTS / "refit.md").write_text(markdown(results))
-    print(markdown(results))
+    record.write("refit", hard_digits() + real("orientation") + real("ocr"), start, markdown)
 
 
 if __name__ == "__main__":
