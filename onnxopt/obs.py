@@ -105,12 +105,10 @@ def input_grams(
     """``[X, 1]ᵀ[X, 1]`` (float64; ``XᵀX`` for MatMul, which has no bias) of each node's
     input rows on ``calib``, Conv rows weighted by the positions they stand for; one run of
     the original network."""
-    from onnxopt.evaluate import session
-
     probe = Probe(model)
     for i, node in enumerate(nodes):
         probe.output(f"x{i}", probe.value(node.inputs[0].name))
-    sess = session(probe.model)
+    sess = probe.session()
     names = [i.name for i in sess.get_inputs()]
     rng = np.random.default_rng(seed)
     sums = [NormalEquations() for _ in nodes]

@@ -212,7 +212,7 @@ def reconstruct(
     outputs_probe = Probe(original)  # targets of every layer: one run of the original
     for i, fit in enumerate(fits):
         outputs_probe.output(f"y{i}", outputs_probe.value(fit.original_output))
-    sy = _session_of(outputs_probe)
+    sy = outputs_probe.session()
     rng = np.random.default_rng(seed)
     for batch in batches:
         ys = sy.run(outputs_probe.keys, {k: batch[k] for k in _input_names(sy)})
@@ -272,7 +272,7 @@ def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], first: n
     inputs_probe = Probe(pruned)
     for i, fit in enumerate(wave):
         inputs_probe.output(f"x{i}", inputs_probe.value(fit.node.inputs[0].name))
-    sx = _session_of(inputs_probe)
+    sx = inputs_probe.session()
     for b, batch in enumerate(batches):
         xs = sx.run(inputs_probe.keys, {k: batch[k] for k in _input_names(sx)})
         for fit, x in zip(wave, xs):
@@ -291,12 +291,6 @@ def _add(total: np.ndarray | None, term: np.ndarray) -> np.ndarray:
         return term
     total += term
     return total
-
-
-def _session_of(probe: Probe):
-    from onnxopt.evaluate import session
-
-    return session(probe.model)
 
 
 def _input_names(sess) -> list[str]:
