@@ -23,13 +23,19 @@ is decoded as Ultralytics predicts — confidence = the best class probability �
 class-aware NMS at IoU 0.45, at most 300 boxes — and each image scores the same box F1.
 A 1 − relative-L2 agreement, the dense default, is dominated by the box coordinates (in
 pixels) and lets class scores move enough to drop or add detections.
+
+A YOLOv5 / v7 head (``[N, anchors, 5 + classes]``: ``cx, cy, w, h``, objectness, class
+probabilities; a ``Concat`` on axis 1 of the scales' rows, each traced back through the
+decoding's element-wise, slicing and layout ops to a ``Sigmoid``, with more anchors than
+attributes) is decoded as YOLOv5 predicts: confidence = objectness × class probability,
+the same threshold, NMS and limit.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "DetectionLayout", "detection_layout", "box_f1", "box_count", "IOU_THRESHOLD", "yolo_head", "yolo_box_f1",
-    "yolo_box_count", "few_boxes",
+    "yolo_box_count", "few_boxes", "YoloHead",
 ]  # fmt: skip
 
 import dataclasses
@@ -128,22 +134,46 @@ def box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], lay
 
 YOLO_CONFIDENCE, YOLO_NMS_IOU, YOLO_MAX_BOXES = 0.25, 0.45, 300
 _LAYOUT = ("Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Cast")
+# what YOLOv5's decoding does between the Sigmoid and its rows: split, scale, add the grid
+_DECODING = frozenset({*_LAYOUT, "Concat", "Slice", "Split", "SplitToSequence", "SequenceAt", "Mul", "Add", "Sub", "Pow", "ScatterND", "Gather"})
 
 
-def yolo_head(model: ir.Model) -> int | None:
-    """The index of an Ultralytics YOLO head among the outputs (module docstring), or None."""
+@dataclasses.dataclass(frozen=True)
+class YoloHead:
+    index: int  # of the head among the outputs
+    objectness: bool  # YOLOv5 / v7 rows [N, anchors, 5 + classes]; else v8 [N, 4 + classes, anchors]
+
+
+def yolo_head(model: ir.Model) -> YoloHead | None:
+    """The Ultralytics YOLO head among the outputs (module docstring), or None."""
     for i, value in enumerate(model.graph.outputs):
         node = value.producer()
-        if node is None or node.op_type != "Concat" or len(node.inputs) != 2 or node.attributes.get("axis") is None:
+        if node is None or node.op_type != "Concat" or node.attributes.get("axis") is None:
             continue
         if node.attributes["axis"].value not in (1, -2) or value.shape is None or len(value.shape) != 3:
             continue
-        source = node.inputs[1].producer() if node.inputs[1] is not None else None
-        while source is not None and source.op_type in _LAYOUT:
-            source = source.inputs[0].producer() if source.inputs and source.inputs[0] is not None else None
-        if source is not None and source.op_type == "Sigmoid":
-            return i
+        if len(node.inputs) == 2:
+            source = node.inputs[1].producer() if node.inputs[1] is not None else None
+            while source is not None and source.op_type in _LAYOUT:
+                source = source.inputs[0].producer() if source.inputs and source.inputs[0] is not None else None
+            if source is not None and source.op_type == "Sigmoid":
+                return YoloHead(i, objectness=False)
+        anchors, attributes = value.shape[1], value.shape[2]
+        if not isinstance(attributes, int) or attributes < 6 or (isinstance(anchors, int) and anchors <= attributes):
+            continue
+        if all(_from_sigmoid(v) for v in node.inputs):
+            return YoloHead(i, objectness=True)
     return None
+
+
+def _from_sigmoid(value: ir.Value | None, depth: int = 0) -> bool:
+    """Whether ``value`` is computed from a ``Sigmoid`` by decoding ops alone (a few steps)."""
+    node = value.producer() if value is not None else None
+    if node is None or depth > 8:
+        return False
+    if node.op_type == "Sigmoid":
+        return True
+    return node.op_type in _DECODING and any(_from_sigmoid(v, depth + 1) for v in node.inputs)
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -162,10 +192,15 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarra
     return np.asarray(keep, dtype=np.int64)
 
 
-def _yolo_detections(head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(corner boxes, labels) of one image's ``[4 + classes, anchors]`` head."""
-    rows = np.asarray(head, dtype=np.float64).reshape(head.shape[-2], -1).T  # [anchors, 4 + classes]
-    probs = rows[:, 4:]
+def _yolo_detections(head: np.ndarray, objectness: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(corner boxes, labels) of one image's ``[4 + classes, anchors]`` head, or with
+    ``objectness`` its ``[anchors, 5 + classes]`` rows."""
+    if objectness:
+        rows = np.asarray(head, dtype=np.float64).reshape(-1, head.shape[-1])  # [anchors, 5 + classes]
+        probs = rows[:, 4:5] * rows[:, 5:]
+    else:
+        rows = np.asarray(head, dtype=np.float64).reshape(head.shape[-2], -1).T  # [anchors, 4 + classes]
+        probs = rows[:, 4:]
     labels, scores = probs.argmax(1), probs.max(1)
     pick = scores >= YOLO_CONFIDENCE
     xywh, labels, scores = rows[pick, :4], labels[pick], scores[pick]
@@ -174,24 +209,25 @@ def _yolo_detections(head: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return boxes[keep], labels[keep]
 
 
-def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], index: int) -> float:
+def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], head: YoloHead) -> float:
     """Mean over images of the box F1 between the decoded detections of two YOLO heads, and
     never more than the head's dense agreement (1 − relative L2 error): on images where the
     original finds nothing, F1 is 1 whatever the candidate's scores did below the threshold,
     so without the dense bound a model that had stopped detecting would pass there."""
-    ref, cand = np.asarray(reference[index]), np.asarray(candidate[index])
+    ref, cand = np.asarray(reference[head.index]), np.asarray(candidate[head.index])
     if ref.shape != cand.shape:
         return 0.0
     layout = DetectionLayout(boxes=0, labels=1)
     from onnxopt.evaluate import _agreement_output  # evaluate imports this module
 
-    scores = [box_f1(_yolo_detections(r), _yolo_detections(c), layout) for r, c in zip(ref, cand)]
+    decode = lambda h: _yolo_detections(h, head.objectness)  # noqa: E731
+    scores = [box_f1(decode(r), decode(c), layout) for r, c in zip(ref, cand)]
     return min(float(np.mean(scores)) if scores else 1.0, _agreement_output(ref, cand, axis=None))
 
 
-def yolo_box_count(outputs: Sequence[np.ndarray], index: int) -> int:
+def yolo_box_count(outputs: Sequence[np.ndarray], head: YoloHead) -> int:
     """Detections the decoded head holds over all images (how much the F1 can see)."""
-    return sum(len(_yolo_detections(head)[0]) for head in np.asarray(outputs[index]))
+    return sum(len(_yolo_detections(image, head.objectness)[0]) for image in np.asarray(outputs[head.index]))
 
 
 def box_count(images: Sequence[Sequence[np.ndarray]], layout: DetectionLayout) -> int:

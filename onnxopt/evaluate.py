@@ -612,7 +612,7 @@ class Evaluator:
         self.metric_name = named or metric_name(data.labels, self.metric)
         head = yolo_head(original) if metric is None and data.labels is None else None
         if head is not None:
-            self.metric = functools.partial(yolo_box_f1, index=head)
+            self.metric = functools.partial(yolo_box_f1, head=head)
             self.metric_name = "box F1 of the decoded YOLO head (≤ its dense agreement)"
         self.class_axes = score_axes(original)
         if head is None and metric is None and data.labels is None:
