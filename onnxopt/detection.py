@@ -18,7 +18,8 @@ holds the labels when its length is that of the boxes. Rows whose box has no are
 (padding of a fixed-size output) are ignored.
 
 An Ultralytics YOLO head (``[N, 4 + classes, anchors]``: ``cx, cy, w, h`` in pixels, then
-class probabilities, written by a ``Concat`` on axis 1 whose last input is a ``Sigmoid``)
+class probabilities, written by a ``Concat`` on axis 1 whose last input is a ``Sigmoid``;
+or ``[N, anchors, 4 + classes]``, the same transposed)
 is decoded as Ultralytics predicts — confidence = the best class probability ≥ 0.25,
 class-aware NMS at IoU 0.45, at most 300 boxes — and each image scores the same box F1.
 A 1 − relative-L2 agreement, the dense default, is dominated by the box coordinates (in
@@ -44,7 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import subgraphs
+from onnxopt.graph import attr, subgraphs
 
 IOU_THRESHOLD = 0.5
 
@@ -141,29 +142,43 @@ _DECODING = frozenset({*_LAYOUT, "Concat", "Slice", "Split", "SplitToSequence", 
 @dataclasses.dataclass(frozen=True)
 class YoloHead:
     index: int  # of the head among the outputs
-    objectness: bool  # YOLOv5 / v7 rows [N, anchors, 5 + classes]; else v8 [N, 4 + classes, anchors]
+    objectness: bool  # YOLOv5 / v7: [N, anchors, 5 + classes]; else v8: [N, 4 + classes, anchors]
+    rows: bool = False  # one row per anchor, [N, anchors, ...] (v5, or v8 transposed after its Concat)
 
 
 def yolo_head(model: ir.Model) -> YoloHead | None:
     """The Ultralytics YOLO head among the outputs (module docstring), or None."""
     for i, value in enumerate(model.graph.outputs):
         node = value.producer()
+        if node is not None and node.op_type == "Transpose" and list(attr(node, "perm", None) or []) == [0, 2, 1]:
+            inner = node.inputs[0]
+            if inner is not None and inner.producer() is not None and _v8_concat(inner.producer(), value):  # same rank
+                return YoloHead(i, objectness=False, rows=True)
+            continue
         if node is None or node.op_type != "Concat" or node.attributes.get("axis") is None:
             continue
+        if _v8_concat(node, value):
+            return YoloHead(i, objectness=False)
         if node.attributes["axis"].value not in (1, -2) or value.shape is None or len(value.shape) != 3:
             continue
-        if len(node.inputs) == 2:
-            source = node.inputs[1].producer() if node.inputs[1] is not None else None
-            while source is not None and source.op_type in _LAYOUT:
-                source = source.inputs[0].producer() if source.inputs and source.inputs[0] is not None else None
-            if source is not None and source.op_type == "Sigmoid":
-                return YoloHead(i, objectness=False)
         anchors, attributes = value.shape[1], value.shape[2]
         if not isinstance(attributes, int) or attributes < 6 or (isinstance(anchors, int) and anchors <= attributes):
             continue
         if all(_from_sigmoid(v) for v in node.inputs):
-            return YoloHead(i, objectness=True)
+            return YoloHead(i, objectness=True, rows=True)
     return None
+
+
+def _v8_concat(node: ir.Node, value: ir.Value) -> bool:
+    """A v8 head's ``Concat`` on axis 1 of the boxes and the ``Sigmoid`` class probabilities."""
+    if node.op_type != "Concat" or len(node.inputs) != 2 or node.attributes.get("axis") is None:
+        return False
+    if node.attributes["axis"].value not in (1, -2) or value.shape is None or len(value.shape) != 3:
+        return False
+    source = node.inputs[1].producer() if node.inputs[1] is not None else None
+    while source is not None and source.op_type in _LAYOUT:
+        source = source.inputs[0].producer() if source.inputs and source.inputs[0] is not None else None
+    return source is not None and source.op_type == "Sigmoid"
 
 
 def _from_sigmoid(value: ir.Value | None, depth: int = 0) -> bool:
@@ -192,15 +207,12 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarra
     return np.asarray(keep, dtype=np.int64)
 
 
-def _yolo_detections(head: np.ndarray, objectness: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(corner boxes, labels) of one image's ``[4 + classes, anchors]`` head, or with
-    ``objectness`` its ``[anchors, 5 + classes]`` rows."""
-    if objectness:
-        rows = np.asarray(head, dtype=np.float64).reshape(-1, head.shape[-1])  # [anchors, 5 + classes]
-        probs = rows[:, 4:5] * rows[:, 5:]
-    else:
-        rows = np.asarray(head, dtype=np.float64).reshape(head.shape[-2], -1).T  # [anchors, 4 + classes]
-        probs = rows[:, 4:]
+def _yolo_detections(image: np.ndarray, head: YoloHead) -> tuple[np.ndarray, np.ndarray]:
+    """(corner boxes, labels) of one image's head: ``[4 + classes, anchors]``, or with
+    ``head.rows`` one row per anchor (``[anchors, 5 + classes]`` with ``head.objectness``)."""
+    array = np.asarray(image, dtype=np.float64)
+    rows = array.reshape(-1, array.shape[-1]) if head.rows else array.reshape(array.shape[-2], -1).T
+    probs = rows[:, 4:5] * rows[:, 5:] if head.objectness else rows[:, 4:]
     labels, scores = probs.argmax(1), probs.max(1)
     pick = scores >= YOLO_CONFIDENCE
     xywh, labels, scores = rows[pick, :4], labels[pick], scores[pick]
@@ -220,14 +232,13 @@ def yolo_box_f1(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
     layout = DetectionLayout(boxes=0, labels=1)
     from onnxopt.evaluate import _agreement_output  # evaluate imports this module
 
-    decode = lambda h: _yolo_detections(h, head.objectness)  # noqa: E731
-    scores = [box_f1(decode(r), decode(c), layout) for r, c in zip(ref, cand)]
+    scores = [box_f1(_yolo_detections(r, head), _yolo_detections(c, head), layout) for r, c in zip(ref, cand)]
     return min(float(np.mean(scores)) if scores else 1.0, _agreement_output(ref, cand, axis=None))
 
 
 def yolo_box_count(outputs: Sequence[np.ndarray], head: YoloHead) -> int:
     """Detections the decoded head holds over all images (how much the F1 can see)."""
-    return sum(len(_yolo_detections(image, head.objectness)[0]) for image in np.asarray(outputs[head.index]))
+    return sum(len(_yolo_detections(image, head)[0]) for image in np.asarray(outputs[head.index]))
 
 
 def box_count(images: Sequence[Sequence[np.ndarray]], layout: DetectionLayout) -> int:

@@ -117,10 +117,10 @@ def test_optimize_with_data_keeps_a_detectors_boxes_inside_the_budget(tmp_path):
     assert result.baseline_score - result.final_score <= 0.01 + 1e-9
 
 
-def yolo_v8_head(class_shift: float = 0.0, size: float = 4.0) -> ir.Model:
+def yolo_v8_head(class_shift: float = 0.0, size: float = 4.0, transposed: bool = False) -> ir.Model:
     """An Ultralytics-style head: x [N, 3, 8, 8] → 1×1 Conv → 4 box rows (cx, cy, w, h in
     pixels: grid + offsets, size 4 + |offset|·4) and 2 class rows through a Sigmoid →
-    Concat on axis 1: [N, 6, 64]."""
+    Concat on axis 1: [N, 6, 64]; ``transposed``: then a Transpose to [N, 64, 6]."""
     rng = np.random.default_rng(3)
     weight = rng.standard_normal((6, 3, 1, 1)).astype(np.float32)
     bias = np.array([0, 0, 0, 0, -1.5 + class_shift, -1.5 + class_shift], np.float32)
@@ -146,26 +146,31 @@ def yolo_v8_head(class_shift: float = 0.0, size: float = 4.0) -> ir.Model:
         helper.make_node("Add", ["wh_scaled", "four"], ["wh"]),
         helper.make_node("Concat", ["xy", "wh"], ["box"], axis=1),
         helper.make_node("Sigmoid", ["cls_logits"], ["cls"]),
-        helper.make_node("Concat", ["box", "cls"], ["output0"], axis=1),
+        helper.make_node("Concat", ["box", "cls"], ["head" if transposed else "output0"], axis=1),
     ]
+    if transposed:
+        nodes.append(helper.make_node("Transpose", ["head"], ["output0"], perm=[0, 2, 1]))
     graph = helper.make_graph(
         nodes, "yolo_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 6, 64])], inits,
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 64, 6] if transposed else ["N", 6, 64])], inits,
     )  # fmt: skip
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(proto, full_check=True)
     return ir.from_proto(proto)
 
 
-def test_a_yolo_head_is_scored_by_the_f1_of_its_decoded_boxes():
+@pytest.mark.parametrize("transposed", [False, True], ids=["v8", "v8-transposed"])
+def test_a_yolo_head_is_scored_by_the_f1_of_its_decoded_boxes(transposed):
+    """Also a head transposed to ``[N, anchors, 4 + classes]`` after its Concat, as some
+    deployment exports write it: it got the dense agreement."""
     from onnxopt.detection import YoloHead, yolo_head
 
-    model = yolo_v8_head()
-    assert yolo_head(model) == YoloHead(0, objectness=False)
+    model = yolo_v8_head(transposed=transposed)
+    assert yolo_head(model) == YoloHead(0, objectness=False, rows=transposed)
     data = Dataset({"x": np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32)})
     evaluator = evaluate.Evaluator(model, data)
     assert evaluator.metric_name == "box F1 of the decoded YOLO head (≤ its dense agreement)" and evaluator.baseline == 1.0
-    shifted = yolo_v8_head(class_shift=0.4)  # class probabilities a little higher: more boxes pass 0.25
+    shifted = yolo_v8_head(class_shift=0.4, transposed=transposed)  # class probabilities a little higher: more boxes pass 0.25
     outputs = evaluate.run(shifted, data)
     dense = evaluate.agreement(evaluator.reference, outputs, axes=[None])
     score = evaluator.score(shifted)
@@ -242,7 +247,7 @@ def test_a_yolov5_head_is_scored_by_the_f1_of_its_decoded_boxes(tmp_path, dynamo
 
     example = (torch.randn(1, 3, 32, 32),)
     model = load_model(str(export_onnx(_yolo_v5(), example, tmp_path / "a.onnx", dynamo=dynamo)))
-    assert yolo_head(model) == YoloHead(0, objectness=True)
+    assert yolo_head(model) == YoloHead(0, objectness=True, rows=True)
     data = Dataset({next(iter(v.name for v in model.graph.inputs)): np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)})
     evaluator = evaluate.Evaluator(model, data)
     assert evaluator.metric_name.startswith("box F1 of the decoded YOLO head") and "only" not in evaluator.metric_name
