@@ -155,12 +155,10 @@ def yolo_head(model: ir.Model) -> YoloHead | None:
             if inner is not None and inner.producer() is not None and _v8_concat(inner.producer(), value):  # same rank
                 return YoloHead(i, objectness=False, rows=True)
             continue
-        if node is None or node.op_type != "Concat" or node.attributes.get("axis") is None:
+        if node is None or not _axis1_concat(node, value):
             continue
         if _v8_concat(node, value):
             return YoloHead(i, objectness=False)
-        if node.attributes["axis"].value not in (1, -2) or value.shape is None or len(value.shape) != 3:
-            continue
         anchors, attributes = value.shape[1], value.shape[2]
         if not isinstance(attributes, int) or attributes < 6 or (isinstance(anchors, int) and anchors <= attributes):
             continue
@@ -169,11 +167,15 @@ def yolo_head(model: ir.Model) -> YoloHead | None:
     return None
 
 
+def _axis1_concat(node: ir.Node, value: ir.Value) -> bool:
+    """``node`` concatenates on axis 1 and ``value`` (its output, or one of the same rank) is 3-D."""
+    axis = node.attributes.get("axis") if node.op_type == "Concat" else None
+    return axis is not None and axis.value in (1, -2) and value.shape is not None and len(value.shape) == 3
+
+
 def _v8_concat(node: ir.Node, value: ir.Value) -> bool:
     """A v8 head's ``Concat`` on axis 1 of the boxes and the ``Sigmoid`` class probabilities."""
-    if node.op_type != "Concat" or len(node.inputs) != 2 or node.attributes.get("axis") is None:
-        return False
-    if node.attributes["axis"].value not in (1, -2) or value.shape is None or len(value.shape) != 3:
+    if not _axis1_concat(node, value) or len(node.inputs) != 2:
         return False
     source = node.inputs[1].producer() if node.inputs[1] is not None else None
     while source is not None and source.op_type in _LAYOUT:
