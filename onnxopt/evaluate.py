@@ -269,16 +269,23 @@ def _is_scores(a: np.ndarray) -> bool:
 _UNKNOWN = object()  # no score axis given: a 2-D or 3-D float output is taken as scores on its last axis
 
 
-def _top1(a: np.ndarray, b: np.ndarray, axis) -> float | None:
-    """Argmax agreement along the class ``axis``; None where the output holds no class scores
-    (``axis`` None: only an ``[N, C]`` output is taken as scores, as :func:`agreement` does)."""
+def _scores_axis(a: np.ndarray, axis) -> int | None:
+    """The axis of float output ``a`` to take the argmax along: the class ``axis`` where it
+    fits the output, else the last axis of an ``[N, C]`` output; None where ``a`` holds no
+    class scores."""
     if axis is _UNKNOWN:
         axis = -1 if _is_scores(a) else None
-    elif axis is None and a.dtype.kind == "f" and a.ndim == 2 and a.shape[-1] > 1:
-        axis = -1
-    if axis is None or a.dtype.kind != "f" or not -a.ndim <= axis < a.ndim or a.shape[axis] <= 1:
+    if a.dtype.kind != "f":
         return None
-    return float(np.mean(a.argmax(axis) == b.argmax(axis)))
+    if axis is not None and a.ndim >= 2 and -a.ndim <= axis < a.ndim and a.shape[axis] > 1:
+        return axis
+    return -1 if a.ndim == 2 and a.shape[-1] > 1 else None
+
+
+def _top1(a: np.ndarray, b: np.ndarray, axis) -> float | None:
+    """Argmax agreement along :func:`_scores_axis`; None where the output holds no class scores."""
+    axis = _scores_axis(a, axis)
+    return None if axis is None else float(np.mean(a.argmax(axis) == b.argmax(axis)))
 
 
 def compare(
@@ -309,7 +316,7 @@ def compare(
             # sequences, maps, optionals, integers, bools, strings: exact comparison only; a
             # data-dependent shape (boxes after NMS) that changed is as far off as can be
             equal = not shapes_differ and _same_value(a, b)
-            scores = isinstance(a, np.ndarray) and _top1(a, a, axis) is not None
+            scores = isinstance(a, np.ndarray) and _scores_axis(a, axis) is not None
             top1 = (0.0 if shapes_differ else None) if scores else None
             shapes = (list(a.shape), list(b.shape)) if shapes_differ else None
             results.append(OutputFidelity(name, 0.0 if equal else np.inf, 0.0 if equal else np.inf, 1.0 if equal else 0.0, top1, shapes=shapes))
@@ -367,10 +374,9 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
         return 0.0
     if a.dtype.kind != "f":
         return float(np.mean(a == b))
-    if axis is not None and a.ndim >= 2 and -a.ndim <= axis < a.ndim and a.shape[axis] > 1:
-        return float(np.mean(a.argmax(axis) == b.argmax(axis)))
-    if a.ndim == 2 and a.shape[-1] > 1:
-        return float(np.mean(a.argmax(-1) == b.argmax(-1)))
+    top1 = _top1(a, b, axis)
+    if top1 is not None:
+        return top1
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     denom = np.linalg.norm(a64)
     if denom == 0:
