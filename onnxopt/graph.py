@@ -14,6 +14,7 @@ Rules the passes rely on:
 from __future__ import annotations
 
 __all__ = [
+    "ancestors",
     "batch_along",
     "const_array",
     "fixed_batch",
@@ -34,7 +35,7 @@ __all__ = [
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,20 @@ def subgraphs(node: ir.Node) -> list[ir.Graph]:
         elif a.type == ir.AttributeType.GRAPHS:
             bodies.extend(a.value)
     return bodies
+
+
+def ancestors(nodes: Iterable[ir.Node]) -> set[int]:
+    """``id`` of every node that feeds one of ``nodes``, directly or through others (values
+    read inside subgraphs not followed)."""
+    seen: set[int] = set()
+    stack = list(nodes)
+    while stack:
+        for value in stack.pop().inputs:
+            parent = value.producer() if value is not None else None
+            if parent is not None and id(parent) not in seen:
+                seen.add(id(parent))
+                stack.append(parent)
+    return seen
 
 
 def has_subgraph(node: ir.Node) -> bool:

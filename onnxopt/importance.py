@@ -38,7 +38,7 @@ import onnx_ir as ir
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import session
-from onnxopt.graph import attr, default_opset, fixed_batch, subgraphs
+from onnxopt.graph import ancestors, attr, default_opset, fixed_batch, subgraphs
 from onnxopt.groups import (
     PARAM,
     PRODUCER,
@@ -121,16 +121,10 @@ class Probe:
         return session(self.model)
 
     def _drop_unneeded_nodes(self) -> None:
-        needed: set[int] = set()
-        stack = [v.producer() for v in self.graph.outputs]
-        while stack:
-            node = stack.pop()
-            if node is None or id(node) in needed:
-                continue
-            needed.add(id(node))
-            if subgraphs(node):
-                return  # a branch or loop body may read any outer value: keep everything
-            stack.extend(v.producer() for v in node.inputs if v is not None)
+        producers = [v.producer() for v in self.graph.outputs if v.producer() is not None]
+        needed = ancestors(producers) | {id(n) for n in producers}
+        if any(id(node) in needed and subgraphs(node) for node in self.graph):
+            return  # a branch or loop body may read any outer value: keep everything
         unneeded = [node for node in self.graph if id(node) not in needed]
         for node in unneeded:  # detached first, inside branches and loop bodies too (they read outer values)
             for inner in [node, *(n for g in subgraphs(node) for n in g.all_nodes())]:

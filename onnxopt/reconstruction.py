@@ -37,7 +37,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.calibration import Dataset
-from onnxopt.graph import attr, fixed_batch, set_const_input
+from onnxopt.graph import ancestors, attr, fixed_batch, set_const_input
 from onnxopt.groups import const_array
 from onnxopt.importance import Probe
 
@@ -236,26 +236,14 @@ def _waves(model: ir.Model, fits: list[_Fit]) -> list[list[_Fit]]:
     waves: list[list[_Fit]] = []
     current: list[_Fit] = []
     for fit in fits:
-        ancestors = _ancestors(fit.node)
-        if any(id(other.node) in ancestors for other in current):
+        feeding = ancestors([fit.node])
+        if any(id(other.node) in feeding for other in current):
             waves.append(current)
             current = []
         current.append(fit)
     if current:
         waves.append(current)
     return waves
-
-
-def _ancestors(node: ir.Node) -> set[int]:
-    seen: set[int] = set()
-    stack = [node]
-    while stack:
-        for value in stack.pop().inputs:
-            parent = value.producer() if value is not None else None
-            if parent is not None and id(parent) not in seen:
-                seen.add(id(parent))
-                stack.append(parent)
-    return seen
 
 
 def _even_rows(fit: _Fit, batch: int, rows: int, first: np.ndarray) -> np.ndarray:
