@@ -24,7 +24,8 @@ How a pipeline runs (:func:`run_stages`):
    recognizer: 1.49× and 1.54× per stage, 1.15× end to end). :func:`confirm_speedup` times the
    final model against the original and rolls back kept lossy stages, last first, until the
    result is at least ``ctx.min_speedup`` times as fast: ``optimize`` never hands back a
-   model that measured slower than its input.
+   model that measured slower than its input. That last measurement is the one the report
+   shows for the target's provider.
 8. Stages run greedily, each on what the ones before left of the budget. When the last
    lossy stage says the budget limited it (``details["budget_limited"]``: quantize needed
    its fallback search, kept or not) and earlier lossy stages were kept,
@@ -46,6 +47,7 @@ __all__ = [
     "confirm_speedup",
     "measure_speedup",
     "run_stages",
+    "time_pair",
     "try_last_stage_alone",
 ]
 
@@ -85,14 +87,15 @@ class Context:
     speed_seconds: float = 2.0
 
 
-def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context, seconds: float | None = None) -> float:
-    """p50(current) / p50(candidate), timed interleaved on the context's provider for
-    ``seconds`` (default ``ctx.speed_seconds``), on the first sample of the check inputs
-    (real ones when data is given)."""
+def time_pair(current: ir.Model, candidate: ir.Model, ctx: Context, seconds: float | None = None,
+              labels: tuple[str, str] = ("current", "candidate")) -> Any:  # fmt: skip
+    """The :class:`onnxopt.bench.BenchResult` of ``current`` and ``candidate`` timed
+    interleaved on the context's provider for ``seconds`` (default ``ctx.speed_seconds``),
+    on the first sample of the check inputs (real ones when data is given)."""
     from onnxopt.bench import benchmark
 
-    result = benchmark(
-        [("current", current), ("candidate", candidate)],
+    return benchmark(
+        [(labels[0], current), (labels[1], candidate)],
         providers=ctx.providers[:1],
         threads=ctx.threads,
         shapes=ctx.shapes,
@@ -100,7 +103,11 @@ def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context, second
         warmup=3,
         data=ctx.verify_data,
     )
-    return result.rows[1].ratio or 0.0
+
+
+def measure_speedup(current: ir.Model, candidate: ir.Model, ctx: Context, seconds: float | None = None) -> float:
+    """p50(current) / p50(candidate) of :func:`time_pair`."""
+    return time_pair(current, candidate, ctx, seconds).rows[1].ratio or 0.0
 
 
 @dataclasses.dataclass
@@ -261,15 +268,19 @@ def run_stages(
     return current, records
 
 
-def confirm_speedup(original: ir.Model, current: ir.Model, records: Sequence[StageRecord], ctx: Context) -> tuple[ir.Model, float]:
+def confirm_speedup(original: ir.Model, current: ir.Model, records: Sequence[StageRecord], ctx: Context) -> tuple[ir.Model, float, Any]:
     """Time ``current`` against ``original`` (``2 · ctx.speed_seconds``, interleaved); while it
     is below ``ctx.min_speedup`` and a lossy stage is kept, roll back the last kept lossy stage
-    (its record gets the reason) and time again. Returns the model and its last speed-up."""
+    (its record gets the reason) and time again. Returns the model, its last speed-up (p50
+    ratio) and the :class:`onnxopt.bench.BenchResult` that measured it, rows labelled
+    ``original`` and ``optimized``: the report shows that one measurement, not a second run
+    that noise could make disagree with the one that decided."""
     kept = [r for r in records if r.kept and not r.lossless and r.before is not None]
     while True:
-        speedup = measure_speedup(original, current, ctx, seconds=2 * ctx.speed_seconds)
+        timing = time_pair(original, current, ctx, seconds=2 * ctx.speed_seconds, labels=("original", "optimized"))
+        speedup = timing.rows[1].ratio or 0.0
         if speedup >= ctx.min_speedup or not kept:
-            return current, speedup
+            return current, speedup, timing
         record = kept.pop()
         current, record.kept = record.before, False
         record.reason = (

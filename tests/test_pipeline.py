@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -192,16 +195,23 @@ def test_final_check_rolls_back_lossy_stages_last_first_until_faster(monkeypatch
     from onnxopt.pipeline import confirm_speedup
 
     readings = iter(measured)
-    monkeypatch.setattr(pipeline, "measure_speedup", lambda *args, **kwargs: next(readings))
+
+    def timed(current, candidate, ctx, seconds=None, labels=("current", "candidate")):
+        rows = [types.SimpleNamespace(model=label, ratio=None) for label in labels]
+        rows[1].ratio = next(readings)
+        return types.SimpleNamespace(rows=rows)
+
+    monkeypatch.setattr(pipeline, "time_pair", timed)
 
     model = _model()
     ctx = _ctx(model)
     stages = [Stage("first", _append_identity, lossless=False), Stage("second", _append_identity, lossless=False)]
     result, records = run_stages(model, stages, ctx)
     assert len(result.graph) == len(model.graph) + 2
-    final, speedup = confirm_speedup(model, result, records, ctx)
+    final, speedup, timing = confirm_speedup(model, result, records, ctx)
     assert [r.kept for r in records] == kept_after
-    assert speedup == measured[-1]
+    assert speedup == measured[-1] == timing.rows[1].ratio
+    assert [r.model for r in timing.rows] == ["original", "optimized"]
     assert len(final.graph) == len(model.graph) + sum(kept_after)
     for record in records:
         assert record.kept or "final check" in record.reason
@@ -308,3 +318,30 @@ def test_stage_table_says_why_a_stage_changed_nothing_and_counts_repeated_notes(
     text = console.export_text()
     assert "int8-dynamic ×3" in text and "int8-dynamic, int8-dynamic" not in text
     assert "no pruning within the budget (3 search steps); 1 skipped" in text
+
+
+@pytest.mark.parametrize("providers", [("cpu",), ("cpu", "cpu")])
+def test_optimize_reports_the_final_check_instead_of_timing_again(monkeypatch, providers):
+    """The latency the report shows for the target is the measurement that decided; only
+    the target's other providers are benchmarked on their own."""
+    import onnxopt.optimize as optimize_module
+    import onnxopt.pipeline as pipeline
+    from onnxopt.calibration import load_npz
+    from onnxopt.cli import latency_rows
+    from onnxopt.optimize import optimize
+
+    monkeypatch.setattr(pipeline, "measure_speedup", lambda *a, **k: 2.0)  # the stage check keeps the prune
+    finals, benched = [], []
+    real_pair, real_bench = pipeline.time_pair, optimize_module.benchmark
+    monkeypatch.setattr(pipeline, "time_pair", lambda *a, **k: finals.append(real_pair(*a, **{**k, "seconds": 0.05})) or finals[-1])
+    monkeypatch.setattr(optimize_module, "benchmark", lambda *a, **k: benched.append(k["providers"]) or real_bench(*a, **{**k, "seconds": 0.05}))
+    monkeypatch.setitem(optimize_module.TARGETS, "cpu", providers)
+    demo = Path(optimize_module.__file__).parent / "demo"
+    data = load_npz(demo / "digits.npz", ir.load(str(demo / "digits_cnn.onnx"))).take(slice(0, 64))
+    result = optimize(demo / "digits_cnn.onnx", data=data, stages=["prune"], stage_options={"prune": {"ratio": 0.5}}, bench=True)
+    assert result.speedup is not None and len(finals) == 1
+    assert result.bench.rows[:2] == finals[0].rows and result.speedup == finals[0].rows[1].ratio
+    assert benched == ([] if len(providers) == 1 else [["cpu"]]) and len(result.bench.rows) == 2 * len(providers)
+    rows = latency_rows(result)
+    assert len(rows) == len(providers) and rows[0][3] == f"{result.speedup:.2f}× (final speed check)"
+    assert all(row[3].endswith("(bench)") for row in rows[1:])
