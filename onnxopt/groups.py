@@ -20,14 +20,19 @@ output relate to the channels of its inputs:
 - LSTM / GRU / RNN read their input features like a Gemm (a CRNN's convolutional
   features, a speech model's front end), and their hidden units are a source (one unit
   spans both directions of a bidirectional layer); a ``Reshape`` that merges the
-  directions with the hidden axis (``[T, N, 2, H] → [T, N, 2H]``) repeats the units.
+  directions with the hidden axis (``[T, N, 2, H] → [T, N, 2H]``) repeats the units;
+- a ``Reshape`` that splits the channel axis into ``G`` groups (``[N, C, …] → [N, G,
+  (C/G)·…]``: GroupNorm's decomposition, a channel shuffle, attention heads) unites each
+  group's ``C/G`` channels into one unit, and the groups are the channels after it; reshaped
+  back (``[N, G, …] → [N, C, …]``) each group owns its ``C/G`` channels again. So GroupNorm
+  prunes by whole groups (:attr:`ChannelGroup.unit_width` channels per unit).
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
 :class:`ChannelGroup`; importance criteria score its units and allocation removes units.
 
 Anything a handler cannot prove safe marks the elements it touches as unprunable with a
-reason, instead of guessing: graph outputs, reshapes that mix channels (channel shuffle),
+reason, instead of guessing: graph outputs, reshapes that mix channels,
 grouped convolutions, non-constant weights, ops that read the channel axis (Softmax over
 channels, Shape, Gather, …), and any op without a handler.
 """
@@ -130,6 +135,16 @@ class ChannelGroup:
     @property
     def sources(self) -> list[Member]:
         return [m for m in self.members if m.role == PRODUCER]
+
+    @property
+    def unit_width(self) -> int:
+        """Channels one unit spans in a source's output: 1, or the channels per group of a
+        GroupNorm that the group passes through (its groups are the units)."""
+        for m in self.sources:
+            idx = self.index.get(m.value)
+            if idx is not None and self.units:
+                return max(1, int(np.count_nonzero(idx >= 0)) // self.units)
+        return 1
 
     def removed_positions(self, value: str, units: Sequence[int] | np.ndarray) -> np.ndarray:
         """Channel positions of ``value`` that disappear when ``units`` are pruned."""
@@ -440,6 +455,10 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
     weight = const_array(node.inputs[1])
     rank = w.rank(a)
     if weight is None or weight.ndim != 2 or rank is None or rank < 2:
+        if weight is None and w.track(node.inputs[1]) is not None:
+            # attention's Q·Kᵀ and scores·V: the heads reach here as units, and stop
+            _block_inputs(w, node, "multiplies two activations (attention scores or context), which onnxopt does not prune through")
+            return
         w.block(t, f"{_label(node)}: weight is not a constant matrix")
         _block_inputs(w, node, "non-constant MatMul operand")
         return
@@ -663,27 +682,44 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     b = t.axis if t.axis in candidates else (candidates[-1] if ok else 0)
     merged = out_shape[b] // in_shape[t.axis] if ok and in_shape[t.axis] and out_shape[b] % in_shape[t.axis] == 0 else 0
     repeats = 1
+    spelled, spelled_block = node.inputs[0], None  # the value whose channel count a constant target entry spells
     if ok and out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner:
         new = _Track(t.elems, b, t.block)  # channel axis kept, other axes regrouped
         merged_axes = _merged_axes(in_shape, t.axis, 1)
+    elif ok and t.block == 1 and (size := _group_size(in_shape[t.axis], inner, out_shape, b)):
+        # [N, C, …] → [N, G, (C/G)·…]: channel g·k + j is group g's entry j (row-major), so
+        # the k channels of a group become one unit and the groups are the channels from here
+        # on: GroupNorm's decomposition, a channel shuffle (whole groups interleave), attention
+        # heads (blocked later, at Q·Kᵀ)
+        rows = t.elems.reshape(-1, size)
+        for j in range(1, size):
+            w.union(rows[:, 0], rows[:, j])
+        new, merged_axes = _Track(rows[:, 0].copy(), b), []
+        spelled, spelled_block = node.outputs[0], 1
     elif merged and inner % merged == 0 and math.prod(out_shape[b + 1 :]) == inner // merged and _prefix_of(in_shape[t.axis + 1 :], merged):
         new = _Track(t.elems, b, t.block * merged)  # C×H(×W) merged into one axis: blocks of H(·W)
         merged_axes = _merged_axes(in_shape, t.axis, merged)
+    elif ok and t.block == 1 and merged > 1 and math.prod(out_shape[b + 1 :]) > 1 and (
+        math.prod(in_shape[t.axis + 1 :]) == merged * math.prod(out_shape[b + 1 :])
+    ):
+        # [N, G, k·…] → [N, G·k, …] with a feature map left, k not an axis of its own: group g
+        # owns channels g·k … g·k + k − 1 (GroupNorm reshaped back to [N, C, H, W])
+        new, merged_axes = _Track(np.repeat(t.elems, merged), b), []
+        spelled, spelled_block = node.outputs[0], 1
     elif (outer := _outer_merge(in_shape, out_shape, t)) is not None:
         b, repeats, first = outer  # D×C merged (a bidirectional RNN's [T, N, 2, H] → [T, N, 2H])
         new = _Track(np.tile(t.elems, repeats), b)  # the channels D times over
         merged_axes = list(range(first, t.axis + 1))
-    elif ok and 1 < out_shape[b] < in_shape[t.axis] and in_shape[t.axis] % out_shape[b] == 0:
-        # [N, C, …] → [N, G, C/G, …]: attention heads, GroupNorm's decomposition, a channel shuffle
-        w.block(t, f"{_label(node)}: reshape splits the channel axis into groups (attention heads, GroupNorm, channel shuffle), "
-                   "which mixes channels within each group")  # fmt: skip
-        return
     else:
         w.block(t, f"{_label(node)}: reshape mixes channels (e.g. channel shuffle)")
         return
     name = node.inputs[0].name
     dims = _dims_of(w, node.inputs[1])
     own = _same_channels(w, t) if dims is not None else set()
+    if spelled_block is not None and dims is not None:  # the channel entry of the output counts groups' channels
+        entry_own = _same_channels(w, new)
+    else:
+        entry_own = own
     if dims is not None and b < len(dims) and dims[b].sizes:
         # An entry computed from the input's own sizes follows the pruning by itself when it
         # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
@@ -695,7 +731,9 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         # before the Transpose; GroupNorm reshaped back to ``Shape`` of its input).
         expected = sorted((name, a) for a in merged_axes)
         sizes = sorted(dims[b].sizes)
-        follows = sizes == expected or (merged_axes == [t.axis] and len(sizes) == 1 and sizes[0] in own)
+        follows = (bool(merged_axes) and sizes == expected) or (
+            (merged_axes == [t.axis] or spelled_block is not None) and len(sizes) == 1 and sizes[0] in entry_own
+        )
         if dims[b].factor != 1 or not follows or any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
@@ -713,8 +751,20 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         w.block(t, f"{_label(node)}: target shape copies a channel dimension")
         return
     if value > 0:  # the entry spells the channel count times the block (or the repeats)
-        w.member(holder, SHAPE, node.inputs[0], index, offset, new.block * repeats)
+        block = new.block * repeats if spelled_block is None else spelled_block
+        w.member(holder, SHAPE, spelled, index, offset, block)
     w.set_track(node.outputs[0], new)
+
+
+def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:
+    """Channels per group when a Reshape puts ``channels`` (followed by ``inner`` elements
+    per channel) as ``G = out_shape[b]`` groups on axis ``b`` and each group's
+    ``(channels / G) · inner`` elements on the axes after it; None otherwise."""
+    groups = out_shape[b]
+    if not 1 < groups < channels or channels % groups:
+        return None
+    size = channels // groups
+    return size if math.prod(out_shape[b + 1 :]) == size * inner else None
 
 
 def _same_channels(w: _Walker, t: _Track) -> set[tuple[str, int]]:
@@ -1136,6 +1186,14 @@ def _split(w: _Walker, node: ir.Node) -> None:
         start += size
 
 
+def _cast_like(w: _Walker, node: ir.Node) -> None:
+    """CastLike: input 0's channels; input 1 only lends its element type (dynamo casts a
+    GroupNorm's constants like the activations)."""
+    t = w.track(node.inputs[0])
+    if t is not None:
+        w.set_track(node.outputs[0], t)
+
+
 _PASSTHROUGH = (
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu",
     "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Cast", "Abs",
@@ -1153,6 +1211,7 @@ HANDLERS: dict[str, Handler] = {
     **{op: _elementwise for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")},
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _scale_bias_norm,
+    "CastLike": _cast_like,
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
@@ -1237,9 +1296,9 @@ def _collect(w: _Walker) -> GroupAnalysis:
             unit_of_root[r] = (gi, u)
         why = sorted({x for r in ordered for x in reasons.get(r, [])})
         name = first
-        if len(ordered) < len(first_roots):  # a part of the source (behind a Split): name its range
-            mine = set(ordered)
-            at = [p for p, r in enumerate(first_roots) if r in mine]
+        mine = set(ordered)
+        at = [p for p, r in enumerate(first_roots) if r in mine]
+        if len(at) < len(first_roots):  # a part of the source (behind a Split): name its range
             name = f"{first}[{at[0]}:{at[-1] + 1}]" if at[-1] - at[0] + 1 == len(at) else f"{first}#{gi}"
         groups.append(ChannelGroup(name, len(ordered), {}, [], why))
     group_of = np.full(n_elems, -1, dtype=np.int64)
@@ -1255,6 +1314,10 @@ def _collect(w: _Walker) -> GroupAnalysis:
         for g in groups:
             if m.value in g.index:
                 g.members.append(m)
+    for g in groups:
+        if g.units == 1 and g.unit_width > 1 and not g.reasons:
+            g.reasons.append(f"its {g.unit_width} channels are one unit (a whole GroupNorm or shuffle group), "
+                             "and a layer keeps at least one")  # fmt: skip
     ranks = {}
     for name in w.tracks:
         shape = w.shapes.get(name)

@@ -88,11 +88,13 @@ def _round_keep(keep: float, units: int, round_to: int, nearest: bool) -> int:
 
 
 def allocate(
-    scores: Mapping[str, np.ndarray], method: str, amount: float, *, round_to: int = 1, nearest: bool = False
+    scores: Mapping[str, np.ndarray], method: str, amount: float, *, round_to: int | Mapping[str, int] = 1,
+    nearest: bool = False,
 ) -> dict[str, np.ndarray]:
     """Units to remove per group. ``amount`` is the ratio (uniform/global) or ``cr``.
 
-    Kept counts are rounded up to a multiple of ``round_to`` (or the whole group); with
+    Kept counts are rounded up to a multiple of ``round_to`` (or the whole group; a mapping
+    gives each group its own multiple, see :func:`unit_multiples`); with
     ``nearest`` (an explicit ratio: the user asked for that share) to the nearest multiple of
     the exact share instead, at least one: at 20 % a 32-channel group keeps 24 rather than all
     32 (rounding up made ``--ratio 0.2`` remove nothing from YOLOv8n's 32-channel groups)."""
@@ -122,10 +124,18 @@ def allocate(
             keep_count[n] = len(scores[n]) - int(removed_per[i])
     removals = {}
     for name, s in scores.items():
-        keep = _round_keep(keep_count[name], len(s), round_to, nearest and method != "cr")
+        multiple = round_to if isinstance(round_to, int) else round_to.get(name, 1)
+        keep = _round_keep(keep_count[name], len(s), multiple, nearest and method != "cr")
         order = np.argsort(-np.asarray(s), kind="stable")
         removals[name] = np.sort(order[keep:])
     return removals
+
+
+def unit_multiples(analysis: GroupAnalysis, round_to: int) -> dict[str, int]:
+    """Per group, the multiple of *units* that keeps its channel count a multiple of
+    ``round_to``: a unit of a GroupNorm'd group spans its k channels, so 8 channels are
+    8 / gcd(8, k) units (2 groups of 4, 1 group of 16)."""
+    return {g.name: round_to // math.gcd(round_to, g.unit_width) for g in analysis.groups}
 
 
 # --------------------------------------------------------------------------- statistics
@@ -263,7 +273,8 @@ class Pruner:
 
     def removals_of(self, knob: float) -> dict[str, np.ndarray]:
         """Units removed per group at ``knob`` (groups that lose nothing are left out)."""
-        removals = allocate(self.scores, self.allocation, knob, round_to=self.round_to, nearest=self.round_nearest)
+        multiples = unit_multiples(self.analysis, self.round_to)
+        removals = allocate(self.scores, self.allocation, knob, round_to=multiples, nearest=self.round_nearest)
         return {k: v for k, v in removals.items() if len(v)}
 
     def build(
@@ -422,12 +433,12 @@ def prune_model(
     pruner.seconds["search" if max_drop is not None else "prune"] = time.perf_counter() - start
     removals = pruner.last_removals
     after = model_cost(pruned, shapes)
-    layers = [
-        {"group": g.name, "before": g.units, "after": g.units - len(removals.get(g.name, ())),
-         "sources": [m.node.name for m in g.sources]}
+    layers = [  # channels, not units: a GroupNorm'd group's unit is one of its groups
+        {"group": g.name, "before": g.units * g.unit_width, "after": (g.units - len(removals.get(g.name, ()))) * g.unit_width,
+         "sources": [m.node.name for m in g.sources], "channels_per_unit": g.unit_width}
         for g in pruner.analysis.prunable
     ]  # fmt: skip
-    unprunable = [{"group": g.name, "channels": g.units, "reasons": g.reasons[:3]} for g in pruner.analysis.unprunable]
+    unprunable = [{"group": g.name, "channels": g.units * g.unit_width, "reasons": g.reasons[:3]} for g in pruner.analysis.unprunable]
     result = PruneResult(
         pruned, criterion, allocation, knob, layers, before.macs, after.macs, before.params, after.params,
         steps=steps, unprunable=unprunable, reconstructed=list(pruner.reconstructed), seconds=pruner.seconds,

@@ -122,7 +122,8 @@ class PruneChannelsPass(LoggedPass):
             if len(units) >= group.units:
                 raise OnnxoptError(f"group {name!r}: removing all {group.units} channels would cut the network")
             accepted[name] = units
-            self.did(name, f"{group.units} → {group.units - len(units)} channels")
+            width = group.unit_width
+            self.did(name, f"{group.units * width} → {(group.units - len(units)) * width} channels")
         removed = analysis.removed_positions(accepted)
         done: set[tuple[int, str, int]] = set()
         modified = False

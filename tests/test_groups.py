@@ -276,7 +276,10 @@ def test_split_hands_each_output_its_channel_range():
     assert sum(const_array(nodes["halves"].inputs[1]).tolist()) == const_array(nodes["c5"].inputs[1]).shape[0]
 
 
-def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
+def test_channel_shuffle_prunes_whole_groups_and_a_mixing_reshape_is_unprunable():
+    """A shuffle ([N, G, k, H, W] → Transpose → [N, C, H, W]) interleaves whole groups:
+    removing group g removes its k filters and the k interleaved input channels they became.
+    A Reshape that spreads channels over a size they do not divide mixes them."""
     c1, i1 = _conv("c1", "x", "a", 3, 8)
     shape1 = helper.make_tensor("s1", TensorProto.INT64, [5], [1, 2, 4, 8, 8])
     shape2 = helper.make_tensor("s2", TensorProto.INT64, [4], [1, 8, 8, 8])
@@ -285,10 +288,16 @@ def test_channel_shuffle_and_nonconstant_weight_are_unprunable_with_reasons():
     r2 = helper.make_node("Reshape", ["t", "s2"], ["r2"])
     c2, i2 = _conv("c2", "r2", "y", 8, 2)
     model = _model([c1, r1, tr, r2, c2], i1 + i2 + [shape1, shape2])
-    analysis = analyze_groups(model)
+    analysis, pruned = _assert_exact(model)
     group = analysis.by_name()["a"]
-    assert not group.prunable and any("mixes channels" in r for r in group.reasons)
-    assert any("splits the channel axis into groups (attention heads, GroupNorm, channel shuffle)" in r for r in group.reasons)
+    assert group.prunable and (group.units, group.unit_width) == (2, 4)
+    assert const_array(next(n for n in pruned.graph if n.name == "c2").inputs[1]).shape[1] == 4
+    c5, i5 = _conv("c5", "x", "m", 3, 6)
+    mix = helper.make_tensor("s3", TensorProto.INT64, [4], [1, 4, 6, 8 * 8 * 6 // 24])
+    r3 = helper.make_node("Reshape", ["m", "s3"], ["r3"])
+    c6, i6 = _conv("c6", "r3", "y", 4, 2)
+    mixing = analyze_groups(_model([c5, r3, c6], i5 + i6 + [mix]))
+    assert not mixing.by_name()["m"].prunable and any("mixes channels" in r for r in mixing.by_name()["m"].reasons)
     # a Conv whose weight is a graph input: its input channels cannot be pruned
     c3, i3 = _conv("c3", "x", "a", 3, 8)
     c4 = helper.make_node("Conv", ["a", "w_in"], ["y"], name="c4", pads=[1] * 4)
@@ -445,12 +454,76 @@ def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
     assert sum("[" in g.name for g in analysis.prunable) >= 4  # two halves per C2f
 
 
+def _group_norm_net():
+    """Conv → GroupNorm(8 groups of 4) → ReLU → Conv → GroupNorm(4 of 4) → SiLU, a residual
+    block whose Add joins two GroupNorm'd branches, and a head (a diffusion U-Net's or a
+    detector head's pattern)."""
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.g1 = nn.Conv2d(3, 32, 3, padding=1), nn.GroupNorm(8, 32)
+            self.c2, self.g2 = nn.Conv2d(32, 16, 3, padding=1), nn.GroupNorm(4, 16)
+            self.c3, self.g3 = nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.g1(self.c1(x)))
+            x = nn.functional.silu(self.g2(self.c2(x)))
+            x = x + nn.functional.silu(self.g3(self.c3(x)))
+            return self.fc(x.mean((2, 3)))
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = Net().eval()
+    for norm in (net.g1, net.g2, net.g3):  # trained-looking affine parameters
+        nn.init.normal_(norm.weight, 1, 0.3)
+        nn.init.normal_(norm.bias, 0, 0.3)
+    return net
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_group_norm_prunes_whole_groups_exactly(dynamo, tmp_path):
+    """GroupNorm exports as Reshape [N, G, -1] → InstanceNormalization (per group) → Reshape
+    back to Shape(x) → per-channel Mul / Add. Its groups are the units: removing one removes
+    its k channels everywhere, and the G of the first Reshape and the per-group scale drop."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.export import export_onnx
+    from onnxopt.pruning import prune_model
+
+    path = tmp_path / "gn.onnx"
+    export_onnx(_group_norm_net(), (torch.randn(1, 3, 16, 16),), path, dynamo=dynamo)
+    model = ir.load(str(path))
+    if dynamo:
+        from onnxopt.passes.cleanup import CleanupPass
+
+        CleanupPass()(model)
+    data = Dataset({model.graph.inputs[0].name: RNG.standard_normal((2, 3, 16, 16)).astype(np.float32)})
+    analysis, pruned = _assert_exact(model, data, fraction=0.3)
+    assert len(analysis.unprunable) == 1 and "graph output" in analysis.unprunable[0].reasons[0]
+    widths = sorted((g.units, g.unit_width) for g in analysis.prunable)
+    assert widths == [(4, 4), (8, 4)]  # the residual Add joins g2's and g3's groups into one
+    # every GroupNorm still has as many groups in its Reshape target as its scale has entries
+    for node in pruned.graph:
+        if node.op_type == "InstanceNormalization":
+            groups = const_array(node.inputs[1]).shape[0]
+            target = const_array(node.inputs[0].producer().inputs[1])
+            assert target[1] == groups
+    # the prune API rounds kept *channels* to multiples of round_to: 8 channels = 2 groups of 4
+    result = prune_model(model, data, ratio=0.5, criterion="l1", round_to=8)
+    assert [(layer["before"], layer["after"]) for layer in result.layers] == [(32, 16), (16, 8)]
+    assert all(layer["channels_per_unit"] == 4 for layer in result.layers)
+
+
 def test_shufflenet_runs_and_reports_unprunable_groups(tmp_path):
     model, data = _export("shufflenet_v2_x1_0", 32, False, tmp_path)
     analysis, _ = _assert_exact(model, data, fraction=0.3)
     reasons = [r for g in analysis.unprunable for r in g.reasons]
     assert len(analysis.unprunable) >= 10
-    assert any("mixes channels" in r for r in reasons)
+    # the shuffle itself interleaves whole groups (prunable), the chunk after it slices
+    # the channels at sizes computed from Shape
+    assert any("slices the channel axis" in r for r in reasons)
     assert len(analysis.prunable) >= 10  # the branch-internal 1x1 convs stay prunable
 
 
