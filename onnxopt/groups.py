@@ -716,10 +716,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     name = node.inputs[0].name
     dims = _dims_of(w, node.inputs[1])
     own = _same_channels(w, t) if dims is not None else set()
-    if spelled_block is not None and dims is not None:  # the channel entry of the output counts groups' channels
-        entry_own = _same_channels(w, new)
-    else:
-        entry_own = own
+    # where the output's channel entry counts the groups' channels, it is read off tensors with those
+    entry_own = _same_channels(w, new) if spelled_block is not None and dims is not None else own
     if dims is not None and b < len(dims) and dims[b].sizes:
         # An entry computed from the input's own sizes follows the pruning by itself when it
         # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
