@@ -25,7 +25,10 @@ output relate to the channels of its inputs:
   (C/G)·…]``: GroupNorm's decomposition, a channel shuffle, attention heads) unites each
   group's ``C/G`` channels into one unit, and the groups are the channels after it; reshaped
   back (``[N, G, …] → [N, C, …]``) each group owns its ``C/G`` channels again. So GroupNorm
-  prunes by whole groups (:attr:`ChannelGroup.unit_width` channels per unit).
+  prunes by whole groups (:attr:`ChannelGroup.unit_width` channels per unit);
+- a MatMul of two activations with the same tracked batch axis (attention's ``Q·Kᵀ`` and
+  ``scores·V`` on ``[N, H, S, d]``) unites head *h* of both operands: with the split above,
+  attention heads prune as units (Q, K, V columns and the output projection's rows).
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
@@ -454,10 +457,12 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
     t = w.track(a)
     weight = const_array(node.inputs[1])
     rank = w.rank(a)
+    if weight is None and (w.track(node.inputs[1]) is not None or t is not None) and _batched_heads(w, node):
+        return
     if weight is None or weight.ndim != 2 or rank is None or rank < 2:
         if weight is None and w.track(node.inputs[1]) is not None:
-            # attention's Q·Kᵀ and scores·V: the heads reach here as units, and stop
-            _block_inputs(w, node, "multiplies two activations (attention scores or context), which onnxopt does not prune through")
+            _block_inputs(w, node, "multiplies two activations (attention scores or context) whose channels are not "
+                                   "the same heads on a batch axis")  # fmt: skip
             return
         w.block(t, f"{_label(node)}: weight is not a constant matrix")
         _block_inputs(w, node, "non-constant MatMul operand")
@@ -470,6 +475,23 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
     out = node.outputs[0]
     w.set_track(out, _Track(w.new_elems(weight.shape[1]), rank - 1))
     w.member(node, PRODUCER, out, 1, 1)
+
+
+def _batched_heads(w: _Walker, node: ir.Node) -> bool:
+    """Attention's ``Q·Kᵀ`` and ``scores·V``: a MatMul of two activations whose tracked axis
+    is the same batch axis (``[N, H, S, d] @ [N, H, d, S]``: the heads, split off the
+    projections' channels by a Reshape). Each product is per head, so head *h* of both
+    operands is one unit and the output carries the heads on that axis. Whether handled."""
+    a, b = node.inputs[0], node.inputs[1]
+    ta, tb = w.track(a), w.track(b)
+    ra, rb = w.rank(a), w.rank(b)
+    if ta is None or tb is None or ra is None or ra != rb or ra < 3:
+        return False
+    if ta.axis != tb.axis or ta.axis >= ra - 2 or ta.block != 1 or tb.block != 1 or ta.channels != tb.channels:
+        return False
+    w.union(ta.elems, tb.elems)
+    w.set_track(node.outputs[0], _Track(ta.elems, ta.axis))
+    return True
 
 
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}

@@ -22,9 +22,11 @@ from benchmarks.export import export_onnx  # noqa: E402
 
 # What the group analysis must find unprunable in each family, and why (part of a reason).
 BLOCKED_BY = {
-    "vit_tiny": "attention scores or context",  # the heads are units up to Q·Kᵀ
+    "vit_tiny": "concatenation along a non-channel axis",  # the residual stream: class token + patches
     "convnext_tiny": "LayerNormalization",
 }
+# Families whose attention heads prune as units of head-size channels (Q, K, V and the output projection).
+HEAD_SIZE = {"vit_tiny": 16}
 
 # Families whose last convolution feeds a recurrent layer (its input features are pruned).
 FEEDS_RNN = {"crnn_speech": "GRU", "crnn_text": "LSTM"}
@@ -74,6 +76,9 @@ def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
     if name in BLOCKED_BY:
         reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
         assert BLOCKED_BY[name] in reasons, reasons
+    if name in HEAD_SIZE:
+        heads = [g for g in analysis.prunable if g.unit_width == HEAD_SIZE[name]]
+        assert len(heads) == 2 and all(len(g.sources) == 3 for g in heads)  # one per block: Q, K, V
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
@@ -119,3 +124,29 @@ def test_text_model_with_int64_inputs(dynamo, tmp_path):
     assert result.baseline_score - result.final_score <= 0.02 + 1e-9
     bench = benchmark([path, tmp_path / "full.onnx"], threads=1, iterations=3, warmup=1)
     assert all(row.p50_ms > 0 for row in bench.rows)
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_attention_heads_prune_exactly_as_units(dynamo, tmp_path):
+    """A BERT layer's Q, K and V split into 4 heads of 16 channels; each product (Q·Kᵀ,
+    scores·V) stays within a head, so head h of Q, K and V and its 16 input rows of the
+    output projection are one unit. Removing heads equals zeroing their rows of the output
+    projection, masked tokens included, and the Reshape targets follow (4 → 2 heads)."""
+    from onnxopt.passes.cleanup import CleanupPass
+    from onnxopt.pruning import prune_model
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
+    path = export_onnx(MiniBert().eval(), (ids, mask), tmp_path / "bert.onnx", dynamo=dynamo,
+                       input_names=["input_ids", "attention_mask"], dynamic_batch=True)  # fmt: skip
+    model = load_model(path)
+    CleanupPass()(model)
+    rng = np.random.default_rng(0)
+    mask = (np.arange(16) < rng.integers(4, 17, size=(8, 1))).astype(np.int64)
+    data = Dataset({"input_ids": rng.integers(0, 100, (8, 16)) * mask, "attention_mask": mask})
+    analysis, _ = _assert_exact(model, data.take(slice(0, 3)), fraction=0.5)
+    heads = [g for g in analysis.prunable if g.unit_width == 16]
+    assert [(g.units, len(g.sources)) for g in heads] == [(4, 3), (4, 3)]
+    result = prune_model(model, data, ratio=0.5, criterion="l1", round_to=1)
+    assert [(layer["before"], layer["after"]) for layer in result.layers if layer["channels_per_unit"] == 16] == [(64, 32)] * 2
+    assert evaluate.run(result.model, data)[0].shape == (8, 3)
