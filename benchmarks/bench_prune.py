@@ -20,6 +20,11 @@ by ``PadChannelsPass`` (what ``optimize`` does, losslessly, to a model pruned el
 original and pruned models are timed interleaved in one onnxruntime run (ENABLE_ALL, 2 threads). Realised
 speed-up is compared with the MAC reduction factor.
 
+Part 3c — a BERT-base-sized encoder (4 layers, hidden 768, 12 heads, FFN 3072, random
+weights, sequence 128, batch 1) pruned with ``l1``/uniform at 30 / 50 %: attention heads
+(units of 64 channels: Q, K, V columns and the output projection's rows) and FFN hidden
+units together, timed interleaved like part 3 (``--transformer`` runs it alone).
+
 Part 3b — the hard-digits CNN pruned by obs at 25 / 50 / 75 % of its channels, timed at
 batch 1 against the original: how far pruning alone goes on a model that runs in 0.1 ms.
 
@@ -237,6 +242,40 @@ def part_latency(full: bool) -> dict:
     return {"rows": out}
 
 
+def part_transformer_latency(ratios: tuple[float, ...] = (0.3, 0.5), seq: int = 128, layers: int = 4) -> dict:
+    import torch
+
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+
+    torch.manual_seed(0)
+    net = archs.bert_encoder(layers=layers).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bert.onnx"
+        export_onnx(net, (torch.randn(1, seq, 768),), path, dynamo=False, optimize=True)
+        model = load_model(path)
+    shapes = {model.graph.inputs[0].name: [1, seq, 768]}
+    macs = {"original": model_cost(model, shapes).macs}
+    variants, kept = [("original", model)], {"original": "12 heads, 3072 FFN units per layer"}
+    for ratio in ratios:
+        result = prune_model(model, criterion="l1", ratio=ratio, shapes=shapes)
+        label = f"l1 uniform {ratio:.0%}"
+        heads = sorted({layer["after"] // 64 for layer in result.layers if layer["channels_per_unit"] == 64})
+        ffn = sorted({layer["after"] for layer in result.layers if layer["channels_per_unit"] == 1})
+        variants.append((label, result.model))
+        macs[label], kept[label] = result.macs_after, f"{'/'.join(map(str, heads))} heads, {'/'.join(map(str, ffn))} FFN units"
+    bench = benchmark(variants, threads=2, warmup=3, iterations=40, shapes=shapes)
+    base, rows = bench.rows[0].p50_ms, []
+    for row in bench.rows:
+        factor = macs["original"] / macs[row.model]
+        speedup = base / row.p50_ms
+        rows.append({"model": f"BERT-base encoder, {layers} layers, seq {seq}", "variant": row.model, "kept": kept[row.model],
+                     "macs": macs[row.model], "mac_factor": factor, "p50_ms": row.p50_ms, "speedup": speedup,
+                     "efficiency": speedup / factor})  # fmt: skip
+        _log(f"bert {row.model}: {kept[row.model]}, MACs ×{1 / factor:.3f}, speed-up {speedup:.2f} (efficiency {speedup / factor:.2f})")
+    return {"rows": rows}
+
+
 # --------------------------------------------------------------------------- part 1: real models
 NO_REFIT = {"detector"}  # 83 convolutions at 416×416: bias compensation only (see the docstring)
 
@@ -434,6 +473,17 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {r['model']} | {r['variant']} | {r['macs'] / 1e9:.3f} | {r['mac_factor']:.2f} | "
                          f"{r['p50_ms']:.1f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |")
         lines.append("")
+    bert = results.get("transformer_latency")
+    if bert:
+        lines += ["## Latency of head + FFN pruning (random weights, batch 1, interleaved, 2 threads)", "",
+                  "Attention heads prune as units (Q, K, V columns and the output projection's rows; `groups.py`), "
+                  "FFN hidden units as channels; both at the same uniform share.", "",
+                  "| model | variant | kept per layer | GMACs | MAC reduction × | p50 ms | speed-up × | speed-up / MAC factor |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in bert["rows"]:
+            lines.append(f"| {r['model']} | {r['variant']} | {r['kept']} | {r['macs'] / 1e9:.3f} | {r['mac_factor']:.2f} | "
+                         f"{r['p50_ms']:.1f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |")
+        lines.append("")
     lines += _targets(results)
     path.write_text("\n".join(lines) + "\n")
 
@@ -478,6 +528,7 @@ def main() -> None:
     parser.add_argument("--real", default="", help="comma list of real models: orientation,ocr,detector")
     parser.add_argument("--profile", default="", help="comma list of real models to profile group by group")
     parser.add_argument("--real-scale", type=float, default=1.0, help="scale the number of calibration/evaluation crops")
+    parser.add_argument("--transformer", action="store_true", help="run only the transformer latency part (with --update)")
     parser.add_argument("--update", action="store_true", help="keep the parts of the committed prune.json this run skips")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -485,6 +536,10 @@ def main() -> None:
     results.update({"full": args.full or results.get("full", False),
                     "env": {"cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}})  # fmt: skip
     start = time.perf_counter()
+    if args.transformer:
+        args.skip_digits = args.skip_latency = True
+    if not args.skip_latency or args.transformer:
+        results["transformer_latency"] = part_transformer_latency()
     if not args.skip_digits:
         results["digits"] = part_digits(args.full)
     if args.real:
