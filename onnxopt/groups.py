@@ -25,7 +25,8 @@ output relate to the channels of its inputs:
   (C/G)·…]``: GroupNorm's decomposition, a channel shuffle, attention heads) unites each
   group's ``C/G`` channels into one unit, and the groups are the channels after it; reshaped
   back (``[N, G, …] → [N, C, …]``) each group owns its ``C/G`` channels again. So GroupNorm
-  prunes by whole groups (:attr:`ChannelGroup.unit_width` channels per unit);
+  prunes by whole groups (:attr:`ChannelGroup.unit_width` channels per unit), as does the
+  opset-21 ``GroupNormalization`` op;
 - a MatMul of two activations with the same tracked batch axis (attention's ``Q·Kᵀ`` and
   ``scores·V`` on ``[N, H, S, d]``) unites head *h* of both operands: with the split above,
   attention heads prune as units (Q, K, V columns and the output projection's rows).
@@ -347,6 +348,30 @@ def _scale_bias_norm(w: _Walker, node: ir.Node) -> None:
     if t.axis != 1 or any(const_array(v) is None for v in node.inputs[1:3]):
         w.block(t, f"{_label(node)}: scale/bias not constant or channel axis is not 1")
         return
+    for i in (1, 2):
+        w.member(node, PARAM, node.inputs[0], i, 0)
+    w.set_track(node.outputs[0], t)
+
+
+def _group_normalization(w: _Walker, node: ir.Node) -> None:
+    """GroupNormalization (opset 21: per-channel scale and bias): each group's ``C / G``
+    channels are one unit; pruning slices scale and bias and lowers ``num_groups``. The
+    opset-18 form scales per group, which is not modelled."""
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    groups = attr(node, "num_groups", 0)
+    params = [const_array(v) if v is not None else None for v in node.inputs[1:3]]
+    channels = t.channels
+    if t.axis != 1 or t.block != 1 or not groups or channels % groups or any(a is None or a.ndim != 1 for a in params):
+        w.block(t, f"{_label(node)}: scale/bias not constant, or channel axis is not 1")
+        return
+    if any(a.shape[0] != channels for a in params):
+        w.block(t, f"{_label(node)}: per-group scale and bias (the opset-18 form), which onnxopt does not prune")
+        return
+    rows = t.elems.reshape(groups, channels // groups)
+    for j in range(1, rows.shape[1]):
+        w.union(rows[:, 0], rows[:, j])
     for i in (1, 2):
         w.member(node, PARAM, node.inputs[0], i, 0)
     w.set_track(node.outputs[0], t)
@@ -1223,7 +1248,7 @@ _PASSTHROUGH = (
 )  # fmt: skip
 # ops after which a tensor still carries its input's channels (for a Reshape target read off
 # that input's Shape); their handlers pass the channels on or block them
-_CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "BatchNormalization", "Add", "Sub",
+_CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Add", "Sub",
                               "Mul", "Div"})  # fmt: skip
 
 HANDLERS: dict[str, Handler] = {
@@ -1231,6 +1256,7 @@ HANDLERS: dict[str, Handler] = {
     **{op: _elementwise for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")},
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _scale_bias_norm,
+    "GroupNormalization": _group_normalization,
     "CastLike": _cast_like,
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,

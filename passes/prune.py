@@ -49,6 +49,7 @@ from onnxopt.graph import attr, set_const_input
 from onnxopt.groups import (
     CONSUMER,
     DEPTHWISE,
+    PARAM,
     PRODUCER,
     RECURRENT_GATES,
     RECURRENT_STATES,
@@ -248,7 +249,11 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
         flat[m.axis] = channels * m.block
         set_const_input(node, m.input_index, flat.reshape(target.shape))
         return
-    set_const_input(node, m.input_index, edit(const_array(node.inputs[m.input_index]), m.axis, m.block))
+    before = const_array(node.inputs[m.input_index])
+    set_const_input(node, m.input_index, edit(before, m.axis, m.block))
+    if m.role == PARAM and node.op_type == "GroupNormalization" and m.input_index == 1:  # whole groups went
+        per_group = before.shape[0] // attr(node, "num_groups", 1)
+        node.attributes["num_groups"] = ir.AttrInt64("num_groups", channels // per_group)
     if m.role in (PRODUCER, DEPTHWISE):
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias = const_array(bias_value) if bias_value is not None else None

@@ -483,18 +483,20 @@ def _group_norm_net():
     return net
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
-def test_group_norm_prunes_whole_groups_exactly(dynamo, tmp_path):
+@pytest.mark.parametrize("dynamo,opset", [(False, None), (True, None), (True, 21)])
+def test_group_norm_prunes_whole_groups_exactly(dynamo, opset, tmp_path):
     """GroupNorm exports as Reshape [N, G, -1] → InstanceNormalization (per group) → Reshape
-    back to Shape(x) → per-channel Mul / Add. Its groups are the units: removing one removes
-    its k channels everywhere, and the G of the first Reshape and the per-group scale drop."""
+    back to Shape(x) → per-channel Mul / Add (opset 21+ with dynamo: one GroupNormalization
+    node). Its groups are the units: removing one removes its k channels everywhere, and the
+    G of the first Reshape and the per-group scale (or ``num_groups``) drop."""
     torch = pytest.importorskip("torch")
     from benchmarks.export import export_onnx
     from onnxopt.pruning import prune_model
 
     path = tmp_path / "gn.onnx"
-    export_onnx(_group_norm_net(), (torch.randn(1, 3, 16, 16),), path, dynamo=dynamo)
+    export_onnx(_group_norm_net(), (torch.randn(1, 3, 16, 16),), path, dynamo=dynamo, opset=opset)
     model = ir.load(str(path))
+    assert any(n.op_type == "GroupNormalization" for n in model.graph) == (opset == 21)
     if dynamo:
         from onnxopt.passes.cleanup import CleanupPass
 
@@ -506,6 +508,8 @@ def test_group_norm_prunes_whole_groups_exactly(dynamo, tmp_path):
     assert widths == [(4, 4), (8, 4)]  # the residual Add joins g2's and g3's groups into one
     # every GroupNorm still has as many groups in its Reshape target as its scale has entries
     for node in pruned.graph:
+        if node.op_type == "GroupNormalization":
+            assert const_array(node.inputs[1]).shape[0] == 4 * node.attributes["num_groups"].value
         if node.op_type == "InstanceNormalization":
             groups = const_array(node.inputs[1]).shape[0]
             target = const_array(node.inputs[0].producer().inputs[1])
@@ -671,3 +675,16 @@ def test_a_reshape_target_read_off_another_tensor_with_the_same_channels_follows
     analysis, _ = _assert_exact(model, Dataset({"x": RNG.standard_normal(shape).astype(np.float32)}), fraction=0.3)
     hidden = 32 if name == "mix_ffn" else 16 if name == "group_norm_per_channel" else 24
     assert any(g.units == hidden for g in analysis.prunable), [g.describe() for g in analysis.groups]
+
+
+def test_opset18_group_normalization_with_per_group_scale_is_unprunable_with_its_reason():
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    gn = helper.make_node("GroupNormalization", ["a", "gs", "gb"], ["g"], num_groups=2)
+    c2, i2 = _conv("c2", "g", "y", 8, 2)
+    graph = helper.make_graph(
+        [c1, gn, c2], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], i1 + i2 + [_init("gs", [2]), _init("gb", [2])],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    group = analyze_groups(ir.from_proto(onnx.shape_inference.infer_shapes(proto))).by_name()["a"]
+    assert not group.prunable and any("per-group scale and bias" in r for r in group.reasons)
