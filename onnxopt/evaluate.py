@@ -42,6 +42,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -64,13 +65,14 @@ Metric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float]
 
 
 def session(
-    model: ir.Model | str | os.PathLike,
+    model: ir.Model | onnx.ModelProto | str | os.PathLike,
     *,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
     opt_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 ) -> ort.InferenceSession:
-    """An onnxruntime session for a model object or a file path."""
+    """An onnxruntime session for a model object, a ModelProto (under the protobuf limit) or
+    a file path."""
     options = ort.SessionOptions()
     options.graph_optimization_level = opt_level
     options.log_severity_level = 4  # errors are raised as one-line OnnxoptError, not logged
@@ -83,6 +85,8 @@ def session(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     try:
+        if isinstance(model, onnx.ModelProto):
+            return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
         if isinstance(model, ir.Model):
             if model_bytes(model) > _PROTOBUF_LIMIT:
                 return _session_via_file(model, options, providers)

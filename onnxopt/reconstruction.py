@@ -39,7 +39,7 @@ import onnx_ir as ir
 from onnxopt.calibration import Dataset
 from onnxopt.graph import ancestors, attr, fixed_batch, set_const_input
 from onnxopt.groups import const_array
-from onnxopt.importance import Probe
+from onnxopt.importance import value_session
 
 MAX_FEATURES = 4608  # larger consumers (e.g. VGG's 25088-wide Gemm) are not re-fitted
 RIDGE_ALPHA = 1e-2
@@ -209,13 +209,10 @@ def reconstruct(
     parts = list(calib.parts(fixed or batch_size))
     batches = [part.inputs for part in parts]
     first = np.cumsum([0] + [len(part) for part in parts])  # global index of each batch's first sample
-    outputs_probe = Probe(original)  # targets of every layer: one run of the original
-    for i, fit in enumerate(fits):
-        outputs_probe.output(f"y{i}", outputs_probe.value(fit.original_output))
-    sy = outputs_probe.session()
+    sy, keys = value_session(original, [fit.original_output for fit in fits])  # targets of every layer: one run
     rng = np.random.default_rng(seed)
     for batch in batches:
-        ys = sy.run(outputs_probe.keys, {k: batch[k] for k in _input_names(sy)})
+        ys = sy.run(keys, {k: batch[k] for k in _input_names(sy)})
         for fit, y in zip(fits, ys):
             _target_rows(fit, y, rng, per_sample)
         del ys
@@ -257,12 +254,9 @@ def _even_rows(fit: _Fit, batch: int, rows: int, first: np.ndarray) -> np.ndarra
 def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], first: np.ndarray, wave: list[_Fit]) -> None:
     """Normal equations of one wave, on inputs from the current pruned network (also over the
     even-numbered samples alone, for the choice of ``λ``)."""
-    inputs_probe = Probe(pruned)
-    for i, fit in enumerate(wave):
-        inputs_probe.output(f"x{i}", inputs_probe.value(fit.node.inputs[0].name))
-    sx = inputs_probe.session()
+    sx, keys = value_session(pruned, [fit.node.inputs[0].name for fit in wave])
     for b, batch in enumerate(batches):
-        xs = sx.run(inputs_probe.keys, {k: batch[k] for k in _input_names(sx)})
+        xs = sx.run(keys, {k: batch[k] for k in _input_names(sx)})
         for fit, x in zip(wave, xs):
             a = _input_rows(fit, x, b)
             a = np.concatenate([a, np.ones((len(a), 1), a.dtype)], axis=1)

@@ -51,3 +51,55 @@ def test_a_probe_runs_only_what_its_outputs_need():
     assert [node.op_type for node in probe.model.graph][0] == "Relu"
     assert not {"Reshape", "ReduceSum", "Greater", "If"} & {node.op_type for node in probe.model.graph}
     assert [node.op_type for node in model.graph] == ["Relu", "Reshape", "ReduceSum", "Greater", "If"]
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+def test_a_value_session_reads_values_without_running_the_rest(dtype, tmp_path, monkeypatch):
+    """The re-fit's probes only read values: :func:`value_session` serializes the nodes
+    they need (no clone of the model) and reads them as float32. The failing tail is left
+    out; a value the If's branch needs keeps the whole graph (the Probe path)."""
+    from onnxopt.importance import value_session
+    from onnxopt.model_io import load_model
+
+    model = _model_with_a_failing_tail()
+    if dtype == TensorProto.FLOAT16:  # x → Cast(fp16) → Relu …: the probe casts back to float32
+        model = ir.from_proto(_fp16_head(ir.to_proto(model)))
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    with monkeypatch.context() as patch:  # what makes it cheap: no clone of the model
+        patch.setattr(ir.Model, "clone", lambda self: pytest.fail("value_session cloned the model"))
+        sess, keys = value_session(model, ["a"])
+    (a,) = sess.run(keys, {"x": x})
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, np.maximum(x, 0), rtol=1e-3, atol=1e-3)
+    assert len(model.graph) == (5 if dtype == TensorProto.FLOAT else 7)  # untouched
+    sess, keys = value_session(model, ["b"])  # needs the If: every node is kept, the tail fails
+    with pytest.raises(Exception, match="Reshape|reshape|shape"):
+        sess.run(keys, {"x": x})
+    # weights stored outside the file are read in
+    path = tmp_path / "m.onnx"
+    ir.save(_with_weight(), str(path), external_data="m.onnx.data", size_threshold_bytes=0)
+    loaded = load_model(path)
+    sess, keys = value_session(loaded, ["y"])
+    np.testing.assert_allclose(sess.run(keys, {"x": x})[0], x @ np.full((3, 2), 0.5, np.float32), rtol=1e-6)
+
+
+def _fp16_head(proto):
+    relu = proto.graph.node[0]
+    relu.input[0] = "x16"
+    proto.graph.node.insert(0, helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16))
+    for node in proto.graph.node[2:]:  # the tail reads float32 again
+        node.input[0] = "a32" if node.input[0] == "a" else node.input[0]
+    proto.graph.node.insert(2, helper.make_node("Cast", ["a"], ["a32"], to=TensorProto.FLOAT))
+    branch = proto.graph.node[-1].attribute[0].g
+    branch.node[0].input[0] = "a32"
+    proto.graph.node[-1].attribute[1].g.CopyFrom(branch)
+    del proto.graph.value_info[:]
+    return proto
+
+
+def _with_weight() -> ir.Model:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [numpy_helper.from_array(np.full((3, 2), 0.5, np.float32), "w")],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
