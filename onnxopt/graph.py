@@ -116,23 +116,34 @@ def default_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
 
 
-def unique_name(graph: ir.Graph, base: str) -> str:
-    """A value name not yet used in ``graph`` (initializers, inputs, node outputs)."""
+def value_names(graph: ir.Graph) -> set[str]:
+    """Every value name of ``graph`` (initializers, inputs, node outputs)."""
     taken = set(graph.initializers)
     taken.update(v.name for v in graph.inputs)
     for node in graph:
         taken.update(o.name for o in node.outputs)
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
+    return taken
+
+
+def unique_name(graph: ir.Graph, base: str, taken: set[str] | None = None) -> str:
+    """A value name not yet used in ``graph``. ``taken`` (:func:`value_names`, kept up to
+    date by the caller; the name returned is added) spares the scan of the whole graph when
+    many names are made at once: 525 of them took 4 of 11 s of five int8 sensitivities on
+    ssdlite."""
+    if taken is None:
+        taken = value_names(graph)
+    name, i = base, 0
+    while name in taken:
         i += 1
-    return f"{base}_{i}"
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
 
 
-def new_initializer(graph: ir.Graph, array: np.ndarray, name_hint: str) -> ir.Value:
-    """Register a new initializer holding ``array`` under a fresh name."""
-    name = unique_name(graph, name_hint)
+def new_initializer(graph: ir.Graph, array: np.ndarray, name_hint: str, taken: set[str] | None = None) -> ir.Value:
+    """Register a new initializer holding ``array`` under a fresh name (``taken``: see
+    :func:`unique_name`)."""
+    name = unique_name(graph, name_hint, taken)
     value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, order="C"), name=name))
     value.shape = ir.Shape(array.shape)
     value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))

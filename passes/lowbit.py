@@ -62,7 +62,14 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.graph import attr, const_array, default_opset, new_initializer, unique_name
+from onnxopt.graph import (
+    attr,
+    const_array,
+    default_opset,
+    new_initializer,
+    unique_name,
+    value_names,
+)
 from onnxopt.passes.base import LoggedPass
 
 logger = logging.getLogger(__name__)
@@ -164,12 +171,14 @@ class LowBitWeightPass(LoggedPass):
         self.min_params = min_params
         self.stats: list[dict] = []
         self._shared: dict[str, ir.Value] = {}
+        self._taken: set[str] = set()  # the graph's value and node names, kept up to date while decoders are added
 
     # ------------------------------------------------------------------ driver
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.stats = []
         self._shared = {}
         graph = model.graph
+        self._taken = value_names(graph) | {n.name for n in graph if n.name}
         opset = default_opset(model)
         candidates: list[tuple[ir.Node, int, int, np.ndarray]] = []
         for node in list(graph):
@@ -261,12 +270,12 @@ class LowBitWeightPass(LoggedPass):
     def _constant(self, graph: ir.Graph, key: str, array: np.ndarray) -> ir.Value:
         """A small initializer shared by every decoder in the graph."""
         if key not in self._shared:
-            self._shared[key] = new_initializer(graph, array, f"lowbit_{key}")
+            self._shared[key] = new_initializer(graph, array, f"lowbit_{key}", self._taken)
         return self._shared[key]
 
     def _node(self, graph: ir.Graph, before: ir.Node, op: str, inputs, name: str, **attributes) -> ir.Value:
-        node = ir.node(op, inputs, attributes=attributes or None, name=unique_name(graph, name))
-        node.outputs[0].name = unique_name(graph, name)
+        node = ir.node(op, inputs, attributes=attributes or None, name=unique_name(graph, name, self._taken))
+        node.outputs[0].name = unique_name(graph, name, self._taken)
         graph.insert_before(before, node)
         return node.outputs[0]
 
@@ -277,12 +286,12 @@ class LowBitWeightPass(LoggedPass):
         scale = alpha.astype(dtype if dtype != np.float64 else np.float32)
         scale_shape = [1] * codes.ndim
         scale_shape[axis] = codes.shape[axis]
-        packed_v = new_initializer(graph, packed, f"{base}_packed")
-        alpha_v = new_initializer(graph, scale.astype(np.float32).reshape(scale_shape), f"{base}_alpha")
+        packed_v = new_initializer(graph, packed, f"{base}_packed", self._taken)
+        alpha_v = new_initializer(graph, scale.astype(np.float32).reshape(scale_shape), f"{base}_alpha", self._taken)
         powers = self._constant(graph, f"pow{radix}", (radix ** np.arange(per_byte)).astype(np.float32))
         radix_v = self._constant(graph, f"radix{radix}", np.array(radix, np.float32))
         flat = self._constant(graph, "flat", np.array([-1], np.int64))
-        shape_v = new_initializer(graph, np.array(codes.shape, np.int64), f"{base}_shape")
+        shape_v = new_initializer(graph, np.array(codes.shape, np.int64), f"{base}_shape", self._taken)
         p = f"{base}_decode"
         x = self._node(graph, node, "Cast", [packed_v], p, to=ir.DataType.FLOAT)
         q = self._node(graph, node, "Floor", [self._node(graph, node, "Div", [x, powers], p)], p)
@@ -306,17 +315,17 @@ class LowBitWeightPass(LoggedPass):
         if opset < 10:
             return self._node(graph, node, "Slice", [value], name, starts=[0], ends=[size], axes=[0])
         starts = self._constant(graph, "zero_i64", np.array([0], np.int64))
-        ends = new_initializer(graph, np.array([size], np.int64), f"{name}_end")
+        ends = new_initializer(graph, np.array([size], np.int64), f"{name}_end", self._taken)
         return self._node(graph, node, "Slice", [value, starts, ends], name)
 
     def _dequantize(self, graph, node, base, codes, alpha, axis, dtype, opset) -> tuple[ir.Value, int]:
         int2 = opset >= 25
         np_type = ml_dtypes.int2 if int2 else ml_dtypes.int4
-        codes_v = new_initializer(graph, codes.astype(np_type), f"{base}_int{2 if int2 else 4}")
+        codes_v = new_initializer(graph, codes.astype(np_type), f"{base}_int{2 if int2 else 4}", self._taken)
         scale = alpha.astype(np.float32)
         scale[scale == 0] = np.finfo(np.float32).tiny  # a zero scale is invalid; all codes are 0 there
-        scale_v = new_initializer(graph, scale.astype(dtype if dtype in (np.float16,) else np.float32), f"{base}_alpha")
-        zero_v = new_initializer(graph, np.zeros(codes.shape[axis], np_type), f"{base}_zero")
+        scale_v = new_initializer(graph, scale.astype(dtype if dtype in (np.float16,) else np.float32), f"{base}_alpha", self._taken)
+        zero_v = new_initializer(graph, np.zeros(codes.shape[axis], np_type), f"{base}_zero", self._taken)
         weight = self._node(graph, node, "DequantizeLinear", [codes_v, scale_v, zero_v], f"{base}_dq", axis=axis)
         if dtype not in (np.float32, np.float16):
             weight = self._node(graph, node, "Cast", [weight], f"{base}_dq", to=ir.DataType.from_numpy(np.dtype(dtype)))

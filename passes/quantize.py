@@ -73,7 +73,14 @@ from onnxruntime.quantization import (
 from onnxopt.calibration import Dataset
 from onnxopt.cpu import cpu_flags, is_x86
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import const_array, consumers, fixed_batch, new_initializer, producer
+from onnxopt.graph import (
+    const_array,
+    consumers,
+    fixed_batch,
+    new_initializer,
+    producer,
+    value_names,
+)
 from onnxopt.model_io import _drop_untyped_value_info, _embedded_proto
 
 logger = logging.getLogger(__name__)
@@ -378,6 +385,7 @@ def keep_float(qmodel: ir.Model, float_model: ir.Model, names: Iterable[str]) ->
     model = qmodel.clone()
     graph = model.graph
     float_nodes = {n.name: n for n in float_model.graph}
+    taken = value_names(graph)
     found = set()
     for node in list(graph):
         if node.name not in names or node.op_type in _QDQ_OPS:
@@ -398,7 +406,7 @@ def keep_float(qmodel: ir.Model, float_model: ir.Model, names: Iterable[str]) ->
             if weight is None:
                 weight = _dequantized(dq)
             if weight is not None:
-                node.replace_input_with(i, new_initializer(graph, weight, f"{node.name}_float_in{i}"))
+                node.replace_input_with(i, new_initializer(graph, weight, f"{node.name}_float_in{i}", taken))
         _rewire_quantized_outputs(graph, node)
     ir.passes.Sequential(common.RemoveUnusedNodesPass(), common.TopologicalSortPass())(model)
     return model, sorted(names - found)

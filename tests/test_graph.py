@@ -96,3 +96,17 @@ def test_set_const_input_drops_the_constant_node_it_orphans():
     set_const_input(node, 1, np.full(2, 3.0, np.float32))
     assert [n.op_type for n in model.graph] == ["Add"]
     np.testing.assert_allclose(evaluate.run(model, {"x": np.zeros(2, np.float32)})[0], [3.0, 3.0])
+
+
+def test_unique_names_made_in_a_batch_do_not_collide():
+    """Many new names at once (keep_float's float weights, lowbit's decoders) share one scan
+    of the graph's names: each name returned is fresh and taken from then on."""
+    from onnxopt.graph import new_initializer, unique_name, value_names
+
+    graph = ir.Graph([], [], nodes=[], name="g")
+    new_initializer(graph, np.zeros(1, np.float32), "w")
+    taken = value_names(graph)
+    names = [unique_name(graph, "w", taken) for _ in range(3)]
+    assert names == ["w_1", "w_2", "w_3"] and {"w", *names} <= taken
+    value = new_initializer(graph, np.ones(2, np.float32), "w", taken)
+    assert value.name == "w_4" and unique_name(graph, "w") == "w_1"  # without taken: the graph alone
