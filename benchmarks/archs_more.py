@@ -229,6 +229,80 @@ class MiniBert(nn.Module):
         return self.classifier(torch.tanh(self.pooler(x[:, 0])))
 
 
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaBlock(nn.Module):
+    """A LLaMA decoder layer: RMSNorm, rotary positions, grouped-query attention (each
+    key/value head repeated for ``heads // kv_heads`` query heads with ``expand`` +
+    ``reshape``, as HuggingFace's ``repeat_kv``), a causal mask and a SwiGLU MLP."""
+
+    def __init__(self, dim: int, heads: int, kv_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k, self.v = (nn.Linear(dim, kv_heads * self.head_dim, bias=False) for _ in range(2))
+        self.o = nn.Linear(dim, dim, bias=False)
+        self.gate, self.up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
+
+    def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], n, self.head_dim).transpose(1, 2)
+
+    def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:
+        b, kv, s, d = x.shape
+        n_rep = self.heads // self.kv_heads
+        return x[:, :, None, :, :].expand(b, kv, n_rep, s, d).reshape(b, kv * n_rep, s, d)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        q, k, v = self._heads(self.q(h), self.heads), self._heads(self.k(h), self.kv_heads), self._heads(self.v(h), self.kv_heads)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        k, v = self._repeat_kv(k), self._repeat_kv(v)
+        scores = q @ k.transpose(-1, -2) / self.head_dim**0.5 + mask
+        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        x = x + self.o(context)
+        h = self.norm2(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class MiniLlama(nn.Module):
+    """A LLaMA-style language model: int64 ``input_ids`` and ``attention_mask`` → logits."""
+
+    def __init__(self, vocab: int = 100, dim: int = 64, heads: int = 4, kv_heads: int = 2, layers: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(LlamaBlock(dim, heads, kv_heads, 2 * dim) for _ in range(layers))
+        self.norm, self.head = RMSNorm(dim), nn.Linear(dim, vocab, bias=False)
+        head_dim = dim // heads
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        angles = torch.arange(seq, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        cos, sin = angles.cos()[None, None], angles.sin()[None, None]
+        causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+        allowed = causal[None, None] & attention_mask[:, None, None, :].bool()
+        mask = torch.zeros(allowed.shape).masked_fill(~allowed, -1e4)
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.head(self.norm(x))
+
+
 MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "efficientnet_tiny": (efficientnet_tiny, (3, 32, 32)),
     "convnext_tiny": (convnext_tiny, (3, 32, 32)),

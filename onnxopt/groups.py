@@ -29,7 +29,10 @@ output relate to the channels of its inputs:
   opset-21 ``GroupNormalization`` op;
 - a MatMul of two activations with the same tracked batch axis (attention's ``Q·Kᵀ`` and
   ``scores·V`` on ``[N, H, S, d]``) unites head *h* of both operands: with the split above,
-  attention heads prune as units (Q, K, V columns and the output projection's rows).
+  attention heads prune as units (Q, K, V columns and the output projection's rows);
+- ``Expand`` passes the channels on where their axis is not broadcast: grouped-query
+  attention repeats each key/value head for its query heads (``expand`` + ``reshape``),
+  so key/value head *g* and its query heads are one unit;
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
@@ -89,7 +92,10 @@ class Member:
 
     ``input_index`` is the input of ``node`` holding the tensor to slice, ``axis`` the axis
     of that tensor, ``block`` how many consecutive entries one channel owns there (``H·W``
-    after a Flatten, else 1).
+    after a Flatten, else 1). ``via``: for a shape entry written in a piece of the
+    ``Concat`` ``node``, the node reading that shape, when other nodes read it too (dynamo
+    builds one ``Expand`` shape for every layer's keys and values): the pass rewrites a
+    copy of the ``Concat`` for ``via`` alone.
     """
 
     node: ir.Node
@@ -98,6 +104,7 @@ class Member:
     input_index: int
     axis: int
     block: int = 1
+    via: ir.Node | None = None
 
     def describe(self) -> str:
         name = self.node.name or self.node.op_type
@@ -252,8 +259,9 @@ class _Walker:
         for e in track.elems.tolist():
             self.reasons.setdefault(e, []).append(reason)
 
-    def member(self, node: ir.Node, role: str, value: ir.Value, input_index: int, axis: int, block: int = 1) -> None:
-        self.members.append(Member(node, role, value.name, input_index, axis, block))
+    def member(self, node: ir.Node, role: str, value: ir.Value, input_index: int, axis: int, block: int = 1,
+               via: ir.Node | None = None) -> None:  # fmt: skip
+        self.members.append(Member(node, role, value.name, input_index, axis, block, via))
 
     def shape(self, value: ir.Value | None) -> tuple | None:
         if value is None:
@@ -506,16 +514,19 @@ def _batched_heads(w: _Walker, node: ir.Node) -> bool:
     """Attention's ``Q·Kᵀ`` and ``scores·V``: a MatMul of two activations whose tracked axis
     is the same batch axis (``[N, H, S, d] @ [N, H, d, S]``: the heads, split off the
     projections' channels by a Reshape). Each product is per head, so head *h* of both
-    operands is one unit and the output carries the heads on that axis. Whether handled."""
+    operands is one unit and the output carries the heads on that axis. A head axis in
+    blocks (grouped-query attention's key/value heads, each repeated for its queries and
+    merged back) unites each key/value head with its block of query heads. Whether handled."""
     a, b = node.inputs[0], node.inputs[1]
     ta, tb = w.track(a), w.track(b)
     ra, rb = w.rank(a), w.rank(b)
     if ta is None or tb is None or ra is None or ra != rb or ra < 3:
         return False
-    if ta.axis != tb.axis or ta.axis >= ra - 2 or ta.block != 1 or tb.block != 1 or ta.channels != tb.channels:
+    heads_a, heads_b = np.repeat(ta.elems, ta.block), np.repeat(tb.elems, tb.block)  # one entry per head
+    if ta.axis != tb.axis or ta.axis >= ra - 2 or len(heads_a) != len(heads_b):
         return False
-    w.union(ta.elems, tb.elems)
-    w.set_track(node.outputs[0], _Track(ta.elems, ta.axis))
+    w.union(heads_a, heads_b)
+    w.set_track(node.outputs[0], _Track(heads_a, ta.axis))
     return True
 
 
@@ -779,7 +790,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         follows = (bool(merged_axes) and sizes == expected) or (
             (merged_axes == [t.axis] or spelled_block is not None) and len(sizes) == 1 and sizes[0] in entry_own
         )
-        if dims[b].factor != 1 or not follows or any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
+        follows = (follows and dims[b].factor == 1) or _merged_entry_follows(dims[b], name, merged_axes, t.axis, in_shape, own)
+        if not follows or any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
         w.set_track(node.outputs[0], new)
@@ -799,6 +811,24 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         block = new.block * repeats if spelled_block is None else spelled_block
         w.member(holder, SHAPE, spelled, index, offset, block)
     w.set_track(node.outputs[0], new)
+
+
+def _merged_entry_follows(dim: _Dim, name: str, merged_axes: list[int], axis: int, in_shape: Sequence[int],
+                          own: set[tuple[str, int]]) -> bool:  # fmt: skip
+    """Whether a computed entry for the channel axis merged with the axes after it reads
+    the channel count off a tensor with the same channels, and each other merged axis off
+    the input or as the constant factor (TorchScript's grouped-query attention:
+    ``Shape(k)[1] · n_rep`` for ``[N, H_kv, n_rep, S, d] → [N, H_kv·n_rep, S, d]``)."""
+    if axis not in merged_axes or len(merged_axes) < 2:
+        return False
+    channel = [size for size in dim.sizes if size in own]
+    if len(channel) != 1:
+        return False
+    read = [size for size in dim.sizes if size != channel[0]]
+    rest = [a for a in merged_axes if a != axis]
+    if any(size not in {(name, a) for a in rest} for size in read) or len(set(read)) != len(read):
+        return False
+    return dim.factor == math.prod(in_shape[a] for a in rest if (name, a) not in read)
 
 
 def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:
@@ -850,17 +880,19 @@ def _prefix_of(dims: Sequence[int], size: int) -> bool:
     return product == size
 
 
-def _target_entry(w: _Walker, node: ir.Node, b: int) -> tuple[int, ir.Node, int, int] | None:
-    """Entry ``b`` of a Reshape's target shape and where it is written: ``(value, node,
+def _target_entry(w: _Walker, node: ir.Node, b: int, shared: bool = False) -> tuple[int, ir.Node, int, int] | None:
+    """Entry ``b`` of a Reshape's (or Expand's) target shape and where it is written: ``(value, node,
     input, offset)``, the constant target itself or the constant piece of the ``Concat``
     that builds a computed one (a dynamic-batch export: ``Concat(Shape(x)[0:1], [64],
-    Shape(x)[3:4])``). None when that entry is computed."""
+    Shape(x)[3:4])``). None when that entry is computed. A ``Concat`` read by other nodes
+    too is only returned when ``shared``: the pass then gives the reader a copy of it
+    (:attr:`Member.via`)."""
     target = node.inputs[1]
     array = const_array(target)
     if array is not None:
         return (int(array.reshape(-1)[b]), node, 1, b) if b < array.size else None
     concat = target.producer() if target is not None else None
-    if concat is None or concat.op_type != "Concat" or len(target.uses()) != 1:
+    if concat is None or concat.op_type != "Concat" or (len(target.uses()) != 1 and not shared):
         return None
     start = 0
     for index, piece in enumerate(concat.inputs):
@@ -908,6 +940,8 @@ def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] |
     if array is not None:
         return [_Dim(int(v)) for v in array.reshape(-1)] if array.dtype.kind in "iu" and array.size <= 16 else None
     node = value.producer()
+    if node is not None and node.op_type == "Where" and _where_keeps_sizes(node):
+        return _dims_of(w, node.inputs[2], depth + 1)
     if node is None or node.op_type not in ("Shape", *_SIZE_PICKS):
         return None
     if node.op_type == "Shape":
@@ -938,6 +972,42 @@ def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] |
     if node.op_type == "Reshape" and len(w.shape(value) or ()) != 1:
         return None  # a sizes vector reshaped to anything but a vector
     return parts[0]  # Unsqueeze / Squeeze / Cast / Identity / Reshape to a vector keep the entries
+
+
+def _where_keeps_sizes(node: ir.Node) -> bool:
+    """``Where(Equal(x, −1…), ones, x)``: the TorchScript exporter's ``expand`` turns −1
+    entries of a size vector into 1. Its result is ``x`` when ``x`` holds no negative entry,
+    which the caller's :func:`_dims_of` of ``x`` settles (sizes and the constants it accepts
+    are read off shapes); here: the condition compares ``x`` with negative numbers only."""
+    cond = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if cond is None or cond.op_type != "Equal" or node.inputs[2] not in cond.inputs:
+        return False
+    other = cond.inputs[1] if cond.inputs[0] is node.inputs[2] else cond.inputs[0]
+    fill = _fill_values(other)
+    return fill is not None and fill.size > 0 and bool((fill < 0).all())
+
+
+def _fill_values(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
+    """The entries of a constant, or of a ``ConstantOfShape`` (its fill value, which every
+    entry holds), or of a product of such (broadcast); None for anything else."""
+    if value is None or depth > 4:
+        return None
+    array = const_array(value)
+    if array is not None:
+        return array
+    node = value.producer()
+    if node is not None and node.op_type == "ConstantOfShape":
+        fill = node.attributes.get("value")
+        return np.zeros(1) if fill is None else np.asarray(fill.as_tensor().numpy()).reshape(-1)
+    if node is not None and node.op_type == "Mul":
+        parts = [_fill_values(v, depth + 1) for v in node.inputs]
+        if any(p is None for p in parts):
+            return None
+        try:
+            return np.multiply(*parts)
+        except ValueError:
+            return None
+    return None
 
 
 def _shape(w: _Walker, node: ir.Node) -> None:
@@ -976,16 +1046,16 @@ def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) ->
 
 def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     """Whether every path from ``sizes`` (picked out of ``Shape(x)``) through size arithmetic
-    ends in the target of a Reshape of ``x``, or of a tensor carrying its channels (whose
-    handler checks the entry)."""
+    ends in the target of a Reshape or Expand of ``x``, or of a tensor carrying its channels
+    (whose handler checks the entry)."""
     if depth > 16:
         return False
     for user, index in sizes.uses():
-        if user.op_type == "Reshape" and index == 1 and _carries_channels_of(user.inputs[0], x):
+        if user.op_type in ("Reshape", "Expand") and index == 1 and _carries_channels_of(user.inputs[0], x):
             continue
-        if user.op_type == "Reshape" and index != 0:  # another tensor shaped by these sizes
+        if user.op_type in ("Reshape", "Expand") and index != 0:  # another tensor shaped by these sizes
             return False
-        if user.op_type not in _SIZE_PICKS or not all(_only_reshapes(o, x, depth + 1) for o in user.outputs):
+        if user.op_type not in _SIZE_ARITHMETIC or not all(_only_reshapes(o, x, depth + 1) for o in user.outputs):
             return False
     return True
 
@@ -1065,6 +1135,46 @@ def _unsqueeze(w: _Walker, node: ir.Node) -> None:
     inserted = {a % out_rank for a in axes}
     kept = [i for i in range(out_rank) if i not in inserted]
     w.set_track(node.outputs[0], _Track(t.elems, kept[t.axis], t.block))
+
+
+def _expand(w: _Walker, node: ir.Node) -> None:
+    """Expand broadcasts size-1 axes: the channels pass on where their axis is not one of
+    them (LLaMA's grouped-query attention repeats each key/value head over a new axis, and
+    a Reshape merging it into the heads repeats the units). The target's channel entry is
+    1 (keeps the input's size), read off a tensor with the same channels, or the count
+    itself, which is rewritten."""
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    in_shape, out_shape = w.shape(node.inputs[0]), w.shape(node.outputs[0])
+    if in_shape is None or out_shape is None:
+        w.block(t, f"{_label(node)}: shapes unknown")
+        return
+    axis = t.axis + len(out_shape) - len(in_shape)
+    if out_shape[axis] != in_shape[t.axis]:
+        w.block(t, f"{_label(node)}: broadcasts the channel axis")
+        return
+    dims = _dims_of(w, node.inputs[1])
+    if dims is None:
+        w.block(t, f"{_label(node)}: the target shape is computed")
+        return
+    entry = axis - (len(out_shape) - len(dims))  # the target may be shorter than the output
+    own = _same_channels(w, t)
+    if any(own & set(d.sizes) for i, d in enumerate(dims) if i != entry):
+        w.block(t, f"{_label(node)}: the target reads the channel count into another entry")
+        return
+    if entry >= 0 and dims[entry].sizes:
+        if dims[entry].factor != 1 or len(dims[entry].sizes) != 1 or dims[entry].sizes[0] not in own:
+            w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
+            return
+    elif entry >= 0 and dims[entry].factor != 1:
+        found = _target_entry(w, node, entry, shared=True)
+        if found is None or found[0] != t.channels * t.block:
+            w.block(t, f"{_label(node)}: the target's channel entry is computed")
+            return
+        _, holder, index, offset = found
+        w.member(holder, SHAPE, node.inputs[0], index, offset, t.block, via=None if holder is node else node)
+    w.set_track(node.outputs[0], _Track(t.elems, axis, t.block))
 
 
 def _transpose(w: _Walker, node: ir.Node) -> None:
@@ -1249,7 +1359,10 @@ _PASSTHROUGH = (
 # ops after which a tensor still carries its input's channels (for a Reshape target read off
 # that input's Shape); their handlers pass the channels on or block them
 _CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Add", "Sub",
-                              "Mul", "Div"})  # fmt: skip
+                              "Mul", "Div", "Unsqueeze", "Squeeze", "Expand"})  # fmt: skip
+# size arithmetic that only passes sizes on to a Reshape / Expand target (TorchScript's
+# ``expand`` turns −1 entries into 1 with Equal / Where on a ConstantOfShape)
+_SIZE_ARITHMETIC = frozenset({*_SIZE_PICKS, "Where", "Equal", "Shape", "ConstantOfShape"})
 
 HANDLERS: dict[str, Handler] = {
     **{op: _passthrough for op in _PASSTHROUGH},
@@ -1270,6 +1383,7 @@ HANDLERS: dict[str, Handler] = {
     "Reshape": _reshape,
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
+    "Expand": _expand,
     "Transpose": _transpose,
     "ReduceMean": _reduce,
     "ReduceSum": _reduce,

@@ -78,7 +78,7 @@ class PadChannelsPass(LoggedPass):
             return ir.passes.PassResult(model, modified=False)  # no group to pad: skip the analysis
         analysis = analyze_groups(model, self.shapes)
         # member key → [(insert at channel position, channels to insert)], value → added channels
-        inserts: dict[tuple[int, str, int], tuple[Member, list[tuple[int, int]]]] = {}
+        inserts: dict[tuple[int, str, int, int], tuple[Member, list[tuple[int, int]]]] = {}
         added: dict[str, int] = {}
         for group in analysis.groups:
             pad = self._padding(group)
@@ -93,9 +93,9 @@ class PadChannelsPass(LoggedPass):
                 continue
             for value in starts:
                 added[value] = added.get(value, 0) + pad
-            seen: set[tuple[int, str, int]] = set()
+            seen: set[tuple[int, str, int, int]] = set()
             for member in group.members:
-                key = (id(member.node), member.role, member.input_index)
+                key = (id(member.node), member.role, member.input_index, id(member.via))
                 if key in seen:  # listed twice in one group: grow it once
                     continue
                 seen.add(key)

@@ -45,7 +45,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, set_const_input
+from onnxopt.graph import attr, set_const_input, unique_name
 from onnxopt.groups import (
     CONSUMER,
     DEPTHWISE,
@@ -126,11 +126,11 @@ class PruneChannelsPass(LoggedPass):
             width = group.unit_width
             self.did(name, f"{group.units * width} → {(group.units - len(units)) * width} channels")
         removed = analysis.removed_positions(accepted)
-        done: set[tuple[int, str, int]] = set()
+        done: set[tuple[int, str, int, int]] = set()
         modified = False
         for group in analysis.groups:
             for member in group.members:
-                key = (id(member.node), member.role, member.input_index)
+                key = (id(member.node), member.role, member.input_index, id(member.via))
                 positions = removed.get(member.value, np.zeros(0, dtype=np.int64))
                 if key in done or len(positions) == 0:
                     continue
@@ -244,6 +244,7 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
         _resize_recurrent(node, channels, edit)
         return
     if m.role == SHAPE:
+        node = _own_shape_builder(m)
         target = const_array(node.inputs[m.input_index]).copy()
         flat = target.reshape(-1)
         flat[m.axis] = channels * m.block
@@ -261,6 +262,28 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
             set_const_input(node, 2, edit(bias, bias.ndim - 1, 1))
     if m.role == DEPTHWISE:
         node.attributes["group"] = ir.AttrInt64("group", channels)
+
+
+def _own_shape_builder(m: Member) -> ir.Node:
+    """The node whose input ``m`` rewrites: ``m.node``, or for a shape entry read by
+    ``m.via`` a copy of the ``Concat`` building it that ``m.via`` alone reads (other layers
+    read the same shape and keep their own counts)."""
+    if m.via is None:
+        return m.node
+    shape = m.via.inputs[1]
+    builder = shape.producer()
+    assert builder is not None and builder.op_type == "Concat", "a shared shape entry is a Concat piece"
+    if len(shape.uses()) == 1:
+        return builder
+    graph = m.via.graph
+    assert graph is not None, "node must belong to a graph"
+    copy = ir.Node("", "Concat", list(builder.inputs), [ir.AttrInt64("axis", attr(builder, "axis", 0))],
+                   name=unique_name(graph, f"{builder.name or 'Concat'}_for_{m.via.name}"))  # fmt: skip
+    out = copy.outputs[0]
+    out.name, out.shape, out.type = unique_name(graph, shape.name), shape.shape, shape.type
+    graph.insert_before(m.via, copy)
+    m.via.replace_input_with(1, out)
+    return copy
 
 
 def _resize_recurrent(node: ir.Node, hidden: int, edit: Callable[[np.ndarray, int, int], np.ndarray]) -> None:

@@ -336,13 +336,20 @@ def test_reshape_target_computed_from_the_sizes_it_merges_follows_the_pruning():
 
 
 def test_reading_the_channel_count_otherwise_blocks_the_group():
-    # the feature entry counts only C · H: not the product of the merged axes (C·H·W)
-    gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (1, 2)]
-    wrong = _sized_reshape([*gathers, helper.make_node("Mul", ["d1", "d2"], ["ch"]),
-                            helper.make_node("Mul", ["ch", "eight"], ["chw"])], "chw",
+    # the feature entry reads H and W but spells the channel count as a constant (8 · H · W)
+    gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (2, 3)]
+    wrong = _sized_reshape([*gathers, helper.make_node("Mul", ["d2", "d3"], ["hw"]),
+                            helper.make_node("Mul", ["hw", "eight"], ["chw"])], "chw",
                            [helper.make_tensor("eight", TensorProto.INT64, [1], [8])])  # fmt: skip
     group = analyze_groups(wrong).by_name()["a"]
     assert not group.prunable and any("computed from other sizes" in r for r in group.reasons)
+    # C · H read, W (static, 8) spelled: the entry follows the channels
+    gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (1, 2)]
+    model = _sized_reshape([*gathers, helper.make_node("Mul", ["d1", "d2"], ["ch"]),
+                            helper.make_node("Mul", ["ch", "eight"], ["chw"])], "chw",
+                           [helper.make_tensor("eight", TensorProto.INT64, [1], [8])])  # fmt: skip
+    analysis, _ = _assert_exact(model)
+    assert analysis.by_name()["a"].prunable
     # the channel count scales the activations: pruning would change what it computes
     c1, i1 = _conv("c1", "x", "a", 3, 8)
     nodes = [c1, helper.make_node("Shape", ["a"], ["sa"]),

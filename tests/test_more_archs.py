@@ -17,7 +17,7 @@ from tests.test_groups import _assert_exact
 torch = pytest.importorskip("torch")
 
 from benchmarks.archs import randomize_bn_stats  # noqa: E402
-from benchmarks.archs_more import MORE_ARCHS, MiniBert  # noqa: E402
+from benchmarks.archs_more import MORE_ARCHS, MiniBert, MiniLlama  # noqa: E402
 from benchmarks.export import export_onnx  # noqa: E402
 
 # What the group analysis must find unprunable in each family, and why (part of a reason).
@@ -150,3 +150,32 @@ def test_attention_heads_prune_exactly_as_units(dynamo, tmp_path):
     result = prune_model(model, data, ratio=0.5, criterion="l1", round_to=1)
     assert [(layer["before"], layer["after"]) for layer in result.layers if layer["channels_per_unit"] == 16] == [(64, 32)] * 2
     assert evaluate.run(result.model, data)[0].shape == (8, 3)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_grouped_query_attention_prunes_kv_heads_with_their_query_heads(dynamo, tmp_path):
+    """LLaMA's grouped-query attention: 4 query heads share 2 key/value heads, each key and
+    value head repeated for its 2 query heads by expand + reshape (HuggingFace's
+    ``repeat_kv``), rotary positions in between. Key/value head g, query heads 2g and
+    2g + 1 and their output-projection rows are one unit; removing one equals zeroing its
+    rows of the output projection, and the Expand targets (shared by every layer in the
+    dynamo export) and Reshape targets follow. Tokens and sequence length stay dynamic."""
+    from onnxopt.passes.cleanup import CleanupPass
+    from onnxopt.pruning import prune_model
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
+    path = export_onnx(MiniLlama().eval(), (ids, mask), tmp_path / "llama.onnx", dynamo=dynamo,
+                       input_names=["input_ids", "attention_mask"], dynamic_batch=True)  # fmt: skip
+    model = load_model(path)
+    CleanupPass()(model)
+    rng = np.random.default_rng(0)
+    mask = (np.arange(16) < rng.integers(4, 17, size=(8, 1))).astype(np.int64)
+    data = Dataset({"input_ids": rng.integers(0, 100, (8, 16)) * mask, "attention_mask": mask})
+    analysis, _ = _assert_exact(model, data.take(slice(0, 3)), fraction=0.5)
+    heads = [g for g in analysis.prunable if len(g.sources) == 3]
+    assert [g.units for g in heads] == [2, 2]  # the key/value heads are the units
+    result = prune_model(model, data, ratio=0.5, criterion="l1", round_to=1)
+    q_layers = [layer for layer in result.layers if layer["before"] == 64 and layer["after"] == 32]
+    assert len(q_layers) == 2, result.layers
+    assert evaluate.run(result.model, data)[0].shape == (8, 16, 100)
