@@ -321,19 +321,30 @@ def with_sample_axes(data: Dataset | None, model: ir.Model) -> Dataset | None:
 _PASS_INDICES = {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"}
 
 
+# (domain, op) → {index input: the table input it indexes (rows on axis 0)}; onnxruntime's
+# fused BERT embedding reads word, segment and position ids
+_INDEXED_TABLES = {
+    ("com.microsoft", "EmbedLayerNormalization"): {0: 2, 1: 4, 8: 3},
+}
+
+
 def _index_limit(model: ir.Model, name: str) -> int | None:
     """The rows of the smallest table that input ``name`` indexes (a Gather of a constant
-    along its axis), or None when it indexes none."""
+    along its axis, or a table of a fused embedding op), or None when it indexes none."""
     stack = [v for v in model.graph.inputs if v.name == name]
     limit = None
     while stack:
         for user, index in stack.pop().uses():
+            tables = _INDEXED_TABLES.get((user.domain or "", user.op_type), {})
             if user.op_type in _PASS_INDICES and index == 0:
                 stack.extend(user.outputs)
-            elif user.op_type == "Gather" and index == 1:
-                table = user.inputs[0]  # an initializer's shape is known without loading it
+            elif (user.op_type == "Gather" and user.domain in ("", "ai.onnx") and index == 1) or index in tables:
+                table = user.inputs[tables.get(index, 0)] if len(user.inputs) > tables.get(index, 0) else None
+                if table is None:
+                    continue
+                # an initializer's shape is known without loading it
                 dims = table.const_value.shape if table.const_value is not None else getattr(const_array(table), "shape", None)
-                axis = attr(user, "axis", 0)
+                axis = attr(user, "axis", 0) if not tables else 0
                 if dims is not None and -len(dims) <= axis < len(dims) and isinstance(dims[axis], int) and dims[axis] > 0:
                     limit = dims[axis] if limit is None else min(limit, dims[axis])
     return limit

@@ -133,6 +133,32 @@ def _check_model(path: Path, proto: onnx.ModelProto) -> None:
         raise OnnxoptError(f"{path}: the ONNX checker rejects this model: {first}") from exc
 
 
+def _ir_rejection(proto: onnx.ModelProto, exc: BaseException) -> str:
+    """Why ``onnx_ir`` refused ``proto``: the innermost error (the outer ones only name the
+    function that failed), and for a map-typed graph input or output which one it is."""
+    root = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    message = str(root) or type(root).__name__
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            if _has_map(value.type):
+                return (f"{message} ({kind} {value.name!r} is a map; skl2onnx writes one for its ZipMap: "
+                        "convert with options={'zipmap': False})")  # fmt: skip
+    return message
+
+
+def _has_map(tp: onnx.TypeProto) -> bool:
+    kind = tp.WhichOneof("value")
+    if kind == "map_type":
+        return True
+    if kind == "sequence_type":
+        return _has_map(tp.sequence_type.elem_type)
+    if kind == "optional_type":
+        return _has_map(tp.optional_type.elem_type)
+    return False
+
+
 def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     """Load ``path`` into an ``onnx_ir`` model, with one-line errors for bad input.
 
@@ -151,7 +177,7 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects a few things the checker lets pass
-        raise OnnxoptError(f"{path}: cannot be read into the IR: {exc}") from exc
+        raise OnnxoptError(f"{path}: cannot be read into the IR: {_ir_rejection(proto, exc)}") from exc
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     name_nodes(model)
     _negative_dims_as_dynamic(model)

@@ -156,10 +156,17 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def to_json_text(data: Any) -> str:

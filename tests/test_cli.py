@@ -51,6 +51,8 @@ def test_optimize_writes_verified_model_and_report(model_path, tmp_path):
     assert report["verification"]["max_rel"] <= 1e-4
     assert report["lossless_only"] is True
     onnx.checker.check_model(onnx.load(str(tmp_path / "o.onnx")))
+    # the report is written atomically but is an ordinary file: readable like the model
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == (tmp_path / "o.onnx").stat().st_mode & 0o777
 
 
 def test_fold_bn_and_verify(model_path, tmp_path):

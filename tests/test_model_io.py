@@ -165,3 +165,18 @@ def test_a_size_of_minus_one_reads_as_dynamic(tmp_path):
     assert model_cost(model).macs > 0
     x = {"input": np.ones((2, 3, 8, 8), np.float32)}
     assert run(model, x)[0].shape[0] == 2
+
+
+def test_a_map_output_is_refused_with_its_name_and_the_way_out(tmp_path):
+    """onnx_ir reads no map types; skl2onnx's ZipMap writes one. The error names the output
+    and the converter option, not the IR function that failed."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1])
+    map_type = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph([node], "zipmap", [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_value_info("probabilities", map_type)])  # fmt: skip
+    path = tmp_path / "zipmap.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]), path)
+    with pytest.raises(OnnxoptError, match=r"output 'probabilities' is a map.*'zipmap': False"):
+        load_model(path)

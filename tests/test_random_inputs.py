@@ -143,3 +143,22 @@ def test_generated_indices_stay_inside_the_tables_they_index():
     assert set(np.unique(data.inputs["input_ids"])) == {0, 1, 2, 3}
     result = optimize(model, bench=False)  # no data: checked on generated inputs
     assert result.model is not None
+
+
+def test_generated_ids_fit_onnxruntimes_fused_embedding_tables():
+    """onnxruntime's transformer optimizer fuses BERT's embeddings into one
+    com.microsoft EmbedLayerNormalization: its segment ids index a 2-row table, so random
+    ids in [0, 4) ran out of range and lossless optimize without data refused the model."""
+    rng = np.random.default_rng(0)
+    tables = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+              for name, shape in (("word", (50, 8)), ("pos", (16, 8)), ("seg", (2, 8)), ("gamma", (8,)), ("beta", (8,)))]  # fmt: skip
+    node = helper.make_node("EmbedLayerNormalization", ["input_ids", "token_type_ids", "word", "pos", "seg", "gamma", "beta"],
+                            ["y", "mask_index"], domain="com.microsoft", epsilon=1e-12)  # fmt: skip
+    graph = helper.make_graph(
+        [node], "embed", [helper.make_tensor_value_info(n, TensorProto.INT32, ["N", "T"]) for n in ("input_ids", "token_type_ids")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "T", 8])], tables,
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]))
+    data = synthetic(model, 64, shapes={"input_ids": [1, 16], "token_type_ids": [1, 16]})
+    assert set(np.unique(data.inputs["token_type_ids"])) == {0, 1}
+    assert optimize(model, bench=False).model is not None
