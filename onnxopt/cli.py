@@ -81,6 +81,8 @@ def print_optimize_result(result) -> None:
     console.print(before_after_table(result.before, result.after, extra))
     if result.lossless_only:
         console.print("[dim]No calibration data given (--data): only lossless passes were applied.[/dim]")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     if result.output:
         console.print(f"wrote {result.output}")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 __all__ = ["OptimizeResult", "optimize", "lossless_stages", "verify_models"]
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -130,6 +131,7 @@ class OptimizeResult:
     baseline_score: float | None = None
     final_score: float | None = None
     speedup: float | None = None  # final check against the original (speed_check with a kept lossy stage)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -143,6 +145,7 @@ class OptimizeResult:
             "baseline_score": self.baseline_score,
             "final_score": self.final_score,
             "speedup": self.speedup,
+            "warnings": self.warnings,
             "bench": self.bench.to_dict() if self.bench is not None else None,
         }
 
@@ -263,6 +266,8 @@ def optimize(
     written = save_model(optimized, output, input_path=input_path) if output is not None else None
     after = summarize(optimized, written, shapes)
     result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only, speedup=speedup)
+    if (why := _coarse_budget(held_out, max_drop, lossless_only)) is not None:
+        result.warnings.append(why)
     if evaluator is not None:
         result.metric = evaluator.metric_name
         result.baseline_score = evaluator.baseline
@@ -270,6 +275,17 @@ def optimize(
     if bench:
         result.bench = _bench(original, optimized, TARGETS[target], final_timing, bench_threads, shapes, verify_data)
     return result
+
+
+def _coarse_budget(held_out: Dataset | None, max_drop: float, lossless_only: bool) -> str | None:
+    """A warning when one held-out sample weighs more than the whole budget: the budget
+    then only holds as "no held-out sample changed", which a handful of samples says little
+    about (2 samples of data: 1 held out, and a 1 % budget passed an 87 % MAC cut)."""
+    if lossless_only or held_out is None or not len(held_out) or 1.0 / len(held_out) <= max_drop:
+        return None
+    return (f"the budget was judged on {len(held_out)} held-out samples: one changed sample is "
+            f"{100.0 / len(held_out):.3g}% of them, more than the {100 * max_drop:g}% budget, so it held only as "
+            f"'no held-out sample changed'; measuring it needs {math.ceil(1 / max_drop)} held-out samples (--eval-data, or --data, half of which is held out)")  # fmt: skip
 
 
 def _bench(original: ir.Model, optimized: ir.Model, providers: Sequence[str], final_timing: BenchResult | None, threads: int | None,

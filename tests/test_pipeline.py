@@ -345,3 +345,21 @@ def test_optimize_reports_the_final_check_instead_of_timing_again(monkeypatch, p
     rows = latency_rows(result)
     assert len(rows) == len(providers) and rows[0][3] == f"{result.speedup:.2f}× (final speed check)"
     assert all(row[3].endswith("(bench)") for row in rows[1:])
+
+
+@pytest.mark.parametrize(("held_out", "warned"), [(4, True), (128, False)])
+def test_optimize_warns_when_one_held_out_sample_outweighs_the_budget(held_out, warned):
+    """With 4 held-out samples one changed sample is a 25 % drop: a 1 % budget then only
+    means "nothing changed", and the result says so; with 128 it is measured."""
+    from onnxopt.calibration import Dataset
+    from onnxopt.optimize import optimize
+
+    model = ir.from_proto(conv_bn_relu_gemm())
+    rng = np.random.default_rng(0)
+    calib = Dataset({"input": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)})
+    evaluation = Dataset({"input": rng.standard_normal((held_out, 3, 8, 8)).astype(np.float32)})
+    result = optimize(model, data=calib, eval_data=evaluation, stages=[], bench=False, speed_check=False)
+    assert bool(result.warnings) == warned
+    if warned:
+        assert "4 held-out samples" in result.warnings[0] and "needs 100" in result.warnings[0]
+        assert result.to_dict()["warnings"] == result.warnings
