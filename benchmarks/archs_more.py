@@ -303,6 +303,54 @@ class MiniLlama(nn.Module):
         return self.head(self.norm(x))
 
 
+class BiasedAttention(nn.Module):
+    """Multi-head attention whose scores get an additive ``[1, heads, S, S]`` bias."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        source = x if memory is None else memory
+        q, k, v = self._split(self.q(x)), self._split(self.k(source)), self._split(self.v(source))
+        scores = q @ k.transpose(-1, -2) + bias
+        return self.o((scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+
+class MiniT5(nn.Module):
+    """T5's attention biases: a relative position bias looked up in a ``[buckets, heads]``
+    table by buckets computed from the sequence length, computed once and added in every
+    layer's self-attention, and a zero bias ``torch.zeros(1, heads, S, S)`` (HuggingFace's
+    cross-attention without relative positions) shared by every cross-attention."""
+
+    def __init__(self, vocab: int = 100, dim: int = 64, heads: int = 4, layers: int = 2, buckets: int = 8) -> None:
+        super().__init__()
+        self.heads, self.buckets = heads, buckets
+        self.embed, self.table = nn.Embedding(vocab, dim), nn.Embedding(buckets, heads)
+        self.attention = nn.ModuleList(BiasedAttention(dim, heads) for _ in range(layers))
+        self.cross = nn.ModuleList(BiasedAttention(dim, heads) for _ in range(layers))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim)) for _ in range(layers))
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        positions = torch.arange(seq)
+        half = self.buckets // 2
+        relative = (positions[None, :] - positions[:, None]).clamp(-half, half - 1) + half
+        bias = self.table(relative).permute(2, 0, 1).unsqueeze(0)
+        zero = torch.zeros(1, self.heads, seq, seq)
+        x = memory = self.embed(input_ids)
+        for attention, cross, ffn in zip(self.attention, self.cross, self.ffn):
+            x = x + attention(x, bias)
+            x = x + cross(x, zero, memory)
+            x = x + ffn(x)
+        return self.head(x)
+
+
 MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "efficientnet_tiny": (efficientnet_tiny, (3, 32, 32)),
     "convnext_tiny": (convnext_tiny, (3, 32, 32)),

@@ -661,11 +661,70 @@ def _elementwise(w: _Walker, node: ir.Node) -> None:
         if arr is not None and d == width:
             w.member(node, PARAM, node.inputs[tracked[0][0]], i, out_axis - (out_rank - arr.ndim), ref.block)
             continue
+        if arr is None and d == width and ref.block == 1 and (table := _table_operand(w, node, v, out_rank, out_axis)) is not None:
+            tracked.append((i, table))
+            continue
         _block_inputs(w, node, "an operand of fixed channel count (not constant, or a size that does not match)")
         return
     for _, t in tracked[1:]:
         w.union(ref.elems, t.elems)
     w.set_track(out, _Track(ref.elems, out_axis, ref.block))
+
+
+def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, out_axis: int) -> _Track | None:
+    """Channels of an operand computed from constants and sizes: a ``Gather`` of a
+    constant table along another axis, moved by ``Transpose`` / ``Unsqueeze`` (T5's
+    relative position bias: a ``[buckets, heads]`` table gathered by computed buckets into
+    ``[1, heads, S, S]`` and added to every layer's scores), or a ``ConstantOfShape`` fill.
+    The table's column axis, or the fill's shape entry, becomes a member, so ``value`` is
+    tracked from here on (every layer reading it prunes the same heads); None (nothing
+    registered) when the chain is anything else or a node already walked reads it."""
+    rank = w.rank(value)
+    axis = None if rank is None else out_axis - (out_rank - rank)
+    if axis is None or axis < 0 or any(id(user) in w.handled and user is not node for user, _ in value.uses()):
+        return None
+    current, a = value, axis
+    for _ in range(8):
+        producer = current.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "ConstantOfShape" and current is value:
+            # one value everywhere (T5's zero cross-attention bias [1, heads, S, S]): only
+            # the head entry of its shape changes
+            found = _target_entry(w, producer, a, shared=True, index=0)
+            if found is None or found[0] != w.shape(value)[a]:
+                return None
+            _, holder, index, offset = found
+            track = _Track(w.new_elems(found[0]), axis)
+            w.set_track(value, track)
+            w.member(holder, SHAPE, value, index, offset, via=None if holder is producer else producer)
+            return track
+        if producer.op_type == "Gather" and producer.domain in ("", "ai.onnx"):
+            table = const_array(producer.inputs[0])
+            indices = w.rank(producer.inputs[1])
+            if table is None or indices is None or w.track(producer.inputs[1]) is not None:
+                return None
+            gathered = attr(producer, "axis", 0) % table.ndim
+            if gathered <= a < gathered + indices:
+                return None  # the channels are the looked-up entries, not a column
+            column = a if a < gathered else a - indices + 1
+            track = _Track(w.new_elems(table.shape[column]), axis)
+            w.set_track(value, track)
+            w.member(producer, PARAM, value, 0, column)
+            return track
+        if producer.op_type == "Transpose" and (perm := attr(producer, "perm", None)) is not None:
+            a = list(perm)[a]
+        elif producer.op_type == "Unsqueeze" and (axes := _axes_of(producer)) is not None and rank is not None:
+            inserted = {x % (w.rank(current) or 0) for x in axes} if w.rank(current) else None
+            if not inserted or a in inserted:
+                return None
+            a -= sum(1 for x in inserted if x < a)
+        elif producer.op_type not in ("Identity", "Cast"):
+            return None
+        current = producer.inputs[0]
+        if current is None or len(current.uses()) != 1:  # a step of the chain read by anything else
+            return None
+    return None
 
 
 def _prelu(w: _Walker, node: ir.Node) -> None:
@@ -880,17 +939,17 @@ def _prefix_of(dims: Sequence[int], size: int) -> bool:
     return product == size
 
 
-def _target_entry(w: _Walker, node: ir.Node, b: int, shared: bool = False) -> tuple[int, ir.Node, int, int] | None:
+def _target_entry(w: _Walker, node: ir.Node, b: int, shared: bool = False, index: int = 1) -> tuple[int, ir.Node, int, int] | None:
     """Entry ``b`` of a Reshape's (or Expand's) target shape and where it is written: ``(value, node,
     input, offset)``, the constant target itself or the constant piece of the ``Concat``
     that builds a computed one (a dynamic-batch export: ``Concat(Shape(x)[0:1], [64],
-    Shape(x)[3:4])``). None when that entry is computed. A ``Concat`` read by other nodes
-    too is only returned when ``shared``: the pass then gives the reader a copy of it
-    (:attr:`Member.via`)."""
-    target = node.inputs[1]
+    Shape(x)[3:4])``; ``index``: the node's shape input). None when that entry is computed.
+    A ``Concat`` read by other nodes too is only returned when ``shared``: the pass then
+    gives the reader a copy of it (:attr:`Member.via`)."""
+    target = node.inputs[index]
     array = const_array(target)
     if array is not None:
-        return (int(array.reshape(-1)[b]), node, 1, b) if b < array.size else None
+        return (int(array.reshape(-1)[b]), node, index, b) if b < array.size else None
     concat = target.producer() if target is not None else None
     if concat is None or concat.op_type != "Concat" or (len(target.uses()) != 1 and not shared):
         return None

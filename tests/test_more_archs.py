@@ -17,7 +17,7 @@ from tests.test_groups import _assert_exact
 torch = pytest.importorskip("torch")
 
 from benchmarks.archs import randomize_bn_stats  # noqa: E402
-from benchmarks.archs_more import MORE_ARCHS, MiniBert, MiniLlama  # noqa: E402
+from benchmarks.archs_more import MORE_ARCHS, MiniBert, MiniLlama, MiniT5  # noqa: E402
 from benchmarks.export import export_onnx  # noqa: E402
 
 # What the group analysis must find unprunable in each family, and why (part of a reason).
@@ -179,3 +179,25 @@ def test_grouped_query_attention_prunes_kv_heads_with_their_query_heads(dynamo, 
     q_layers = [layer for layer in result.layers if layer["before"] == 64 and layer["after"] == 32]
     assert len(q_layers) == 2, result.layers
     assert evaluate.run(result.model, data)[0].shape == (8, 16, 100)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_attention_biases_computed_from_sizes_follow_the_heads(dynamo, tmp_path):
+    """T5's biases. TorchScript keeps them computed: the relative position bias is a
+    Gather from a [buckets, heads] table (its head column is pruned with the heads, and
+    every layer reading the one bias prunes the same heads), the cross-attention's zero
+    bias a ConstantOfShape whose head entry is rewritten. Removing heads equals zeroing
+    their rows of the output projections; dynamo folds both biases into constants."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 12))
+    from onnxopt.passes.cleanup import CleanupPass
+
+    path = export_onnx(MiniT5().eval(), (ids,), tmp_path / "t5.onnx", dynamo=dynamo, input_names=["input_ids"], dynamic_batch=True)
+    model = load_model(path)
+    CleanupPass()(model)
+    data = Dataset({"input_ids": np.random.default_rng(0).integers(0, 100, (3, 12))})
+    analysis, _ = _assert_exact(model, data, fraction=0.5)
+    heads = sorted(len(g.sources) for g in analysis.prunable if g.units == 4)
+    # TorchScript: one self-attention group and one cross-attention group, each spanning
+    # both layers (they read one bias); dynamo: a group per attention
+    assert heads == ([6, 6] if not dynamo else [3, 3, 3, 3])
