@@ -33,6 +33,9 @@ output relate to the channels of its inputs:
 - ``Expand`` passes the channels on where their axis is not broadcast: grouped-query
   attention repeats each key/value head for its query heads (``expand`` + ``reshape``),
   so key/value head *g* and its query heads are one unit;
+- an operand computed from sizes and constants that carries the channels (T5's relative
+  position bias gathered from a ``[buckets, heads]`` table, a ``ConstantOfShape`` zero
+  bias) is pruned in its table column or shape entry, and every reader of it is united;
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
