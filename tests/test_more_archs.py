@@ -126,24 +126,31 @@ def test_text_model_with_int64_inputs(dynamo, tmp_path):
     assert all(row.p50_ms > 0 for row in bench.rows)
 
 
+def _token_model(net: type, dynamo: bool, tmp_path) -> tuple:
+    """``net`` exported with int64 ``input_ids`` + ``attention_mask`` (dynamic batch) and
+    cleaned up, and 8 samples of 16 tokens with padding masked at random lengths."""
+    from onnxopt.passes.cleanup import CleanupPass
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
+    path = export_onnx(net().eval(), (ids, mask), tmp_path / f"{net.__name__}.onnx", dynamo=dynamo,
+                       input_names=["input_ids", "attention_mask"], dynamic_batch=True)  # fmt: skip
+    model = load_model(path)
+    CleanupPass()(model)
+    rng = np.random.default_rng(0)
+    mask = (np.arange(16) < rng.integers(4, 17, size=(8, 1))).astype(np.int64)
+    return model, Dataset({"input_ids": rng.integers(0, 100, (8, 16)) * mask, "attention_mask": mask})
+
+
 @pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_attention_heads_prune_exactly_as_units(dynamo, tmp_path):
     """A BERT layer's Q, K and V split into 4 heads of 16 channels; each product (Q·Kᵀ,
     scores·V) stays within a head, so head h of Q, K and V and its 16 input rows of the
     output projection are one unit. Removing heads equals zeroing their rows of the output
     projection, masked tokens included, and the Reshape targets follow (4 → 2 heads)."""
-    from onnxopt.passes.cleanup import CleanupPass
     from onnxopt.pruning import prune_model
 
-    torch.manual_seed(0)
-    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
-    path = export_onnx(MiniBert().eval(), (ids, mask), tmp_path / "bert.onnx", dynamo=dynamo,
-                       input_names=["input_ids", "attention_mask"], dynamic_batch=True)  # fmt: skip
-    model = load_model(path)
-    CleanupPass()(model)
-    rng = np.random.default_rng(0)
-    mask = (np.arange(16) < rng.integers(4, 17, size=(8, 1))).astype(np.int64)
-    data = Dataset({"input_ids": rng.integers(0, 100, (8, 16)) * mask, "attention_mask": mask})
+    model, data = _token_model(MiniBert, dynamo, tmp_path)
     analysis, _ = _assert_exact(model, data.take(slice(0, 3)), fraction=0.5)
     heads = [g for g in analysis.prunable if g.unit_width == 16]
     assert [(g.units, len(g.sources)) for g in heads] == [(4, 3), (4, 3)]
@@ -160,18 +167,9 @@ def test_grouped_query_attention_prunes_kv_heads_with_their_query_heads(dynamo, 
     2g + 1 and their output-projection rows are one unit; removing one equals zeroing its
     rows of the output projection, and the Expand targets (shared by every layer in the
     dynamo export) and Reshape targets follow. Tokens and sequence length stay dynamic."""
-    from onnxopt.passes.cleanup import CleanupPass
     from onnxopt.pruning import prune_model
 
-    torch.manual_seed(0)
-    ids, mask = torch.randint(0, 100, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
-    path = export_onnx(MiniLlama().eval(), (ids, mask), tmp_path / "llama.onnx", dynamo=dynamo,
-                       input_names=["input_ids", "attention_mask"], dynamic_batch=True)  # fmt: skip
-    model = load_model(path)
-    CleanupPass()(model)
-    rng = np.random.default_rng(0)
-    mask = (np.arange(16) < rng.integers(4, 17, size=(8, 1))).astype(np.int64)
-    data = Dataset({"input_ids": rng.integers(0, 100, (8, 16)) * mask, "attention_mask": mask})
+    model, data = _token_model(MiniLlama, dynamo, tmp_path)
     analysis, _ = _assert_exact(model, data.take(slice(0, 3)), fraction=0.5)
     heads = [g for g in analysis.prunable if len(g.sources) == 3]
     assert [g.units for g in heads] == [2, 2]  # the key/value heads are the units
