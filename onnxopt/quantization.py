@@ -51,7 +51,7 @@ from onnxopt import evaluate
 from onnxopt.bench import latency_ratio, latency_ratios
 from onnxopt.calibration import Dataset, synthetic, with_sample_axes
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import default_opset, fixed_batch, iter_nodes
+from onnxopt.graph import attr, default_opset, fixed_batch, iter_nodes
 from onnxopt.model_io import _embedded_proto, serialized_size
 from onnxopt.passes.cleanup import fold_weight_subgraphs
 from onnxopt.passes.lowbit import LowBitWeightPass
@@ -180,6 +180,7 @@ def _int8_static(model, calib, result, *, method, per_channel, activation_type, 
     forced = {n: "excluded by the user" for n in exclude}
     forced.update({n: why for n, why in _softmax_inputs(pre).items() if n not in forced})
     forced.update({n: why for n, why in _shape_arithmetic(pre).items() if n not in forced})
+    forced.update({n: why for n, why in _grouped_conv_transpose(pre).items() if n not in forced})
     if skip_first_last:
         forced.update({n: "first/last layer kept float" for n in _first_last(pre, weighted) if n not in forced})
     if activation_type == "auto":
@@ -240,6 +241,15 @@ def _shape_arithmetic(model: ir.Model) -> dict[str, str]:
             continue
         depends.update(id(v) for v in node.outputs)
     return out
+
+
+def _grouped_conv_transpose(model: ir.Model) -> dict[str, str]:
+    """Grouped ConvTranspose stays float: its weight is ``[C_in, C_out / group, k, k]``, and
+    onnxruntime's static quantizer scales the int32 bias with one weight scale per column
+    of that axis, ``C_out / group`` of them for ``C_out`` biases ("operands could not be
+    broadcast together with shapes (8,) (4,)")."""
+    return {n.name: "grouped ConvTranspose (onnxruntime's quantizer cannot scale its bias), kept float"
+            for n in model.graph if n.op_type == "ConvTranspose" and attr(n, "group", 1) > 1 and n.name}  # fmt: skip
 
 
 def _static_ops_but_dynamic() -> list[str]:

@@ -762,3 +762,24 @@ def test_static_int8_leaves_position_arithmetic_float():
     assert {"mul", "lookup"} <= {n for n, why in result.layers_float.items() if "from shapes only" in why}
     ref, out = evaluate.run(model, calib)[0], evaluate.run(result.model, calib)[0]
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_a_grouped_conv_transpose_stays_float_and_the_rest_is_quantized():
+    """onnxruntime's static quantizer fails on a grouped ConvTranspose ("operands could not
+    be broadcast together": C_out / group weight scales for C_out biases); it stays float
+    with the reason and the Conv before it is quantized."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in
+             (("w1", (16, 3, 3, 3)), ("b1", (16,)), ("w2", (16, 4, 3, 3)), ("b2", (8,)))]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv", pads=[1] * 4),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "w2", "b2"], ["y"], name="up", group=2, strides=[2, 2],
+                              pads=[1] * 4, output_padding=[1, 1])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])], inits)  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    calib = Dataset({"x": rng.standard_normal((16, 3, 16, 16)).astype(np.float32)})
+    result = quantize_model(model, calib, mode="int8", check_speed=False)
+    assert result.applied, result.reason
+    assert "grouped ConvTranspose" in result.layers_float["up"]
+    assert "conv" in result.layers_quantized
