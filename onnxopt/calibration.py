@@ -339,7 +339,8 @@ def _index_limit(model: ir.Model, name: str) -> int | None:
             if user.op_type in _PASS_INDICES and index == 0:
                 stack.extend(user.outputs)
             elif (user.op_type == "Gather" and user.domain in ("", "ai.onnx") and index == 1) or index in tables:
-                table = user.inputs[tables.get(index, 0)] if len(user.inputs) > tables.get(index, 0) else None
+                at = tables.get(index, 0)  # a Gather's table is its input 0
+                table = user.inputs[at] if at < len(user.inputs) else None
                 if table is None:
                     continue
                 # an initializer's shape is known without loading it

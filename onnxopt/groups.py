@@ -717,9 +717,9 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
             return track
         if producer.op_type == "Transpose" and (perm := attr(producer, "perm", None)) is not None:
             a = list(perm)[a]
-        elif producer.op_type == "Unsqueeze" and (axes := _axes_of(producer)) is not None and rank is not None:
-            inserted = {x % (w.rank(current) or 0) for x in axes} if w.rank(current) else None
-            if not inserted or a in inserted:
+        elif producer.op_type == "Unsqueeze" and (axes := _axes_of(producer)) is not None and (out_rank_here := w.rank(current)):
+            inserted = {x % out_rank_here for x in axes}
+            if a in inserted:
                 return None
             a -= sum(1 for x in inserted if x < a)
         elif producer.op_type not in ("Identity", "Cast"):

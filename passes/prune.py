@@ -270,7 +270,8 @@ def _own_shape_builder(m: Member) -> ir.Node:
     read the same shape and keep their own counts)."""
     if m.via is None:
         return m.node
-    shape = m.via.inputs[0 if m.via.op_type == "ConstantOfShape" else 1]
+    index = 0 if m.via.op_type == "ConstantOfShape" else 1  # the shape input (Expand, Reshape: 1)
+    shape = m.via.inputs[index]
     builder = shape.producer()
     assert builder is not None and builder.op_type == "Concat", "a shared shape entry is a Concat piece"
     if len(shape.uses()) == 1:
@@ -282,7 +283,7 @@ def _own_shape_builder(m: Member) -> ir.Node:
     out = copy.outputs[0]
     out.name, out.shape, out.type = unique_name(graph, shape.name), shape.shape, shape.type
     graph.insert_before(m.via, copy)
-    m.via.replace_input_with(0 if m.via.op_type == "ConstantOfShape" else 1, out)
+    m.via.replace_input_with(index, out)
     return copy
 
 
