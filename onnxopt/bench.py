@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from onnxopt.calibration import Dataset, input_specs, shapes_text, synthetic
 from onnxopt.errors import OnnxoptError
-from onnxopt.evaluate import _first_line, _session_shapes, session
+from onnxopt.evaluate import _first_line, _session_shapes, runnable_synthetic, session
 from onnxopt.graph import fixed_batch, sample_axes
 from onnxopt.model_io import load_model
 
@@ -333,6 +333,14 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
             data = given
         feed = {i.name: data[i.name] for i in sess.get_inputs()}
         try:
+            try:
+                sess.run(None, feed)
+            except Exception:
+                if given is not None:
+                    raise
+                # random lengths may not fit the padded input: runnable_synthetic tries sizes
+                data = runnable_synthetic(model, batch, seed=seed, shapes=_batch_shapes(model, batch, shapes), sess=sess)[0].inputs
+                feed = {i.name: data[i.name] for i in sess.get_inputs()}
             for _ in range(warmup):
                 sess.run(None, feed)
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit

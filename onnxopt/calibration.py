@@ -22,6 +22,7 @@ __all__ = [
     "parse_sample_axes",
     "check_dataset",
     "synthetic",
+    "length_inputs",
     "parse_shapes",
     "with_sample_axes",
 ]
@@ -357,14 +358,17 @@ def synthetic(
     *,
     seed: int = 0,
     shapes: Mapping[str, Sequence[int]] | None = None,
+    fill: Mapping[str, int] | None = None,
 ) -> Dataset:
     """Random inputs that fit the model's signature (dynamic dims: from ``shapes`` or 1).
 
     ``shapes`` gives the full shape of one batch; the sample axis (of ``n``) is the one
     :func:`onnxopt.graph.sample_axes` names.
     Floats are standard normal, integers small non-negative (below 4 and below the rows of
-    any table they index: a BERT's token types have 2), bools random.
+    any table they index: a BERT's token types have 2), bools random. An integer input named
+    in ``fill`` holds that value everywhere instead (see :func:`length_inputs`).
     """
+    fill = dict(fill or {})
     rng = np.random.default_rng(seed)
     shapes = dict(shapes or {})
     inputs: dict[str, np.ndarray] = {}
@@ -383,6 +387,8 @@ def synthetic(
         kind = spec.dtype.kind
         if kind == "f":
             arr = rng.standard_normal(dims).astype(spec.dtype)
+        elif kind in "iu" and spec.name in fill:
+            arr = np.full(dims, fill[spec.name], dtype=spec.dtype)
         elif kind in "iu":
             arr = rng.integers(0, min(4, _index_limit(model, spec.name) or 4), size=dims).astype(spec.dtype)
         elif kind == "b":
@@ -391,3 +397,19 @@ def synthetic(
             raise OnnxoptError(f"input {spec.name!r}: cannot generate data of dtype {spec.dtype}; pass --data")
         inputs[spec.name] = arr
     return Dataset(inputs, axes={s.name: s.axis for s in specs})
+
+
+def length_inputs(model: ir.Model) -> list[str]:
+    """Integer inputs that hold one value per sample (a ``[batch]`` vector, or a scalar) and
+    index no table: the usual form of the valid lengths a speech or sequence model takes
+    beside its padded input (torchaudio's Conformer and Emformer, NeMo's
+    ``audio_signal_length``). Such a value is a size of another input's axis, which random
+    small integers rarely are: :func:`onnxopt.evaluate.runnable_synthetic` tries those sizes."""
+    names = []
+    for spec in input_specs(model):
+        if spec.dtype.kind not in "iu" or spec.shape is None or _index_limit(model, spec.name) is not None:
+            continue
+        per_sample = [d for i, d in enumerate(spec.shape) if i != spec.axis]
+        if all(d == 1 for d in per_sample):
+            names.append(spec.name)
+    return names

@@ -174,14 +174,16 @@ class LossyRun:
     def finish(self, candidate) -> tuple[Any, Any, Any]:
         """Save ``candidate``; (before, after, fidelity) on held-out data or random inputs."""
         from onnxopt import evaluate
-        from onnxopt.calibration import synthetic
         from onnxopt.model_io import save_model
         from onnxopt.report import summarize
 
         save_model(candidate, self.output, input_path=self.model_path)
-        data = self.held_out if self.held_out is not None else synthetic(self.original, 8, seed=self.seed, shapes=self.shapes)
+        if self.held_out is not None:
+            data, reference = self.held_out, evaluate.run(self.original, self.held_out)
+        else:
+            data, reference, _ = evaluate.runnable_synthetic(self.original, 8, seed=self.seed, shapes=self.shapes)
         fidelity = evaluate.compare(
-            evaluate.run(self.original, data), evaluate.run(candidate, data),
+            reference, evaluate.run(candidate, data),
             names=[o.name for o in self.original.graph.outputs], labels=data.labels,
             axes=evaluate.score_axes(self.original),
         )  # fmt: skip

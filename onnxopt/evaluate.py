@@ -23,6 +23,7 @@ __all__ = [
     "OutputFidelity",
     "session",
     "run",
+    "runnable_synthetic",
     "compare",
     "task_score",
     "accuracy",
@@ -46,7 +47,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import Dataset
+from onnxopt.calibration import Dataset, length_inputs, synthetic
 from onnxopt.detection import (
     box_count,
     box_f1,
@@ -152,6 +153,47 @@ def run(
     sizes = [len(Dataset(f, axes=feed_data.axes)) for f in feeds]
     out_axes = [_output_axis(o.shape, shapes) for o in sess.get_outputs()]
     return [_concat([c[i] for c in chunks], sizes, out_axes[i]) for i in range(len(chunks[0]))]
+
+
+# sizes tried for length inputs, at most this many (largest first)
+_LENGTH_TRIES = 4
+
+
+def runnable_synthetic(
+    model: ir.Model,
+    n: int,
+    *,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    sess: ort.InferenceSession | None = None,
+) -> tuple[Dataset, Outputs, str]:
+    """Random inputs (:func:`onnxopt.calibration.synthetic`) the model runs on, its outputs
+    on them, and a description (``"8 random samples (seed 0)"``).
+
+    When the model rejects the random inputs and has length inputs
+    (:func:`onnxopt.calibration.length_inputs`), those are set to each size of the other
+    inputs' axes in turn, largest first (a length equal to the padded size is valid for
+    every sample: torchaudio's Conformer builds its padding mask from ``max(lengths)``, which
+    must match the frames of ``x``), and the first that runs is kept. Otherwise the first
+    error is raised. ``sess``: a session of ``model`` to run them on (default: a CPU one).
+    """
+    data = synthetic(model, n, seed=seed, shapes=shapes)
+    described = f"{len(data)} random samples (seed {seed})"
+    sess = sess or session(model)
+    try:
+        return data, run(sess, data), described
+    except OnnxoptError as first:
+        lengths = length_inputs(model)
+        sizes = {d for k, a in data.inputs.items() if k not in lengths
+                 for axis, d in enumerate(np.shape(a)) if axis != data.axes.get(k, 0) and d > 1}  # fmt: skip
+        for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES] if lengths else []:
+            filled = synthetic(model, n, seed=seed, shapes=shapes, fill=dict.fromkeys(lengths, size))
+            try:
+                outputs = run(sess, filled)
+            except OnnxoptError:
+                continue
+            return filled, outputs, f"{described[:-1]}; {', '.join(lengths)} = {size})"
+        raise first
 
 
 def output_sample_axes(model: ir.Model) -> list[int | None]:

@@ -223,9 +223,9 @@ def optimize(
     if held_out is not None:
         verify_data = held_out.take(slice(0, VERIFY_SAMPLES))
         verified_on = f"{len(verify_data)} held-out samples"
+        reference = evaluate.run(original, verify_data)
     else:
-        verify_data = synthetic(original, VERIFY_SAMPLES, seed=seed, shapes=shapes)
-        verified_on = f"{len(verify_data)} random samples (seed {seed})"
+        verify_data, reference, verified_on = _random_check_inputs(original, seed, shapes)
     evaluator = evaluate.Evaluator(original, held_out, metric=metric, confidence=budget_se) if held_out is not None else None
     ctx = Context(
         verify_data=verify_data,
@@ -252,7 +252,6 @@ def optimize(
                 options["max_drop"] = max_drop * share  # searched under its share of the budget
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
-    reference = _reference_outputs(original, verify_data, generated=held_out is None)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
     if speed_check:
         optimized, records = try_last_stage_alone(optimized, records, pipeline, ctx)
@@ -304,16 +303,17 @@ def _bench(original: ir.Model, optimized: ir.Model, providers: Sequence[str], fi
     return BenchResult(final_timing.rows + timed.rows, final_timing.skipped + timed.skipped, final_timing.environment)
 
 
-def _reference_outputs(model: ir.Model, data: Dataset, *, generated: bool) -> evaluate.Outputs:
-    """The original's outputs on the check inputs. When ``generated`` (random inputs, no
-    data given) and the model cannot run on them, say which shapes were used: dynamic dims
-    are 1, which e.g. a reflect Pad of an audio model's STFT rejects."""
+def _random_check_inputs(
+    model: ir.Model, seed: int, shapes: Mapping[str, Sequence[int]]
+) -> tuple[Dataset, evaluate.Outputs, str]:
+    """Random check inputs the original runs on (:func:`onnxopt.evaluate.runnable_synthetic`),
+    its outputs on them and their description. When it runs on none, say which shapes were
+    used: dynamic dims are 1, which e.g. a reflect Pad of an audio model's STFT rejects."""
     try:
-        return evaluate.run(model, data)
+        return evaluate.runnable_synthetic(model, VERIFY_SAMPLES, seed=seed, shapes=shapes)
     except OnnxoptError as exc:
-        if not generated:
-            raise
-        raise OnnxoptError(f"{exc} — on random check inputs ({shapes_text(data.inputs)}; dynamic dimensions are 1 unless given): "
+        used = synthetic(model, VERIFY_SAMPLES, seed=seed, shapes=shapes)
+        raise OnnxoptError(f"{exc} — on random check inputs ({shapes_text(used.inputs)}; dynamic dimensions are 1 unless given): "
                            "give real sizes with --shape NAME=DxD… or real inputs with --data") from None
 
 
@@ -330,15 +330,14 @@ def verify_models(
     """Run both models on the same inputs; returns the fidelity and what the inputs were."""
     a = original if isinstance(original, ir.Model) else load_model(original)
     b = candidate if isinstance(candidate, ir.Model) else load_model(candidate)
-    dataset = _as_dataset(data, a, sample_axes)
-    if dataset is None:
-        dataset = synthetic(a, samples, seed=seed, shapes=shapes)
-        described = f"{len(dataset)} random samples (seed {seed})"
-    else:
-        described = f"{len(dataset)} samples from data"
     names_a = [v.name for v in a.graph.outputs]
     names_b = [v.name for v in b.graph.outputs]
     if len(names_a) != len(names_b):
         raise OnnxoptError(f"the models have different numbers of outputs ({len(names_a)} vs {len(names_b)})")
-    fid = evaluate.compare(evaluate.run(a, dataset), evaluate.run(b, dataset), names=names_a, labels=dataset.labels, axes=evaluate.score_axes(a))
+    dataset = _as_dataset(data, a, sample_axes)
+    if dataset is None:
+        dataset, reference, described = evaluate.runnable_synthetic(a, samples, seed=seed, shapes=shapes)
+    else:
+        reference, described = evaluate.run(a, dataset), f"{len(dataset)} samples from data"
+    fid = evaluate.compare(reference, evaluate.run(b, dataset), names=names_a, labels=dataset.labels, axes=evaluate.score_axes(a))
     return fid, described

@@ -9,6 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt import evaluate
 from onnxopt.bench import benchmark
 from onnxopt.calibration import synthetic
 from onnxopt.errors import OnnxoptError
@@ -162,3 +163,40 @@ def test_generated_ids_fit_onnxruntimes_fused_embedding_tables():
     data = synthetic(model, 64, shapes={"input_ids": [1, 16], "token_type_ids": [1, 16]})
     assert set(np.unique(data.inputs["token_type_ids"])) == {0, 1}
     assert optimize(model, bench=False).model is not None
+
+
+def padded_lengths_model() -> ir.Model:
+    """x [B, 6, 4] and its valid lengths [B] (torchaudio Conformer style): the padding mask
+    is ``arange(max(lengths)) < lengths``, so it only fits ``x`` when max(lengths) is 6."""
+    nodes = [
+        helper.make_node("ReduceMax", ["lengths"], ["longest"], keepdims=0),
+        helper.make_node("Range", ["zero", "longest", "one"], ["steps"]),
+        helper.make_node("Unsqueeze", ["steps", "axis0"], ["row"]),
+        helper.make_node("Unsqueeze", ["lengths", "axis1"], ["column"]),
+        helper.make_node("Less", ["row", "column"], ["valid"]),
+        helper.make_node("Cast", ["valid"], ["weights"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["weights", "axis2"], ["mask"]),
+        helper.make_node("Mul", ["x", "mask"], ["masked"]),
+        helper.make_node("Transpose", ["masked"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Transpose", ["t"], ["y"], perm=[0, 2, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "padded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6, 4]),
+         helper.make_tensor_value_info("lengths", TensorProto.INT64, ["B"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 6, 4])],
+        [numpy_helper.from_array(np.array(v, np.int64), n)
+         for n, v in [("zero", 0), ("one", 1), ("axis0", [0]), ("axis1", [1]), ("axis2", [2])]],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_lengths_inputs_get_a_size_the_padded_input_has():
+    model = padded_lengths_model()
+    with pytest.raises(OnnxoptError):  # the small random lengths do not fit x
+        evaluate.run(model, synthetic(model, 8))
+    result = optimize(model)
+    assert result.verified_on.endswith("random samples (seed 0; lengths = 6)")
+    assert result.fidelity.within() and any(r.kept and r.name == "cleanup" for r in result.stages)
+    rows = benchmark([("padded", model)], iterations=3, warmup=1).rows
+    assert rows and rows[0].p50_ms > 0
