@@ -4,6 +4,12 @@ Counting rules (one MAC = one multiply + one add; per inference of the given inp
 - Conv (and its int8 forms): ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose: ``in_elements *
   (C_out / group) * prod(kernel)``.
 - Gemm / MatMul: ``prod(output batch dims) * M * N * K``.
+- onnxruntime's fused attention (``com.microsoft``, written by ``onnxruntime.transformers``):
+  ``Attention`` counts its packed Q/K/V projection ``B·S·H_in·(H_q + H_k + H_v)`` and the
+  score and value products ``B·S·L·(H_q + H_v)`` (L: the key length, past included);
+  ``MultiHeadAttention`` (projections outside) the latter only. ``FusedConv`` / ``FusedGemm``
+  / ``FusedMatMul`` count as Conv / Gemm / MatMul, the fused normalisations and bias
+  activations as element-wise ops.
 - LSTM / GRU / RNN: per time step and sample, the input and recurrent products of every
   gate and direction: ``seq · batch · (prod(W) + prod(R))`` (``W: [dirs, gates·H, I]``,
   ``R: [dirs, gates·H, H]``); the gate arithmetic is not counted.
@@ -40,6 +46,9 @@ _ELEMENTWISE = {
     "Softmax", "LogSoftmax", "Max", "Min", "Sum", "Mean", "Neg", "Abs", "Mish", "Softplus",
     "BatchNormalization", "InstanceNormalization", "LayerNormalization",
     "GroupNormalization", "Where",
+    # onnxruntime's fused forms (com.microsoft)
+    "SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization",
+    "EmbedLayerNormalization", "BiasGelu", "FastGelu", "QuickGelu", "BiasAdd", "BiasSoftmax",
 }
 _POOLS = {"MaxPool", "AveragePool", "LpPool"}
 _RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
@@ -79,6 +88,28 @@ def _prod(shape: Sequence[int]) -> int:
     return int(math.prod(shape)) if shape else 1
 
 
+def _attention_macs(node: ir.Node, shape_of, out: Sequence[int] | None) -> int | None:
+    """com.microsoft Attention / MultiHeadAttention (module docstring); None when the
+    shapes are not the plain ``[B, S, H]`` ones (packed or 5-D key/value inputs)."""
+    q = shape_of(0)
+    if q is None or out is None or len(q) != 3 or len(out) != 3:
+        return None
+    batch, steps = q[0], q[1]
+    if node.op_type == "MultiHeadAttention":
+        k, v = shape_of(1), shape_of(2)
+        if k is None or v is None or len(k) != 3 or len(v) != 3:
+            return None
+        return batch * steps * k[1] * (q[2] + v[2])
+    w = shape_of(1)
+    if w is None or len(w) != 2:
+        return None
+    sizes = attr(node, "qkv_hidden_sizes", None)
+    hq, _, hv = (list(sizes) if sizes else [w[1] // 3] * 3)
+    past = shape_of(4)
+    keys = steps + (past[3] if past is not None and len(past) == 5 else 0)
+    return batch * steps * (q[2] * w[1] + keys * (hq + hv))
+
+
 def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
     def shape_of(i: int, outputs: bool = False):
         values = node.outputs if outputs else node.inputs
@@ -89,7 +120,7 @@ def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
 
     op = node.op_type
     out = shape_of(0, outputs=True)
-    if op in ("Conv", "ConvInteger", "QLinearConv"):
+    if op in ("Conv", "ConvInteger", "QLinearConv", "FusedConv"):
         w = shape_of(3 if op == "QLinearConv" else 1)
         if out is None or w is None:
             return None
@@ -99,12 +130,17 @@ def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
         if x is None or w is None:
             return None
         return _prod(x) * _prod(w[1:])
-    if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+    if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul"):
         a = shape_of(0)
         if out is None or a is None:
             return None
-        k = a[0] if op == "Gemm" and attr(node, "transA", 0) else a[-1]
+        if op in ("Gemm", "FusedGemm"):
+            k = a[0] if attr(node, "transA", 0) else a[-1]
+        else:
+            k = a[-2] if op == "FusedMatMul" and attr(node, "transA", 0) else a[-1]
         return _prod(out) * k
+    if op in ("Attention", "MultiHeadAttention"):
+        return _attention_macs(node, shape_of, out)
     if op in _RECURRENT:
         x, w, r = shape_of(0), shape_of(1), shape_of(2)
         if x is None or w is None or r is None or len(x) != 3:
@@ -147,7 +183,11 @@ _WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", 
                "LayerNormalization", "InstanceNormalization", "Gather", "LSTM", "GRU", "RNN",
                # int8 kernels whose weights are initializers (dynamic int8, onnxruntime's QOperator format)
                "MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
-               "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention", "MatMulNBits"}
+               "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm", "QAttention", "MatMulNBits",
+               # onnxruntime's fused float ops (com.microsoft)
+               "Attention", "MultiHeadAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+               "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "BiasGelu", "FastGelu",
+               "FusedConv", "FusedGemm", "FusedMatMul"}
 
 
 def _constant_values(graph: ir.Graph, outer: set[int] | None = None) -> set[int]:

@@ -1463,6 +1463,16 @@ HANDLERS: dict[str, Handler] = {
 """op type → handler. Supporting a new op is one entry here. Source ops (Conv, Gemm,
 MatMul) create channels even when no input is tracked; the others act only on tracked inputs."""
 
+# onnxruntime's fused element-wise ops (``onnxruntime.transformers`` writes them into BERT /
+# GPT-2 / ViT graphs): ``BiasGelu(x, bias)`` and ``FastGelu(x, bias?)`` are ``Gelu(x + bias)``,
+# an Add, channel for channel, then a channel-wise activation. (SkipLayerNormalization
+# normalises over the channels and stays unknown, so it blocks them, as LayerNormalization does.)
+CONTRIB_HANDLERS: dict[str, Handler] = {
+    **{op: _elementwise for op in ("BiasGelu", "FastGelu")},
+    **{op: _passthrough for op in ("Gelu", "QuickGelu")},
+}
+"""com.microsoft op type → handler."""
+
 _SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
 
 
@@ -1472,13 +1482,14 @@ def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None =
     w = _Walker(model, all_shapes)
     for node in model.graph:
         w.handled.add(id(node))
-        if node.domain not in ("", "ai.onnx"):
-            _unknown(w, node)
-            continue
+        if node.domain in ("", "ai.onnx"):
+            handler = HANDLERS.get(node.op_type, _unknown)
+        else:
+            handler = CONTRIB_HANDLERS.get(node.op_type, _unknown) if node.domain == "com.microsoft" else _unknown
         has_tracked = any(w.track(v) is not None for v in node.inputs)
-        if not has_tracked and node.op_type not in _SOURCES:
+        if not has_tracked and (node.op_type not in _SOURCES or node.domain not in ("", "ai.onnx")):
             continue
-        HANDLERS.get(node.op_type, _unknown)(w, node)
+        handler(w, node)
     for value in model.graph.outputs:
         w.block(w.track(value), f"{value.name} is a graph output")
     values = {out.name: out for node in model.graph for out in node.outputs}

@@ -110,3 +110,26 @@ def test_unique_names_made_in_a_batch_do_not_collide():
     assert names == ["w_1", "w_2", "w_3"] and {"w", *names} <= taken
     value = new_initializer(graph, np.ones(2, np.float32), "w", taken)
     assert value.name == "w_4" and unique_name(graph, "w") == "w_1"  # without taken: the graph alone
+
+
+def test_onnxruntime_fused_attention_counts_its_projections_and_products():
+    """A graph after onnxruntime.transformers: the packed Q/K/V weights of a com.microsoft
+    Attention are parameters and its projections and score/value products MACs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
+        ("qkv_w", rng.standard_normal((8, 24))), ("qkv_b", rng.standard_normal(24)),
+        ("gelu_b", rng.standard_normal(8)), ("w", rng.standard_normal((8, 2)))]]  # fmt: skip
+    nodes = [
+        helper.make_node("Attention", ["x", "qkv_w", "qkv_b"], ["a"], name="attention", domain="com.microsoft", num_heads=2),
+        helper.make_node("FastGelu", ["a", "gelu_b"], ["g"], name="gelu", domain="com.microsoft"),
+        helper.make_node("MatMul", ["g", "w"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = ir.from_proto(proto)
+    evaluate.run(model, {"x": rng.standard_normal((1, 4, 8)).astype(np.float32)})  # onnxruntime runs it
+    cost = {n.name: n for n in model_cost(model).nodes}
+    # projection 4 steps · 8 inputs · 24 outputs; scores and values 4 · 4 keys · (8 + 8)
+    assert (cost["attention"].macs, cost["attention"].params) == (4 * 8 * 24 + 4 * 4 * 16, 8 * 24 + 24)
+    assert (cost["gelu"].macs, cost["gelu"].params) == (32, 8) and not cost["attention"].unknown

@@ -695,3 +695,31 @@ def test_opset18_group_normalization_with_per_group_scale_is_unprunable_with_its
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     group = analyze_groups(ir.from_proto(onnx.shape_inference.infer_shapes(proto))).by_name()["a"]
     assert not group.prunable and any("per-group scale and bias" in r for r in group.reasons)
+
+
+def test_onnxruntime_fused_bias_activations_prune_like_add_then_activation():
+    """onnxruntime.transformers fuses an FFN's bias Add and Gelu into com.microsoft ops
+    (BiasGelu, FastGelu, QuickGelu): their biases are sliced with the channels."""
+    ms = "com.microsoft"
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+        helper.make_node("BiasGelu", ["h1", "b1"], ["g1"], name="bias_gelu", domain=ms),
+        helper.make_node("MatMul", ["g1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("MatMul", ["x", "w_skip"], ["skip"], name="fc_skip"),
+        helper.make_node("Add", ["h2", "skip"], ["s"], name="residual"),
+        helper.make_node("FastGelu", ["s", "b3"], ["f"], name="fast_gelu", domain=ms),
+        helper.make_node("QuickGelu", ["f"], ["q"], name="quick_gelu", domain=ms, alpha=1.702),
+        helper.make_node("MatMul", ["q", "w3"], ["y"], name="fc3"),
+    ]
+    inits = [_init("w1", [8, 16]), _init("b1", [16]), _init("w2", [16, 8]), _init("w_skip", [8, 8]),
+             _init("b3", [8]), _init("w3", [8, 4])]  # fmt: skip
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)])
+    model = ir.serde.deserialize_model(proto)
+    data = Dataset({"x": RNG.standard_normal([1, 4, 8]).astype(np.float32)})
+    analysis, _ = _assert_exact(model, data)
+    groups = analysis.by_name()
+    assert groups["h1"].prunable and groups["h2"].prunable and [g.name for g in analysis.unprunable] == ["y"]
+    sliced = {(m.node.name, m.input_index) for g in analysis.groups for m in g.members if m.role == "param"}
+    assert {("bias_gelu", 1), ("fast_gelu", 1)} <= sliced
