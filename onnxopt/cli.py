@@ -80,7 +80,8 @@ def print_optimize_result(result) -> None:
     console.print(stage_table(result.stages))
     console.print(before_after_table(result.before, result.after, extra))
     if result.lossless_only:
-        console.print("[dim]No calibration data given (--data): only lossless passes were applied.[/dim]")
+        why = result.lossless_why or "no lossy stage ran"
+        console.print(f"[dim]{why[0].upper()}{why[1:]}: only lossless passes were applied.[/dim]")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     if result.output:
@@ -92,7 +93,8 @@ def print_optimize_result(result) -> None:
 @output_options
 @data_options
 @click.option("--max-accuracy-drop", type=float, default=0.01, show_default=True, help="Budget for the lossy stages, on held-out data.")
-@click.option("--stages", "stage_names", type=str, default=None, help="Comma-separated lossy stages to run (default: all).")
+@click.option("--stages", "stage_names", type=str, default=None,
+              help="Comma-separated lossy stages to run (default: all; none: only the lossless passes, checked on --data).")  # fmt: skip
 @click.option("--bench/--no-bench", default=True, show_default=True, help="Measure latency of original vs optimized (interleaved).")
 @click.option("--threads", type=int, default=2, show_default=True, help="onnxruntime threads for --bench and the speed check.")
 @click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Execution provider to be fast on (cuda needs onnxruntime-gpu; without it the run stops).")
@@ -117,7 +119,7 @@ def optimize_cmd(model, output, report_path, data, eval_data, sample_axes, metri
         metric=metric,
         budget_se=budget_se,
         shapes=parse_shapes(shapes),
-        stages=stage_names.split(",") if stage_names else None,
+        stages=([] if stage_names.strip().lower() == "none" else stage_names.split(",")) if stage_names else None,
         seed=seed,
         target=target,
         speed_check=speed_check,

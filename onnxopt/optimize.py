@@ -132,6 +132,7 @@ class OptimizeResult:
     final_score: float | None = None
     speedup: float | None = None  # final check against the original (speed_check with a kept lossy stage)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    lossless_why: str | None = None  # why only lossless passes ran
 
     def to_dict(self) -> dict:
         return {
@@ -141,6 +142,7 @@ class OptimizeResult:
             "stages": [s.to_dict() for s in self.stages],
             "verification": {"inputs": self.verified_on, **self.fidelity.to_dict()},
             "lossless_only": self.lossless_only,
+            "lossless_why": self.lossless_why,
             "metric": self.metric,
             "baseline_score": self.baseline_score,
             "final_score": self.final_score,
@@ -184,7 +186,8 @@ def optimize(
 ) -> OptimizeResult:
     """Run the recipe on ``model`` (a path or a model), write ``output`` if given.
 
-    ``stages`` restricts the lossy stages (names in :data:`LOSSY_STAGES`); ``lossless``
+    ``stages`` restricts the lossy stages (names in :data:`LOSSY_STAGES`; empty: none, so
+    that given data only verifies the lossless passes); ``lossless``
     replaces the default lossless stages (e.g. only fold_bn). ``stage_options`` passes
     settings to a stage by name (they override the shared budget too, e.g.
     ``{"prune": {"ratio": 0.3}}``). ``target`` is the execution provider the speed check
@@ -240,7 +243,12 @@ def optimize(
         threads=bench_threads,
     )
     pipeline = list(lossless) if lossless is not None else lossless_stages()
-    lossless_only = calib is None
+    lossless_why = None
+    if calib is None:
+        lossless_why = "no calibration data given (--data)"
+    elif stages is not None and not list(stages):
+        lossless_why = "no lossy stage asked for (--stages none)"
+    lossless_only = lossless_why is not None
     if not lossless_only:
         names = list(stages) if stages is not None else list(LOSSY_STAGES)
         for name in names:
@@ -264,7 +272,8 @@ def optimize(
                                 axes=evaluate.score_axes(original))  # fmt: skip
     written = save_model(optimized, output, input_path=input_path) if output is not None else None
     after = summarize(optimized, written, shapes)
-    result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only, speedup=speedup)
+    result = OptimizeResult(optimized, written, before, after, records, fidelity, verified_on, lossless_only, speedup=speedup,
+                            lossless_why=lossless_why)  # fmt: skip
     if (why := _coarse_budget(held_out, max_drop, lossless_only)) is not None:
         result.warnings.append(why)
     if evaluator is not None:

@@ -55,6 +55,19 @@ def test_optimize_writes_verified_model_and_report(model_path, tmp_path):
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == (tmp_path / "o.onnx").stat().st_mode & 0o777
 
 
+def test_optimize_stages_none_checks_the_lossless_passes_on_the_data(model_path, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", input=rng.standard_normal((12, 3, 8, 8)).astype(np.float32))
+    out = onnxopt("optimize", str(model_path), "--data", str(tmp_path / "d.npz"), "--stages", "none", "-o", str(tmp_path / "o.onnx"),
+                  "--report", str(tmp_path / "r.json"), "--no-bench")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lossless_only"] is True and "--stages none" in report["lossless_why"]
+    assert report["verification"]["inputs"] == "6 held-out samples"
+    assert all(s["lossless"] for s in report["stages"]) and "BatchNormalization" not in report["after"]["ops"]
+    assert "No lossy stage asked for (--stages none): only lossless passes" in " ".join(out.stdout.split())
+
+
 def test_fold_bn_and_verify(model_path, tmp_path):
     out = onnxopt("fold-bn", str(model_path), "-o", str(tmp_path / "f.onnx"))
     assert out.returncode == 0, out.stderr
