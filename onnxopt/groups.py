@@ -604,6 +604,67 @@ def _recurrent(w: _Walker, node: ir.Node) -> None:
         w.block(_Track(elems, 0), f"{_label(node)}: {why}")
 
 
+def is_fused_attention(node: ir.Node) -> bool:
+    """Whether ``node`` is onnxruntime's fused self-attention (``com.microsoft`` Attention)."""
+    return node.op_type == "Attention" and node.domain == "com.microsoft"
+
+
+def attention_channel_rows(node: ir.Node) -> np.ndarray:
+    """``[H, 3·H_in]``: every weight of output channel *c* of a fused Attention — column *c*
+    of its Q, K and V thirds of the packed weight — for norm-based criteria."""
+    weight = const_array(node.inputs[1]).astype(np.float64)  # [H_in, 3·H]
+    return np.concatenate(np.split(weight, 3, axis=1), axis=0).T
+
+
+def _fused_attention(w: _Walker, node: ir.Node) -> None:
+    """com.microsoft ``Attention`` (``onnxruntime.transformers``' fusion of a self-attention
+    block): ``input [B, S, H_in] · weights [H_in, 3·H] + bias [3·H]`` packs Q, K and V side
+    by side, ``num_heads`` heads of ``d = H / num_heads`` channels each, and the output
+    ``[B, S, H]`` holds each head's context in V's channel order. Output channel *c* is
+    column *c* of Q, K and V; a head's ``d`` channels are one unit, and removing it removes
+    its columns in all three thirds and lowers ``num_heads``. The input's channels (the
+    residual stream, behind a LayerNorm) are not followed into the packed weight.
+    Unprunable: weights or bias not constant, Q/K/V of different sizes
+    (``qkv_hidden_sizes``), a past state or present output (the cache fixes the heads), or
+    an attention bias input (one per head)."""
+    for value in node.inputs:
+        w.block(w.track(value), f"{_label(node)}: read by a fused Attention's packed weights")
+    weight = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    heads = attr(node, "num_heads", 0)
+    sizes = [int(x) for x in attr(node, "qkv_hidden_sizes", None) or []]
+    out = node.outputs[0]
+    if weight is None or weight.ndim != 2 or heads <= 0 or w.rank(out) is None:
+        return
+    hidden = sizes[2] if len(sizes) == 3 else weight.shape[1] // 3  # the output holds V's channels
+    if hidden % heads:
+        return
+    d = hidden // heads
+    elems = w.new_elems(hidden)
+    w.union(elems, np.repeat(elems[::d], d))  # a head's channels are one unit
+    w.set_track(out, _Track(elems, w.rank(out) - 1))
+    w.member(node, PRODUCER, out, 1, 1)
+    why = _fused_attention_blocker(node, hidden)
+    if why:
+        w.block(_Track(elems, 0), f"{_label(node)}: {why}")
+
+
+def _fused_attention_blocker(node: ir.Node, hidden: int) -> str | None:
+    """Why the heads of a fused Attention cannot be pruned, or None."""
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias is not None and const_array(bias) is None:
+        return "bias not constant"
+    sizes = attr(node, "qkv_hidden_sizes", None)
+    if sizes and len(set(int(x) for x in sizes)) != 1:
+        return "Q, K and V of different sizes (qkv_hidden_sizes)"
+    if len(node.inputs) > 4 and node.inputs[4] is not None:
+        return "a past state (the cache fixes the heads)"
+    if len(node.outputs) > 1 and node.outputs[1] is not None and node.outputs[1].name:
+        return "a present state output (the cache fixes the heads)"
+    if len(node.inputs) > 5 and node.inputs[5] is not None:
+        return "an attention bias input (one per head)"
+    return None
+
+
 def _recurrent_blocker(node: ir.Node, hidden: int) -> str | None:
     """Why the hidden units of a recurrent node cannot be pruned, or None."""
     gates = RECURRENT_GATES[node.op_type]
@@ -1470,8 +1531,10 @@ MatMul) create channels even when no input is tracked; the others act only on tr
 CONTRIB_HANDLERS: dict[str, Handler] = {
     **{op: _elementwise for op in ("BiasGelu", "FastGelu")},
     **{op: _passthrough for op in ("Gelu", "QuickGelu")},
+    "Attention": _fused_attention,
 }
 """com.microsoft op type → handler."""
+_CONTRIB_SOURCES = {"Attention"}
 
 _SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
 
@@ -1487,7 +1550,8 @@ def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None =
         else:
             handler = CONTRIB_HANDLERS.get(node.op_type, _unknown) if node.domain == "com.microsoft" else _unknown
         has_tracked = any(w.track(v) is not None for v in node.inputs)
-        if not has_tracked and (node.op_type not in _SOURCES or node.domain not in ("", "ai.onnx")):
+        sources = _SOURCES if node.domain in ("", "ai.onnx") else _CONTRIB_SOURCES if node.domain == "com.microsoft" else ()
+        if not has_tracked and node.op_type not in sources:
             continue
         handler(w, node)
     for value in model.graph.outputs:

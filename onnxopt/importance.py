@@ -48,7 +48,9 @@ from onnxopt.groups import (
     ChannelGroup,
     GroupAnalysis,
     Member,
+    attention_channel_rows,
     const_array,
+    is_fused_attention,
     recurrent_unit_rows,
 )
 from onnxopt.model_io import _PROTOBUF_LIMIT, model_bytes
@@ -218,6 +220,8 @@ def _norm_scores(group: ChannelGroup, order: int) -> np.ndarray:
     for m in group.sources:
         if m.node.op_type in RECURRENT_GATES:
             filters = recurrent_unit_rows(m.node)
+        elif is_fused_attention(m.node):
+            filters = attention_channel_rows(m.node)
         else:
             filters = _per_filter(const_array(m.node.inputs[1]).astype(np.float64), m.axis)
         per = np.abs(filters).sum(1) if order == 1 else np.sqrt((filters**2).sum(1))
@@ -243,6 +247,8 @@ def _permutation_probe(probe: Probe, m: Member, rng: np.random.Generator, ranks:
     node = m.node
     if node.op_type in RECURRENT_GATES:
         return _recurrent_permutation_probe(probe, node, rng)
+    if is_fused_attention(node):
+        return _attention_permutation_probe(probe, node, rng)
     weight = const_array(node.inputs[1])
     filters = _per_filter(weight, m.axis)
     permuted = rng.permuted(filters, axis=1)  # Fisher–Yates per filter, all filters at once
@@ -279,6 +285,18 @@ def _recurrent_permutation_probe(probe: Probe, node: ir.Node, rng: np.random.Gen
     per_row = probe.reduce("ReduceSumSquare", y, [0, 1])  # [D·G·H]
     grid = probe.add("Reshape", [per_row, probe.const(np.array([d * gates, rows // gates], np.int64))])
     return probe.reduce("ReduceSum", grid, [0])
+
+
+def _attention_permutation_probe(probe: Probe, node: ir.Node, rng: np.random.Generator) -> ir.Value:
+    """A fused Attention's output channel *c*: shuffle its columns of the packed Q/K/V weight
+    and measure the change of the three projections, summed — taken, like an RNN's, where
+    the layer is still linear (the scores' softmax comes after)."""
+    weight = const_array(node.inputs[1])  # [H_in, 3·H]
+    diff = weight - rng.permuted(weight, axis=0)  # Fisher–Yates within each column
+    y = probe.add("MatMul", [probe.value(node.inputs[0].name), probe.const(np.asarray(diff, order="C"))])
+    per_column = probe.reduce("ReduceSumSquare", y, [0, 1])  # the op's input is [B, S, H_in]: [3·H]
+    thirds = probe.add("Reshape", [per_column, probe.const(np.array([3, weight.shape[1] // 3], np.int64))])
+    return probe.reduce("ReduceSum", thirds, [0])
 
 
 def _activation_values(group: ChannelGroup) -> list[tuple[str, ir.Node | None]]:

@@ -60,6 +60,7 @@ from onnxopt.groups import (
     Member,
     analyze_groups,
     const_array,
+    is_fused_attention,
     slice_range,
     split_sizes,
 )
@@ -243,6 +244,9 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
     if m.role == PRODUCER and node.op_type in RECURRENT_GATES:
         _resize_recurrent(node, channels, edit)
         return
+    if m.role == PRODUCER and is_fused_attention(node):
+        _resize_fused_attention(node, channels, edit)
+        return
     if m.role == SHAPE:
         node = _own_shape_builder(m)
         target = const_array(node.inputs[m.input_index]).copy()
@@ -318,6 +322,25 @@ def _resize_recurrent(node: ir.Node, hidden: int, edit: Callable[[np.ndarray, in
         else:  # is_zero_tensor (the group analysis proved it)
             node.replace_input_with(index, None)
     node.attributes["hidden_size"] = ir.AttrInt64("hidden_size", hidden)
+
+
+def _resize_fused_attention(node: ir.Node, hidden: int, edit: Callable[[np.ndarray, int, int], np.ndarray]) -> None:
+    """Give a fused Attention ``hidden`` channels: ``edit`` each of the Q, K and V thirds of
+    its packed weight's columns and bias; ``num_heads`` (and ``qkv_hidden_sizes``) follow."""
+    weight = const_array(node.inputs[1])
+    old = weight.shape[1] // 3
+    per_head = old // attr(node, "num_heads", 1)
+
+    def per_third(array: np.ndarray, axis: int) -> np.ndarray:
+        return np.concatenate([edit(part, axis, 1) for part in np.split(array, 3, axis=axis)], axis=axis)
+
+    set_const_input(node, 1, per_third(weight, 1))
+    bias = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if bias is not None:
+        set_const_input(node, 2, per_third(bias, 0))
+    node.attributes["num_heads"] = ir.AttrInt64("num_heads", hidden // per_head)
+    if "qkv_hidden_sizes" in node.attributes:
+        node.attributes["qkv_hidden_sizes"] = ir.AttrInt64s("qkv_hidden_sizes", [hidden] * 3)
 
 
 def set_split_sizes(node: ir.Node, sizes: Sequence[int]) -> None:

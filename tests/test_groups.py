@@ -723,3 +723,54 @@ def test_onnxruntime_fused_bias_activations_prune_like_add_then_activation():
     assert groups["h1"].prunable and groups["h2"].prunable and [g.name for g in analysis.unprunable] == ["y"]
     sliced = {(m.node.name, m.input_index) for g in analysis.groups for m in g.members if m.role == "param"}
     assert {("bias_gelu", 1), ("fast_gelu", 1)} <= sliced
+
+
+def _fused_attention_model(dead_head: int | None = None, value_size: int = 8, **attention_attrs) -> ir.Model:
+    """x [1, 5, 8] → com.microsoft Attention (4 heads of 2 channels, packed Q/K/V) → output
+    projection MatMul + bias → y; ``dead_head``'s Q/K/V columns are zero."""
+    qkv = RNG.standard_normal((8, 24)).astype(np.float32)
+    bias = RNG.standard_normal(24).astype(np.float32) * 0.1
+    if dead_head is not None:
+        for third in range(3):
+            cols = slice(third * 8 + 2 * dead_head, third * 8 + 2 * dead_head + 2)
+            qkv[:, cols], bias[cols] = 0, 0
+    inits = [helper.make_tensor("qkv", TensorProto.FLOAT, [8, 24], qkv.ravel()),
+             helper.make_tensor("qkv_b", TensorProto.FLOAT, [24], bias), _init("proj", [value_size, 8]), _init("proj_b", [8])]  # fmt: skip
+    nodes = [
+        helper.make_node("Attention", ["x", "qkv", "qkv_b"], ["context"], name="attention", domain="com.microsoft",
+                         num_heads=4, **attention_attrs),  # fmt: skip
+        helper.make_node("MatMul", ["context", "proj"], ["projected"], name="proj"),
+        helper.make_node("Add", ["projected", "proj_b"], ["y"], name="proj_bias"),
+    ]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 8])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return ir.serde.deserialize_model(proto)
+
+
+def test_a_fused_attention_prunes_whole_heads_from_its_packed_weights():
+    model = _fused_attention_model()
+    data = Dataset({"x": RNG.standard_normal([1, 5, 8]).astype(np.float32)})
+    analysis, pruned = _assert_exact(model, data, fraction=0.5)
+    (group,) = [g for g in analysis.prunable if g.name == "context"]
+    assert (group.units, group.unit_width) == (4, 2)
+    attention = next(n for n in pruned.graph if n.op_type == "Attention")
+    assert attention.attributes["num_heads"].value == 2
+    assert const_array(attention.inputs[1]).shape == (8, 12) and const_array(attention.inputs[2]).shape == (12,)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "permutation"])
+def test_a_dead_fused_attention_head_ranks_last(criterion):
+    from onnxopt.importance import group_importance
+
+    model = _fused_attention_model(dead_head=2)
+    data = Dataset({"x": RNG.standard_normal([8, 5, 8]).astype(np.float32)})
+    scores = group_importance(model, analyze_groups(model), criterion, data)["context"]
+    assert int(np.argmin(scores)) == 2 and scores[2] < 1e-6 < scores.min(initial=np.inf, where=np.arange(4) != 2)
+
+
+def test_a_fused_attention_with_unequal_qkv_sizes_keeps_its_heads_and_says_why():
+    model = _fused_attention_model(value_size=16, qkv_hidden_sizes=[4, 4, 16])
+    evaluate.run(model, {"x": np.ones([1, 5, 8], np.float32)})  # a valid model
+    (group,) = [g for g in analyze_groups(model).groups if g.name == "context"]
+    assert not group.prunable and any("qkv_hidden_sizes" in r for r in group.reasons)
