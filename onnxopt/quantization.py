@@ -57,6 +57,7 @@ from onnxopt.passes.cleanup import fold_weight_subgraphs
 from onnxopt.passes.lowbit import LowBitWeightPass
 from onnxopt.passes.quantize import (
     DYNAMIC_OPS,
+    dynamic_quantized,
     keep_float,
     name_unnamed_nodes,
     preprocess,
@@ -65,6 +66,7 @@ from onnxopt.passes.quantize import (
     quantized_nodes,
     reads_quantized_weight,
     resolve_reduce_range,
+    splice_quantized,
 )
 from onnxopt.pipeline import Context, Stage, StageOutcome
 from onnxopt.search import search_budget
@@ -135,8 +137,10 @@ def _one_batch(model: ir.Model, calib: Dataset | None) -> dict[str, np.ndarray]:
 class _Builder:
     """Makes the quantized model for a given set of float layers (cached)."""
 
-    def __init__(self, make: Callable[[frozenset[str]], ir.Model], layers: list[str], model: ir.Model) -> None:
+    def __init__(self, make: Callable[[frozenset[str]], ir.Model], layers: list[str], model: ir.Model,
+                 only: Callable[[str], ir.Model | None] | None = None) -> None:  # fmt: skip
         self.make = make
+        self._only = only
         self.layers = layers
         nodes = {n.name: n for n in model.graph}
         # a Gather of a quantized table (an embedding) rounds weights: not a pass-through
@@ -145,6 +149,12 @@ class _Builder:
         if len(self.ranked) > _MAX_RANKED:  # bound the sensitivity cost: weighted layers only
             self.ranked = [n for n in self.ranked if n in weighted]
         self.cache: dict[frozenset[str], ir.Model] = {}
+
+    def only(self, layer: str) -> ir.Model:
+        """The model with only ``layer`` quantized (its sensitivity): the builder's fast path
+        where it has one, else every other layer kept float."""
+        fast = self._only(layer) if self._only is not None else None
+        return fast if fast is not None else self.make(frozenset(self.layers) - {layer})
 
     def __call__(self, float_layers: Iterable[str]) -> ir.Model:
         key = frozenset(float_layers)
@@ -272,8 +282,7 @@ def _int8_mixed(model, calib, result, *, weight_type, **static_options):
     candidates = [n.name for n in qdq.graph if n.op_type in DYNAMIC_OPS and n.name not in forced]
     full = quantize_dynamic_int8(qdq, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced),
                                  reduce_range=reduce_range)  # fmt: skip
-    remaining = {n.name for n in full.graph}
-    dynamic = [n for n in candidates if n not in remaining]
+    dynamic = dynamic_quantized(qdq, full, candidates)
     result.settings["dynamic_op_types"] = list(DYNAMIC_OPS)
 
     def make(keep: frozenset[str]) -> ir.Model:
@@ -285,7 +294,20 @@ def _int8_mixed(model, calib, result, *, weight_type, **static_options):
         return quantize_dynamic_int8(base, per_channel=per_channel, weight_type=weight_type,
                                      exclude=sorted(set(forced) | (keep & set(dynamic))), reduce_range=reduce_range)  # fmt: skip
 
-    return _Builder(make, static.layers + dynamic, qdq), forced
+    alone: dict[str, ir.Model] = {}
+
+    def only(name: str) -> ir.Model | None:
+        """A dynamic layer alone: spliced from one dynamic pass over the float model (a
+        static layer alone is already cheap: ``keep_float`` of the others)."""
+        if name not in dynamic:
+            return None
+        if not alone:
+            alone["float"] = static.make(frozenset(static.layers))
+            alone["dynamic"] = quantize_dynamic_int8(alone["float"], per_channel=per_channel, weight_type=weight_type,
+                                                     exclude=sorted(forced), reduce_range=reduce_range)  # fmt: skip
+        return splice_quantized(alone["float"], alone["dynamic"], name)
+
+    return _Builder(make, static.layers + dynamic, qdq, only=only), forced
 
 
 def _with_followers(qdq: ir.Model, keep: frozenset[str], ranked: frozenset[str]) -> frozenset[str]:
@@ -337,8 +359,7 @@ def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_firs
     result.settings.update(weight_type=weight_type, per_channel=per_channel, op_types=list(DYNAMIC_OPS), reduce_range=reduce_range)
     full = quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced),
                                  reduce_range=reduce_range)  # fmt: skip
-    remaining = {n.name for n in full.graph}
-    layers = [n for n in candidates if n not in forced and n not in remaining]
+    layers = dynamic_quantized(pre, full, [n for n in candidates if n not in forced])
 
     def make(keep: frozenset[str]) -> ir.Model:
         if not keep:
@@ -346,7 +367,8 @@ def _int8_dynamic(model, result, *, per_channel, weight_type, exclude, skip_firs
         return quantize_dynamic_int8(pre, per_channel=per_channel, weight_type=weight_type, exclude=sorted(set(forced) | keep),
                                      reduce_range=reduce_range)  # fmt: skip
 
-    return _Builder(make, layers, pre), forced
+    # one layer quantized: spliced from `full`, not a quantize_dynamic run per layer
+    return _Builder(make, layers, pre, only=lambda name: splice_quantized(pre, full, name)), forced
 
 
 def _upgrade_opset(model: ir.Model, result: QuantizeResult, targets: tuple[int, ...], why: str) -> ir.Model:
@@ -417,11 +439,9 @@ def _rel_error(reference: list[np.ndarray], candidate: list[np.ndarray]) -> floa
 
 def _sensitivities(build: _Builder, model: ir.Model, probe: Dataset) -> dict[str, float]:
     reference = evaluate.run(model, probe)
-    everything = set(build.layers)
     scores = {}
     for layer in build.ranked:
-        candidate = build.make(frozenset(everything - {layer}))  # only `layer` quantized
-        scores[layer] = _rel_error(reference, evaluate.run(candidate, probe))
+        scores[layer] = _rel_error(reference, evaluate.run(build.only(layer), probe))
     return scores
 
 

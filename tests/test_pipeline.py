@@ -358,7 +358,7 @@ def test_optimize_warns_when_one_held_out_sample_outweighs_the_budget(held_out, 
     rng = np.random.default_rng(0)
     calib = Dataset({"input": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)})
     evaluation = Dataset({"input": rng.standard_normal((held_out, 3, 8, 8)).astype(np.float32)})
-    result = optimize(model, data=calib, eval_data=evaluation, stages=[], bench=False, speed_check=False)
+    result = optimize(model, data=calib, eval_data=evaluation, stages=["lowrank"], bench=False, speed_check=False)
     assert bool(result.warnings) == warned
     if warned:
         assert "4 held-out samples" in result.warnings[0] and "needs 100" in result.warnings[0]

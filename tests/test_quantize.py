@@ -783,3 +783,45 @@ def test_a_grouped_conv_transpose_stays_float_and_the_rest_is_quantized():
     assert result.applied, result.reason
     assert "grouped ConvTranspose" in result.layers_float["up"]
     assert "conv" in result.layers_quantized
+
+
+def _gemm_matmul_model() -> ir.Model:
+    """x [4, 16] → Gemm (bias) → Relu → MatMul → Gemm (transB, bias) → y [4, 8]."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name) for name, shape in [
+        ("w1", (16, 32)), ("b1", (32,)), ("w2", (32, 16)), ("w3", (8, 16)), ("b3", (8,))]]  # fmt: skip
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Gemm", ["h2", "w3", "b3"], ["y"], name="fc3", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_dynamic_int8_keeps_an_excluded_gemm_float():
+    # onnxruntime renames a Gemm to <name>_MatMul before it reads nodes_to_exclude
+    from onnxopt.passes.quantize import quantize_dynamic_int8
+
+    q = quantize_dynamic_int8(_gemm_matmul_model(), exclude=["fc1"])
+    assert [n.name for n in q.graph if n.op_type == "MatMul"] == ["fc1_MatMul"]  # float, as a MatMul + Add
+    assert sum(n.op_type == "MatMulInteger" for n in q.graph) == 2
+
+
+def test_one_layer_spliced_from_the_dynamic_int8_model_equals_quantizing_it_alone():
+    from onnxopt.passes.quantize import quantize_dynamic_int8, splice_quantized
+
+    model = _gemm_matmul_model()
+    full = quantize_dynamic_int8(model)
+    x = {"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)}
+    reference = evaluate.run(model, x)[0]
+    for layer in ("fc1", "fc2", "fc3"):
+        spliced = splice_quantized(model, full, layer)
+        alone = quantize_dynamic_int8(model, exclude=[n for n in ("fc1", "fc2", "fc3") if n != layer])
+        assert sum(n.op_type == "MatMulInteger" for n in spliced.graph) == 1
+        out = evaluate.run(spliced, x)[0]
+        np.testing.assert_array_equal(out, evaluate.run(alone, x)[0])
+        assert np.abs(out - reference).max() > 0  # it is quantized
+    assert splice_quantized(model, model, "fc2") is None  # not quantized there
