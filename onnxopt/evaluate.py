@@ -184,9 +184,11 @@ def runnable_synthetic(
         return data, run(sess, data), described
     except OnnxoptError as first:
         lengths = length_inputs(model)
+        if not lengths:
+            raise
         sizes = {d for k, a in data.inputs.items() if k not in lengths
                  for axis, d in enumerate(np.shape(a)) if axis != data.axes.get(k, 0) and d > 1}  # fmt: skip
-        for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES] if lengths else []:
+        for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES]:
             filled = synthetic(model, n, seed=seed, shapes=shapes, fill=dict.fromkeys(lengths, size))
             try:
                 outputs = run(sess, filled)

@@ -643,12 +643,12 @@ def _fused_attention(w: _Walker, node: ir.Node) -> None:
     w.union(elems, np.repeat(elems[::d], d))  # a head's channels are one unit
     w.set_track(out, _Track(elems, w.rank(out) - 1))
     w.member(node, PRODUCER, out, 1, 1)
-    why = _fused_attention_blocker(node, hidden)
+    why = _fused_attention_blocker(node)
     if why:
         w.block(_Track(elems, 0), f"{_label(node)}: {why}")
 
 
-def _fused_attention_blocker(node: ir.Node, hidden: int) -> str | None:
+def _fused_attention_blocker(node: ir.Node) -> str | None:
     """Why the heads of a fused Attention cannot be pruned, or None."""
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if bias is not None and const_array(bias) is None:
@@ -1537,6 +1537,10 @@ CONTRIB_HANDLERS: dict[str, Handler] = {
 _CONTRIB_SOURCES = {"Attention"}
 
 _SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
+# domain → (handlers, source ops); ops of any other domain read their channels unknown ways
+_DOMAINS: dict[str, tuple[dict[str, Handler], set[str]]] = {
+    "": (HANDLERS, _SOURCES), "ai.onnx": (HANDLERS, _SOURCES), "com.microsoft": (CONTRIB_HANDLERS, _CONTRIB_SOURCES),
+}
 
 
 def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> GroupAnalysis:
@@ -1545,15 +1549,11 @@ def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None =
     w = _Walker(model, all_shapes)
     for node in model.graph:
         w.handled.add(id(node))
-        if node.domain in ("", "ai.onnx"):
-            handler = HANDLERS.get(node.op_type, _unknown)
-        else:
-            handler = CONTRIB_HANDLERS.get(node.op_type, _unknown) if node.domain == "com.microsoft" else _unknown
+        handlers, sources = _DOMAINS.get(node.domain, ({}, set()))
         has_tracked = any(w.track(v) is not None for v in node.inputs)
-        sources = _SOURCES if node.domain in ("", "ai.onnx") else _CONTRIB_SOURCES if node.domain == "com.microsoft" else ()
         if not has_tracked and node.op_type not in sources:
             continue
-        handler(w, node)
+        handlers.get(node.op_type, _unknown)(w, node)
     for value in model.graph.outputs:
         w.block(w.track(value), f"{value.name} is a graph output")
     values = {out.name: out for node in model.graph for out in node.outputs}

@@ -39,6 +39,7 @@ from __future__ import annotations
 __all__ = ["MODES", "QuantizeResult", "quantize_model", "quantize_stage", "latency_ratio"]
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -294,18 +295,17 @@ def _int8_mixed(model, calib, result, *, weight_type, **static_options):
         return quantize_dynamic_int8(base, per_channel=per_channel, weight_type=weight_type,
                                      exclude=sorted(set(forced) | (keep & set(dynamic))), reduce_range=reduce_range)  # fmt: skip
 
-    alone: dict[str, ir.Model] = {}
+    @functools.cache
+    def float_and_dynamic() -> tuple[ir.Model, ir.Model]:
+        """The float model (every static layer back to float) and one dynamic pass over it."""
+        base = static.make(frozenset(static.layers))
+        return base, quantize_dynamic_int8(base, per_channel=per_channel, weight_type=weight_type, exclude=sorted(forced),
+                                           reduce_range=reduce_range)  # fmt: skip
 
     def only(name: str) -> ir.Model | None:
         """A dynamic layer alone: spliced from one dynamic pass over the float model (a
         static layer alone is already cheap: ``keep_float`` of the others)."""
-        if name not in dynamic:
-            return None
-        if not alone:
-            alone["float"] = static.make(frozenset(static.layers))
-            alone["dynamic"] = quantize_dynamic_int8(alone["float"], per_channel=per_channel, weight_type=weight_type,
-                                                     exclude=sorted(forced), reduce_range=reduce_range)  # fmt: skip
-        return splice_quantized(alone["float"], alone["dynamic"], name)
+        return splice_quantized(*float_and_dynamic(), name) if name in dynamic else None
 
     return _Builder(make, static.layers + dynamic, qdq, only=only), forced
 

@@ -459,12 +459,14 @@ def splice_quantized(float_model: ir.Model, quantized: ir.Model, name: str) -> i
     layer = next((n for n in graph if n.name == name), None)
     if layer is None:
         return None
-    known = value_names(graph)
+    # the float model's values by name (inputs, initializers, node outputs)
+    known = {v.name: v for v in graph.inputs} | dict(graph.initializers) | {v.name: v for node in graph for v in node.outputs}
+    outputs = {v.name for v in layer.outputs if v is not None and v.name}
     q_values = {v.name: v for v in quantized.graph.inputs} | {v.name: v for node in quantized.graph for v in node.outputs}
     q_inits = quantized.graph.initializers
     region: list[ir.Node] = []
     seen: set[int] = set()
-    stack = [q_values.get(v.name) for v in layer.outputs if v is not None and v.name]
+    stack = [q_values.get(name) for name in outputs]
     while stack:
         value = stack.pop()
         node = value.producer() if value is not None else None
@@ -477,7 +479,6 @@ def splice_quantized(float_model: ir.Model, quantized: ir.Model, name: str) -> i
         return None  # not quantized there: the same node computes the output
     order = {id(n): i for i, n in enumerate(quantized.graph)}
     region.sort(key=lambda n: order[id(n)])
-    values = {v.name: v for v in graph.inputs} | dict(graph.initializers) | {v.name: v for node in graph for v in node.outputs}
     made: dict[str, ir.Value] = {}
 
     def local(value: ir.Value | None) -> ir.Value | None:
@@ -490,7 +491,7 @@ def splice_quantized(float_model: ir.Model, quantized: ir.Model, name: str) -> i
             graph.register_initializer(copy)
             made[value.name] = copy
             return copy
-        return values[value.name]
+        return known[value.name]
 
     replacements = {}
     for node in region:
@@ -499,7 +500,7 @@ def splice_quantized(float_model: ir.Model, quantized: ir.Model, name: str) -> i
                       num_outputs=len(node.outputs), name=node.name, version=node.version)  # fmt: skip
         for old, out in zip(node.outputs, new.outputs):
             out.type, out.shape = old.type, old.shape
-            if old.name in {v.name for v in layer.outputs if v is not None}:
+            if old.name in outputs:
                 replacements[old.name] = out
             else:
                 out.name = old.name
