@@ -25,12 +25,16 @@ def layer_table(result) -> Table:
     for col in ("layer", "result", "sensitivity", "note"):
         table.add_column(col)
     for name in result.layers_quantized:
-        sens = result.sensitivity.get(name)
-        table.add_row(name, "[green]quantized[/green]", "-" if sens is None else f"{sens:.3g}", "")
+        table.add_row(name, "[green]quantized[/green]", _sensitivity_text(result, name), "")
     for name, reason in result.layers_float.items():
-        sens = result.sensitivity.get(name)
-        table.add_row(name, "[yellow]float[/yellow]", "-" if sens is None else f"{sens:.3g}", reason)
+        table.add_row(name, "[yellow]float[/yellow]", _sensitivity_text(result, name), reason)
     return table
+
+
+def _sensitivity_text(result, name: str) -> str:
+    if name in result.sensitivity:
+        return f"{result.sensitivity[name]:.3g}"
+    return f"{result.local_error[name]:.3g} (local)" if name in result.local_error else "-"
 
 
 @click.command("quantize")

@@ -23,6 +23,7 @@ __all__ = [
     "OutputFidelity",
     "session",
     "run",
+    "batched_feeds",
     "runnable_synthetic",
     "compare",
     "task_score",
@@ -41,6 +42,7 @@ import functools
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -116,6 +118,25 @@ def _session_shapes(sess: ort.InferenceSession) -> dict[str, list | None]:
     return {i.name: i.shape for i in sess.get_inputs()}
 
 
+def batched_feeds(
+    sess: ort.InferenceSession, data: Dataset | Mapping[str, np.ndarray], *, batch_size: int = 64
+) -> tuple[list[dict[str, Any]], dict[str, int | None]]:
+    """The feeds :func:`run` gives ``sess`` for ``data``, and the sample axis of each input."""
+    inputs = data.inputs if isinstance(data, Dataset) else dict(data)
+    names = [i.name for i in sess.get_inputs()]
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise OnnxoptError(f"no data for model input(s) {missing}")
+    shapes = _session_shapes(sess)
+    axes = sample_axes(shapes) | (data.axes if isinstance(data, Dataset) else {})  # the data's own axes win
+    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes)
+    step = batch_along(shapes) or batch_size
+    # Sequences, maps and optionals cannot be cut: then everything is fed at once, as are
+    # small sets.
+    whole = len(feed_data) <= step or any(not isinstance(inputs[k], np.ndarray) for k in names)
+    return ([feed_data.inputs] if whole else list(feed_data.batches(step))), feed_data.axes
+
+
 def run(
     model: ir.Model | str | os.PathLike | ort.InferenceSession,
     data: Dataset | Mapping[str, np.ndarray],
@@ -129,19 +150,7 @@ def run(
     :func:`onnxopt.graph.sample_axes`.
     """
     sess = model if isinstance(model, ort.InferenceSession) else session(model)
-    inputs = data.inputs if isinstance(data, Dataset) else dict(data)
-    names = [i.name for i in sess.get_inputs()]
-    missing = [n for n in names if n not in inputs]
-    if missing:
-        raise OnnxoptError(f"no data for model input(s) {missing}")
-    shapes = _session_shapes(sess)
-    axes = sample_axes(shapes) | (data.axes if isinstance(data, Dataset) else {})  # the data's own axes win
-    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes)
-    step = batch_along(shapes) or batch_size
-    # Sequences, maps and optionals cannot be cut: then everything is fed at once, as are
-    # small sets.
-    whole = len(feed_data) <= step or any(not isinstance(inputs[k], np.ndarray) for k in names)
-    feeds = [feed_data.inputs] if whole else list(feed_data.batches(step))
+    feeds, axes = batched_feeds(sess, data, batch_size=batch_size)
     chunks: list[Outputs] = []
     try:
         for feed in feeds:
@@ -150,8 +159,8 @@ def run(
         raise OnnxoptError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
     if len(chunks) == 1:
         return chunks[0]
-    sizes = [len(Dataset(f, axes=feed_data.axes)) for f in feeds]
-    out_axes = [_output_axis(o.shape, shapes) for o in sess.get_outputs()]
+    sizes = [len(Dataset(f, axes=axes)) for f in feeds]
+    out_axes = [_output_axis(o.shape, _session_shapes(sess)) for o in sess.get_outputs()]
     return [_concat([c[i] for c in chunks], sizes, out_axes[i]) for i in range(len(chunks[0]))]
 
 

@@ -35,6 +35,9 @@ temporary directory):
 5. :func:`splice_quantized` — the float model with one layer replaced by its quantized nodes
    from a model quantized as a whole: a dynamic-int8 layer's sensitivity without running
    ``quantize_dynamic`` once per layer (on maxvit_t that was 5.8 s a layer, 90 layers).
+6. :func:`with_quantized_copies` — the float model with every layer's quantized nodes
+   copied beside it, reading float inputs: each layer's local quantization error, all layers
+   in one session run.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "quantized_nodes",
     "keep_float",
     "splice_quantized",
+    "with_quantized_copies",
     "dynamic_quantized",
     "name_unnamed_nodes",
     "resolve_reduce_range",
@@ -60,7 +64,7 @@ import functools
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -446,76 +450,184 @@ def _rewire_quantized_outputs(graph: ir.Graph, node: ir.Node) -> None:
                 return
 
 
+class _Splicer:
+    """Copies, into ``model`` (a clone of the float model), the nodes of ``quantized`` that
+    compute a layer's outputs there: walking back from those outputs, every node up to the
+    values the float model also has (the layer's activation inputs, shared constants such as a
+    Gemm's bias). New constants (int8 weights, scales, zero points) are shared, not copied; a
+    node two layers' regions share (one ``DQ(Q(x))`` for two consumers) is copied once."""
+
+    def __init__(self, model: ir.Model, quantized: ir.Model) -> None:
+        self.graph = model.graph
+        graph = self.graph
+        # the float model's values by name (inputs, initializers, node outputs)
+        self.known = {v.name: v for v in graph.inputs} | dict(graph.initializers) | {
+            v.name: v for node in graph for v in node.outputs
+        }
+        self.q_values = {v.name: v for v in quantized.graph.inputs} | {v.name: v for node in quantized.graph for v in node.outputs}
+        self.q_inits = quantized.graph.initializers
+        self.order = {id(n): i for i, n in enumerate(quantized.graph)}
+        self.made: dict[str, ir.Value] = {}
+
+    def region(self, layer: ir.Node) -> list[ir.Node] | None:
+        """The nodes of ``quantized`` computing ``layer``'s outputs, in graph order; None
+        when the layer is not quantized there (the same node computes them from the same
+        inputs)."""
+        outputs = [v.name for v in layer.outputs if v is not None and v.name]
+        region: list[ir.Node] = []
+        seen: set[int] = set()
+        stack = [self.q_values.get(name) for name in outputs]
+        while stack:
+            value = stack.pop()
+            node = value.producer() if value is not None else None
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            region.append(node)
+            stack.extend(v for v in node.inputs if v is not None and v.name not in self.known)
+        if not region or (len(region) == 1 and region[0].name == layer.name and region[0].op_type == layer.op_type):
+            return None
+        return sorted(region, key=lambda n: self.order[id(n)])
+
+    def _local(self, value: ir.Value | None) -> ir.Value | None:
+        if value is None:
+            return None
+        if value.name in self.made:
+            return self.made[value.name]
+        if value.name in self.q_inits and value.name not in self.known:  # a new constant: shared tensor
+            copy = ir.Value(name=value.name, shape=value.shape, type=value.type, const_value=value.const_value)
+            self.graph.register_initializer(copy)
+            self.made[value.name] = copy
+            return copy
+        return self.known[value.name]
+
+    def rounding(self, name: str) -> list[ir.Node]:
+        """The ``QuantizeLinear → DequantizeLinear`` through which value ``name`` reaches a
+        graph output in ``quantized``, or []. (Consumers inside the graph are float when one
+        layer alone is quantized: they read ``name`` itself.)"""
+        value = self.q_values.get(name)
+        for q in consumers(value) if value is not None else []:
+            for dq in consumers(q.outputs[0]) if q.op_type == "QuantizeLinear" else []:
+                if dq.op_type == "DequantizeLinear" and dq.outputs[0].is_graph_output():
+                    return [q, dq]
+        return []
+
+    def copy(self, region: list[ir.Node], rename: Callable[[str], str], before: ir.Node | None = None,
+             private: Mapping[str, ir.Value] | None = None) -> dict[str, ir.Value]:  # fmt: skip
+        """Copy ``region`` (before ``before``, else at the end), each output named
+        ``rename(its name)``; returns the copies by their names in ``quantized``. Nodes of
+        new values only are shared with later calls; ``private`` (an earlier call's result)
+        is read first and never shared: a layer's quantized output is not another layer's
+        float input."""
+        copies: dict[str, ir.Value] = {}
+        private = dict(private or {})
+
+        def resolve(value: ir.Value | None) -> ir.Value | None:
+            if value is not None and value.name in copies:
+                return copies[value.name]
+            if value is not None and value.name in private:
+                return private[value.name]
+            return self._local(value)
+
+        share = not private
+        for node in region:
+            if share and node.outputs and all(o.name in self.made for o in node.outputs):
+                copies.update((o.name, self.made[o.name]) for o in node.outputs)  # copied for an earlier layer
+                continue
+            new = ir.Node(node.domain, node.op_type, [resolve(v) for v in node.inputs],
+                          [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
+                          num_outputs=len(node.outputs), name=rename(node.name) if node.name else None,
+                          version=node.version)  # fmt: skip
+            for old, out in zip(node.outputs, new.outputs):
+                out.type, out.shape, out.name = old.type, old.shape, rename(old.name)
+                copies[old.name] = out
+                if share and old.name not in self.known:
+                    self.made[old.name] = out
+            if before is not None:
+                self.graph.insert_before(before, new)
+            else:
+                self.graph.append(new)
+        return copies
+
+
+_FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def _typed(out: ir.Value, copy: ir.Value, layer: ir.Node) -> bool:
+    """Give ``out`` and ``copy`` a type (graph outputs need one): either's, else that of the
+    layer's first typed float input (exporters leave intermediate values untyped); False when
+    none is known."""
+    known = out.type or copy.type or next(
+        (v.type for v in layer.inputs if v is not None and v.type is not None and v.dtype in _FLOAT_TYPES), None
+    )
+    if known is None:
+        return False
+    out.type, copy.type = out.type or known, copy.type or known
+    return True
+
+
 def splice_quantized(float_model: ir.Model, quantized: ir.Model, name: str) -> ir.Model | None:
     """``float_model`` with node ``name`` replaced by the nodes that compute its outputs in
-    ``quantized`` (onnxruntime keeps a layer's output names when it quantizes it): walking
-    back from those outputs, every node of ``quantized`` up to the values ``float_model``
-    also has (the layer's activation inputs, shared constants such as a Gemm's bias); the
-    new constants (int8 weights, scales, zero points) are shared, not copied. The same
-    numbers as quantizing that layer alone. None when ``name`` is in neither model, or is
-    not quantized in ``quantized``."""
+    ``quantized`` (onnxruntime keeps a layer's output names when it quantizes it; see
+    :class:`_Splicer`): the same numbers as quantizing that layer alone. None when ``name`` is
+    in neither model, or is not quantized in ``quantized``."""
     model = float_model.clone()
     graph = model.graph
     layer = next((n for n in graph if n.name == name), None)
     if layer is None:
         return None
-    # the float model's values by name (inputs, initializers, node outputs)
-    known = {v.name: v for v in graph.inputs} | dict(graph.initializers) | {v.name: v for node in graph for v in node.outputs}
+    splicer = _Splicer(model, quantized)
+    region = splicer.region(layer)
+    if region is None:
+        return None
     outputs = {v.name for v in layer.outputs if v is not None and v.name}
-    q_values = {v.name: v for v in quantized.graph.inputs} | {v.name: v for node in quantized.graph for v in node.outputs}
-    q_inits = quantized.graph.initializers
-    region: list[ir.Node] = []
-    seen: set[int] = set()
-    stack = [q_values.get(name) for name in outputs]
-    while stack:
-        value = stack.pop()
-        node = value.producer() if value is not None else None
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        region.append(node)
-        stack.extend(v for v in node.inputs if v is not None and v.name not in known)
-    if not region or any(n.name == name and n.op_type == layer.op_type for n in region):
-        return None  # not quantized there: the same node computes the output
-    order = {id(n): i for i, n in enumerate(quantized.graph)}
-    region.sort(key=lambda n: order[id(n)])
-    made: dict[str, ir.Value] = {}
-
-    def local(value: ir.Value | None) -> ir.Value | None:
-        if value is None:
-            return None
-        if value.name in made:
-            return made[value.name]
-        if value.name in q_inits and value.name not in known:  # a new constant: shared tensor
-            copy = ir.Value(name=value.name, shape=value.shape, type=value.type, const_value=value.const_value)
-            graph.register_initializer(copy)
-            made[value.name] = copy
-            return copy
-        return known[value.name]
-
-    replacements = {}
-    for node in region:
-        new = ir.Node(node.domain, node.op_type, [local(v) for v in node.inputs],
-                      [ir.Attr(a.name, a.type, a.value) for a in node.attributes.values()],
-                      num_outputs=len(node.outputs), name=node.name, version=node.version)  # fmt: skip
-        for old, out in zip(node.outputs, new.outputs):
-            out.type, out.shape = old.type, old.shape
-            if old.name in outputs:
-                replacements[old.name] = out
-            else:
-                out.name = old.name
-            made[old.name] = out
-        graph.insert_before(layer, new)
+    copies = splicer.copy(region, lambda n: f"{n}_spliced" if n in outputs else n, before=layer)
     for old in layer.outputs:
-        if old is None or old.name not in replacements:
+        if old is None or old.name not in copies:
             continue
-        new_out = replacements[old.name]
+        new_out = copies[old.name]
         old.replace_all_uses_with(new_out, replace_graph_outputs=True)
         name_of = old.name
         old.name = f"{name_of}_float"
         new_out.name = name_of
     graph.remove(layer, safe=True)
     return model
+
+
+def with_quantized_copies(float_model: ir.Model, quantized: ir.Model, names: Iterable[str]) -> tuple[ir.Model, dict[str, list[tuple[str, str]]]]:
+    """``float_model`` plus, for each layer of ``names`` that ``quantized`` quantizes, a copy
+    of its quantized nodes reading the float model's values (and of the Q/DQ that rounds it
+    for a graph output, if any): each layer's quantized output next to its float one, for all
+    layers in one run (its local error). Returns the model,
+    whose graph outputs now include both, and per layer its ``(float, quantized)`` output
+    names. Copies are named ``<name>__quantized``."""
+    model = float_model.clone()
+    graph = model.graph
+    splicer = _Splicer(model, quantized)
+    nodes = {n.name: n for n in graph if n.name}
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    present = {v.name for v in graph.outputs}
+    for name in names:
+        layer = nodes.get(name)
+        region = splicer.region(layer) if layer is not None else None
+        if region is None:
+            continue
+        copies = splicer.copy(region, lambda n: f"{n}__quantized")
+        pairs[name] = []
+        for out in layer.outputs:
+            if out is None or out.name not in copies or not _typed(out, copies[out.name], layer):
+                continue
+            quantized_out = copies[out.name]
+            if rounding := splicer.rounding(out.name):  # the consumers read it rounded: so does the copy
+                rounded = splicer.copy(rounding, lambda n, layer=name: f"{n}__{layer}__rounded", private=copies)
+                quantized_out = rounded[rounding[-1].outputs[0].name]
+            for value in (out, quantized_out):
+                if value.name not in present:
+                    graph.outputs.append(value)
+                    present.add(value.name)
+            pairs[name].append((out.name, quantized_out.name))
+    common.TopologicalSortPass()(model)
+    return model, {k: v for k, v in pairs.items() if v}
 
 
 def dynamic_quantized(float_model: ir.Model, quantized: ir.Model, names: Iterable[str]) -> list[str]:

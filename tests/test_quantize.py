@@ -227,6 +227,66 @@ def test_int8_fallback_keeps_sensitive_layers_float_within_budget(digits):
         assert all(v is None or v.producer() is None or v.producer().op_type != "DequantizeLinear" for v in nodes[name].inputs)
 
 
+def _static_builder(model, calib):
+    from onnxopt.quantization import QuantizeResult, _int8_static
+
+    result = QuantizeResult(model, "int8", False, [], {}, 0, 0)
+    build, _ = _int8_static(model, calib, result, method="minmax", per_channel=True, activation_type="u8", weight_type="s8",
+                            exclude=[], skip_first_last=False, reduce_range=None)  # fmt: skip
+    return build
+
+
+def _layer_output(model: ir.Model, name: str, probe: Dataset, reference: ir.Model | None = None) -> np.ndarray:
+    """On ``probe``, the value of ``model`` named as node ``name``'s first output in
+    ``reference`` (default ``model``), exposed as a graph output."""
+    value_name = next(n for n in (reference or model).graph if n.name == name).outputs[0].name
+    model = model.clone()
+    value = next(o for n in model.graph for o in n.outputs if o.name == value_name)
+    if not value.is_graph_output():
+        model.graph.outputs.append(value)
+    return evaluate.run(model, probe)[[v.name for v in model.graph.outputs].index(value_name)]
+
+
+def test_local_errors_are_each_layer_quantized_alone_all_in_one_run(digits):
+    from onnxopt.quantization import _local_errors
+
+    model, calib, _, _ = digits
+    build = _static_builder(model, calib.take(slice(0, 32)))
+    probe = calib.take(slice(0, 8))
+    local = _local_errors(build.reference(), build(frozenset()), build.ranked, probe)
+    assert set(local) == set(build.ranked)
+    (last,) = [n.name for n in build.reference().graph if n.outputs[0].is_graph_output()]
+    for layer in build.ranked:  # the layer's own output, quantized alone, against the float one
+        if layer == last:  # the graph output, rounded by its Q/DQ as in the model
+            expected, alone = evaluate.run(build.reference(), probe)[0], evaluate.run(build.only(layer), probe)[0]
+        else:
+            expected, alone = _layer_output(build.reference(), layer, probe), _layer_output(build.only(layer), layer, probe)
+        error = np.linalg.norm(alone.astype(np.float64) - expected) / np.linalg.norm(expected)
+        assert error > 0 and local[layer] == pytest.approx(error, rel=1e-3, abs=1e-7)
+
+
+def test_int8_fallback_above_the_measured_limit_measures_the_largest_local_errors(digits, monkeypatch):
+    import onnxopt.quantization as quantization
+
+    monkeypatch.setattr(quantization, "_measured_count", lambda ranked: min(ranked, 2))
+    model, calib, held_out, _ = digits
+    strict = evaluate.Evaluator(model, held_out, metric="rel-l2")
+    plain = quantize_model(model, calib, strict, mode="int8", check_speed=False)
+    budget = strict.drop(plain.score) / 2
+    result = quantize_model(model, calib, strict, mode="int8", max_drop=budget, check_speed=False)
+    assert result.applied and strict.within(strict.score(result.model), budget)
+    assert len(result.local_error) > 2 and len(result.sensitivity) == 2
+    by_local = sorted(result.local_error, key=lambda n: -result.local_error[n])
+    assert set(result.sensitivity) == set(by_local[:2])  # the two largest local errors, measured end to end
+    ranks = {n: int(r.split("rank ")[1].split("/")[0]) for n, r in result.layers_float.items() if r.startswith("sensitive")}
+    rest = [n for n in by_local if n not in result.sensitivity]
+    assert max(ranks.values()) > 2  # the search kept an unmeasured layer float too
+    for name, rank in ranks.items():  # measured ones rank first; the rest by local error
+        assert (rank <= 2) == (name in result.sensitivity)
+        if rank > 2:
+            assert "local output error" in result.layers_float[name] and rest.index(name) == rank - 3
+
+
 def test_int8_zero_budget_returns_the_float_model_with_the_reason(digits):
     model, calib, held_out, _ = digits
     exact = evaluate.Evaluator(model, held_out, metric="rel-l2")
@@ -825,3 +885,17 @@ def test_one_layer_spliced_from_the_dynamic_int8_model_equals_quantizing_it_alon
         np.testing.assert_array_equal(out, evaluate.run(alone, x)[0])
         assert np.abs(out - reference).max() > 0  # it is quantized
     assert splice_quantized(model, model, "fc2") is None  # not quantized there
+
+
+def test_local_errors_of_dynamic_int8_layers_equal_splicing_each_alone():
+    from onnxopt.passes.quantize import quantize_dynamic_int8, splice_quantized
+    from onnxopt.quantization import _local_errors
+
+    model = _gemm_matmul_model()
+    full = quantize_dynamic_int8(model)
+    x = Dataset({"x": np.random.default_rng(1).standard_normal((4, 16)).astype(np.float32)})
+    local = _local_errors(model, full, ["fc1", "fc2", "fc3"], x)
+    assert set(local) == {"fc1", "fc2", "fc3"}
+    for layer in ("fc1", "fc2", "fc3"):
+        expected, alone = _layer_output(model, layer, x), _layer_output(splice_quantized(model, full, layer), layer, x, model)
+        assert local[layer] == pytest.approx(np.linalg.norm(alone - expected) / np.linalg.norm(expected), rel=1e-4)
