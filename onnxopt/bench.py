@@ -1,8 +1,9 @@
 """Latency and throughput with onnxruntime, several models interleaved in one process.
 
 Method: one session per (model, provider, batch); inputs generated once from the model's
-signature (seeded); ``warmup`` untimed runs each; then rounds in which every model runs
-once, in rotating order, until ``iterations`` rounds or ``seconds`` have passed. Because
+signature (seeded); ``warmup`` untimed runs each (at least one, which checks the
+inputs); then rounds in which every model runs once, in rotating order, until
+``iterations`` rounds or ``seconds`` have passed. Because
 the models alternate, machine noise hits them alike and the **ratio** column (p50 of the
 first model / p50 of this one; > 1 means faster) is the number to trust across runs.
 ``session_mb`` is the process RSS growth while the session was created and warmed up
@@ -341,7 +342,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
                 # random lengths may not fit the padded input: runnable_synthetic tries sizes
                 data = runnable_synthetic(model, batch, seed=seed, shapes=_batch_shapes(model, batch, shapes), sess=sess)[0].inputs
                 feed = {i.name: data[i.name] for i in sess.get_inputs()}
-            for _ in range(warmup):
+            for _ in range(warmup - 1):  # the run above, which checks the inputs, is the first warm-up run
                 sess.run(None, feed)
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
             what = "random inputs" if given is None else "the timing inputs"

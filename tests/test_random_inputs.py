@@ -98,6 +98,30 @@ def test_speed_checks_time_the_data_not_random_values():
     assert [r.batch for r in result.bench.rows] == [1, 1] and result.fidelity.within()
 
 
+def test_bench_runs_warmup_plus_iterations_times(monkeypatch):
+    # the run that checks the random inputs is the first warm-up run, not one more
+    import onnxopt.bench as bench
+
+    runs = []
+
+    class Counting:
+        def __init__(self, sess):
+            self._sess = sess
+
+        def run(self, *args, **kwargs):
+            runs.append(1)
+            return self._sess.run(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._sess, name)
+
+    real_session = bench.session
+    monkeypatch.setattr(bench, "session", lambda *a, **k: Counting(real_session(*a, **k)))
+    monkeypatch.setattr(bench, "_start_runtime", lambda *a, **k: None)
+    benchmark([("audio", stateful_audio_model())], shapes={"audio": [1, 64]}, iterations=3, warmup=2)
+    assert len(runs) == 2 + 3
+
+
 def test_bench_times_real_samples_from_data(tmp_path):
     from click.testing import CliRunner
 
