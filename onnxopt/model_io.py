@@ -32,6 +32,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
@@ -122,7 +123,11 @@ def _check_opset(path: Path, proto: onnx.ModelProto) -> None:
     # checker below reports it.
 
 
-def _check_model(path: Path, proto: onnx.ModelProto) -> None:
+def _check_model(path: Path, proto: onnx.ModelProto, *, unsorted_ok: bool = False) -> bool:
+    """Raise for a model the ONNX checker rejects. With ``unsorted_ok``, nodes out of
+    topological order are not an error (returns True: the caller sorts and checks again):
+    onnxruntime sorts them itself, and its own ``float16.convert_float_to_float16(...,
+    keep_io_types=True)`` writes the input Casts after the nodes that read them."""
     try:
         if proto.ByteSize() < _PROTOBUF_LIMIT and not _external_files(proto):
             onnx.checker.check_model(proto)
@@ -130,7 +135,10 @@ def _check_model(path: Path, proto: onnx.ModelProto) -> None:
             onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         first = next((line for line in str(exc).splitlines() if line.strip()), "invalid graph")
+        if unsorted_ok and "topologically sorted" in first:
+            return True
         raise OnnxoptError(f"{path}: the ONNX checker rejects this model: {first}") from exc
+    return False
 
 
 def _ir_rejection(proto: onnx.ModelProto, exc: BaseException) -> str:
@@ -172,12 +180,16 @@ def load_model(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
         raise OnnxoptError(
             f"{path}: external data file {missing[0]!r} is missing; keep it beside the model"
         )
-    if check:
-        _check_model(path, proto)
+    unsorted = check and _check_model(path, proto, unsorted_ok=True)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects a few things the checker lets pass
         raise OnnxoptError(f"{path}: cannot be read into the IR: {_ir_rejection(proto, exc)}") from exc
+    if unsorted:  # sorted, then checked again for whatever the order hid
+        common.TopologicalSortPass()(model)
+        sorted_proto = ir.serde.serialize_model(model)
+        if sorted_proto.ByteSize() < _PROTOBUF_LIMIT:
+            _check_model(path, sorted_proto)
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     name_nodes(model)
     _negative_dims_as_dynamic(model)

@@ -180,3 +180,22 @@ def test_a_map_output_is_refused_with_its_name_and_the_way_out(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)]), path)
     with pytest.raises(OnnxoptError, match=r"output 'probabilities' is a map.*'zipmap': False"):
         load_model(path)
+
+
+def test_nodes_out_of_order_are_sorted_on_load(model_path, tmp_path):
+    # onnxruntime's float16 converter (keep_io_types=True) writes input Casts after their
+    # readers; onnxruntime sorts them itself, so loading must too (and still check the rest)
+    proto = onnx.load(model_path)
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes[::-1])
+    unsorted = tmp_path / "unsorted.onnx"
+    onnx.save(proto, unsorted)
+    with pytest.raises(onnx.checker.ValidationError, match="topologically sorted"):
+        onnx.checker.check_model(proto)
+    x = {"input": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(load_model(unsorted), x)[0], run(load_model(model_path), x)[0])
+    proto.graph.node[0].op_type = "NoSuchOp"  # an error the order hid is still reported
+    onnx.save(proto, unsorted)
+    with pytest.raises(OnnxoptError, match="ONNX checker rejects"):
+        load_model(unsorted)
