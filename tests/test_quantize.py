@@ -287,6 +287,26 @@ def test_int8_fallback_above_the_measured_limit_measures_the_largest_local_error
             assert "local output error" in result.layers_float[name] and rest.index(name) == rank - 3
 
 
+def test_without_local_errors_every_ranked_layer_is_measured(digits, monkeypatch):
+    import onnxopt.quantization as quantization
+    from onnxopt.errors import OnnxoptError
+
+    model, calib, _, _ = digits
+    build = _static_builder(model, calib.take(slice(0, 32)))
+    probe = calib.take(slice(0, 4))
+    monkeypatch.setattr(quantization, "_measured_count", lambda ranked: min(ranked, 2))
+    real_session = quantization.evaluate.session
+
+    def refuse_combined(m, *args, **kwargs):  # onnxruntime cannot load the combined graph
+        if any(n.name.endswith("__quantized") for n in m.graph):
+            raise OnnxoptError("onnxruntime cannot load the model: test")
+        return real_session(m, *args, **kwargs)
+
+    monkeypatch.setattr(quantization.evaluate, "session", refuse_combined)
+    measured, local = quantization._sensitivities(build, model, probe)
+    assert not local and set(measured) == set(build.ranked)
+
+
 def test_int8_zero_budget_returns_the_float_model_with_the_reason(digits):
     model, calib, held_out, _ = digits
     exact = evaluate.Evaluator(model, held_out, metric="rel-l2")
