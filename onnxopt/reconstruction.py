@@ -25,7 +25,7 @@ its channels 0.934 (0.965); a large ``λ`` keeps ``W₀`` and re-fits the bias o
 from __future__ import annotations
 
 __all__ = [
-    "MAX_FEATURES", "RIDGE_ALPHA", "NormalEquations", "conv_output_hw", "conv_patches", "fittable", "has_intercept", "reconstruct", "ridge",
+    "MAX_FEATURES", "RIDGE_ALPHA", "NormalEquations", "conv_output_hw", "conv_patches", "data_selected", "fittable", "has_intercept", "reconstruct", "ridge",
     "sample_positions", "weight_matrix",
 ]  # fmt: skip
 
@@ -37,7 +37,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.calibration import Dataset
-from onnxopt.graph import ancestors, attr, fixed_batch, set_const_input
+from onnxopt.graph import ancestors, attr, fixed_batch, set_const_input, subgraphs
 from onnxopt.groups import const_array
 from onnxopt.importance import value_session
 
@@ -94,6 +94,7 @@ class _Fit:
     sums_even: NormalEquations = dataclasses.field(default_factory=NormalEquations)  # even samples only
     targets: list[np.ndarray] = dataclasses.field(default_factory=list)  # per batch
     positions: list[tuple[np.ndarray, ...] | None] = dataclasses.field(default_factory=list)
+    broken: bool = False  # input and target rows did not pair up: not re-fitted
 
 
 def conv_patches(x: np.ndarray, node: ir.Node, kernel: Sequence[int], pos: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -174,6 +175,30 @@ def fittable(node: ir.Node) -> bool:
     return False
 
 
+# ops whose output keeps the entries the data selects (boxes after non-maximum suppression,
+# the indices of non-zero scores, the top k): downstream of one, the pruned network may
+# select other entries than the original, so a consumer's input rows and the original's
+# output rows no longer belong together
+_SELECTING = frozenset({"NonMaxSuppression", "NonZero", "TopK", "Unique", "Compress"})
+
+
+def data_selected(model: ir.Model) -> set[int]:
+    """Ids of the nodes of ``model``'s graph downstream of a data-dependent selection
+    (``_SELECTING``, also inside a subgraph of a node on the way): not re-fitted. A detector's
+    box head reads the regions its proposal network kept (keypointrcnn_resnet50_fpn: 629
+    rows from the original, 656 from the pruned network on the same images)."""
+    tainted: set[int] = set()
+    produced: set[int] = set()  # ids of values written by tainted nodes
+    for node in model.graph:
+        inner = node.op_type in _SELECTING or any(
+            n.op_type in _SELECTING for g in subgraphs(node) for n in ir.traversal.RecursiveGraphIterator(g)
+        )
+        if inner or any(v is not None and id(v) in produced for v in node.inputs):
+            tainted.add(id(node))
+            produced.update(id(v) for v in node.outputs)
+    return tainted
+
+
 def reconstruct(
     original: ir.Model,
     pruned: ir.Model,
@@ -191,10 +216,11 @@ def reconstruct(
     every pruned value (to select the kept channels of the original outputs)."""
     nodes = {n.name: n for n in pruned.graph}
     orig_nodes = {n.name: n for n in original.graph}
+    selected = data_selected(pruned)
     fits = []
     for name in consumers:
         node = nodes.get(name)
-        if node is None or name not in orig_nodes or not fittable(node):
+        if node is None or name not in orig_nodes or not fittable(node) or id(node) in selected:
             continue
         out_name = orig_nodes[name].outputs[0].name
         channels = (const_array(orig_nodes[name].inputs[1]).shape)
@@ -220,8 +246,9 @@ def reconstruct(
     for wave in _waves(pruned, fits):
         _accumulate(pruned, batches, first, wave)
         for fit in wave:
-            _solve(fit, alpha)
-            done.append(fit.node.name)
+            if not fit.broken:
+                _solve(fit, alpha)
+                done.append(fit.node.name)
     return done
 
 
@@ -261,6 +288,9 @@ def _accumulate(pruned: ir.Model, batches: list[dict[str, np.ndarray]], first: n
             a = _input_rows(fit, x, b)
             a = np.concatenate([a, np.ones((len(a), 1), a.dtype)], axis=1)
             target = fit.targets[b]
+            if fit.broken or len(a) != len(target):  # rows chosen at run time, missed above: no fit
+                fit.broken = True
+                continue
             even = _even_rows(fit, b, len(a), first)
             fit.sums.add(a, target)
             fit.sums_even.add(a[even], target[even])

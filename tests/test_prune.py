@@ -800,3 +800,54 @@ def test_cli_prune_counts_macs_at_the_datas_sequence_length(tmp_path):
     assert expected >= 100 * (32 * 4 * 3 + 4 * 32)  # the convolutions at T = 100
     data = json.loads(report.read_text())
     assert data["prune"]["macs_before"] == data["before"]["macs"] == expected
+
+
+def _selected_rows_model() -> ir.Model:
+    """A detector's two stages in small: ``x [1, 3, 16, 16]`` → Conv a → Relu → 1×1 Conv s:
+    a score map whose top 4 positions (``TopK``) become 4×4 regions; ``RoiAlign`` reads them
+    from Conv b → Relu, and Gemms h and c (the box head) read the 2×2 crops, summed over the
+    regions (through a hidden Gemm h → Relu). Pruning a's channels changes which regions
+    are selected, so c's input rows in the pruned network do not pair up with the
+    original's."""
+    rng = np.random.default_rng(0)
+
+    def f32(name, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel())
+
+    def i64(name, values):
+        return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+    inits = [f32("wa", [8, 3, 3, 3]), f32("ws", [1, 8, 1, 1]), f32("wb", [8, 3, 3, 3]), f32("wh", [32, 16]), f32("bh", [16]),
+             f32("wc", [16, 4]), f32("bc", [4]),
+             i64("flat", [-1]), i64("k", [4]), i64("side", [16]), i64("one", [1]), i64("sum_axis", [0]),
+             helper.make_tensor("size", TensorProto.FLOAT, [], [4.0]), helper.make_tensor("batch", TensorProto.INT64, [4], [0] * 4)]  # fmt: skip
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]), n("Relu", ["a"], ["ra"], name="relu_a"),
+             n("Conv", ["ra", "ws"], ["score"], name="conv_s"), n("Reshape", ["score", "flat"], ["scores"], name="scores"),
+             n("TopK", ["scores", "k"], ["top", "idx"], name="topk"), n("Div", ["idx", "side"], ["yi"], name="row"),
+             n("Mod", ["idx", "side"], ["xi"], name="column"), n("Cast", ["xi"], ["x1"], name="x1", to=TensorProto.FLOAT),
+             n("Cast", ["yi"], ["y1"], name="y1", to=TensorProto.FLOAT), n("Add", ["x1", "size"], ["x2"], name="x2"),
+             n("Add", ["y1", "size"], ["y2"], name="y2"),
+             *[n("Unsqueeze", [v, "one"], [f"{v}c"], name=f"{v}_column") for v in ("x1", "y1", "x2", "y2")],
+             n("Concat", ["x1c", "y1c", "x2c", "y2c"], ["rois"], name="rois", axis=1),
+             n("Conv", ["x", "wb"], ["b"], name="conv_b", pads=[1, 1, 1, 1]), n("Relu", ["b"], ["rb"], name="relu_b"),
+             n("RoiAlign", ["rb", "rois", "batch"], ["crops"], name="roi_align", output_height=2, output_width=2),
+             n("Flatten", ["crops"], ["flat_crops"], name="flatten"), n("Gemm", ["flat_crops", "wh", "bh"], ["h"], name="gemm_h"),
+             n("Relu", ["h"], ["rh"], name="relu_h"), n("Gemm", ["rh", "wc", "bc"], ["c"], name="gemm_c"),
+             n("ReduceSum", ["c", "sum_axis"], ["y"], name="sum_regions", keepdims=1)]  # fmt: skip
+    graph = helper.make_graph(nodes, "two_stage", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_consumers_of_rows_the_data_selects_are_not_refitted():
+    from onnxopt.reconstruction import data_selected
+
+    model = _selected_rows_model()
+    calib = Dataset({"x": np.random.default_rng(1).standard_normal((16, 3, 16, 16)).astype(np.float32)})
+    selected = {n.name for n in model.graph if id(n) in data_selected(model)}
+    assert {"gemm_h", "gemm_c"} <= selected and not {"conv_a", "conv_s", "conv_b"} & selected
+    result = prune_model(model, calib, criterion="l1", ratio=0.5, round_to=1)
+    weights = {n.name: n.inputs[1].const_value.numpy().shape for n in result.model.graph if n.op_type in ("Conv", "Gemm")}
+    assert weights["conv_s"][1] == 4 and weights["gemm_c"][0] == 8  # both groups lost half their channels
+    assert "conv_s" in result.reconstructed and "gemm_c" not in result.reconstructed
