@@ -315,6 +315,22 @@ def _passthrough(w: _Walker, node: ir.Node) -> None:
         w.set_track(node.outputs[0], t)
 
 
+def _roi_align(w: _Walker, node: ir.Node) -> None:
+    """``RoiAlign`` / ``MaxRoiPool``: output ``[regions, C, h, w]`` samples every channel of
+    ``X [N, C, H, W]`` on its own (a detector's box and mask heads read the FPN's maps so), so
+    the channels of ``X`` pass on; regions and batch indices must not carry channels."""
+    t = w.track(node.inputs[0])
+    if any(w.track(v) is not None for v in node.inputs[1:]):
+        _block_inputs(w, node, "regions computed from the channels")
+        return
+    if t is None or not node.outputs:
+        return
+    if t.axis != 1 or t.block != 1:
+        w.block(t, f"{_label(node)}: channels not on axis 1")
+        return
+    w.set_track(node.outputs[0], t)
+
+
 def _channel_axis_safe(axis_attr: str, default: int) -> Handler:
     """Pass-through unless the op works along the channel axis (Softmax, LpNormalization)."""
 
@@ -535,7 +551,8 @@ def _batched_heads(w: _Walker, node: ir.Node) -> bool:
 
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 RECURRENT_STATES = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}  # initial_h (, initial_c) inputs
-_ZERO_KEEPING = ("Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Cast", "Expand")
+_ZERO_KEEPING = ("Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Transpose", "Cast", "Expand", "RoiAlign",
+                 "MaxRoiPool")  # fmt: skip
 
 
 def is_zero_tensor(value: ir.Value | None, depth: int = 0) -> bool:
@@ -1482,7 +1499,7 @@ _PASSTHROUGH = (
 # ops after which a tensor still carries its input's channels (for a Reshape target read off
 # that input's Shape); their handlers pass the channels on or block them
 _CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Add", "Sub",
-                              "Mul", "Div", "Unsqueeze", "Squeeze", "Expand"})  # fmt: skip
+                              "Mul", "Div", "Unsqueeze", "Squeeze", "Expand", "RoiAlign", "MaxRoiPool"})  # fmt: skip
 # size arithmetic that only passes sizes on to a Reshape / Expand target (TorchScript's
 # ``expand`` turns −1 entries into 1 with Equal / Where on a ConstantOfShape)
 _SIZE_ARITHMETIC = frozenset({*_SIZE_PICKS, "Where", "Equal", "Shape", "ConstantOfShape"})
@@ -1520,6 +1537,8 @@ HANDLERS: dict[str, Handler] = {
     "Shape": _shape,
     "Softmax": _channel_axis_safe("axis", -1),
     "LogSoftmax": _channel_axis_safe("axis", -1),
+    "RoiAlign": _roi_align,
+    "MaxRoiPool": _roi_align,
 }
 """op type → handler. Supporting a new op is one entry here. Source ops (Conv, Gemm,
 MatMul) create channels even when no input is tracked; the others act only on tracked inputs."""

@@ -774,3 +774,15 @@ def test_a_fused_attention_with_unequal_qkv_sizes_keeps_its_heads_and_says_why()
     evaluate.run(model, {"x": np.ones([1, 5, 8], np.float32)})  # a valid model
     (group,) = [g for g in analyze_groups(model).groups if g.name == "context"]
     assert not group.prunable and any("qkv_hidden_sizes" in r for r in group.reasons)
+
+
+def test_roi_align_passes_the_feature_channels_to_the_box_head():
+    # a two-stage detector's heads read the backbone's maps through RoiAlign, channel by channel
+    from tests.test_prune import _selected_rows_model
+
+    model = _selected_rows_model()
+    analysis, pruned = _assert_exact(model, _data(model, 1))
+    b = analysis.by_name()["b"]
+    assert {m.node.name for m in b.members} == {"conv_b", "gemm_h"}  # through RoiAlign and Flatten (2×2 columns each)
+    (head,) = [n for n in pruned.graph if n.name == "gemm_h"]
+    assert head.inputs[1].const_value.numpy().shape[0] == 2 * 2 * (8 - 3)  # 3 of conv b's 8 channels removed
