@@ -55,15 +55,9 @@ def _external_files(proto: onnx.ModelProto) -> set[str]:
 
 
 def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for g in attr.graphs:
-                yield from _all_tensors(g)
+    for g in _graphs(graph):
+        yield from g.initializer
+        yield from (attr.t for node in g.node for attr in node.attribute if attr.HasField("t"))
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:

@@ -467,10 +467,11 @@ def _sensitivities(build: _Builder, model: ir.Model, probe: Dataset) -> tuple[di
     are)."""
     reference = evaluate.run(model, probe)
     measured, local = build.ranked, {}
-    if _measured_count(len(measured)) < len(measured) and build.reference is not None:
+    count = _measured_count(len(measured))
+    if count < len(measured) and build.reference is not None:
         local = _local_errors(build.reference(), build(frozenset()), measured, probe)
         if local:
-            measured = sorted(measured, key=lambda n: -local.get(n, math.inf))[: _measured_count(len(measured))]
+            measured = sorted(measured, key=lambda n: -local.get(n, math.inf))[:count]
     return {layer: _rel_error(reference, evaluate.run(build.only(layer), probe)) for layer in measured}, local
 
 

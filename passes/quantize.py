@@ -520,7 +520,7 @@ class _Splicer:
         is read first and never shared: a layer's quantized output is not another layer's
         float input."""
         copies: dict[str, ir.Value] = {}
-        private = dict(private or {})
+        private = private or {}
 
         def resolve(value: ir.Value | None) -> ir.Value | None:
             if value is not None and value.name in copies:
@@ -598,9 +598,9 @@ def with_quantized_copies(float_model: ir.Model, quantized: ir.Model, names: Ite
     """``float_model`` plus, for each layer of ``names`` that ``quantized`` quantizes, a copy
     of its quantized nodes reading the float model's values (and of the Q/DQ that rounds it
     for a graph output, if any): each layer's quantized output next to its float one, for all
-    layers in one run (its local error). Returns the model,
-    whose graph outputs now include both, and per layer its ``(float, quantized)`` output
-    names. Copies are named ``<name>__quantized``."""
+    layers in one run (its local error). Returns the model, whose graph outputs now include
+    both, and per layer its ``(float, quantized)`` output names. Copies are named
+    ``<name>__quantized``."""
     model = float_model.clone()
     graph = model.graph
     splicer = _Splicer(model, quantized)
@@ -618,7 +618,7 @@ def with_quantized_copies(float_model: ir.Model, quantized: ir.Model, names: Ite
             if out is None or out.name not in copies or not _typed(out, copies[out.name], layer):
                 continue
             quantized_out = copies[out.name]
-            if rounding := splicer.rounding(out.name):  # the consumers read it rounded: so does the copy
+            if rounding := splicer.rounding(out.name):  # the graph output reads it rounded: so does the copy
                 rounded = splicer.copy(rounding, lambda n, layer=name: f"{n}__{layer}__rounded", private=copies)
                 quantized_out = rounded[rounding[-1].outputs[0].name]
             for value in (out, quantized_out):
