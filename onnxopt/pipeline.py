@@ -33,7 +33,8 @@ How a pipeline runs (:func:`run_stages`):
    budget, and keeps that result instead when it measures faster, timed against the greedy
    one in one interleaved run. ddddocr's recognizer: low-rank then int8 left most
    convolutions float (final checks 1.45–1.58×); int8 alone, static convolutions + dynamic
-   LSTM, 1.62×.
+   LSTM, 1.62×. The second run ranks the layers it shares with the first by the
+   sensitivities measured then (:func:`onnxopt.quantization.quantize_stage`).
 """
 
 from __future__ import annotations

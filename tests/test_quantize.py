@@ -287,6 +287,49 @@ def test_int8_fallback_above_the_measured_limit_measures_the_largest_local_error
             assert "local output error" in result.layers_float[name] and rest.index(name) == rank - 3
 
 
+def test_known_sensitivities_are_not_measured_again(digits, monkeypatch):
+    import onnxopt.quantization as quantization
+
+    model, calib, _, _ = digits
+    build = _static_builder(model, calib.take(slice(0, 32)))
+    probe = calib.take(slice(0, 4))
+    first, _ = quantization._sensitivities(build, model, probe)
+    known = dict(list(first.items())[:-1])  # all but one layer measured before
+    only = []
+    real_only = build.only
+    monkeypatch.setattr(build, "only", lambda layer: only.append(layer) or real_only(layer))
+    again, _ = quantization._sensitivities(build, model, probe, known)
+    assert only == [list(first)[-1]]  # only the unknown layer ran
+    assert again == pytest.approx(first)
+    only.clear()
+    monkeypatch.setattr(quantization, "_measured_count", lambda ranked: min(ranked, 2))
+    local = {layer: 1.0 for layer in build.ranked[2:]}  # ranked before by local error alone
+    measured, kept_local = quantization._sensitivities(build, model, probe, {}, local)
+    assert sorted(only) == sorted(build.ranked[:2]) and kept_local == local  # ≤ 48 unknown: all of them measured
+
+
+def test_quantize_stage_run_again_reuses_its_sensitivities(digits, monkeypatch):
+    """try_last_stage_alone runs the stage a second time in one pipeline: the layers it
+    ranked the first time are not measured again, and the result is the same."""
+    import onnxopt.quantization as quantization
+
+    model, calib, held_out, _ = digits
+    strict = evaluate.Evaluator(model, held_out, metric="rel-l2")
+    plain = quantize_model(model, calib, strict, mode="int8", check_speed=False)
+    ctx = Context(verify_data=held_out.take(slice(0, 16)), calib=calib, evaluator=strict, max_drop=strict.drop(plain.score) / 2)
+    calls = []
+    real = quantization._rel_error
+    monkeypatch.setattr(quantization, "_rel_error", lambda *a: calls.append(1) or real(*a))
+    stage = quantize_stage(mode="int8", check_speed=False)
+    first = stage.run(model, ctx)
+    measured = len(calls)
+    second = stage.run(model, ctx)
+    assert measured > 0 and len(calls) == measured  # nothing measured the second time
+    assert first.details["layers_float"] == second.details["layers_float"]
+    assert any("taken from an earlier measurement" in note for note in second.details["notes"])
+    assert quantize_stage(mode="int8", check_speed=False).run(model, ctx) and len(calls) == 2 * measured  # a new stage measures
+
+
 def test_without_local_errors_every_ranked_layer_is_measured(digits, monkeypatch):
     import onnxopt.quantization as quantization
     from onnxopt.errors import OnnxoptError

@@ -1,6 +1,7 @@
-"""The benchmark's decision metric for ddddocr's detector (no model needed: synthetic outputs)."""
+"""The benchmarks' decision metrics for text detectors: ddddocr's YOLOX boxes, PaddleOCR's DB map (synthetic outputs, no model needed)."""
 
 import numpy as np
+import pytest
 
 from benchmarks.real_data import _yolox_boxes, detection_f1
 
@@ -42,3 +43,18 @@ def test_detection_f1_counts_matched_boxes():
     # mean over images
     both = np.stack([a, a])
     assert detection_f1([both], [np.stack([a, empty])]) == 0.5
+
+
+def test_db_map_iou_scores_the_binarised_text_regions():
+    from benchmarks.wheel_models import db_map_iou
+
+    ref = np.zeros((3, 1, 8, 8), np.float32)
+    ref[0, 0, :4] = 0.9  # image 0: text in the top half
+    ref[1, 0] = 0.2  # image 1: background below the threshold everywhere
+    ref[2, 0, :, :4] = 0.8  # image 2: text in the left half
+    cand = ref.copy()
+    assert db_map_iou([ref], [cand]) == 1.0
+    cand[1, 0] = 0.29  # background moves, stays below 0.3: no decision changes
+    cand[0, 0, :2] = 0.1  # half of image 0's text region is lost
+    cand[2, 0, :, 4:6] = 0.5  # image 2's region grows by half
+    assert db_map_iou([ref], [cand]) == pytest.approx(np.mean([0.5, 1.0, 2 / 3]))
