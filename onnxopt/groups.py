@@ -877,7 +877,11 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     # with batch 1 several axes qualify).
     candidates = [b for b in range(len(out_shape)) if math.prod(out_shape[:b]) == prefix]
     ok = bool(candidates)
-    b = t.axis if t.axis in candidates else (candidates[-1] if ok else 0)
+    # An axis of the same size with the same elements after it holds the channels unchanged
+    # (dynamo's attention: K [1, H, T, D] → [H, T, D] → Kᵀ → [1, H, D, T], the batch of 1
+    # dropped and put back around the head axis).
+    same = [b for b in candidates if out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner]
+    b = t.axis if t.axis in same else same[0] if same else t.axis if t.axis in candidates else candidates[-1] if ok else 0
     merged = out_shape[b] // in_shape[t.axis] if ok and in_shape[t.axis] and out_shape[b] % in_shape[t.axis] == 0 else 0
     repeats = 1
     spelled, spelled_block = node.inputs[0], None  # the value whose channel count a constant target entry spells

@@ -249,7 +249,7 @@ class Pruner:
         self.seconds: dict[str, float] = {}
         start = time.perf_counter()
         self.analysis = analyze_groups(model, shapes)
-        if _has_computed_weights(model):
+        if _folding_may_help(model, self.analysis):
             folded = _fold_constants(model)  # e.g. the dynamo exporter's computed zero biases
             if folded is not None:
                 self.model = model = folded
@@ -303,10 +303,16 @@ class Pruner:
         return candidate
 
 
-def _has_computed_weights(model: ir.Model) -> bool:
-    """Whether a Conv/ConvTranspose/Gemm weight or bias is computed, or any node reads a
-    value computed from constants alone (PaddlePaddle's biases: ``Add(conv, Reshape(b,
-    [1, C, 1, 1]))``); folding those lets the group analysis see per-channel constants."""
+def _folding_may_help(model: ir.Model, analysis: GroupAnalysis) -> bool:
+    """Whether a Conv/ConvTranspose/Gemm weight or bias is computed, any node reads a value
+    computed from constants alone (PaddlePaddle's biases: ``Add(conv, Reshape(b,
+    [1, C, 1, 1]))``), or a Shape node reads a value of an unprunable group (TorchScript
+    writes ``torch.chunk`` as Slices whose bounds are computed from ``Shape``: YOLOv8's C2f
+    blocks); folding those lets the group analysis see per-channel constants and constant
+    channel ranges."""
+    blocked = {value for g in analysis.unprunable for value in g.index}
+    if any(n.op_type == "Shape" and n.inputs and n.inputs[0] is not None and n.inputs[0].name in blocked for n in model.graph):
+        return True
     computed = any(
         v is not None and const_array(v) is None
         for n in model.graph if n.op_type in ("Conv", "ConvTranspose", "Gemm")
@@ -322,12 +328,13 @@ def _has_computed_weights(model: ir.Model) -> bool:
 def _fold_constants(model: ir.Model) -> ir.Model | None:
     """A constant-folded clone (lossless: the conservative clean-up, which also folds weights
     computed from constants whatever their size — weight_norm's ``g · v / ‖v‖``, the dynamo
-    exporter's LSTM gates), or None when folding fails."""
+    exporter's LSTM gates — and ``Shape`` of values of static shape), or None when folding
+    fails."""
     from onnxopt.passes.cleanup import CleanupPass
 
     folded = model.clone()
     try:
-        CleanupPass(onnxscript_rules=False)(folded)
+        CleanupPass(onnxscript_rules=False, shape_inference=True)(folded)
     except Exception:
         return None
     return folded

@@ -641,8 +641,10 @@ def quantize_model(
         ranked = sorted(build.ranked, key=lambda n: (n not in result.sensitivity,
                                                      -result.sensitivity.get(n, result.local_error.get(n, 0.0))))  # fmt: skip
         if result.local_error:
-            result.notes.append(f"{len(result.sensitivity)} of {len(ranked)} layers measured end to end, picked by the "
-                                "largest local output error (each layer alone, one run)")  # fmt: skip
+            fresh = sum(layer not in (known_sensitivity or {}) for layer in result.sensitivity)
+            result.notes.append(f"{len(result.sensitivity)} of {len(ranked)} layers ranked by their end-to-end error "
+                                f"({fresh} measured now), picked by the largest local output error (each layer alone, "
+                                "one run)")  # fmt: skip
         result.notes.append(f"all {len(ranked)} layers quantized: {evaluator.metric_name} drop "
                             f"{evaluator.drop_text(result.score)} > budget {max_drop:g}; fallback search")  # fmt: skip
 

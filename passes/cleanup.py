@@ -60,11 +60,13 @@ class CleanupPass(LoggedPass):
     ``onnxscript_rules=False`` keeps constant folding but skips the rewrite rules (and
     function inlining): the conservative variant ``optimize`` falls back to when the full
     clean-up does not verify (onnxscript 0.7's rules change ddddocr's recognizer's output
-    shape)."""
+    shape). ``shape_inference`` lets that variant fold ``Shape`` nodes of values whose shape
+    ONNX inference proves static (the full clean-up always does)."""
 
-    def __init__(self, *, onnxscript_rules: bool = True) -> None:
+    def __init__(self, *, onnxscript_rules: bool = True, shape_inference: bool = False) -> None:
         super().__init__()
         self.onnxscript_rules = onnxscript_rules
+        self.shape_inference = shape_inference
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         before = _fingerprint(model)
@@ -77,7 +79,8 @@ class CleanupPass(LoggedPass):
             if self.onnxscript_rules:
                 onnxscript.optimizer.optimize_ir(model, should_fold=_small_constant_of_shape)
             else:
-                onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape)
+                onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape,
+                                                    onnx_shape_inference=self.shape_inference)  # fmt: skip
             fold_weight_subgraphs(model)
         _eliminate_identities(model)
         ir.passes.Sequential(

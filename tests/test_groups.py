@@ -461,6 +461,31 @@ def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
     assert sum("[" in g.name for g in analysis.prunable) >= 4  # two halves per C2f
 
 
+def test_prune_folds_chunk_bounds_computed_from_shape(tmp_path):
+    """TorchScript writes ``chunk`` as Slices whose bounds come from ``Shape``: ``prune``
+    on the exported file (no clean-up before) folds them and prunes the C2f halves."""
+    torch = pytest.importorskip("torch")
+    from benchmarks import archs
+    from benchmarks.export import export_onnx
+    from onnxopt.pruning import Pruner, prune_model
+
+    torch.manual_seed(0)
+    net = _c2f_net().eval()
+    archs.randomize_bn_stats(net)
+    path = tmp_path / "c2f.onnx"
+    export_onnx(net, (torch.randn(1, 3, 32, 32),), path, dynamo=False)
+    model = ir.load(str(path))
+    assert any(n.op_type == "Shape" for n in model.graph)
+    raw = analyze_groups(model)
+    assert any("the channel count is read" in r for g in raw.unprunable for r in g.reasons)
+    pruner = Pruner(model, criterion="l1")
+    assert len(pruner.analysis.unprunable) == 1 and "graph output" in pruner.analysis.unprunable[0].reasons[0]
+    data = Dataset({model.graph.inputs[0].name: RNG.standard_normal((4, 3, 32, 32)).astype(np.float32)})
+    result = prune_model(model, data, criterion="l1", ratio=0.3, allocation="uniform")
+    halves = {g.name for g in pruner.analysis.prunable if "[" in g.name}
+    assert len(halves) >= 4 and halves & {layer["group"] for layer in result.layers if layer["after"] < layer["before"]}
+
+
 def _group_norm_net():
     """Conv → GroupNorm(8 groups of 4) → ReLU → Conv → GroupNorm(4 of 4) → SiLU, a residual
     block whose Add joins two GroupNorm'd branches, and a head (a diffusion U-Net's or a

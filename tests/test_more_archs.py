@@ -199,3 +199,38 @@ def test_attention_biases_computed_from_sizes_follow_the_heads(dynamo, tmp_path)
     # TorchScript: one self-attention group and one cross-attention group, each spanning
     # both layers (they read one bias); dynamo: a group per attention
     assert heads == ([6, 6] if not dynamo else [3, 3, 3, 3])
+
+
+class _SdpaBlock(torch.nn.Module):
+    """torchaudio's wav2vec2 self-attention: Q, K, V ``view(B, T, H, D).transpose(1, 2)``,
+    ``F.scaled_dot_product_attention``, back to [B, T, H·D], output projection, residual."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.out = (torch.nn.Linear(dim, dim) for _ in range(4))
+        self.head = torch.nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (f(x).view(b, t, self.heads, d // self.heads).transpose(1, 2) for f in (self.q, self.k, self.v))
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        return self.head(x + self.out(a))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_sdpa_heads_at_batch_one_prune_exactly(dynamo, tmp_path):
+    """At a static batch of 1 the dynamo exporter writes Kᵀ of the decomposed attention as
+    [1, H, T, D] → Reshape [H, T, D] → Transpose → Reshape [1, H, D, T]: the head axis moves
+    past the dropped batch axis and back. Heads stay the units of Q, K, V and the output
+    projection's rows, and removing them equals zeroing those rows."""
+    from onnxopt.passes.cleanup import CleanupPass
+
+    torch.manual_seed(0)
+    path = export_onnx(_SdpaBlock().eval(), (torch.randn(1, 6, 32),), tmp_path / "sdpa.onnx", dynamo=dynamo)
+    model = load_model(path)
+    CleanupPass()(model)
+    data = Dataset({model.graph.inputs[0].name: np.random.default_rng(0).standard_normal((3, 6, 32)).astype(np.float32)})
+    analysis, _ = _assert_exact(model, data, fraction=0.5)
+    heads = [g for g in analysis.prunable if g.unit_width == 8]
+    assert [(g.units, len(g.sources)) for g in heads] == [(4, 3)], [(g.name, g.reasons) for g in analysis.groups]

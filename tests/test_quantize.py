@@ -317,6 +317,7 @@ def test_quantize_stage_run_again_reuses_its_sensitivities(digits, monkeypatch):
     strict = evaluate.Evaluator(model, held_out, metric="rel-l2")
     plain = quantize_model(model, calib, strict, mode="int8", check_speed=False)
     ctx = Context(verify_data=held_out.take(slice(0, 16)), calib=calib, evaluator=strict, max_drop=strict.drop(plain.score) / 2)
+    monkeypatch.setattr(quantization, "_measured_count", lambda ranked: min(ranked, 2))  # local errors pick 2 layers
     calls = []
     real = quantization._rel_error
     monkeypatch.setattr(quantization, "_rel_error", lambda *a: calls.append(1) or real(*a))
@@ -327,6 +328,9 @@ def test_quantize_stage_run_again_reuses_its_sensitivities(digits, monkeypatch):
     assert measured > 0 and len(calls) == measured  # nothing measured the second time
     assert first.details["layers_float"] == second.details["layers_float"]
     assert any("taken from an earlier measurement" in note for note in second.details["notes"])
+    ranked_by = {run: next(note for note in result.details["notes"] if "end-to-end error" in note)
+                 for run, result in (("first", first), ("second", second))}  # fmt: skip
+    assert "(2 measured now)" in ranked_by["first"] and "(0 measured now)" in ranked_by["second"]
     assert quantize_stage(mode="int8", check_speed=False).run(model, ctx) and len(calls) == 2 * measured  # a new stage measures
 
 
