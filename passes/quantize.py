@@ -63,6 +63,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -198,6 +199,7 @@ def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
                     quant_pre_process(src, dst, **kwargs)
                 result = _load(dst)
                 name_unnamed_nodes(result)
+                _rename_added_initializers(model, result)
                 return result, label
             except Exception as exc:  # onnxruntime raises many kinds here
                 errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
@@ -205,6 +207,31 @@ def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
     result = model.clone()
     name_unnamed_nodes(result)
     return result, "no pre-processing (" + "; ".join(errors) + ")"
+
+
+_ORT_FUSION_SHAPE = re.compile(r"gemm_(input|output)_shape(_token_\d+)?")
+
+
+def _rename_added_initializers(original: ir.Model, result: ir.Model) -> None:
+    """Give the initializers pre-processing added names of their own (``pre/…``).
+
+    onnxruntime's MatMulAddFusion writes the Reshape shapes of a 3-D MatMul + Add it fuses as
+    initializers named by a unique *node* name, ``gemm_input_shape``. Pre-processing fuses the
+    feed-forward layers of a transformer so and saves those names; at session start a second
+    fusion (an attention projection whose bias Add the fallback keeps float) asks for the
+    same name, which no node holds, and onnxruntime refuses the model ("Attempt to replace the
+    existing tensor"): every sensitivity candidate of torchaudio's wav2vec2 failed so. A model
+    saved by onnxruntime earlier holds such names too: they are renamed as well."""
+    known = set(original.graph.initializers)
+    inputs = {v.name for v in result.graph.inputs}
+    for name, value in list(result.graph.initializers.items()):
+        if name in inputs or (name in known and not _ORT_FUSION_SHAPE.fullmatch(name)):
+            continue
+        new, i = f"pre/{name}", 0
+        while new in result.graph.initializers:
+            i += 1
+            new = f"pre/{name}_{i}"
+        value.name = new
 
 
 @functools.cache

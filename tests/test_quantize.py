@@ -744,6 +744,56 @@ def test_auto_mode_falls_back_to_each_attempts_own_timing_when_they_cannot_be_ti
     assert records[0].kept and _kinds(final) == {"static"}
 
 
+def _post_ln_encoder_layer():
+    """A post-LayerNorm encoder layer (wav2vec2's, BERT's): the LayerNorm output feeds the
+    Q, K, V projections and the residual Add, then a feed-forward block."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    class PostLN(nn.Module):
+        def __init__(self, d: int = 16) -> None:
+            super().__init__()
+            self.ln0, self.ln1 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+            self.ff1, self.ff2, self.head = nn.Linear(d, 32), nn.Linear(32, d), nn.Linear(d, 3)
+
+        def forward(self, x):
+            h = self.ln0(x)
+            a = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) / 4.0, -1) @ self.v(h)
+            y = self.ln1(h + self.o(a))
+            return self.head(y + self.ff2(torch.relu(self.ff1(y))))
+
+    torch.manual_seed(0)
+    return PostLN().eval(), (torch.randn(1, 6, 16),)
+
+
+@pytest.mark.parametrize("saved_by_onnxruntime", [False, True])
+def test_every_layer_kept_float_alone_loads_in_onnxruntime(saved_by_onnxruntime, tmp_path):
+    """Pre-processing fuses the feed-forward MatMul + Add pairs into Gemms with Reshape
+    shapes that onnxruntime names ``gemm_input_shape``; keeping an attention projection's
+    bias Add float lets onnxruntime fuse that pair at session start under the same name,
+    and it refused the model. The names are made unique (also when the input model was
+    saved by onnxruntime with them), so every candidate of the fallback loads."""
+    from benchmarks.export import export_onnx
+
+    net, args = _post_ln_encoder_layer()
+    path = export_onnx(net, args, tmp_path / "post_ln.onnx", dynamo=False)
+    model = load_model(path)
+    if saved_by_onnxruntime:  # the input already holds onnxruntime's names
+        model, _ = preprocess(model)
+        for value in list(model.graph.initializers.values()):
+            value.name = value.name.removeprefix("pre/")
+        assert "gemm_input_shape" in model.graph.initializers
+    data = Dataset({model.graph.inputs[0].name: np.random.default_rng(0).standard_normal((8, 6, 16)).astype(np.float32)})
+    build = _static_builder(model, data)
+    assert not [n for n in build.reference().graph.initializers if n.startswith("gemm_")]
+    adds = [layer for layer in build.ranked if layer.endswith("/Add") and layer[1] in "qkvo"]
+    assert len(adds) == 4
+    for layer in adds:
+        out = evaluate.run(build(frozenset({layer})), data.take(slice(0, 2)))[0]
+        assert np.isfinite(out).all()
+
+
 def test_static_int8_keeps_masked_attention_logits_float(tmp_path):
     """An additive attention mask (−1e4 on padding) beside scores of a few units: one 8-bit
     scale over that range flattened every score (agreement 0.16 on a 2-layer GPT)."""
