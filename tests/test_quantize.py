@@ -287,6 +287,29 @@ def test_int8_fallback_above_the_measured_limit_measures_the_largest_local_error
             assert "local output error" in result.layers_float[name] and rest.index(name) == rank - 3
 
 
+@pytest.mark.parametrize("all_int8_ratio", [1.3, 0.8])
+def test_fallback_is_searched_only_when_int8_of_every_layer_is_faster(all_int8_ratio, digits, monkeypatch):
+    """The fallback keeps layers float for accuracy: when int8 of every layer is already
+    slower than float it is not run (no sensitivity measured), and the reason says so."""
+    import onnxopt.quantization as quantization
+
+    model, calib, held_out, _ = digits
+    strict = evaluate.Evaluator(model, held_out, metric="rel-l2")
+    plain = quantize_model(model, calib, strict, mode="int8", check_speed=False)
+    timed, measured = [], []
+    monkeypatch.setattr(quantization, "latency_ratio", lambda *a, **k: timed.append(1) or (all_int8_ratio, 1.0, all_int8_ratio))
+    real = quantization._rel_error
+    monkeypatch.setattr(quantization, "_rel_error", lambda *a: measured.append(1) or real(*a))
+    result = quantize_model(model, calib, strict, mode="int8", max_drop=strict.drop(plain.score) / 2)
+    if all_int8_ratio > quantization.MAX_ALL_INT8_RATIO:
+        assert not result.applied and not measured and not result.sensitivity and len(timed) == 2  # 1 and 2 threads
+        assert "slower than float" in result.reason and "not run" in result.reason
+        assert result.latency_ratio == all_int8_ratio and result.score == result.baseline
+    else:
+        assert result.applied and measured and len(timed) == 4  # timed before the search and after it
+        assert strict.within(result.score, strict.drop(plain.score) / 2)
+
+
 def test_known_sensitivities_are_not_measured_again(digits, monkeypatch):
     import onnxopt.quantization as quantization
 
