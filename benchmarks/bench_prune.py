@@ -90,6 +90,11 @@ def linear_probe(calib: Dataset, held_out: Dataset) -> float:
     return float(probe.score(xe.reshape(len(xe), -1), held_out.labels))
 
 
+def _score(score: float | None) -> str:
+    """A search step's score; None where onnxruntime refused the candidate."""
+    return "rejected" if score is None else f"{score:.4f}"
+
+
 def _knob_for(pruner: Pruner, target_removed: float, macs0: int, allocation: str, shapes=None) -> tuple[float, float]:
     """Bisect the knob until about ``target_removed`` of the MACs are gone; returns
     (knob, MACs removed)."""
@@ -388,7 +393,7 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append("")
         for r in real["rows"]:
             lines += [f"Search steps ({r['model']}): " + ", ".join(
-                f"cr {s['cr']:.3f} → {s['score']:.4f} (MACs kept {s['macs_kept']:.1%})" for s in r["steps"]), ""]  # fmt: skip
+                f"cr {s['cr']:.3f} → {_score(s['score'])} (MACs kept {s['macs_kept']:.1%})" for s in r["steps"]), ""]  # fmt: skip
         with_criteria = [r for r in real["rows"] if r.get("criteria")]
         if with_criteria:
             lines += ["Criteria at equal MACs (uniform allocation: the same channel count per group, full recovery; "
@@ -444,7 +449,7 @@ def write_markdown(results: dict, path: Path) -> None:
         for a in d["auto"]:
             knob = "cr" if a.get("allocation", "cr") == "cr" else "ratio"
             lines += [f"Search steps ({a['criterion']}, {a.get('allocation', 'cr')}): " + ", ".join(
-                f"{knob} {s['cr']:.3f} → {s['score']:.4f} ({'ok' if s['accepted'] else 'no'}, MACs kept {s['macs_kept']:.1%})"
+                f"{knob} {s['cr']:.3f} → {_score(s['score'])} ({'ok' if s['accepted'] else 'no'}, MACs kept {s['macs_kept']:.1%})"
                 for s in a["steps"]), ""]  # fmt: skip
     hard = results.get("hard_latency")
     if hard:

@@ -339,8 +339,10 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
             except Exception:
                 if given is not None:
                     raise
-                # random lengths may not fit the padded input: runnable_synthetic tries sizes
-                data = runnable_synthetic(model, batch, seed=seed, shapes=_batch_shapes(model, batch, shapes), sess=sess)[0].inputs
+                # random lengths, or dynamic dims of 1, may not fit: runnable_synthetic tries sizes
+                # (of the dims the user did not give)
+                given_shapes = {k: v for k, v in _batch_shapes(model, batch, shapes).items() if k in (shapes or {})}
+                data = runnable_synthetic(model, batch, seed=seed, shapes=given_shapes, sess=sess)[0].inputs
                 feed = {i.name: data[i.name] for i in sess.get_inputs()}
             for _ in range(warmup - 1):  # the run above, which checks the inputs, is the first warm-up run
                 sess.run(None, feed)

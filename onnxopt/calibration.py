@@ -18,6 +18,7 @@ __all__ = [
     "Dataset",
     "InputSpec",
     "input_specs",
+    "has_dynamic_dims",
     "load_npz",
     "parse_sample_axes",
     "check_dataset",
@@ -305,6 +306,14 @@ def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
     return Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs})
 
 
+def has_dynamic_dims(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> bool:
+    """Whether an input not in ``shapes`` has a dynamic dimension besides its sample axis."""
+    return any(
+        spec.shape is not None and any(not _fixed_dim(spec, axis) for axis in range(len(spec.shape)) if axis != spec.axis)
+        for spec in input_specs(model) if spec.name not in (shapes or {})
+    )
+
+
 def _fixed_dim(spec: InputSpec, axis: int) -> bool:
     return spec.shape is not None and isinstance(spec.shape[axis], int) and spec.shape[axis] > 0
 
@@ -359,8 +368,10 @@ def synthetic(
     seed: int = 0,
     shapes: Mapping[str, Sequence[int]] | None = None,
     fill: Mapping[str, int] | None = None,
+    dynamic_size: int = 1,
 ) -> Dataset:
-    """Random inputs that fit the model's signature (dynamic dims: from ``shapes`` or 1).
+    """Random inputs that fit the model's signature (dynamic dims: from ``shapes``, else
+    ``dynamic_size``).
 
     ``shapes`` gives the full shape of one batch; the sample axis (of ``n``) is the one
     :func:`onnxopt.graph.sample_axes` names.
@@ -381,7 +392,7 @@ def synthetic(
                 f"input {spec.name!r} has no shape in the model; give it with --shape {spec.name}=..."
             )
         else:
-            dims = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+            dims = [d if isinstance(d, int) and d > 0 else dynamic_size for d in spec.shape]
         if spec.axis is not None and spec.axis < len(dims) and not _fixed_dim(spec, spec.axis):
             dims[spec.axis] = n  # a fixed sample axis (an exported batch of 1) stays as exported
         kind = spec.dtype.kind

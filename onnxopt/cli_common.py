@@ -77,6 +77,14 @@ def command(fn: Callable) -> Callable:
     return wrapper
 
 
+def score_text(score: float | None) -> str:
+    """A search step's score with its standard error where the metric has one."""
+    if score is None:
+        return "rejected by onnxruntime"
+    se = getattr(score, "se", 0.0)
+    return f"{score:.4f} ± {se:.4f}" if se else f"{score:.4f}"
+
+
 def progress(message: str) -> None:
     """Progress of long steps, dimmed on stderr so stdout stays the report."""
     err_console.print(f"[dim]… {escape(message)}[/dim]")

@@ -14,6 +14,7 @@ from onnxopt.cli_common import (
     data_options,
     output_options,
     progress,
+    score_text,
     shape_option,
 )
 from onnxopt.report import before_after_table, fmt_count, write_json
@@ -81,7 +82,7 @@ def lowrank_command(model, output, report_path, data, eval_data, sample_axes, me
     console.print(layer_table(result))
     console.print(before_after_table(before, after, extra))
     for step in result.steps:
-        console.print(f"[dim]search: energy {step.knob:.4f} → score {step.score:.4f} "
+        console.print(f"[dim]search: energy {step.knob:.4f} → score {score_text(step.score)} "
                       f"({'accepted' if step.accepted else 'rejected'}), layer MACs ×{step.cost:.3f}[/dim]")
     for note in [*_declined_summary(result), *result.notes]:
         console.print(f"[dim]{note}[/dim]")

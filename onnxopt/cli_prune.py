@@ -14,6 +14,7 @@ from onnxopt.cli_common import (
     data_options,
     output_options,
     progress,
+    score_text,
     shape_option,
 )
 from onnxopt.importance import CRITERIA
@@ -40,13 +41,8 @@ def search_table(result) -> Table:
         table.add_column(col, justify="right")
     for i, step in enumerate(result.steps, 1):
         table.add_row(str(i), f"{step.knob:.4f}", f"{step.cost:.1%}" if step.cost is not None else "-",
-                      _with_se(step.score), "yes" if step.accepted else "no")
+                      score_text(step.score), "yes" if step.accepted else "no")
     return table
-
-
-def _with_se(score: float) -> str:
-    se = getattr(score, "se", 0.0)
-    return f"{score:.4f} ± {se:.4f}" if se else f"{score:.4f}"
 
 
 @click.command("prune")

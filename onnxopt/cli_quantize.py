@@ -14,6 +14,7 @@ from onnxopt.cli_common import (
     data_options,
     output_options,
     progress,
+    score_text,
     shape_option,
 )
 from onnxopt.report import before_after_table, write_json
@@ -93,7 +94,7 @@ def quantize_command(model, output, report_path, data, eval_data, sample_axes, m
     console.print(layer_table(result))
     console.print(before_after_table(before, after, extra))
     for step in result.search:
-        console.print(f"[dim]search: {step['float_layers']} layer(s) float → score {step['score']:.4f} "
+        console.print(f"[dim]search: {step['float_layers']} layer(s) float → score {score_text(step['score'])} "
                       f"({'accepted' if step['accepted'] else 'rejected'})[/dim]")  # fmt: skip
     for note in result.notes:
         console.print(f"[dim]{note}[/dim]")

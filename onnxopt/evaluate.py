@@ -39,6 +39,7 @@ __all__ = [
 
 import dataclasses
 import functools
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +50,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import Dataset, length_inputs, synthetic
+from onnxopt.calibration import Dataset, has_dynamic_dims, input_specs, length_inputs, synthetic
 from onnxopt.detection import (
     box_count,
     box_f1,
@@ -166,6 +167,12 @@ def run(
 
 # sizes tried for length inputs, at most this many (largest first)
 _LENGTH_TRIES = 4
+# sizes tried for the dynamic dimensions of random inputs when 1 does not fit: sequence
+# lengths, image sides, one second of 16 kHz audio (an STFT's reflect Pad needs more samples
+# than its window: openWakeWord's melspectrogram refuses 1)
+DYNAMIC_SIZES = (16, 64, 256, 1024, 16000)
+# a size is skipped when one random sample would hold more elements than this
+_MAX_SAMPLE_ELEMENTS = 1 << 24
 
 
 def runnable_synthetic(
@@ -184,27 +191,49 @@ def runnable_synthetic(
     inputs' axes in turn, largest first (a length equal to the padded size is valid for
     every sample: torchaudio's Conformer builds its padding mask from ``max(lengths)``, which
     must match the frames of ``x``), and the first that runs is kept. Otherwise the first
-    error is raised. ``sess``: a session of ``model`` to run them on (default: a CPU one).
+    error is kept. When a dynamic dimension besides the sample axis is not given in
+    ``shapes`` and 1 does not fit it, each of :data:`DYNAMIC_SIZES` is tried for all of them
+    (up to a sample of ``2**24`` elements), and the first that runs is kept. Otherwise the
+    first error is raised. ``sess``: a session of ``model`` to run them on (default: a CPU one).
     """
     data = synthetic(model, n, seed=seed, shapes=shapes)
     described = f"{len(data)} random samples (seed {seed})"
     sess = sess or session(model)
     try:
         return data, run(sess, data), described
-    except OnnxoptError as first:
-        lengths = length_inputs(model)
-        if not lengths:
-            raise
-        sizes = {d for k, a in data.inputs.items() if k not in lengths
-                 for axis, d in enumerate(np.shape(a)) if axis != data.axes.get(k, 0) and d > 1}  # fmt: skip
-        for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES]:
-            filled = synthetic(model, n, seed=seed, shapes=shapes, fill=dict.fromkeys(lengths, size))
+    except OnnxoptError as exc:
+        first = exc
+    lengths = length_inputs(model)
+    sizes = {d for k, a in data.inputs.items() if k not in lengths
+             for axis, d in enumerate(np.shape(a)) if axis != data.axes.get(k, 0) and d > 1}  # fmt: skip
+    for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES] if lengths else ():
+        filled = synthetic(model, n, seed=seed, shapes=shapes, fill=dict.fromkeys(lengths, size))
+        try:
+            return filled, run(sess, filled), f"{described[:-1]}; {', '.join(lengths)} = {size})"
+        except OnnxoptError:
+            continue
+    if has_dynamic_dims(model, shapes):
+        for size in DYNAMIC_SIZES:
+            if _sample_elements(model, shapes, size) > _MAX_SAMPLE_ELEMENTS:
+                break
+            make = functools.partial(synthetic, model, seed=seed, shapes=shapes, dynamic_size=size)
             try:
-                outputs = run(sess, filled)
+                run(sess, make(1))  # one sample first: a size that does not fit fails cheaply
+                sized = make(n)
+                return sized, run(sess, sized), f"{described[:-1]}; dynamic dimensions {size})"
             except OnnxoptError:
                 continue
-            return filled, outputs, f"{described[:-1]}; {', '.join(lengths)} = {size})"
-        raise first
+    raise first
+
+
+def _sample_elements(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, size: int) -> int:
+    """The most elements one random sample of an input holds with dynamic dims of ``size``."""
+    counts = [0]
+    for spec in input_specs(model):
+        dims = list((shapes or {}).get(spec.name, spec.shape or ()))
+        counts.append(math.prod(1 if axis == spec.axis else d if isinstance(d, int) and d > 0 else size
+                                for axis, d in enumerate(dims)))  # fmt: skip
+    return max(counts)
 
 
 def output_sample_axes(model: ir.Model) -> list[int | None]:

@@ -45,6 +45,7 @@ from onnxopt.bench import BenchResult, benchmark, resolve_providers
 from onnxopt.calibration import (
     Dataset,
     check_dataset,
+    has_dynamic_dims,
     input_specs,
     load_npz,
     shapes_text,
@@ -317,12 +318,14 @@ def _random_check_inputs(
 ) -> tuple[Dataset, evaluate.Outputs, str]:
     """Random check inputs the original runs on (:func:`onnxopt.evaluate.runnable_synthetic`),
     its outputs on them and their description. When it runs on none, say which shapes were
-    used: dynamic dims are 1, which e.g. a reflect Pad of an audio model's STFT rejects."""
+    used and which sizes of the dynamic dims were tried."""
     try:
         return evaluate.runnable_synthetic(model, VERIFY_SAMPLES, seed=seed, shapes=shapes)
     except OnnxoptError as exc:
         used = synthetic(model, VERIFY_SAMPLES, seed=seed, shapes=shapes)
-        raise OnnxoptError(f"{exc} — on random check inputs ({shapes_text(used.inputs)}; dynamic dimensions are 1 unless given): "
+        tried = (f"; dynamic dimensions {', '.join(map(str, (1, *evaluate.DYNAMIC_SIZES)))} were tried"
+                 if has_dynamic_dims(model, shapes) else "")  # fmt: skip
+        raise OnnxoptError(f"{exc} — on random check inputs ({shapes_text(used.inputs)}{tried}): "
                            "give real sizes with --shape NAME=DxD… or real inputs with --data") from None
 
 

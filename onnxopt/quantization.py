@@ -489,7 +489,16 @@ def _sensitivities(
         if new:
             measured = sorted(measured, key=lambda n: -new.get(n, math.inf))[:count]
             local |= new
-    return known | {layer: _rel_error(reference, evaluate.run(build.only(layer), probe)) for layer in measured}, local
+    return known | {layer: _alone_error(reference, build.only(layer), probe) for layer in measured}, local
+
+
+def _alone_error(reference: list[np.ndarray], candidate: ir.Model, probe: Dataset) -> float:
+    """:func:`_rel_error` of a one-layer candidate; ``inf`` when onnxruntime refuses it (a
+    kernel it lacks for that layer's types), so that the layer ranks as the most sensitive."""
+    try:
+        return _rel_error(reference, evaluate.run(candidate, probe))
+    except OnnxoptError:
+        return math.inf
 
 
 def _accumulate(values: list[np.ndarray], column: dict[str, int], squared: dict[tuple[str, str], list[float]]) -> None:
@@ -636,9 +645,15 @@ def quantize_model(
     candidate = build(frozenset())
     if evaluator is not None:
         result.baseline, result.metric = evaluator.baseline, evaluator.metric_name
-        result.score = evaluator.score(candidate)
-    if max_drop is not None and evaluator is not None and not evaluator.within(result.score, max_drop):
-        if check_speed:
+        try:
+            result.score = evaluator.score(candidate)
+        except OnnxoptError as e:
+            if max_drop is None:  # nothing to fall back on without a budget search
+                raise
+            # A layer whose int8 onnxruntime has no kernel for: the fallback keeps it float.
+            result.notes.append(f"onnxruntime rejected the {mode} model of every layer: {e}")
+    if max_drop is not None and evaluator is not None and (result.score is None or not evaluator.within(result.score, max_drop)):
+        if check_speed and result.score is not None:
             progress("quantize: budget missed, timing int8 of every layer first")
             _measure_latency(result, model, candidate, calib, latency_threads)
             if result.latency_ratio is not None and result.latency_ratio > MAX_ALL_INT8_RATIO:
@@ -664,8 +679,9 @@ def quantize_model(
             result.notes.append(f"{len(result.sensitivity)} of {len(ranked)} layers ranked by their end-to-end error "
                                 f"({fresh} measured now), picked by the largest local output error (each layer alone, "
                                 "one run)")  # fmt: skip
-        result.notes.append(f"all {len(ranked)} layers quantized: {evaluator.metric_name} drop "
-                            f"{evaluator.drop_text(result.score)} > budget {max_drop:g}; fallback search")  # fmt: skip
+        if result.score is not None:
+            result.notes.append(f"all {len(ranked)} layers quantized: {evaluator.metric_name} drop "
+                                f"{evaluator.drop_text(result.score)} > budget {max_drop:g}; fallback search")  # fmt: skip
 
         def build_k(knob: float) -> ir.Model:
             return build(ranked[: int(math.ceil(knob - 1e-9))])
@@ -680,14 +696,25 @@ def quantize_model(
         if k is None or k >= len(ranked):
             result.layers_float = forced | {n: "the budget holds only with every layer float" for n in ranked}
             result.reason = f"no {mode}: the budget {max_drop:g} holds only with every layer float"
-            tried = [(s.score, int(math.ceil(s.knob - 1e-9))) for s in search.steps if s.score is not None]
-            best_score, best_k = max([(result.score, 0), *tried])
-            result.notes.append(f"best {mode} candidate scored {best_score:.4f} ({best_k} of {len(ranked)} ranked layers float)")
+            # scored candidates that quantize something (the all-float end is the input model)
+            tried = [(s.score, f) for s in search.steps if s.score is not None
+                     and (f := int(math.ceil(s.knob - 1e-9))) < len(ranked)]  # fmt: skip
+            if result.score is not None:
+                tried.append((result.score, 0))
+            if tried:
+                best_score, best_k = max(tried)
+                result.notes.append(f"best {mode} candidate scored {best_score:.4f} ({best_k} of {len(ranked)} ranked layers float)")
+            else:
+                result.notes.append(f"onnxruntime rejected every {mode} candidate tried")
             result.score = result.baseline
             return result
         candidate = search.best
         result.score = next(s.score for s in reversed(search.steps) if s.accepted and int(math.ceil(s.knob - 1e-9)) == k)
         for rank, name in enumerate(ranked[:k]):
+            if math.isinf(result.sensitivity.get(name, 0.0)):
+                float_layers[name] = ("onnxruntime rejects it, or its outputs turn non-finite or change shape, "
+                                      "when quantized alone")  # fmt: skip
+                continue
             error = (f"output error {result.sensitivity[name]:.3g}" if name in result.sensitivity
                      else f"local output error {result.local_error.get(name, math.nan):.3g}")  # fmt: skip
             float_layers[name] = f"sensitive: rank {rank + 1}/{len(ranked)}, {error} when quantized alone"

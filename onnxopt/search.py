@@ -16,6 +16,13 @@ the no-compression end — is evaluated first: when it already breaks the budget
 setting can be expected to pass (the knob is monotone in compression), and the search stops
 after one candidate instead of bisecting through ~log2(span / tolerance) failing ones. On
 sensitive models (OCR, detectors) this is most of a stage's run time.
+
+A candidate that ``evaluate`` refuses with an :class:`~onnxopt.errors.OnnxoptError`
+(onnxruntime rejects the graph, its outputs turn non-finite) is outside the budget: it is
+recorded with ``score=None`` and the reason, and the search moves towards less compression,
+as after a score that breaks the budget. A rejected gentlest candidate does not end the
+search early — a rejection (one layer's kernel, one fusion) says nothing about the other
+settings, a score does — the bisection then runs over the whole interval.
 """
 
 from __future__ import annotations
@@ -26,13 +33,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from onnxopt.errors import OnnxoptError
+
 T = TypeVar("T")
 
 
 @dataclasses.dataclass
 class SearchStep:
     knob: float
-    score: float
+    score: float | None  # None: the candidate could not be scored (see ``note``)
     accepted: bool
     cost: float | None = None  # e.g. MACs kept as a fraction of the original
     note: str = ""
@@ -74,26 +83,34 @@ def search_budget(
     def knob_of(c: float) -> float:
         return hi - c * (hi - lo) if more_compression == "down" else lo + c * (hi - lo)
 
+    def step(knob: float, note: str = "") -> tuple[T, SearchStep]:
+        candidate = build(knob)
+        try:
+            score, ok = evaluate(candidate)
+        except OnnxoptError as e:
+            score, ok, note = None, False, f"rejected: {e}"
+        entry = SearchStep(knob, score, ok, cost(candidate) if cost else None, note)
+        steps.append(entry)
+        return candidate, entry
+
     c_lo, c_hi = 0.0, 1.0
     span = abs(hi - lo)
     if probe_gentlest and span > tolerance:
         c_gentle = tolerance / span
         knob = knob_of(c_gentle)
-        candidate = build(knob)
-        score, ok = evaluate(candidate)
-        steps.append(SearchStep(knob, score, ok, cost(candidate) if cost else None, "gentlest setting first"))
-        if not ok:
+        candidate, entry = step(knob, "gentlest setting first")
+        if entry.accepted:
+            best, best_knob, c_lo = candidate, knob, c_gentle
+        elif entry.score is not None:
             return SearchResult(None, None, steps)
-        best, best_knob, c_lo = candidate, knob, c_gentle
+        # Rejected: says nothing about stronger settings; bisect the whole interval.
     for _ in range(max_steps):
         if (c_hi - c_lo) * span < tolerance:
             break
         c_mid = (c_lo + c_hi) / 2
         knob = knob_of(c_mid)
-        candidate = build(knob)
-        score, ok = evaluate(candidate)
-        steps.append(SearchStep(knob, score, ok, cost(candidate) if cost else None))
-        if ok:
+        candidate, entry = step(knob)
+        if entry.accepted:
             best, best_knob = candidate, knob
             c_lo = c_mid
         else:
@@ -101,9 +118,7 @@ def search_budget(
     if best is None:
         # The least compressed end itself: evaluate it so the caller knows why nothing fit.
         knob = knob_of(c_lo)
-        candidate = build(knob)
-        score, ok = evaluate(candidate)
-        steps.append(SearchStep(knob, score, ok, cost(candidate) if cost else None))
-        if ok:
+        candidate, entry = step(knob)
+        if entry.accepted:
             best, best_knob = candidate, knob
     return SearchResult(best, best_knob, steps)

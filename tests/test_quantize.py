@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset, load_npz
+from onnxopt.errors import OnnxoptError
 from onnxopt.model_io import load_model, save_model
 from onnxopt.passes.lowbit import (
     LowBitWeightPass,
@@ -359,7 +361,6 @@ def test_quantize_stage_run_again_reuses_its_sensitivities(digits, monkeypatch):
 
 def test_without_local_errors_every_ranked_layer_is_measured(digits, monkeypatch):
     import onnxopt.quantization as quantization
-    from onnxopt.errors import OnnxoptError
 
     model, calib, _, _ = digits
     build = _static_builder(model, calib.take(slice(0, 32)))
@@ -427,6 +428,36 @@ def test_a_layer_that_turns_outputs_nan_ranks_as_most_sensitive():
     assert _rel_error(nan, [nan[0].copy()]) == 0.0
 
 
+def test_a_layer_whose_int8_onnxruntime_rejects_is_kept_float_and_the_rest_quantized(digits, monkeypatch):
+    """onnxruntime lacks kernels for some layers' int8 types (it refuses the session): with a
+    budget that layer ranks as the most sensitive and stays float, the others are quantized;
+    without a budget the refusal is the error."""
+    model, calib, held_out, evaluator = digits
+    layers = quantize_model(model, calib, evaluator, mode="int8", check_speed=False).layers_quantized
+    ops = {n.name: n.op_type for n in model.graph}
+    refused = [name for name in layers if ops.get(name) in ("Conv", "Gemm", "MatMul")][1]
+    real = evaluate.session
+
+    def session(m, *args, **kwargs):
+        if isinstance(m, ir.Model):
+            node = next((n for n in m.graph if n.name == refused), None)
+            if node is not None and any(v is not None and v.producer() is not None
+                                        and v.producer().op_type == "DequantizeLinear" for v in node.inputs):
+                raise OnnxoptError(f"onnxruntime cannot load the model: no int8 kernel for {refused}")
+        return real(m, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "session", session)
+    result = quantize_model(model, calib, evaluator, mode="int8", max_drop=0.05, check_speed=False)
+    assert result.applied
+    assert result.layers_float[refused].startswith("onnxruntime rejects it")
+    assert math.isinf(result.sensitivity[refused])
+    assert set(result.layers_quantized) == set(layers) - {refused}
+    assert any(note.startswith("onnxruntime rejected the int8 model of every layer") for note in result.notes)
+    assert evaluator.within(evaluator.score(result.model), 0.05)
+    with pytest.raises(OnnxoptError, match="no int8 kernel"):
+        quantize_model(model, calib, evaluator, mode="int8", check_speed=False)
+
+
 def test_preprocess_leaves_no_files_in_the_working_directory(tmp_path, monkeypatch):
     # onnxruntime's symbolic shape inference, when it cannot finish (seen on PaddleOCR's
     # detector), saves sym_shape_infer_temp.onnx plus an external-data file into the
@@ -465,7 +496,6 @@ def test_int8_dynamic_quantizes_matmuls():
 
 
 def test_bad_mode_and_unknown_exclude_are_one_line_errors(digits):
-    from onnxopt.errors import OnnxoptError
 
     model, calib, _, _ = digits
     with pytest.raises(OnnxoptError, match="unknown mode"):
@@ -751,7 +781,6 @@ def test_latency_ratios_times_several_candidates_against_one_baseline():
 
 def test_auto_mode_falls_back_to_each_attempts_own_timing_when_they_cannot_be_timed_together(monkeypatch):
     import onnxopt.quantization as q
-    from onnxopt.errors import OnnxoptError
 
     def cannot(*args, **kwargs):
         raise OnnxoptError("no session")

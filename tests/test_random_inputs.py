@@ -16,8 +16,9 @@ from onnxopt.errors import OnnxoptError
 from onnxopt.optimize import optimize
 
 
-def stateful_audio_model() -> ir.Model:
-    """audio [1, T] → reflect Pad by 4 → ReduceMean → + state [2, 1, 4] summed → y [1, 4]."""
+def stateful_audio_model(pad: int = 4) -> ir.Model:
+    """audio [1, T] → reflect Pad by ``pad`` → ReduceMean → + state [2, 1, 4] summed → y [1, 4]
+    (a reflect Pad needs T > pad)."""
     nodes = [
         helper.make_node("Pad", ["audio", "pads"], ["padded"], mode="reflect"),
         helper.make_node("ReduceMean", ["padded"], ["level"], axes=[1], keepdims=1),
@@ -29,7 +30,7 @@ def stateful_audio_model() -> ir.Model:
         [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, "T"]),
          helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, 1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [numpy_helper.from_array(np.array([0, 4, 0, 4], np.int64), "pads"),
+        [numpy_helper.from_array(np.array([0, pad, 0, pad], np.int64), "pads"),
          numpy_helper.from_array(np.array([0], np.int64), "axis0")],
     )  # fmt: skip
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
@@ -44,20 +45,33 @@ def test_generated_inputs_keep_a_fixed_first_axis_and_share_it():
 
 
 def test_optimize_without_data_names_the_sizes_that_do_not_fit():
-    model = stateful_audio_model()
+    model = stateful_audio_model(pad=20000)  # no size tried fits a reflect Pad of 20000
     with pytest.raises(OnnxoptError) as err:
-        optimize(model)  # T = 1: a reflect Pad of 4 cannot run
+        optimize(model)
     message = str(err.value)
     assert "audio=1x1" in message and "--shape" in message and "\n" not in message
-    result = optimize(model, shapes={"audio": [1, 64]})
+    assert "dynamic dimensions 1, 16, 64, 256, 1024, 16000 were tried" in message
+    result = optimize(model, shapes={"audio": [1, 20001]})
     assert result.fidelity.within()
+
+
+@pytest.mark.parametrize(("pad", "size"), [(4, 16), (200, 256), (400, 1024)])
+def test_dynamic_sizes_that_1_does_not_fit_are_found_without_data(pad, size):
+    # openWakeWord's melspectrogram (an STFT's reflect Pad on [batch, samples]) refuses T = 1
+    model = stateful_audio_model(pad=pad)
+    data, outputs, described = evaluate.runnable_synthetic(model, 8)
+    assert data.inputs["audio"].shape == (1, size) and data.inputs["state"].shape == (2, 1, 4)
+    assert described.endswith(f"dynamic dimensions {size})") and outputs[0].shape == (1, 4)
+    result = optimize(model)
+    assert result.fidelity.within()
+    assert benchmark([("audio", model)], iterations=3, warmup=1).rows
 
 
 def test_bench_runs_a_model_whose_first_axis_is_not_the_batch():
     result = benchmark([("audio", stateful_audio_model())], shapes={"audio": [1, 64]}, iterations=3, warmup=1)
     assert result.rows and all(r.p50_ms > 0 for r in result.rows)
     with pytest.raises(OnnxoptError, match="--shape"):
-        benchmark([("audio", stateful_audio_model())], iterations=3, warmup=1)
+        benchmark([("audio", stateful_audio_model(pad=20000))], iterations=3, warmup=1)
 
 
 def sample_rate_model() -> ir.Model:
