@@ -438,8 +438,8 @@ def _c2f_net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))  # fmt: skip
 
 
-@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
+def _export_c2f(tmp_path, dynamo: bool) -> ir.Model:
+    """:func:`_c2f_net` with random BN statistics, exported at 1×3×32×32."""
     torch = pytest.importorskip("torch")
     from benchmarks import archs
     from benchmarks.export import export_onnx
@@ -449,7 +449,12 @@ def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
     archs.randomize_bn_stats(net)
     path = tmp_path / "c2f.onnx"
     export_onnx(net, (torch.randn(1, 3, 32, 32),), path, dynamo=dynamo)
-    model = ir.load(str(path))
+    return ir.load(str(path))
+
+
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
+    model = _export_c2f(tmp_path, dynamo)
     from onnxopt.passes.cleanup import CleanupPass
 
     CleanupPass()(model)  # TorchScript writes chunk as Slices with computed bounds: fold them
@@ -464,17 +469,9 @@ def test_yolov8_c2f_blocks_prune_exactly_through_their_split(dynamo, tmp_path):
 def test_prune_folds_chunk_bounds_computed_from_shape(tmp_path):
     """TorchScript writes ``chunk`` as Slices whose bounds come from ``Shape``: ``prune``
     on the exported file (no clean-up before) folds them and prunes the C2f halves."""
-    torch = pytest.importorskip("torch")
-    from benchmarks import archs
-    from benchmarks.export import export_onnx
     from onnxopt.pruning import Pruner, prune_model
 
-    torch.manual_seed(0)
-    net = _c2f_net().eval()
-    archs.randomize_bn_stats(net)
-    path = tmp_path / "c2f.onnx"
-    export_onnx(net, (torch.randn(1, 3, 32, 32),), path, dynamo=False)
-    model = ir.load(str(path))
+    model = _export_c2f(tmp_path, dynamo=False)
     assert any(n.op_type == "Shape" for n in model.graph)
     raw = analyze_groups(model)
     assert any("the channel count is read" in r for g in raw.unprunable for r in g.reasons)

@@ -191,7 +191,12 @@ def test_kept_channels_are_rounded_to_the_nchwc_block_by_default(hard_digits):
     assert rounded.round_to == block and exact.round_to == 1
     assert rounded.modified and all(layer["after"] % block == 0 for layer in rounded.layers)
     assert any(layer["after"] % block for layer in exact.layers)
-    assert exact.macs_after < rounded.macs_after < rounded.macs_before
+    assert rounded.macs_after < rounded.macs_before
+    # an explicit ratio keeps the nearest multiple of the block (fewer channels with a block
+    # of 16 than the exact count, at times)
+    exact_after = {layer["group"]: layer["after"] for layer in exact.layers}
+    for layer in rounded.layers:
+        assert abs(layer["after"] - exact_after[layer["group"]]) <= block // 2 + 1 or layer["after"] == block
     convs = [n for n in rounded.model.graph if n.op_type == "Conv"]
     assert all(n.inputs[1].const_value.shape[0] % block == 0 for n in convs)
 
