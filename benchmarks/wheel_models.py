@@ -3,7 +3,7 @@
 The models are not dependencies of this project: fetch the wheels once, without their
 dependencies, and unzip them into one folder::
 
-    pip download --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 magika==1.0.3 -d DIR
+    pip download --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 magika==1.0.3 openwakeword==0.4.0 -d DIR
     (cd DIR && for w in *.whl; do unzip -q -o "$w" -d "${w%%-*}"; done)
     python -m benchmarks.wheel_models DIR      # → benchmarks/results/wheel_models.{md,json}
 
@@ -11,10 +11,15 @@ Models: PaddleOCR's PP-OCRv4 text detector (DB, ``[N, 1, H, W]`` probability map
 recognizer (CTC, softmax over 6,625 characters per step) and its direction classifier
 (rapidocr-onnxruntime, exported by paddle2onnx, opset 11–12, weights in Constant nodes); a
 YOLOv8n detector (nudenet, ``[N, 22, 2100]`` head); Google's magika file-type classifier
-(tf2onnx, int32 byte input). Inputs: crops of scikit-learn's sample photos with rendered
-text (the detectors, the recognizer, the classifier) and the first and last 1,024 bytes of
-files of this environment's Python packages (magika). Calibration and evaluation halves
-are disjoint. Per model, one process:
+(tf2onnx, int32 byte input); openWakeWord's speech front end — its melspectrogram (an STFT
+as a Conv on ``[N, samples]`` audio) and embedding model (tf2onnx) — and its "hey jarvis"
+wake-word head (``[N, 16, 96]`` embeddings → a probability). Inputs: crops of
+scikit-learn's sample photos with rendered text (the detectors, the recognizer, the
+classifier); the first and last 1,024 bytes of files of this environment's Python packages
+(magika); sentences spoken by espeak-ng (``apt-get install espeak-ng``;
+:mod:`benchmarks.speech`), a third of them after the wake phrase, through openWakeWord's own
+front end (the speech models). Calibration and evaluation halves are disjoint (for speech:
+disjoint sentences). Per model:
 
 1. ``optimize`` without data (lossless): the largest relative output error;
 2. ``prune_model`` with 20 % of every group's channels (obs, full recovery): MACs removed,
@@ -24,8 +29,8 @@ are disjoint. Per model, one process:
 4. ``optimize`` with data under a 1 % budget: the stages kept, score, the final check.
 
 Scores are the default agreement with the original model (per-step argmax for the
-recognizer, 1 − relative L2 error for the detectors' maps and heads, top-1 for the
-classifiers).
+recognizer, 1 − relative L2 error for the detectors' maps and heads, the spectrograms,
+embeddings and the wake-word probability, top-1 for the classifiers).
 """
 
 from __future__ import annotations
@@ -103,17 +108,40 @@ def db_map_iou(reference, candidate, threshold: float = 0.3) -> float:
 
 METRICS: dict[str, Callable] = {"PP-OCRv4 detector": db_map_iou}
 
-# name → (path inside DIR, input name, input shape for one sample, data maker)
-MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int], np.ndarray]]] = {
+_OWW = "openwakeword/openwakeword/resources/models/"
+
+
+def _speech(kind: str) -> Callable[[int, int, Path], np.ndarray]:
+    """openWakeWord's inputs from espeak-ng speech (:mod:`benchmarks.speech`); the front-end
+    models are found beside the model."""
+
+    def make(n: int, seed: int, path: Path) -> np.ndarray:
+        from benchmarks import speech
+
+        mel = path.parent / "melspectrogram.onnx"
+        if kind == "audio":
+            return speech.audio_windows(n, seed)
+        if kind == "mel":
+            return speech.mel_windows(mel, n, seed)
+        return speech.embedding_windows(mel, path.parent / "embedding_model.onnx", n, seed)
+
+    return make
+
+
+# name → (path inside DIR, input name, input shape for one sample, data maker (n, seed, model path))
+MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int, Path], np.ndarray]]] = {
     "PP-OCRv4 detector": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", "x",
-                          [1, 3, 320, 320], lambda n, s: _crops(n, 320, 320, s, *_IMAGENET, lines=5)),
+                          [1, 3, 320, 320], lambda n, s, _: _crops(n, 320, 320, s, *_IMAGENET, lines=5)),
     "PP-OCRv4 recognizer": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", "x",
-                            [1, 3, 48, 320], lambda n, s: _crops(n, 48, 320, s)),
+                            [1, 3, 48, 320], lambda n, s, _: _crops(n, 48, 320, s)),
     "PP-OCR direction classifier": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-                                    "x", [1, 3, 48, 192], lambda n, s: _crops(n, 48, 192, s)),
+                                    "x", [1, 3, 48, 192], lambda n, s, _: _crops(n, 48, 192, s)),
     "YOLOv8n (nudenet)": ("nudenet/nudenet/320n.onnx", "images", [1, 3, 320, 320],
-                          lambda n, s: _crops(n, 320, 320, s, 0.0, 1.0)),
-    "magika": ("magika/magika/models/standard_v3_3/model.onnx", "bytes", [1, 2048], lambda n, s: _file_bytes(n, s)),
+                          lambda n, s, _: _crops(n, 320, 320, s, 0.0, 1.0)),
+    "magika": ("magika/magika/models/standard_v3_3/model.onnx", "bytes", [1, 2048], lambda n, s, _: _file_bytes(n, s)),
+    "openWakeWord melspectrogram": (_OWW + "melspectrogram.onnx", "input", [1, 16000], _speech("audio")),
+    "openWakeWord embedding": (_OWW + "embedding_model.onnx", "input_1", [1, 76, 32, 1], _speech("mel")),
+    "openWakeWord hey_jarvis": (_OWW + "hey_jarvis_v0.1.onnx", "x.1", [1, 16, 96], _speech("embeddings")),
 }  # fmt: skip
 SAMPLES = {"PP-OCRv4 detector": 24, "PP-OCRv4 recognizer": 48, "YOLOv8n (nudenet)": 24}
 
@@ -132,8 +160,8 @@ def check(name: str, path: Path) -> dict:
     _, input_name, shape, make = MODELS[name]
     n = SAMPLES.get(name, 96)
     model = load_model(path)
-    calib = Dataset({input_name: make(n // 2, 1)})
-    held_out = Dataset({input_name: make(n - n // 2, 2)})
+    calib = Dataset({input_name: make(n // 2, 1, path)})
+    held_out = Dataset({input_name: make(n - n // 2, 2, path)})
     shapes = {input_name: shape}
     metric = METRICS.get(name)
     evaluator = evaluate.Evaluator(model, held_out, metric=metric)
@@ -181,8 +209,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "int8 every layer: score / latency ratio | optimize, 1 % budget: lossy stages kept / score / final check |",
         "|---|---|---|---|---|---|",
     ]  # fmt: skip
-    if "only" in meta:
-        only = meta["only"]
+    reruns = meta.get("only", [])
+    for only in reversed(reruns if isinstance(reruns, list) else [reruns]):
         lines[4:4] = [f"Re-run on {only['date']} for {', '.join(only['models'])} alone ({only['seconds']:.0f} s); "
                       "the other rows are from the run above.", ""]
     for r in rows:
@@ -235,7 +263,9 @@ def main(argv: list[str] | None = None) -> None:
         old = json.loads(committed.read_text())
         new = {r["model"]: r for r in rows}
         rows = [new.pop(r["model"], r) for r in old["rows"]] + list(new.values())
-        meta = {**old["meta"], "only": {"models": args.only, "date": meta["date"], "seconds": meta["seconds"]}}
+        earlier = old["meta"].get("only", [])
+        meta = {**old["meta"], "only": [*(earlier if isinstance(earlier, list) else [earlier]),
+                                        {"models": args.only, "date": meta["date"], "seconds": meta["seconds"]}]}  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "wheel_models.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     (RESULTS / "wheel_models.md").write_text(markdown(rows, meta))

@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -353,12 +354,15 @@ def _is_scores(a: np.ndarray) -> bool:
 
 
 _UNKNOWN = object()  # no score axis given: a 2-D or 3-D float output is taken as scores on its last axis
+FEATURES = "features"  # score_axes: an output known to hold features (an embedding), not class scores
 
 
 def _scores_axis(a: np.ndarray, axis) -> int | None:
     """The axis of float output ``a`` to take the argmax along: the class ``axis`` where it
     fits the output, else the last axis of an ``[N, C]`` output; None where ``a`` holds no
     class scores."""
+    if axis == FEATURES:
+        return None
     if axis is _UNKNOWN:
         axis = -1 if _is_scores(a) else None
     if a.dtype.kind != "f":
@@ -483,27 +487,73 @@ _LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Identity", "Squeeze", "Unsquee
 _SCORE_OPS = frozenset({"Softmax", "LogSoftmax", "MatMul", "Gemm"})
 
 
-def score_axes(model: ir.Model) -> list[int | None]:
-    """Per graph output, the axis that holds class scores, or None where the output is not
-    known to hold them. Scores come (through layout ops) from a Softmax / LogSoftmax (its
+def score_axes(model: ir.Model) -> list[int | str | None]:
+    """Per graph output, the axis that holds class scores, :data:`FEATURES` where it is known
+    to hold features, or None where it is not known to hold either. Scores come (through layout ops) from a Softmax / LogSoftmax (its
     ``axis``: a QuartzNet-style ``[N, C, T]`` CTC output normalises axis 1) or a linear layer
     (MatMul / Gemm, plus a bias Add: the last axis; a token classifier, a CTC recognizer).
     A Transpose on the way moves the axis; other layout ops keep a last axis last and lose
     any other. Otherwise (a YOLO head's Concat of boxes and scores, ``[N, 4 + classes,
     anchors]``) the argmax along an axis is no decision at all, and agreement scores the
-    output as a dense one (1 − relative L2 error)."""
-    axes: list[int | None] = []
+    output as a dense one (1 − relative L2 error).
+
+    An ``[N, D]`` output that is not known to hold either is taken as ``[N, C]`` scores
+    (top-1). An embedding is not: the argmax of its dimensions decides nothing (a
+    transformer's outlier dimension keeps it fixed under any error), so an output is
+    :data:`FEATURES`, scored dense, when it comes from a normalisation (LayerNorm, L2
+    normalisation, BatchNorm, a Div by a computed norm or count — mean pooling — but not a
+    Softmax written out as ``Exp / ReduceSum``) or a BERT pooler's Tanh, through an affine
+    ``· γ + β``; or when exporters named it so (``last_hidden_state``, ``pooler_output``,
+    ``text_embeds``, ``embedding``, ``features``, ``latent``; not ``logits``)."""
+    axes: list[int | str | None] = []
     for value in model.graph.outputs:
         layout: list[ir.Node] = []
         node = value.producer()
         while node is not None and node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
             layout.append(node)
             node = node.inputs[0].producer()
+        named = _FEATURE_NAME.search(value.name or "") and not _SCORE_NAME.search(value.name or "")
+        if named or _is_features(node):
+            axes.append(FEATURES)
+            continue
         if node is not None and node.op_type == "Add":  # a bias after the matrix product
             node = next((v.producer() for v in node.inputs if v is not None and v.producer() is not None
                          and v.producer().op_type in ("MatMul", "Gemm")), node)  # fmt: skip
         axes.append(_class_axis(node, layout[::-1]) if node is not None and node.op_type in _SCORE_OPS else None)
     return axes
+
+
+# graph output names that say features, and names that say scores
+_FEATURE_NAME = re.compile(r"embed|embs|hidden|pooler|feat|latent", re.IGNORECASE)
+_SCORE_NAME = re.compile(r"logit|score|prob|class|label", re.IGNORECASE)
+_NORMALISATIONS = frozenset({"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+                             "SkipSimplifiedLayerNormalization", "LpNormalization", "BatchNormalization", "Tanh"})  # fmt: skip
+
+
+def _is_features(node: ir.Node | None) -> bool:
+    """Whether ``node``'s output is a normalised feature vector (see :func:`score_axes`)."""
+    for _ in range(3):  # through the affine `· γ + β` of a decomposed LayerNorm
+        if node is None or node.op_type not in ("Add", "Mul") or len(node.inputs) != 2:
+            break
+        variable = [v for v in node.inputs if v is not None and not _is_constant(v)]
+        if len(variable) != 1:
+            break
+        node = variable[0].producer()
+    if node is None:
+        return False
+    if node.op_type in _NORMALISATIONS:
+        return True
+    if node.op_type != "Div" or len(node.inputs) != 2 or None in node.inputs:
+        return False
+    numerator, divisor = node.inputs
+    if _is_constant(divisor) or divisor.producer() is None:
+        return False  # logits / temperature: still scores
+    return numerator.producer() is None or numerator.producer().op_type != "Exp"  # Exp / ΣExp is a Softmax
+
+
+def _is_constant(value: ir.Value) -> bool:
+    producer = value.producer()
+    return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
 
 
 def _class_axis(scores: ir.Node, layout: list[ir.Node]) -> int | None:

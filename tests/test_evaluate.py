@@ -296,3 +296,67 @@ def test_fidelity_top1_uses_the_class_axis_and_leaves_dense_outputs_out():
         assert evaluate.compare(ref, out, axes=[None]).top1_agreement is None
     logits = np.random.default_rng(1).standard_normal((8, 5)).astype(np.float32)
     assert evaluate.compare([logits], [logits], axes=[None]).top1_agreement == 1.0  # [N, C] stays scores
+
+
+def _embedding_model(head: str, w: np.ndarray, output: str = "y") -> ir.Model:
+    """x [N, T, 8] → MatMul w [8, D] → sum over T → ``head`` → [N, D]: ``mean`` divides by
+    the mask's count (sentence-transformers' mean pooling), ``l2`` by the vector's norm,
+    ``layernorm`` normalises, ``softmax`` is Exp / ΣExp written out, ``temperature`` a Div by
+    a constant, ``none`` the sum itself."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("ReduceSum", ["h", "axis1"], ["pooled"], keepdims=0)]  # fmt: skip
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w"), numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8])]
+    if head == "mean":
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 6]))
+        nodes += [helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),
+                  helper.make_node("Div", ["pooled", "count"], [output])]  # fmt: skip
+    elif head == "l2":
+        nodes += [helper.make_node("ReduceL2", ["pooled", "axis1"], ["norm"], keepdims=1),
+                  helper.make_node("Div", ["pooled", "norm"], [output])]  # fmt: skip
+    elif head == "layernorm":
+        inits += [numpy_helper.from_array(np.ones(w.shape[1], np.float32), "gamma"),
+                  numpy_helper.from_array(np.zeros(w.shape[1], np.float32), "beta")]  # fmt: skip
+        nodes.append(helper.make_node("LayerNormalization", ["pooled", "gamma", "beta"], [output], axis=-1))
+    elif head == "softmax":
+        nodes += [helper.make_node("Exp", ["pooled"], ["e"]), helper.make_node("ReduceSum", ["e", "axis1"], ["z"], keepdims=1),
+                  helper.make_node("Div", ["e", "z"], [output])]  # fmt: skip
+    elif head == "temperature":
+        inits.append(numpy_helper.from_array(np.array(2.0, np.float32), "t"))
+        nodes.append(helper.make_node("Div", ["pooled", "t"], [output]))
+    else:
+        nodes.append(helper.make_node("Identity", ["pooled"], [output]))
+    graph = helper.make_graph(nodes, "emb", inputs, [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", w.shape[1]])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize(("head", "output", "features"), [
+    ("mean", "y", True), ("l2", "y", True), ("layernorm", "y", True), ("none", "sentence_embedding", True),
+    ("none", "pooler_output", True), ("none", "last_hidden_state", True),
+    ("softmax", "y", False), ("temperature", "y", False), ("none", "y", False), ("none", "embedding_logits", False),
+])  # fmt: skip
+def test_embeddings_are_known_by_their_normalisation_or_their_name(head, output, features):
+    from onnxopt.evaluate import FEATURES, score_axes
+
+    model = _embedding_model(head, np.eye(8, 16), output)
+    assert (score_axes(model) == [FEATURES]) == features
+
+
+def test_an_embedding_is_scored_dense_not_by_the_argmax_of_its_dimensions():
+    """Mean-pooled embeddings with one outlier dimension (as transformers have): a candidate
+    that loses every other dimension keeps each argmax — top-1 1.0 — but not the embedding."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 16)) * 0.1
+    w[:, 0] = 5.0  # the outlier dimension: the argmax of every sample
+    x = np.abs(rng.standard_normal((32, 6, 8))).astype(np.float32)
+    data = Dataset({"x": x, "mask": np.ones((32, 6), np.float32)})
+    original = _embedding_model("mean", w)
+    broken = w.copy()
+    broken[:, 1:] = rng.standard_normal((8, 15)) * 0.1
+    evaluator = Evaluator(original, data)
+    candidate = _embedding_model("mean", broken)
+    assert evaluator.fidelity(candidate).top1_agreement is None  # no argmax over dimensions
+    ref, out = evaluator.reference[0], evaluator.outputs(candidate)[0]
+    assert np.all(ref.argmax(1) == out.argmax(1))  # what top-1 agreement would have scored: 1.0
+    score = float(evaluator.score(candidate))
+    assert score < 0.99 and score == pytest.approx(1 - np.linalg.norm(ref - out) / np.linalg.norm(ref), rel=1e-5)
