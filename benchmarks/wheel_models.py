@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(check(name, path))
         except Exception as exc:  # a robustness check: record it and go on
             rows.append({"model": name, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+    if not rows:
+        sys.exit("no model found in the folder: nothing written (module docstring: how to fetch them)")
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
         cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
