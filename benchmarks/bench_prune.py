@@ -61,6 +61,7 @@ from benchmarks.real_data import real_model
 from onnxopt import evaluate
 from onnxopt.bench import benchmark
 from onnxopt.calibration import Dataset, load_npz
+from onnxopt.cli_common import score_text
 from onnxopt.cost import model_cost
 from onnxopt.model_io import load_model
 from onnxopt.passes.pad_channels import PadChannelsPass
@@ -88,11 +89,6 @@ def linear_probe(calib: Dataset, held_out: Dataset) -> float:
     xe = next(iter(held_out.inputs.values()))
     probe = RidgeClassifier(alpha=1.0).fit(x.reshape(len(x), -1), calib.labels)
     return float(probe.score(xe.reshape(len(xe), -1), held_out.labels))
-
-
-def _score(score: float | None) -> str:
-    """A search step's score; None where onnxruntime refused the candidate."""
-    return "rejected" if score is None else f"{score:.4f}"
 
 
 def _knob_for(pruner: Pruner, target_removed: float, macs0: int, allocation: str, shapes=None) -> tuple[float, float]:
@@ -393,7 +389,7 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append("")
         for r in real["rows"]:
             lines += [f"Search steps ({r['model']}): " + ", ".join(
-                f"cr {s['cr']:.3f} → {_score(s['score'])} (MACs kept {s['macs_kept']:.1%})" for s in r["steps"]), ""]  # fmt: skip
+                f"cr {s['cr']:.3f} → {score_text(s['score'])} (MACs kept {s['macs_kept']:.1%})" for s in r["steps"]), ""]  # fmt: skip
         with_criteria = [r for r in real["rows"] if r.get("criteria")]
         if with_criteria:
             lines += ["Criteria at equal MACs (uniform allocation: the same channel count per group, full recovery; "
@@ -449,7 +445,7 @@ def write_markdown(results: dict, path: Path) -> None:
         for a in d["auto"]:
             knob = "cr" if a.get("allocation", "cr") == "cr" else "ratio"
             lines += [f"Search steps ({a['criterion']}, {a.get('allocation', 'cr')}): " + ", ".join(
-                f"{knob} {s['cr']:.3f} → {_score(s['score'])} ({'ok' if s['accepted'] else 'no'}, MACs kept {s['macs_kept']:.1%})"
+                f"{knob} {s['cr']:.3f} → {score_text(s['score'])} ({'ok' if s['accepted'] else 'no'}, MACs kept {s['macs_kept']:.1%})"
                 for s in a["steps"]), ""]  # fmt: skip
     hard = results.get("hard_latency")
     if hard:

@@ -92,12 +92,12 @@ def mel_windows(melspectrogram: Path, n: int, seed: int) -> np.ndarray:
 def embedding_windows(melspectrogram: Path, embedding: Path, n: int, seed: int, frames: int = 16) -> np.ndarray:
     """``n`` wake-word head inputs ``[n, frames, 96]``: ``frames`` consecutive embeddings
     (one every 8 mel frames, 80 ms), the windows ``frames // 2`` embeddings apart."""
-    count = n * (frames // 2) + frames
+    step = frames // 2
+    count = n * step + frames
     mels = mel_windows(melspectrogram, count, seed)
     sess = evaluate.session(str(embedding))
     name = sess.get_inputs()[0].name
     emb = np.concatenate([sess.run(None, {name: mels[i : i + 64]})[0] for i in range(0, count, 64)]).reshape(count, 96)
-    step = frames // 2
     return np.stack([emb[i * step : i * step + frames] for i in range(n)]).astype(np.float32)
 
 

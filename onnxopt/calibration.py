@@ -19,6 +19,7 @@ __all__ = [
     "InputSpec",
     "input_specs",
     "has_dynamic_dims",
+    "sample_elements",
     "load_npz",
     "parse_sample_axes",
     "check_dataset",
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -306,6 +308,26 @@ def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
     return Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs})
 
 
+def _batch_dims(spec: InputSpec, shapes: Mapping[str, Sequence[int]], n: int, dynamic_size: int) -> list[int]:
+    """The shape :func:`synthetic` gives ``spec`` for ``n`` samples."""
+    if spec.name in shapes:
+        dims = list(shapes[spec.name])
+    elif spec.shape is None:
+        raise OnnxoptError(f"input {spec.name!r} has no shape in the model; give it with --shape {spec.name}=...")
+    else:
+        dims = [d if isinstance(d, int) and d > 0 else dynamic_size for d in spec.shape]
+    if spec.axis is not None and spec.axis < len(dims) and not _fixed_dim(spec, spec.axis):
+        dims[spec.axis] = n  # a fixed sample axis (an exported batch of 1) stays as exported
+    return dims
+
+
+def sample_elements(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None, dynamic_size: int = 1) -> int:
+    """The most elements :func:`synthetic` puts in one input for one sample (inputs without
+    a shape, which it refuses, count 0): what a ``dynamic_size`` costs before it is built."""
+    specs = [s for s in input_specs(model) if s.shape is not None or s.name in (shapes or {})]
+    return max((math.prod(_batch_dims(s, dict(shapes or {}), 1, dynamic_size)) for s in specs), default=0)
+
+
 def has_dynamic_dims(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> bool:
     """Whether an input not in ``shapes`` has a dynamic dimension besides its sample axis."""
     return any(
@@ -385,16 +407,7 @@ def synthetic(
     inputs: dict[str, np.ndarray] = {}
     specs = input_specs(model)
     for spec in specs:
-        if spec.name in shapes:
-            dims = list(shapes[spec.name])
-        elif spec.shape is None:
-            raise OnnxoptError(
-                f"input {spec.name!r} has no shape in the model; give it with --shape {spec.name}=..."
-            )
-        else:
-            dims = [d if isinstance(d, int) and d > 0 else dynamic_size for d in spec.shape]
-        if spec.axis is not None and spec.axis < len(dims) and not _fixed_dim(spec, spec.axis):
-            dims[spec.axis] = n  # a fixed sample axis (an exported batch of 1) stays as exported
+        dims = _batch_dims(spec, shapes, n, dynamic_size)
         kind = spec.dtype.kind
         if kind == "f":
             arr = rng.standard_normal(dims).astype(spec.dtype)

@@ -39,7 +39,6 @@ __all__ = [
 
 import dataclasses
 import functools
-import math
 import os
 import re
 import tempfile
@@ -51,7 +50,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import Dataset, has_dynamic_dims, input_specs, length_inputs, synthetic
+from onnxopt.calibration import Dataset, has_dynamic_dims, length_inputs, sample_elements, synthetic
 from onnxopt.detection import (
     box_count,
     box_f1,
@@ -204,18 +203,18 @@ def runnable_synthetic(
         return data, run(sess, data), described
     except OnnxoptError as exc:
         first = exc
-    lengths = length_inputs(model)
-    sizes = {d for k, a in data.inputs.items() if k not in lengths
-             for axis, d in enumerate(np.shape(a)) if axis != data.axes.get(k, 0) and d > 1}  # fmt: skip
-    for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES] if lengths else ():
-        filled = synthetic(model, n, seed=seed, shapes=shapes, fill=dict.fromkeys(lengths, size))
-        try:
-            return filled, run(sess, filled), f"{described[:-1]}; {', '.join(lengths)} = {size})"
-        except OnnxoptError:
-            continue
+    if lengths := length_inputs(model):
+        sizes = {d for k, a in data.inputs.items() if k not in lengths
+                 for axis, d in enumerate(np.shape(a)) if axis != data.axes.get(k, 0) and d > 1}  # fmt: skip
+        for size in sorted(sizes, reverse=True)[:_LENGTH_TRIES]:
+            filled = synthetic(model, n, seed=seed, shapes=shapes, fill=dict.fromkeys(lengths, size))
+            try:
+                return filled, run(sess, filled), f"{described[:-1]}; {', '.join(lengths)} = {size})"
+            except OnnxoptError:
+                continue
     if has_dynamic_dims(model, shapes):
         for size in DYNAMIC_SIZES:
-            if _sample_elements(model, shapes, size) > _MAX_SAMPLE_ELEMENTS:
+            if sample_elements(model, shapes, size) > _MAX_SAMPLE_ELEMENTS:
                 break
             make = functools.partial(synthetic, model, seed=seed, shapes=shapes, dynamic_size=size)
             try:
@@ -225,16 +224,6 @@ def runnable_synthetic(
             except OnnxoptError:
                 continue
     raise first
-
-
-def _sample_elements(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, size: int) -> int:
-    """The most elements one random sample of an input holds with dynamic dims of ``size``."""
-    counts = [0]
-    for spec in input_specs(model):
-        dims = list((shapes or {}).get(spec.name, spec.shape or ()))
-        counts.append(math.prod(1 if axis == spec.axis else d if isinstance(d, int) and d > 0 else size
-                                for axis, d in enumerate(dims)))  # fmt: skip
-    return max(counts)
 
 
 def output_sample_axes(model: ir.Model) -> list[int | None]:
@@ -489,8 +478,8 @@ _SCORE_OPS = frozenset({"Softmax", "LogSoftmax", "MatMul", "Gemm"})
 
 def score_axes(model: ir.Model) -> list[int | str | None]:
     """Per graph output, the axis that holds class scores, :data:`FEATURES` where it is known
-    to hold features, or None where it is not known to hold either. Scores come (through layout ops) from a Softmax / LogSoftmax (its
-    ``axis``: a QuartzNet-style ``[N, C, T]`` CTC output normalises axis 1) or a linear layer
+    to hold features, or None where it is not known to hold either. Scores come (through
+    layout ops) from a Softmax / LogSoftmax (its ``axis``: a QuartzNet-style ``[N, C, T]`` CTC output normalises axis 1) or a linear layer
     (MatMul / Gemm, plus a bias Add: the last axis; a token classifier, a CTC recognizer).
     A Transpose on the way moves the axis; other layout ops keep a last axis last and lose
     any other. Otherwise (a YOLO head's Concat of boxes and scores, ``[N, 4 + classes,
