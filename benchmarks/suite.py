@@ -33,6 +33,7 @@ import onnx
 from onnxopt import evaluate
 from onnxopt.bench import _cpu_name, benchmark
 from onnxopt.calibration import Dataset, load_npz
+from onnxopt.cpu import simd_level
 from onnxopt.model_io import file_size, load_model
 from onnxopt.optimize import optimize
 
@@ -250,10 +251,10 @@ SPINNING_NOTE = (
 )
 
 
-def merge(results: list[dict], meta: dict) -> tuple[list[dict], dict]:
+def merge(results: list[dict], meta: dict, stem: str = "suite") -> tuple[list[dict], dict]:
     """Results of this run replace the committed rows of the same models; rows of models not
     re-run (``--only``) are kept with the run metadata they were measured under."""
-    path = RESULTS / "suite.json"
+    path = RESULTS / f"{stem}.json"
     if not path.exists():
         return results, meta
     old = json.loads(path.read_text())
@@ -262,29 +263,33 @@ def merge(results: list[dict], meta: dict) -> tuple[list[dict], dict]:
     return kept + [{**r, "meta": meta} if "meta" not in r else r for r in results], meta
 
 
-def write(results: list[dict], meta: dict) -> None:
+def write(results: list[dict], meta: dict, stem: str = "suite") -> None:
+    """``benchmarks/results/{stem}.{json,md,png}``, merged with the committed results there."""
     RESULTS.mkdir(exist_ok=True)
     from benchmarks.real_data import REAL_NAMES
 
-    results, meta = merge(results, meta)
+    results, meta = merge(results, meta, stem)
     order = [HARD_DIGITS, *REAL_NAMES.values(), *RANDOM_ARCHS, "bert_encoder"]  # the order of models()
     results.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-    (RESULTS / "suite.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str) + "\n")
     lines = [
         "# onnxopt vs the tools people use today",
         "",
         f"Latest run: {meta['cpu']} (each section names the machine it ran on), onnxruntime {meta['onnxruntime']}, CPU EP, ENABLE_ALL, {meta['threads']} threads, batch 1. "
         "Variants of one model are timed interleaved in one process; **speed-up** = p50(original) / p50(variant). "
         f"Quality on test inputs no tool saw (onnxopt full's {BUDGET:.0%}-budget search scores on a separate held-out set). "
-        "Plot: `suite.png` (hatched bars lose more than the budget).",
+        f"Plot: `{stem}.png` (hatched bars lose more than the budget).",
         "",
     ]
+    if stem != "suite":
+        lines += ["The same suite on another kind of machine (its SIMD level is in each section's run line); "
+                  "the README's headline table is `suite.md`, and the caveats below were written for its runs.", ""]
     for res in results:
         run = res.get("meta") or meta
         lines += [f"## {res['model']} ({res['kind']})", "",
                   f"quality = {res['metric']}; original: {res['baseline']:.4f}; test samples: {res.get('test_samples', '(held-out set, older run)')}; "
                   f"held-out samples: {res.get('eval_samples', '?')}; "
-                  f"run: {run['cpu']}{', ' + run['date'] if run.get('date') else ''}, load average {run['loadavg']}"
+                  f"run: {run['cpu']}{' (' + run['simd'] + ')' if run.get('simd') else ''}{', ' + run['date'] if run.get('date') else ''}, load average {run['loadavg']}"
                   f"{', ' + run['note'] if run.get('note') else ''}"
                   f"{'' if run.get('spinning_stopped') else SPINNING_NOTE}", "",
                   "| variant | speed-up | p50 ms | quality | size | max rel. error | note |",
@@ -305,8 +310,8 @@ def write(results: list[dict], meta: dict) -> None:
                 f"{v.get('size', 0) / 1e6:.2f} MB | {v.get('max_rel', float('nan')):.1e} | {note} |"
             )
         lines.append("")
-    (RESULTS / "suite.md").write_text("\n".join(lines) + "\n" + CAVEATS)
-    plot(results, RESULTS / "suite.png")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n" + CAVEATS)
+    plot(results, RESULTS / f"{stem}.png")
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -346,6 +351,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2-layer encoder, no resnet50/vgg16, shorter timing")
     parser.add_argument("--only", nargs="*", help="model names to run")
+    parser.add_argument("--tag", help="write suite_TAG.{md,json,png} instead (a machine unlike the committed runs', "
+                        "e.g. its SIMD level)")
     args = parser.parse_args()
     import onnxruntime
 
@@ -356,13 +363,14 @@ def main() -> None:
                 continue
             results.append(run_model(name, kind, loader, Path(tmp), seconds=3.0 if args.quick else 8.0))
     meta = {
-        "cpu": _cpu_name(), "onnxruntime": onnxruntime.__version__, "threads": 2,
+        "cpu": _cpu_name(), "simd": simd_level(), "onnxruntime": onnxruntime.__version__, "threads": 2,
         "loadavg": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "note": "--quick run (2-layer encoder)." if args.quick else "",
         "date": time.strftime("%Y-%m-%d"), "spinning_stopped": True,
     }  # fmt: skip
-    write(results, meta)
-    print((RESULTS / "suite.md").read_text())
+    stem = f"suite_{args.tag}" if args.tag else "suite"
+    write(results, meta, stem)
+    print((RESULTS / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ disjoint sentences). Per model:
 4. ``optimize`` with data under a 1 % budget: the stages kept, score, the final check.
 
 Scores are the default agreement with the original model (per-step argmax for the
-recognizer, 1 − relative L2 error for the detectors' maps and heads, the spectrograms,
-embeddings and the wake-word probability, top-1 for the classifiers).
+recognizer, 1 − relative L2 error for the detectors' maps and heads, the spectrograms and
+embeddings, equal decisions at 0.5 for the wake-word probability, top-1 for the classifiers).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     reruns = meta.get("only", [])
     for only in reversed(reruns if isinstance(reruns, list) else [reruns]):
         lines[4:4] = [f"Re-run on {only['date']} for {', '.join(only['models'])} alone ({only['seconds']:.0f} s); "
-                      "the other rows are from the run above.", ""]
+                      f"the other rows are from the run above{': ' + only['note'] if only.get('note') else ''}.", ""]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | - | failed: {r['error']} | | | |")

@@ -29,6 +29,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxopt.calibration import Dataset, input_specs, shapes_text, synthetic
+from onnxopt.cpu import simd_level
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import _first_line, _session_shapes, runnable_synthetic, session
 from onnxopt.graph import fixed_batch, sample_axes
@@ -96,7 +97,7 @@ class BenchResult:
         env = self.environment
         lines.append("")
         lines.append(
-            f"onnxruntime {env.get('onnxruntime')}, {env.get('cpu')}, threads={env.get('threads')}, "
+            f"onnxruntime {env.get('onnxruntime')}, {env.get('cpu')} ({env.get('simd')}), threads={env.get('threads')}, "
             f"optimization={env.get('opt_level')}; models interleaved in one process."
         )
         for s in self.skipped:
@@ -184,6 +185,7 @@ def benchmark(
     env = {
         "onnxruntime": ort.__version__,
         "cpu": _cpu_name(),
+        "simd": simd_level(),  # int8 ratios differ most between AVX2 and AVX-512 VNNI machines
         "threads": threads,
         "opt_level": opt_level,
         "providers_available": ort.get_available_providers(),

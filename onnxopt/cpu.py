@@ -9,7 +9,7 @@ common case (AVX2-class x86).
 
 from __future__ import annotations
 
-__all__ = ["cpu_flags", "is_x86", "nchwc_block"]
+__all__ = ["cpu_flags", "is_x86", "nchwc_block", "simd_level"]
 
 import functools
 import platform
@@ -37,3 +37,17 @@ def nchwc_block() -> int:
     the default elsewhere, where it still suits 8-float SIMD kernels)."""
     flags = cpu_flags()
     return 16 if is_x86() and flags is not None and "avx512f" in flags else 8
+
+
+def simd_level() -> str:
+    """The x86 SIMD level that decides onnxruntime's fastest kernels here, for reports:
+    "AVX-512 VNNI", "AVX-512", "AVX-VNNI", "AVX2", "AVX2-less x86"; the machine name elsewhere.
+    int8 speed-ups depend on it most (VNNI runs u8 × s8 dot products in one instruction)."""
+    flags = cpu_flags()
+    if not is_x86() or flags is None:
+        return platform.machine()
+    if "avx512f" in flags:
+        return "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512"
+    if "avx2" in flags:
+        return "AVX-VNNI" if "avx_vnni" in flags else "AVX2"
+    return "AVX2-less x86"

@@ -7,7 +7,8 @@ Two families of numbers:
 - **Task score** (:func:`task_score`): the single number an accuracy budget is measured
   on. With labels: accuracy. Without: agreement with the original, chosen from the output
   shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences of
-  class scores along the axis a Softmax or linear layer gave them (:func:`score_axes`), ``1 - relative L2 error`` for dense maps,
+  class scores along the axis a Softmax or linear layer gave them (:func:`score_axes`), equal
+  yes/no decisions at 0.5 for sigmoid probabilities, ``1 - relative L2 error`` for dense maps,
   embeddings and detection heads — and the worst output counts; a detector that runs
   NonMaxSuppression in the graph, or an Ultralytics YOLO head, scores the F1 of its boxes
   per image (:mod:`onnxopt.detection`).
@@ -32,6 +33,8 @@ __all__ = [
     "Evaluator",
     "Score",
     "CONFIDENCE_Z",
+    "DECISIONS",
+    "FEATURES",
     "agreement",
     "metric_name",
     "load_metric",
@@ -61,7 +64,7 @@ from onnxopt.detection import (
     yolo_head,
 )
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, batch_along, input_shapes, sample_axes
+from onnxopt.graph import attr, batch_along, input_shapes, sample_axes, subgraphs
 from onnxopt.model_io import _PROTOBUF_LIMIT, _embedded_proto, model_bytes
 
 Outputs = list[np.ndarray]
@@ -344,13 +347,15 @@ def _is_scores(a: np.ndarray) -> bool:
 
 _UNKNOWN = object()  # no score axis given: a 2-D or 3-D float output is taken as scores on its last axis
 FEATURES = "features"  # score_axes: an output known to hold features (an embedding), not class scores
+DECISIONS = "decisions"  # score_axes: sigmoid probabilities, each a yes/no decision at 0.5
+MAX_DECISIONS = 1024  # more probabilities per sample than this are a map (anchors, pixels), scored dense
 
 
 def _scores_axis(a: np.ndarray, axis) -> int | None:
     """The axis of float output ``a`` to take the argmax along: the class ``axis`` where it
     fits the output, else the last axis of an ``[N, C]`` output; None where ``a`` holds no
     class scores."""
-    if axis == FEATURES:
+    if isinstance(axis, str):  # FEATURES, DECISIONS
         return None
     if axis is _UNKNOWN:
         axis = -1 if _is_scores(a) else None
@@ -447,12 +452,15 @@ def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
 
 def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> float:
     """Task agreement for one output, by its shape (see module docstring): argmax agreement
-    over the class ``axis``, or for ``None`` (not known to hold class scores) top-1 of a
-    ``[N, C]`` output and ``1 − relative L2 error`` of anything else."""
+    over the class ``axis``, the share of equal decisions at 0.5 for :data:`DECISIONS`, or
+    for ``None`` (not known to hold class scores) top-1 of a ``[N, C]`` output and
+    ``1 − relative L2 error`` of anything else."""
     if a.shape != b.shape:  # a data-dependent shape (detections after NMS) changed
         return 0.0
     if a.dtype.kind != "f":
         return float(np.mean(a == b))
+    if axis == DECISIONS and a.ndim <= 2 and a[0].size <= MAX_DECISIONS:
+        return float(np.mean((a > 0.5) == (b > 0.5)))
     top1 = _top1(a, b, axis)
     if top1 is not None:
         return top1
@@ -465,7 +473,8 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
 
 def agreement(reference: Outputs, candidate: Outputs, axes: Sequence[int | None] | None = None) -> float:
     """Worst task agreement over all outputs (1.0 = same decisions as the original);
-    ``axes[i]`` is output ``i``'s class axis or None (:func:`score_axes`). Without ``axes``
+    ``axes[i]`` is output ``i``'s class axis, :data:`FEATURES`, :data:`DECISIONS` or None
+    (:func:`score_axes`). Without ``axes``
     a 3-D output is taken as ``[N, T, C]`` scores per step, anything else as unknown."""
     if axes is None:
         axes = [-1 if a.ndim == 3 else None for a in reference]
@@ -493,23 +502,41 @@ def score_axes(model: ir.Model) -> list[int | str | None]:
     normalisation, BatchNorm, a Div by a computed norm or count — mean pooling — but not a
     Softmax written out as ``Exp / ReduceSum``) or a BERT pooler's Tanh, through an affine
     ``· γ + β``; or when exporters named it so (``last_hidden_state``, ``pooler_output``,
-    ``text_embeds``, ``embedding``, ``features``, ``latent``; not ``logits``)."""
-    axes: list[int | str | None] = []
-    for value in model.graph.outputs:
-        layout: list[ir.Node] = []
-        node = value.producer()
-        while node is not None and node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
-            layout.append(node)
-            node = node.inputs[0].producer()
-        named = _FEATURE_NAME.search(value.name or "") and not _SCORE_NAME.search(value.name or "")
-        if named or _is_features(node):
-            axes.append(FEATURES)
-            continue
-        if node is not None and node.op_type == "Add":  # a bias after the matrix product
-            node = next((v.producer() for v in node.inputs if v is not None and v.producer() is not None
-                         and v.producer().op_type in ("MatMul", "Gemm")), node)  # fmt: skip
-        axes.append(_class_axis(node, layout[::-1]) if node is not None and node.op_type in _SCORE_OPS else None)
-    return axes
+    ``text_embeds``, ``embedding``, ``features``, ``latent``; not ``logits``).
+
+    An output that comes from a Sigmoid holds probabilities, each a decision at 0.5 (a wake
+    word fires or not, a multi-label classifier's tags): :data:`DECISIONS`, scored as the
+    share of those decisions that agree — the top-1 of an ``[N, C]`` output would ignore every
+    label but one, a dense error would weigh a shift of 0.01 → 0.02 like a lost detection.
+    Only up to ``[N, C]`` with :data:`MAX_DECISIONS` values per sample: a Sigmoid map (a
+    segmentation mask, a text detector's score map, per-anchor objectness) stays dense."""
+    return [_output_axis_kind(value) for value in model.graph.outputs]
+
+
+def _output_axis_kind(value: ir.Value, depth: int = 0) -> int | str | None:
+    """:func:`score_axes` for one output. An output of an ``If`` (tf2onnx's and torch's
+    batch-size checks) is what its branches' outputs are, where they all agree."""
+    layout: list[ir.Node] = []
+    node = value.producer()
+    while node is not None and node.op_type in _LAYOUT_OPS and node.inputs and node.inputs[0] is not None:
+        layout.append(node)
+        node = node.inputs[0].producer()
+    named = _FEATURE_NAME.search(value.name or "") and not _SCORE_NAME.search(value.name or "")
+    if named or _is_features(node):
+        return FEATURES
+    if node is None:
+        return None
+    if node.op_type == "If" and not layout and depth < 4:
+        index = list(node.outputs).index(value)
+        kinds = {_output_axis_kind(branch.outputs[index], depth + 1) for branch in subgraphs(node)
+                 if index < len(branch.outputs)}  # fmt: skip
+        return kinds.pop() if len(kinds) == 1 else None
+    if node.op_type in ("Sigmoid", "HardSigmoid"):
+        return DECISIONS
+    if node.op_type == "Add":  # a bias after the matrix product
+        node = next((v.producer() for v in node.inputs if v is not None and v.producer() is not None
+                     and v.producer().op_type in ("MatMul", "Gemm")), node)  # fmt: skip
+    return _class_axis(node, layout[::-1]) if node.op_type in _SCORE_OPS else None
 
 
 # graph output names that say features, and names that say scores

@@ -360,3 +360,70 @@ def test_an_embedding_is_scored_dense_not_by_the_argmax_of_its_dimensions():
     assert np.all(ref.argmax(1) == out.argmax(1))  # what top-1 agreement would have scored: 1.0
     score = float(evaluator.score(candidate))
     assert score < 0.99 and score == pytest.approx(1 - np.linalg.norm(ref - out) / np.linalg.norm(ref), rel=1e-5)
+
+
+def _sigmoid_model(w: np.ndarray, spatial: int = 0) -> ir.Model:
+    """x [N, 8] → Gemm w [8, C] → Sigmoid → y [N, C] probabilities; with ``spatial`` a
+    [N, C, s, s] map of them (a segmentation mask) instead."""
+    c = w.shape[1]
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["z"])]
+    shape = ["N", c]
+    if spatial:
+        inits_shape = np.array([0, c, 1, 1], np.int64)
+        nodes += [helper.make_node("Reshape", ["z", "shape"], ["z4"]),
+                  helper.make_node("Tile", ["z4", "reps"], ["zt"])]  # fmt: skip
+        last, shape = "zt", ["N", c, spatial, spatial]
+    else:
+        last = "z"
+    nodes.append(helper.make_node("Sigmoid", [last], ["y"]))
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
+    if spatial:
+        inits += [numpy_helper.from_array(inits_shape, "shape"), numpy_helper.from_array(np.array([1, 1, spatial, spatial], np.int64), "reps")]
+    graph = helper.make_graph(nodes, "sig", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)  # fmt: skip
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_sigmoid_probabilities_are_scored_by_their_decisions_at_one_half():
+    """A multi-label head: shifting probabilities that stay on their side of 0.5 changes no
+    decision (score 1.0, where a dense error would count it); flipping one label of every
+    sample is 1/C of the decisions — which top-1 over the labels would not see at all."""
+    from onnxopt.evaluate import DECISIONS, rel_l2, score_axes
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4)) * 2
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    original = _sigmoid_model(w)
+    assert score_axes(original) == [DECISIONS]
+    assert score_axes(_sigmoid_model(w, spatial=40)) == [DECISIONS]
+    evaluator = Evaluator(original, Dataset({"x": x}))
+    assert evaluator.fidelity(_sigmoid_model(w)).top1_agreement is None  # no argmax over labels
+    # scaled logits keep every sign: every decision, not the probabilities
+    assert float(evaluator.score(_sigmoid_model(w * 0.5))) == 1.0
+    assert float(rel_l2(evaluator.reference, evaluator.outputs(_sigmoid_model(w * 0.5)))) < 0.95
+    flipped = w.copy()
+    flipped[:, 0] *= -1  # every sample's decision for label 0 flips (its logit is never 0)
+    assert float(evaluator.score(_sigmoid_model(flipped))) == pytest.approx(0.75)
+    # a Sigmoid map (a mask, a score map) is no list of decisions: dense
+    maps = Evaluator(_sigmoid_model(w, spatial=40), Dataset({"x": x}))
+    assert float(maps.score(_sigmoid_model(w * 0.5, spatial=40))) < 0.95
+
+
+@pytest.mark.parametrize(("else_op", "kind"), [("Sigmoid", "decisions"), ("Relu", None)])
+def test_an_if_output_is_what_its_branches_agree_on(else_op, kind):
+    """openWakeWord's heads (tf2onnx) end in an If on the batch size whose branches both
+    return a Sigmoid's output: probabilities. Branches that disagree say nothing."""
+    from onnxopt.evaluate import score_axes
+
+    def branch(name, op):
+        node = helper.make_node(op, ["z"], [f"{name}_out"])
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["N", 1])])
+
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["z"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", "Sigmoid"), else_branch=branch("else", else_op))]  # fmt: skip
+    graph = helper.make_graph(nodes, "if", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
+                                            helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                              [numpy_helper.from_array(np.ones((8, 1), np.float32), "w")])  # fmt: skip
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert score_axes(model) == [kind]

@@ -243,6 +243,17 @@ def test_the_nchwc_block_follows_the_cpu_flags(monkeypatch):
     assert cpu.nchwc_block() == 8
 
 
+def test_the_simd_level_names_what_int8_speed_depends_on(monkeypatch):
+    import onnxopt.cpu as cpu
+
+    monkeypatch.setattr(cpu, "is_x86", lambda: True)
+    cases = [({"avx2", "fma"}, "AVX2"), ({"avx2", "avx_vnni"}, "AVX-VNNI"), ({"avx2", "avx512f"}, "AVX-512"),
+             ({"avx2", "avx512f", "avx512_vnni"}, "AVX-512 VNNI"), ({"sse4_2"}, "AVX2-less x86")]  # fmt: skip
+    for flags, level in cases:
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert cpu.simd_level() == level
+
+
 def test_recovery_restores_a_trained_cnn(hard_digits):
     model, calib, held_out = hard_digits
     evaluator = evaluate.Evaluator(model, held_out)
