@@ -425,8 +425,8 @@ def compare(
     n = _samples(reference[0]) if reference else 1
     fid = Fidelity(results, n)
     if labels is not None and reference:
-        fid.accuracy_original = accuracy(reference, labels)
-        fid.accuracy_candidate = accuracy(candidate, labels)
+        fid.accuracy_original = accuracy(reference, labels, axes)
+        fid.accuracy_candidate = accuracy(candidate, labels, axes)
     return fid
 
 
@@ -441,13 +441,20 @@ def _same_value(a, b) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
-def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
-    """Top-1 accuracy of the first output that has one score per class and sample."""
+def accuracy(outputs: Outputs, labels: np.ndarray, axes: Sequence[int | str | None] | None = None) -> float:
+    """Top-1 accuracy of the first output that has one score per class and sample; else,
+    for a binary classifier whose output ``axes`` (:func:`score_axes`) say holds one sigmoid
+    probability per sample (:data:`DECISIONS`), the accuracy of its decisions at 0.5 against
+    0/1 labels."""
     for out in outputs:
         if _is_scores(out) and len(out) == len(labels):
             pred = out.argmax(-1)
             return float(np.mean(pred.reshape(labels.shape) == labels))
-    raise OnnxoptError("labels were given but no output has shape [N, classes] to compare them with")
+    for out, axis in zip(outputs, axes or ()):
+        if axis == DECISIONS and isinstance(out, np.ndarray) and out.size == labels.size:
+            return float(np.mean((out.reshape(labels.shape) > 0.5) == (labels > 0.5)))
+    raise OnnxoptError("labels were given but no output has shape [N, classes] (or one sigmoid probability per "
+                       "sample) to compare them with")
 
 
 def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> float:
@@ -459,7 +466,7 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
         return 0.0
     if a.dtype.kind != "f":
         return float(np.mean(a == b))
-    if axis == DECISIONS and a.ndim <= 2 and a[0].size <= MAX_DECISIONS:
+    if axis == DECISIONS and (a.ndim < 2 or (a.ndim == 2 and a.shape[1] <= MAX_DECISIONS)):
         return float(np.mean((a > 0.5) == (b > 0.5)))
     top1 = _top1(a, b, axis)
     if top1 is not None:
@@ -638,20 +645,22 @@ def task_score(
     *,
     labels: np.ndarray | None = None,
     metric: str | Metric | None = None,
+    axes: Sequence[int | str | None] | None = None,
 ) -> float:
-    """The number a budget is judged on (higher is better, 1.0 = perfect)."""
+    """The number a budget is judged on (higher is better, 1.0 = perfect); ``axes``
+    (:func:`score_axes`) lets label accuracy read a sigmoid binary classifier."""
     if callable(metric):
         return float(metric(reference, candidate))
     if metric is not None:
         if metric == "accuracy":
             if labels is None:
                 raise OnnxoptError("metric 'accuracy' needs labels in the data (key 'labels')")
-            return accuracy(candidate, labels)
+            return accuracy(candidate, labels, axes)
         if metric not in METRICS:
             raise OnnxoptError(f"unknown metric {metric!r}; choose from accuracy, {', '.join(METRICS)}")
         return float(METRICS[metric](reference, candidate))
     if labels is not None:
-        return accuracy(candidate, labels)
+        return accuracy(candidate, labels, axes)
     return agreement(reference, candidate)
 
 
@@ -790,7 +799,7 @@ class Evaluator:
             self.metric_name = self._detection.name + few_boxes(box_count(self._reference_images, self._detection), len(data))
             self.baseline = 1.0
             return
-        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric)
+        self.baseline = task_score(self.reference, self.reference, labels=data.labels, metric=self.metric, axes=self.class_axes)
 
     def _per_image(self, model: ir.Model) -> list[Outputs]:
         sess = session(model)
@@ -808,7 +817,7 @@ class Evaluator:
             se = float(np.std(per_image, ddof=1) / np.sqrt(len(per_image))) if len(per_image) > 1 and self.confidence else 0.0
             return Score(float(per_image.mean()), se)
         outputs = self.outputs(candidate)
-        value = task_score(self.reference, outputs, labels=self.data.labels, metric=self.metric)
+        value = task_score(self.reference, outputs, labels=self.data.labels, metric=self.metric, axes=self.class_axes)
         return Score(value, self._drop_se(outputs) if self.confidence else 0.0)
 
     def _per_sample(self, outputs: Outputs) -> np.ndarray | None:
@@ -821,7 +830,7 @@ class Evaluator:
         try:
             return np.array([
                 task_score([c(r, i) for c, r in zip(ref_cuts, self.reference)], [c(o, i) for c, o in zip(cuts, outputs)],
-                           labels=None if labels is None else labels[i : i + 1], metric=self.metric)
+                           labels=None if labels is None else labels[i : i + 1], metric=self.metric, axes=self.class_axes)
                 for i in range(n)
             ])  # fmt: skip
         except Exception:  # a metric that needs several samples: no per-sample split

@@ -427,3 +427,21 @@ def test_an_if_output_is_what_its_branches_agree_on(else_op, kind):
                               [numpy_helper.from_array(np.ones((8, 1), np.float32), "w")])  # fmt: skip
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert score_axes(model) == [kind]
+
+
+def test_labels_score_a_sigmoid_binary_classifier_by_its_decisions():
+    """One probability per sample (a wake word, voice activity) and 0/1 labels: accuracy of
+    the decisions at 0.5 — before, labels were refused for want of an [N, classes] output."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1))
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    truth = ((x @ w)[:, 0] > 0).astype(np.int64)
+    labels = truth.copy()
+    labels[:4] = 1 - labels[:4]  # 4 of 40 mislabelled: the original scores 0.9
+    evaluator = Evaluator(_sigmoid_model(w), Dataset({"x": x}, labels=labels))
+    assert evaluator.baseline == pytest.approx(0.9)
+    assert float(evaluator.score(_sigmoid_model(-w))) == pytest.approx(0.1)  # every decision flipped
+    from onnxopt.evaluate import accuracy
+
+    with pytest.raises(Exception, match="one sigmoid probability per sample"):
+        accuracy([x[:, :1]], labels)  # no model to say that [N, 1] holds probabilities
