@@ -348,6 +348,7 @@ def _is_scores(a: np.ndarray) -> bool:
 _UNKNOWN = object()  # no score axis given: a 2-D or 3-D float output is taken as scores on its last axis
 FEATURES = "features"  # score_axes: an output known to hold features (an embedding), not class scores
 DECISIONS = "decisions"  # score_axes: sigmoid probabilities, each a yes/no decision at 0.5
+DECISION_THRESHOLD = 0.5
 MAX_DECISIONS = 1024  # more probabilities per sample than this are a map (anchors, pixels), scored dense
 
 
@@ -452,7 +453,7 @@ def accuracy(outputs: Outputs, labels: np.ndarray, axes: Sequence[int | str | No
             return float(np.mean(pred.reshape(labels.shape) == labels))
     for out, axis in zip(outputs, axes or ()):
         if axis == DECISIONS and isinstance(out, np.ndarray) and out.size == labels.size:
-            return float(np.mean((out.reshape(labels.shape) > 0.5) == (labels > 0.5)))
+            return float(np.mean((out.reshape(labels.shape) > DECISION_THRESHOLD) == (labels > DECISION_THRESHOLD)))
     raise OnnxoptError("labels were given but no output has shape [N, classes] (or one sigmoid probability per "
                        "sample) to compare them with")
 
@@ -467,7 +468,7 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
     if a.dtype.kind != "f":
         return float(np.mean(a == b))
     if axis == DECISIONS and (a.ndim < 2 or (a.ndim == 2 and a.shape[1] <= MAX_DECISIONS)):
-        return float(np.mean((a > 0.5) == (b > 0.5)))
+        return float(np.mean((a > DECISION_THRESHOLD) == (b > DECISION_THRESHOLD)))
     top1 = _top1(a, b, axis)
     if top1 is not None:
         return top1

@@ -367,18 +367,15 @@ def _sigmoid_model(w: np.ndarray, spatial: int = 0) -> ir.Model:
     [N, C, s, s] map of them (a segmentation mask) instead."""
     c = w.shape[1]
     nodes = [helper.make_node("Gemm", ["x", "w"], ["z"])]
-    shape = ["N", c]
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
+    shape, last = ["N", c], "z"
     if spatial:
-        inits_shape = np.array([0, c, 1, 1], np.int64)
         nodes += [helper.make_node("Reshape", ["z", "shape"], ["z4"]),
                   helper.make_node("Tile", ["z4", "reps"], ["zt"])]  # fmt: skip
-        last, shape = "zt", ["N", c, spatial, spatial]
-    else:
-        last = "z"
+        inits += [numpy_helper.from_array(np.array([0, c, 1, 1], np.int64), "shape"),
+                  numpy_helper.from_array(np.array([1, 1, spatial, spatial], np.int64), "reps")]  # fmt: skip
+        shape, last = ["N", c, spatial, spatial], "zt"
     nodes.append(helper.make_node("Sigmoid", [last], ["y"]))
-    inits = [numpy_helper.from_array(w.astype(np.float32), "w")]
-    if spatial:
-        inits += [numpy_helper.from_array(inits_shape, "shape"), numpy_helper.from_array(np.array([1, 1, spatial, spatial], np.int64), "reps")]
     graph = helper.make_graph(nodes, "sig", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)  # fmt: skip
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
