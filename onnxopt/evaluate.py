@@ -472,6 +472,12 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
     top1 = _top1(a, b, axis)
     if top1 is not None:
         return top1
+    return _one_minus_rel_l2(a, b)
+
+
+def _one_minus_rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    """``max(0, 1 − ‖a − b‖ / ‖a‖)`` of one output pair of equal shape; 1 when both are
+    zero, 0 when only ``a`` is."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     denom = np.linalg.norm(a64)
     if denom == 0:
@@ -626,15 +632,10 @@ def cosine(reference: Outputs, candidate: Outputs) -> float:
 
 
 def rel_l2(reference: Outputs, candidate: Outputs) -> float:
-    worst = 1.0
-    for a, b in zip(reference, candidate):
-        if a.shape != b.shape:
-            return 0.0
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        denom = np.linalg.norm(a64)
-        err = np.linalg.norm(a64 - b64) / denom if denom > 0 else float(np.linalg.norm(b64) > 0)
-        worst = min(worst, max(0.0, 1.0 - err))
-    return worst
+    """Worst ``1 − relative L2 error`` over all outputs (0 when a shape changed)."""
+    if any(a.shape != b.shape for a, b in zip(reference, candidate)):
+        return 0.0
+    return min((_one_minus_rel_l2(a, b) for a, b in zip(reference, candidate)), default=1.0)
 
 
 METRICS: dict[str, Metric] = {"agreement": agreement, "top1": top1, "cosine": cosine, "rel-l2": rel_l2}
