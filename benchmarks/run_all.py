@@ -20,6 +20,7 @@ SCRIPTS = [
     ("bench_lowrank", ["--quick"], []),
     ("bench_quantize", [], ["--full"]),
     ("bench_quantize", [], ["--real"]),
+    ("bench_variants", [], []),
     ("suite", ["--quick"], []),
     ("corpus", ["--sample", "40"], []),
     ("memory", [], []),
