@@ -117,10 +117,18 @@ def ocr_step_agreement(ref, cand) -> float:
     return float(np.mean(np.argmax(ref[0], axis=-1) == np.argmax(cand[0], axis=-1)))
 
 
+DETECTOR_THRESHOLD = 0.1  # ddddocr keeps boxes scoring above this
+
+
 def _yolox_boxes(pred: np.ndarray, size: int = 416) -> np.ndarray:
     """ddddocr's detector post-processing for one image: YOLOX grid decoding, score =
-    objectness × class, class-agnostic NMS (IoU 0.45) of boxes scoring above 0.1.
-    Returns ``[K, 4]`` x1, y1, x2, y2."""
+    objectness × class, class-agnostic NMS (IoU 0.45) of boxes scoring above
+    :data:`DETECTOR_THRESHOLD`. Returns ``[K, 4]`` x1, y1, x2, y2."""
+    return _yolox_detections(pred, size)[0]
+
+
+def _yolox_detections(pred: np.ndarray, size: int = 416) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_yolox_boxes` and the score of each box."""
     grids, strides = [], []
     for stride in (8, 16, 32):
         n = size // stride
@@ -132,14 +140,15 @@ def _yolox_boxes(pred: np.ndarray, size: int = 416) -> np.ndarray:
     half = np.exp(pred[:, 2:4]) * stride / 2
     boxes = np.concatenate([centre - half, centre + half], 1)
     scores = (pred[:, 4:5] * pred[:, 5:]).max(1)
-    boxes, scores = boxes[scores > 0.1], scores[scores > 0.1]
+    above = scores > DETECTOR_THRESHOLD
+    boxes, scores = boxes[above], scores[above]
     keep = []
     order = np.argsort(-scores)
     while order.size:
         i, order = order[0], order[1:]
         keep.append(i)
         order = order[_iou(boxes[i], boxes[order]) <= 0.45]
-    return boxes[keep]
+    return boxes[keep], scores[keep]
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -160,18 +169,34 @@ def detection_f1(ref, cand, match_iou: float = 0.5) -> float:
         if not len(boxes_a) and not len(boxes_b):
             scores.append(1.0)
             continue
-        free = np.ones(len(boxes_b), bool)
-        matched = 0
-        for box in boxes_a:
-            if not free.any():
-                break
-            ious = np.where(free, _iou(box, boxes_b), 0.0)
-            j = int(np.argmax(ious))
-            if ious[j] >= match_iou:
-                free[j] = False
-                matched += 1
-        scores.append(2 * matched / (len(boxes_a) + len(boxes_b)))
+        matched_a, _ = _match(boxes_a, boxes_b, match_iou)
+        scores.append(2 * matched_a.sum() / (len(boxes_a) + len(boxes_b)))
     return float(np.mean(scores))
+
+
+def _match(boxes_a: np.ndarray, boxes_b: np.ndarray, match_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy one-to-one matching at IoU ≥ ``match_iou``, in ``boxes_a``'s order (best
+    score first): which boxes of each side found a partner."""
+    matched_a, matched_b = np.zeros(len(boxes_a), bool), np.zeros(len(boxes_b), bool)
+    for i, box in enumerate(boxes_a):
+        if matched_b.all():
+            break
+        ious = np.where(matched_b, 0.0, _iou(box, boxes_b))
+        j = int(np.argmax(ious))
+        if ious[j] >= match_iou:
+            matched_a[i] = matched_b[j] = True
+    return matched_a, matched_b
+
+
+def unmatched_scores(ref, cand, match_iou: float = 0.5) -> np.ndarray:
+    """The scores of the boxes that :func:`detection_f1` finds in one model only (either
+    side): how close to :data:`DETECTOR_THRESHOLD` the decisions that changed were."""
+    lost = []
+    for a, b in zip(ref[0], cand[0], strict=True):
+        (boxes_a, scores_a), (boxes_b, scores_b) = _yolox_detections(a), _yolox_detections(b)
+        matched_a, matched_b = _match(boxes_a, boxes_b, match_iou)
+        lost += [scores_a[~matched_a], scores_b[~matched_b]]
+    return np.concatenate(lost) if lost else np.zeros(0)
 
 
 REAL_METRICS: dict[str, Callable | None] = {"orientation": None, "ocr": ocr_step_agreement, "detector": detection_f1}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.real_data import _yolox_boxes, detection_f1
+from benchmarks.real_data import _yolox_boxes, detection_f1, unmatched_scores
 
 ANCHORS = 52 * 52 + 26 * 26 + 13 * 13  # strides 8, 16, 32 at 416 × 416
 
@@ -43,6 +43,15 @@ def test_detection_f1_counts_matched_boxes():
     # mean over images
     both = np.stack([a, a])
     assert detection_f1([both], [np.stack([a, empty])]) == 0.5
+
+
+def test_unmatched_scores_are_those_of_the_boxes_one_model_lacks():
+    ref = _prediction([(100, 0.9), (1000, 0.105)])
+    cand = _prediction([(100, 0.88), (1000, 0.095), (2000, 0.12)])  # one falls under 0.1, one appears
+    np.testing.assert_allclose(np.sort(unmatched_scores([ref[None]], [cand[None]])), [0.105, 0.12], rtol=1e-6)
+    assert unmatched_scores([ref[None]], [ref[None]]).size == 0
+    empty = _prediction([])
+    np.testing.assert_allclose(np.sort(unmatched_scores([ref[None]], [empty[None]])), [0.105, 0.9], rtol=1e-6)
 
 
 def test_db_map_iou_scores_the_binarised_text_regions():
