@@ -118,11 +118,16 @@ def _weights_rounded(model: ir.Model, means: dict[str, np.ndarray] | None) -> ir
     return model
 
 
+def _prepared(kind: str) -> tuple[ir.Model, Dataset, evaluate.Evaluator]:
+    """A real model as quantize_model sees it (opset 13, pre-processed), its calibration set
+    and an evaluator on its held-out set."""
+    path, calib, held, metric = real_model(kind)
+    pre, _ = preprocess(_opset13(load_model(path)))
+    return pre, calib, evaluate.Evaluator(pre, held, metric=metric)
+
+
 def detector_rows(tmp: Path) -> list[dict]:
-    path, calib, held, metric = real_model("detector")
-    model = _opset13(load_model(path))
-    pre, _ = preprocess(model)
-    evaluator = evaluate.Evaluator(pre, held, metric=metric)
+    pre, calib, evaluator = _prepared("detector")
     int8 = quantize_static_int8(pre, calib)
     convs = [n for n in pre.graph if n.op_type == "Conv" and n.inputs[1].const_value is not None]
     means = _window_means(pre, calib, convs)
@@ -159,10 +164,7 @@ def _activations_after(node: ir.Node) -> list[str]:
 
 
 def orientation_rows(tmp: Path) -> list[dict]:
-    path, calib, held, metric = real_model("orientation")
-    model = _opset13(load_model(path))
-    pre, _ = preprocess(model)
-    evaluator = evaluate.Evaluator(pre, held, metric=metric)
+    pre, calib, evaluator = _prepared("orientation")
     convs = [n for n in pre.graph if n.op_type == "Conv" and n.inputs[1].const_value is not None]
     # Depthwise: few inputs per output (C_in / group · kh · kw), where int8 gains least.
     low_k = [n for n in convs if int(np.prod(n.inputs[1].const_value.shape[1:])) < 64]
