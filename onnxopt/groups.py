@@ -16,7 +16,8 @@ output relate to the channels of its inputs:
   channel a *block* of ``H·W`` (``H``) consecutive entries; a Reshape target built at run
   time by a ``Concat`` is rewritten in its constant piece, and ``Shape`` may read every size
   but the channel count;
-- depthwise Conv ties input channel *c* to output channel *c*;
+- depthwise Conv ties input channel *c* to output channel *c*; a grouped Conv unites the
+  input and output channels of each of its groups into one unit (whole groups are pruned);
 - LSTM / GRU / RNN read their input features like a Gemm (a CRNN's convolutional
   features, a speech model's front end), and their hidden units are a source (one unit
   spans both directions of a bidirectional layer); a ``Reshape`` that merges the
@@ -43,7 +44,7 @@ disappear when one channel is pruned. Units created by the same source ops form 
 
 Anything a handler cannot prove safe marks the elements it touches as unprunable with a
 reason, instead of guessing: graph outputs, reshapes that mix channels,
-grouped convolutions, non-constant weights, ops that read the channel axis (Softmax over
+non-constant weights, ops that read the channel axis (Softmax over
 channels, Shape, Gather, …), and any op without a handler.
 """
 
@@ -83,6 +84,7 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 PRODUCER = "producer"  # slice the weight's output axis (and the bias) of a source op
 CONSUMER = "consumer"  # slice the weight's input axis (blocks of ``block`` columns)
 DEPTHWISE = "depthwise"  # slice weight/bias axis 0 and lower the ``group`` attribute
+GROUPED = "grouped"  # a grouped Conv's output ``value``: slice weight/bias axis 0, whole groups go
 PARAM = "param"  # slice a per-channel constant input along ``axis``
 SHAPE = "shape"  # rewrite entry ``axis`` of a Reshape's constant shape input
 SPLIT = "split"  # recount the sizes of a Split along the channel axis of ``value`` (its input)
@@ -450,9 +452,26 @@ def _conv(w: _Walker, node: ir.Node) -> None:
             w.member(node, DEPTHWISE, x, 1, 0)
             w.set_track(node.outputs[0], t)
         return
-    why = f"{_label(node)}: grouped convolution (group={groups}) couples channels across groups"
+    if t is not None and t.axis == 1 and t.block == 1 and t.channels == cin and cout % groups == 0:
+        _grouped_conv(w, node, t, groups, cout)
+        return
+    why = f"{_label(node)}: grouped convolution (group={groups}) whose input channels cannot be removed with it (a graph input, or not on axis 1)"
     w.block(t, why)
     _blocked_source(w, node, cout, why)
+
+
+def _grouped_conv(w: _Walker, node: ir.Node, t: _Track, groups: int, cout: int) -> None:
+    """A grouped Conv (ResNeXt, RegNet, a depthwise channel multiplier): output group *k*
+    reads input group *k* alone, so its ``C_in/g`` input and ``C_out/g`` output channels are
+    one unit, removed together (``group`` falls by one per removed unit). Each group must
+    keep as many channels as the others, so whole groups are the only removable part."""
+    per_in, per_out = t.channels // groups, cout // groups
+    for k in range(groups):
+        w.union(np.repeat(t.elems[k * per_in], per_in), t.elems[k * per_in:(k + 1) * per_in])
+    out = w.new_elems(cout)
+    w.union(np.repeat(t.elems[::per_in], per_out), out)
+    w.member(node, GROUPED, node.outputs[0], 1, 0)
+    w.set_track(node.outputs[0], _Track(out, 1))
 
 
 def _blocked_source(w: _Walker, node: ir.Node, channels: int, why: str) -> None:

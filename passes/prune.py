@@ -11,7 +11,9 @@ consecutive entries after a Flatten, so position *c* expands to ``c·block … c
 - producer LSTM / GRU / RNN (hidden units): the unit's rows of ``W``, ``R``, ``B``, ``P`` in
   every gate and direction, its column of ``R``, its entry of a constant initial state, and
   ``hidden_size``;
-- depthwise Conv: ``W ← W[keep]``, ``b ← b[keep]``, ``group ← |keep|``;
+- depthwise Conv: ``W ← W[keep]``, ``b ← b[keep]``, ``group ← |keep|``; grouped Conv
+  (whole groups are the units): the same on its output channels, ``group`` falls by the
+  removed groups;
 - per-channel constants (BatchNormalization scale/B/mean/var, bias ``Add``, PRelu slope,
   SE ``Mul`` constants): sliced along their channel axis;
 - Reshape target shapes that spell the channel (or feature) count: rewritten;
@@ -49,6 +51,7 @@ from onnxopt.graph import attr, set_const_input, unique_name
 from onnxopt.groups import (
     CONSUMER,
     DEPTHWISE,
+    GROUPED,
     PARAM,
     PRODUCER,
     RECURRENT_GATES,
@@ -259,13 +262,16 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
     if m.role == PARAM and node.op_type == "GroupNormalization" and m.input_index == 1:  # whole groups went
         per_group = before.shape[0] // attr(node, "num_groups", 1)
         node.attributes["num_groups"] = ir.AttrInt64("num_groups", channels // per_group)
-    if m.role in (PRODUCER, DEPTHWISE):
+    if m.role in (PRODUCER, DEPTHWISE, GROUPED):
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias = const_array(bias_value) if bias_value is not None else None
         if bias is not None and bias.size > 1:
             set_const_input(node, 2, edit(bias, bias.ndim - 1, 1))
     if m.role == DEPTHWISE:
         node.attributes["group"] = ir.AttrInt64("group", channels)
+    if m.role == GROUPED:  # whole groups went (or came): each keeps its C_out/g filters
+        per_group = before.shape[0] // attr(node, "group", 1)
+        node.attributes["group"] = ir.AttrInt64("group", channels // per_group)
 
 
 def _own_shape_builder(m: Member) -> ir.Node:

@@ -180,20 +180,38 @@ def test_depthwise_couples_input_and_output_channels():
     assert dw_node.attributes["group"].value == const_array(dw_node.inputs[1]).shape[0] == 8 - 3
 
 
-def test_a_grouped_convolutions_output_channels_are_reported_unprunable():
-    """group=4 (not depthwise): removing one output channel would leave its group with fewer
-    filters than the others. Its output channels used to vanish from the analysis (neither
-    prunable nor unprunable, their 1×1 consumer unmentioned); now they are a group that says
-    why, and the channels before it are one too."""
-    c1, i1 = _conv("c1", "x", "a", 3, 8)
-    g4, ig4 = _conv("g4", "a", "g", 8, 16, group=4)
+@pytest.mark.parametrize("cin, cout, group", [(8, 12, 4), (8, 16, 8), (12, 6, 3)])
+def test_a_grouped_convolution_prunes_whole_groups(cin, cout, group):
+    """ResNeXt/RegNet's grouped 3×3 (and a depthwise channel multiplier, group = C_in):
+    output group k reads input group k alone, so its C_in/g input channels (the producer's
+    filters) and C_out/g output channels (the consumer's columns) are one unit. Removing
+    groups equals zeroing their output columns in the consumer, and ``group`` falls."""
+    c1, i1 = _conv("c1", "x", "a", 3, cin)
+    r1 = helper.make_node("Relu", ["a"], ["ra"])
+    gc, igc = _conv("gc", "ra", "g", cin, cout, group=group)
     relu = helper.make_node("Relu", ["g"], ["r"])
-    pw, ipw = _conv("pw", "r", "y", 16, 4, k=1)
-    model = _model([c1, g4, relu, pw], i1 + ig4 + ipw)
+    pw, ipw = _conv("pw", "r", "y", cout, 4, k=1)
+    model = _model([c1, r1, gc, relu, pw], i1 + igc + ipw)
+    analysis, pruned = _assert_exact(model, fraction=0.5)
+    unit = analysis.by_name()["a"]
+    assert unit.prunable and unit.units == group and unit.unit_width == cin // group
+    assert {"g", "r"} <= set(unit.index) and {m.role for m in unit.members} == {"producer", "grouped", "consumer"}
+    node = next(n for n in pruned.graph if n.name == "gc")
+    kept = group - group // 2
+    assert node.attributes["group"].value == kept
+    assert const_array(node.inputs[1]).shape[:2] == (kept * (cout // group), cin // group)
+    assert const_array(next(n for n in pruned.graph if n.name == "c1").inputs[1]).shape[0] == kept * (cin // group)
+
+
+def test_a_grouped_convolution_on_the_graph_input_stays_whole():
+    """Its input channels cannot be removed (the graph input's), so neither can its groups:
+    the group of its output says why instead of vanishing from the analysis."""
+    gc, igc = _conv("gc", "x", "g", 4, 8, group=2)
+    pw, ipw = _conv("pw", "g", "y", 8, 2, k=1)
+    model = _model([gc, pw], igc + ipw, in_shape=(1, 4, 8, 8))
     groups = analyze_groups(model).by_name()
-    assert set(groups) == {"a", "g", "y"} and not any(g.prunable for g in groups.values())
-    assert {m.node.name for m in groups["g"].members} == {"g4", "pw"} and groups["g"].units == 16
-    assert all(any("grouped convolution (group=4)" in r for r in groups[k].reasons) for k in ("a", "g"))
+    assert not groups["g"].prunable and groups["g"].units == 8
+    assert any("grouped convolution (group=2)" in r for r in groups["g"].reasons)
 
 
 def test_conv_transpose_prunes_its_input_and_output_channels():
