@@ -86,7 +86,7 @@ CONSUMER = "consumer"  # slice the weight's input axis (blocks of ``block`` colu
 DEPTHWISE = "depthwise"  # slice weight/bias axis 0 and lower the ``group`` attribute
 GROUPED = "grouped"  # a grouped Conv's output ``value``: slice weight/bias axis 0, whole groups go
 PARAM = "param"  # slice a per-channel constant input along ``axis``
-SHAPE = "shape"  # rewrite entry ``axis`` of a Reshape's constant shape input
+SHAPE = "shape"  # rewrite entry ``axis`` of a constant Reshape / Expand target or Resize sizes
 SPLIT = "split"  # recount the sizes of a Split along the channel axis of ``value`` (its input)
 SLICE = "slice"  # move entry ``input_index`` of a channel-axis Slice's starts/ends of ``value``
 
@@ -1209,13 +1209,15 @@ def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) ->
 
 def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     """Whether every path from ``sizes`` (picked out of ``Shape(x)``) through size arithmetic
-    ends in the target of a Reshape or Expand of ``x``, or of a tensor carrying its channels
-    (whose handler checks the entry)."""
+    ends in the target of a Reshape or Expand of ``x`` (or the output sizes of a Resize of
+    it), or of a tensor carrying its channels (whose handler checks the entry)."""
     if depth > 16:
         return False
     for user, index in sizes.uses():
         if user.op_type in ("Reshape", "Expand") and index == 1 and _carries_channels_of(user.inputs[0], x):
             continue
+        if user.op_type == "Resize" and index == 3 and _carries_channels_of(user.inputs[0], x):
+            continue  # the output sizes of a Resize of x: its handler checks the channel entry
         if user.op_type in ("Reshape", "Expand") and index != 0:  # another tensor shaped by these sizes
             return False
         if user.op_type not in _SIZE_ARITHMETIC or not all(_only_reshapes(o, x, depth + 1) for o in user.outputs):
@@ -1397,7 +1399,43 @@ def _resize(w: _Walker, node: ir.Node) -> None:
     if scales is not None and scales.size > t.axis and scales.reshape(-1)[t.axis] != 1:
         w.block(t, f"{_label(node)}: resizes the channel axis")
         return
+    if len(node.inputs) > 3 and node.inputs[3] is not None and not _resize_sizes_follow(w, node, t):
+        return
     w.set_track(node.outputs[0], t)
+
+
+def _resize_sizes_follow(w: _Walker, node: ir.Node, t: _Track) -> bool:
+    """Whether a Resize's output ``sizes`` keep spelling the channel count once channels
+    go: its channel entry read from ``Shape`` of the same channels (a TorchScript upsample:
+    ``Concat(Shape(x)[0:2], hw)``, which follows by itself), or written as a constant (the
+    shape folded at a static batch), which the pass rewrites (a :data:`SHAPE` member).
+    Otherwise the channels are blocked with the reason (returns False)."""
+    axes = attr(node, "axes")
+    rank = w.rank(node.inputs[0])
+    if rank is None:
+        w.block(t, f"{_label(node)}: output sizes of unknown rank")
+        return False
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    if t.axis not in axes:
+        return True
+    entry = axes.index(t.axis)
+    dims = _dims_of(w, node.inputs[3])
+    own = _same_channels(w, t)
+    if dims is None or len(dims) != len(axes) or any(own & set(d.sizes) for i, d in enumerate(dims) if i != entry):
+        w.block(t, f"{_label(node)}: output sizes computed in a way onnxopt does not follow")
+        return False
+    if dims[entry].sizes:
+        if dims[entry].factor == 1 and len(dims[entry].sizes) == 1 and dims[entry].sizes[0] in own:
+            return True
+        w.block(t, f"{_label(node)}: the channel entry of its output sizes is computed from other sizes")
+        return False
+    found = _target_entry(w, node, entry, shared=True, index=3)
+    if found is None or found[0] != t.channels:
+        w.block(t, f"{_label(node)}: its output sizes change the channel count")
+        return False
+    _, holder, index, offset = found
+    w.member(holder, SHAPE, node.inputs[0], index, offset, via=None if holder is node else node)
+    return True
 
 
 def _gather(w: _Walker, node: ir.Node) -> None:

@@ -280,7 +280,7 @@ def _own_shape_builder(m: Member) -> ir.Node:
     read the same shape and keep their own counts)."""
     if m.via is None:
         return m.node
-    index = 0 if m.via.op_type == "ConstantOfShape" else 1  # the shape input (Expand, Reshape: 1)
+    index = {"ConstantOfShape": 0, "Resize": 3}.get(m.via.op_type, 1)  # the shape input (Expand, Reshape: 1)
     shape = m.via.inputs[index]
     builder = shape.producer()
     assert builder is not None and builder.op_type == "Concat", "a shared shape entry is a Concat piece"

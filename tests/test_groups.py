@@ -214,6 +214,35 @@ def test_a_grouped_convolution_on_the_graph_input_stays_whole():
     assert any("grouped convolution (group=2)" in r for r in groups["g"].reasons)
 
 
+@pytest.mark.parametrize("sizes", ["constant", "shape_of_input", "wrong_channels"])
+def test_resize_output_sizes_follow_the_channels(sizes):
+    """A Resize given output ``sizes`` spells the channel count. Folded to a constant (a
+    static-batch export), the pass rewrites its channel entry; read from ``Shape`` of the
+    resized tensor (TorchScript's upsample: ``Concat(Shape(x)[0:2], hw)``) it follows by
+    itself; a constant that changes the count is not a resize onnxopt can prune through."""
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    nodes, inits = [c1], list(i1)
+    if sizes == "shape_of_input":
+        inits += [helper.make_tensor(n, TensorProto.INT64, [len(v)], v) for n, v in
+                  (("s0", [0]), ("s2", [2]), ("hw", [16, 16]))]  # fmt: skip
+        nodes += [helper.make_node("Shape", ["a"], ["sh"]), helper.make_node("Slice", ["sh", "s0", "s2"], ["nc"]),
+                  helper.make_node("Concat", ["nc", "hw"], ["sz"], axis=0)]  # fmt: skip
+    else:
+        inits.append(helper.make_tensor("sz", TensorProto.INT64, [4], [1, 8 if sizes == "constant" else 4, 16, 16]))
+    nodes.append(helper.make_node("Resize", ["a", "", "", "sz"], ["r"], mode="nearest"))
+    c2, i2 = _conv("c2", "r", "y", 8 if sizes != "wrong_channels" else 4, 4)
+    model = _model([*nodes, c2], inits + i2)
+    if sizes == "wrong_channels":
+        group = analyze_groups(model).by_name()["a"]
+        assert not group.prunable and any("output sizes change the channel count" in r for r in group.reasons)
+        return
+    analysis, pruned = _assert_exact(model)
+    assert analysis.by_name()["a"].prunable
+    resize = next(n for n in pruned.graph if n.op_type == "Resize")
+    if sizes == "constant":
+        assert const_array(resize.inputs[3]).tolist() == [1, 8 - 3, 16, 16]
+
+
 def test_conv_transpose_prunes_its_input_and_output_channels():
     """Weight [C_in, C_out, k, k]: consumer slices axis 0, producer axis 1 and the bias."""
     c1, i1 = _conv("c1", "x", "a", 3, 6)
