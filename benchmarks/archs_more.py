@@ -7,6 +7,8 @@
   channels, ``Linear`` MLP with GELU, per-channel layer scale, residual ``+``.
 - :func:`unet_small` — encoder/decoder with ``ConvTranspose2d`` upsampling and ``torch.cat``
   skip connections; dense per-pixel logits ``[N, K, H, W]``.
+- :func:`fpn_segmenter` — RegNetY/ResNeXt blocks (grouped 3×3 convolutions, SE gates) and
+  an FPN-style head: ``F.interpolate(size=…)`` to a skip connection's size, lateral ``+``.
 - :func:`crnn_speech` — ``Conv1d`` front end on ``[N, mels, T]``, bidirectional ``GRU``,
   per-frame log-probabilities ``[N, T', classes]`` (a CTC speech recognizer's shape).
 - :func:`crnn_text` — a CRNN text-line recognizer (ddddocr's shape): ``Conv2d`` stack on a
@@ -132,6 +134,51 @@ class UNetSmall(nn.Module):
 def unet_small(classes: int = 4) -> nn.Module:
     """``[N, 3, H, W]`` (H, W multiples of 4) → per-pixel logits ``[N, classes, H, W]``."""
     return UNetSmall(classes=classes)
+
+
+class GroupedBottleneck(nn.Module):
+    """RegNetY's block (ResNeXt's with an SE gate): 1×1 → grouped 3×3 (``width`` channels
+    per group) → SE → 1×1, projection shortcut when the shape changes."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, width: int = 8) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(),
+            nn.Conv2d(out_ch, out_ch, 3, stride, 1, groups=out_ch // width, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(),
+            SqueezeExcite(out_ch, max(4, in_ch // 4)),
+            nn.Conv2d(out_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch),
+        )  # fmt: skip
+        project = stride != 1 or in_ch != out_ch
+        self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)) if project else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.shortcut(x) + self.block(x))
+
+
+class FPNSegmenter(nn.Module):
+    """Grouped-bottleneck backbone with an FPN-style head: the deep map is upsampled to the
+    size of the shallow one (``F.interpolate(size=…)``, sizes read off the input at run time
+    with a dynamic batch) and added to its lateral 1×1 projection; per-pixel logits at full
+    resolution (upsampled again)."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stage1 = nn.Sequential(GroupedBottleneck(16, 32, 1), GroupedBottleneck(32, 32, 1))
+        self.stage2 = nn.Sequential(GroupedBottleneck(32, 64, 2), GroupedBottleneck(64, 64, 1))
+        self.lateral1, self.lateral2 = nn.Conv2d(32, 32, 1), nn.Conv2d(64, 32, 1)
+        self.head = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c1 = self.stage1(self.stem(x))
+        c2 = self.stage2(c1)
+        p = self.lateral1(c1) + F.interpolate(self.lateral2(c2), size=c1.shape[-2:], mode="nearest")
+        return F.interpolate(self.head(p), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def fpn_segmenter(classes: int = 4) -> nn.Module:
+    """``[N, 3, H, W]`` (H, W even) → per-pixel logits ``[N, classes, H, W]``."""
+    return FPNSegmenter(classes)
 
 
 class CRNNSpeech(nn.Module):
@@ -355,6 +402,7 @@ MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "efficientnet_tiny": (efficientnet_tiny, (3, 32, 32)),
     "convnext_tiny": (convnext_tiny, (3, 32, 32)),
     "unet_small": (unet_small, (3, 32, 32)),
+    "fpn_segmenter": (fpn_segmenter, (3, 32, 32)),
     "crnn_speech": (crnn_speech, (40, 50)),
     "crnn_text": (crnn_text, (1, 32, 64)),
     "vit_tiny": (vit_tiny, (3, 32, 32)),

@@ -1187,9 +1187,11 @@ def _shape(w: _Walker, node: ir.Node) -> None:
     axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
     for user, index in node.outputs[0].uses():
         read = _shape_entries_read(user, index, axes)
-        if read is None and user.op_type == "Reshape" and index == 1 and _carries_channels_of(user.inputs[0], node.inputs[0]):
-            continue  # the whole shape as a Reshape target (GroupNorm reshaped back): its handler checks it
-        if read is None or (t.axis in read and not _only_reshapes(user.outputs[0], node.inputs[0])):
+        if read is None:  # the whole shape (GroupNorm reshaped back, dynamo's Resize sizes)
+            if not _sizes_user_safe(user, index, node.inputs[0]):
+                w.block(t, f"{_label(node)}: the channel count is read")
+                return
+        elif t.axis in read and not _only_reshapes(user.outputs[0], node.inputs[0]):
             w.block(t, f"{_label(node)}: the channel count is read")
             return
 
@@ -1211,18 +1213,18 @@ def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     """Whether every path from ``sizes`` (picked out of ``Shape(x)``) through size arithmetic
     ends in the target of a Reshape or Expand of ``x`` (or the output sizes of a Resize of
     it), or of a tensor carrying its channels (whose handler checks the entry)."""
-    if depth > 16:
+    return depth <= 16 and all(_sizes_user_safe(user, index, x, depth) for user, index in sizes.uses())
+
+
+def _sizes_user_safe(user: ir.Node, index: int, x: ir.Value, depth: int = 0) -> bool:
+    """:func:`_only_reshapes` for one reader ``user`` (input ``index``) of sizes of ``x``."""
+    if user.op_type in ("Reshape", "Expand") and index == 1 and _carries_channels_of(user.inputs[0], x):
+        return True
+    if user.op_type == "Resize" and index == 3 and _carries_channels_of(user.inputs[0], x):
+        return True  # the output sizes of a Resize of x: its handler checks the channel entry
+    if user.op_type in ("Reshape", "Expand", "Resize") and index != 0:  # another tensor shaped by these sizes
         return False
-    for user, index in sizes.uses():
-        if user.op_type in ("Reshape", "Expand") and index == 1 and _carries_channels_of(user.inputs[0], x):
-            continue
-        if user.op_type == "Resize" and index == 3 and _carries_channels_of(user.inputs[0], x):
-            continue  # the output sizes of a Resize of x: its handler checks the channel entry
-        if user.op_type in ("Reshape", "Expand") and index != 0:  # another tensor shaped by these sizes
-            return False
-        if user.op_type not in _SIZE_ARITHMETIC or not all(_only_reshapes(o, x, depth + 1) for o in user.outputs):
-            return False
-    return True
+    return user.op_type in _SIZE_ARITHMETIC and all(_only_reshapes(o, x, depth + 1) for o in user.outputs)
 
 
 def _shape_entries_read(user: ir.Node, index: int, axes: list[int]) -> set[int] | None:

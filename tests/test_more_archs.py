@@ -70,6 +70,10 @@ def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
     if name == "unet_small":  # transposed convolutions prune on both sides
         roles = {(m.node.op_type, m.role) for g in analysis.prunable for m in g.members}
         assert {("ConvTranspose", "producer"), ("ConvTranspose", "consumer")} <= roles
+    if name == "fpn_segmenter":  # grouped 3×3s prune by whole groups; the upsampling follows
+        grouped = [g for g in analysis.prunable if any(m.role == "grouped" for m in g.members)]
+        assert len(grouped) == 4 and all(g.unit_width == 8 for g in grouped)
+        assert len(analysis.unprunable) == 1, [g.reasons for g in analysis.unprunable]  # the graph output
     if name in FEEDS_RNN:  # the convolutional features feeding the recurrent layer prune
         consumers = {m.node.op_type for g in analysis.prunable for m in g.members if m.role == "consumer"}
         assert FEEDS_RNN[name] in consumers, consumers
