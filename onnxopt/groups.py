@@ -1397,8 +1397,12 @@ def _resize(w: _Walker, node: ir.Node) -> None:
         if w.track(node.inputs[i]) is not None:
             w.block(t, f"{_label(node)}: channel-carrying size input")
             return
-    scales = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if scales is not None and scales.size > t.axis and scales.reshape(-1)[t.axis] != 1:
+    at = 1 if node.op_type == "Upsample" else 2  # Upsample-9's scales input (Upsample-7: an attribute)
+    scales = const_array(node.inputs[at]) if len(node.inputs) > at and node.inputs[at] is not None else attr(node, "scales")
+    if node.op_type == "Upsample" and scales is None:
+        w.block(t, f"{_label(node)}: scales not constant")
+        return
+    if scales is not None and np.size(scales) > t.axis and np.reshape(scales, -1)[t.axis] != 1:
         w.block(t, f"{_label(node)}: resizes the channel axis")
         return
     if len(node.inputs) > 3 and node.inputs[3] is not None and not _resize_sizes_follow(w, node, t):
@@ -1557,12 +1561,11 @@ _PASSTHROUGH = (
     "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Cast", "Abs",
     "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu",
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "Upsample",
 )  # fmt: skip
 # ops after which a tensor still carries its input's channels (for a Reshape target read off
 # that input's Shape); their handlers pass the channels on or block them
 _CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Add", "Sub",
-                              "Mul", "Div", "Unsqueeze", "Squeeze", "Expand", "RoiAlign", "MaxRoiPool"})  # fmt: skip
+                              "Mul", "Div", "Unsqueeze", "Squeeze", "Expand", "RoiAlign", "MaxRoiPool", "Resize", "Upsample"})  # fmt: skip
 # size arithmetic that only passes sizes on to a Reshape / Expand target (TorchScript's
 # ``expand`` turns −1 entries into 1 with Equal / Where on a ConstantOfShape)
 _SIZE_ARITHMETIC = frozenset({*_SIZE_PICKS, "Where", "Equal", "Shape", "ConstantOfShape"})
@@ -1594,6 +1597,7 @@ HANDLERS: dict[str, Handler] = {
     "ReduceMin": _reduce,
     "Pad": _pad,
     "Resize": _resize,
+    "Upsample": _resize,
     "Slice": _slice_like,
     "Gather": _gather,
     "Split": _split,

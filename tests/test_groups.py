@@ -243,6 +243,24 @@ def test_resize_output_sizes_follow_the_channels(sizes):
         assert const_array(resize.inputs[3]).tolist() == [1, 8 - 3, 16, 16]
 
 
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 2, 1, 1]])
+def test_opset9_upsample_passes_channels_unless_it_scales_them(scales):
+    """Upsample (opset 7–9, older exporters' FPNs and YOLOs): spatial scales pass the
+    channels on; a scale on the channel axis would interpolate between channels."""
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    up = helper.make_node("Upsample", ["a", "sc"], ["u"], mode="nearest")
+    c2, i2 = _conv("c2", "u", "y", 8 * scales[1], 4)
+    sc = helper.make_tensor("sc", TensorProto.FLOAT, [4], scales)
+    graph = helper.make_graph([c1, up, c2], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], i1 + [sc] + i2)  # fmt: skip
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]))
+    if scales[1] != 1:
+        group = analyze_groups(model).by_name()["a"]
+        assert not group.prunable and any("resizes the channel axis" in r for r in group.reasons)
+        return
+    _assert_exact(model)
+
+
 def test_conv_transpose_prunes_its_input_and_output_channels():
     """Weight [C_in, C_out, k, k]: consumer slices axis 0, producer axis 1 and the bias."""
     c1, i1 = _conv("c1", "x", "a", 3, 6)
