@@ -16,6 +16,8 @@
   ``LSTM``, per-step logits ``[W/4, N, classes]`` (time-major, as CTC decoders read them).
 - :func:`vit_tiny` — patch-embedding conv, class token, learned position embedding, pre-LN
   transformer blocks (HuggingFace attention op pattern), ``Linear`` head.
+- :func:`vit_packed` — the same with timm's packed ``qkv`` projection taken apart after a
+  ``[B, N, 3, heads, d]`` reshape, and a relative-position-style per-head score bias.
 - :class:`MiniBert` — a HuggingFace-style text classifier with int64 ``input_ids`` and
   ``attention_mask`` inputs (embedding ``Gather``s, mask arithmetic).
 
@@ -237,13 +239,39 @@ class ViTBlock(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+class PackedSelfAttention(nn.Module):
+    """timm's (and torchvision Swin's) attention: one packed ``qkv`` Linear, reshaped to
+    ``[B, N, 3, heads, head_dim]``, permuted to ``[3, B, heads, N, head_dim]`` and taken
+    apart into q, k, v; a per-head constant bias on the scores (Swin's relative position
+    bias, here a ``[N², heads]`` table lookup viewed as ``[heads, N, N]``)."""
+
+    def __init__(self, hidden: int, heads: int, tokens: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.tokens = heads, hidden // heads, tokens
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.bias_table = nn.Parameter(torch.randn(2 * tokens, heads) * 0.1)
+        self.register_buffer("bias_index", torch.randint(0, 2 * tokens, (tokens * tokens,)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        bias = self.bias_table[self.bias_index].view(self.tokens, self.tokens, -1).permute(2, 0, 1).unsqueeze(0)
+        scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1) + bias
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+
+
 class ViTTiny(nn.Module):
-    def __init__(self, image: int = 32, patch: int = 4, dim: int = 64, depth: int = 2, heads: int = 4, classes: int = 10) -> None:
+    def __init__(self, image: int = 32, patch: int = 4, dim: int = 64, depth: int = 2, heads: int = 4, classes: int = 10,
+                 packed: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, patch)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
         self.blocks = nn.Sequential(*(ViTBlock(dim, heads) for _ in range(depth)))
+        if packed:
+            for block in self.blocks:
+                block.attention = PackedSelfAttention(dim, heads, (image // patch) ** 2 + 1)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -256,6 +284,11 @@ class ViTTiny(nn.Module):
 def vit_tiny(classes: int = 10) -> nn.Module:
     """``[N, 3, 32, 32]`` → ``[N, classes]``; ViT's op pattern at 2 blocks of width 64."""
     return ViTTiny(classes=classes)
+
+
+def vit_packed(classes: int = 10) -> nn.Module:
+    """:func:`vit_tiny` with timm's packed ``qkv`` attention and a per-head score bias."""
+    return ViTTiny(classes=classes, packed=True)
 
 
 class MiniBert(nn.Module):
@@ -406,5 +439,6 @@ MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "crnn_speech": (crnn_speech, (40, 50)),
     "crnn_text": (crnn_text, (1, 32, 64)),
     "vit_tiny": (vit_tiny, (3, 32, 32)),
+    "vit_packed": (vit_packed, (3, 32, 32)),
 }
 """name → (builder, input shape without the batch axis)."""

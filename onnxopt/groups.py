@@ -819,11 +819,27 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
             if a in inserted:
                 return None
             a -= sum(1 for x in inserted if x < a)
+        elif producer.op_type == "Reshape":  # Swin's table lookup viewed as [N, N, heads]
+            a = _kept_axis(w.shape(producer.inputs[0]), w.shape(current), a)
+            if a is None:
+                return None
         elif producer.op_type not in ("Identity", "Cast"):
             return None
         current = producer.inputs[0]
         if current is None or len(current.uses()) != 1:  # a step of the chain read by anything else
             return None
+    return None
+
+
+def _kept_axis(in_shape: Sequence | None, out_shape: Sequence | None, axis: int) -> int | None:
+    """The input axis that a Reshape's output ``axis`` holds unchanged (same size, same
+    number of elements before and after it), or None."""
+    if not _known(in_shape) or not _known(out_shape):
+        return None
+    before, after = math.prod(out_shape[:axis]), math.prod(out_shape[axis + 1 :])
+    for a, size in enumerate(in_shape):
+        if size == out_shape[axis] and math.prod(in_shape[:a]) == before and math.prod(in_shape[a + 1 :]) == after:
+            return a
     return None
 
 
@@ -907,6 +923,18 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     if ok and out_shape[b] == in_shape[t.axis] and math.prod(out_shape[b + 1 :]) == inner:
         new = _Track(t.elems, b, t.block)  # channel axis kept, other axes regrouped
         merged_axes = _merged_axes(in_shape, t.axis, 1)
+    elif ok and t.block == 1 and inner == 1 and (packed := _packed_heads(in_shape[t.axis], out_shape, b)):
+        # [B, N, P·H·d] → [B, N, P, H, d]: a packed projection (timm's and torchvision's
+        # qkv, P = 3; a packed key/value, P = 2), taken apart later along the P axis. Head h
+        # of every part is one unit (the P·d channels are removed together, which keeps the
+        # parts equal), so the H axis holds the channels from here on and P is an axis like
+        # any other: selecting q, k and v keeps the heads.
+        rows = t.elems.reshape(packed).transpose(1, 0, 2).reshape(packed[1], -1)
+        for j in range(1, rows.shape[1]):
+            w.union(rows[:, 0], rows[:, j])
+        b += 1
+        new, merged_axes = _Track(rows[:, 0].copy(), b), []
+        spelled, spelled_block = node.outputs[0], 1
     elif ok and t.block == 1 and (size := _group_size(in_shape[t.axis], inner, out_shape, b)):
         # [N, C, …] → [N, G, (C/G)·…]: channel g·k + j is group g's entry j (row-major), so
         # the k channels of a group become one unit and the groups are the channels from here
@@ -992,6 +1020,14 @@ def _merged_entry_follows(dim: _Dim, name: str, merged_axes: list[int], axis: in
     if any(size not in {(name, a) for a in rest} for size in read) or len(set(read)) != len(read):
         return False
     return dim.factor == math.prod(in_shape[a] for a in rest if (name, a) not in read)
+
+
+def _packed_heads(channels: int, out_shape: Sequence[int], b: int) -> tuple[int, int, int] | None:
+    """``(P, H, d)`` when a Reshape puts ``channels`` (the last axis) as ``[P, H, d]`` on the
+    axes from ``b`` on, with ``P`` 2 or 3 parts (packed k/v or q/k/v); None otherwise."""
+    if len(out_shape) != b + 3 or out_shape[b] not in (2, 3) or out_shape[b + 1] < 2:
+        return None
+    return tuple(out_shape[b:]) if math.prod(out_shape[b:]) == channels else None
 
 
 def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:

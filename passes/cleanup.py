@@ -12,7 +12,10 @@ Rules, in order:
    size (onnxscript skips tensors above 8192 elements in, 262144 out): the dynamo exporter
    builds an LSTM's ``W``/``R``/``B`` by slicing and concatenating its parameters, and a
    quantizer or a pruner only sees weights that are initializers. A subgraph that reads a
-   tensor also read elsewhere is left alone: folding it would store that data twice.
+   tensor also read elsewhere is left alone: folding it would store that data twice. The
+   same for a constant operand of an element-wise Add/Sub/Mul/Div that holds no more
+   elements than its inputs (Swin's relative position bias, a lookup too large for
+   onnxscript, viewed and transposed): the group analysis then sees a per-channel constant.
 2. Identity elimination (an Identity that writes a graph output is kept, in subgraphs too;
    run before the folding too, which would copy a weight shared through Identities), then
    ``onnx_ir`` common passes: ``Constant`` nodes lifted to initializers (so later passes see
@@ -152,9 +155,15 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
     an op it cannot evaluate, leaves the graph as it was and does not count)."""
     cone: set[int] = set()
     for node in model.graph:
-        if node.op_type not in WEIGHTED_OPS or node.domain not in ("", "ai.onnx"):
+        if node.domain not in ("", "ai.onnx"):
             continue
-        for value in node.inputs[1:]:
+        if node.op_type in WEIGHTED_OPS:
+            operands = node.inputs[1:]
+        elif node.op_type in _ELEMENTWISE:  # a per-channel constant, if it does not grow
+            operands = [v for v in node.inputs if v is not None and _folds_no_larger(v)]
+        else:
+            continue
+        for value in operands:
             if value is not None and value.const_value is None:
                 nodes = _constant_cone(value)
                 if not _shares_a_leaf(model, nodes):
@@ -168,6 +177,37 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
         )
     common.RemoveUnusedNodesPass()(model)
     return len(model.graph) < nodes_before
+
+
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _folds_no_larger(value: ir.Value) -> bool:
+    """Whether ``value``, if computed from constants alone, holds no more elements than
+    the constants it is computed from (a Swin block's relative position bias: a
+    ``[N², heads]`` lookup viewed and transposed to ``[1, heads, N, N]``); an ``Expand`` or
+    a broadcast that multiplies a small tensor stays as it is."""
+    shape = value.shape
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return False
+    nodes = _constant_cone(value)
+    if not nodes:
+        return False
+    leaves = {id(v): v.const_value.size for n in _nodes_of(value, nodes) for v in n.inputs
+              if v is not None and v.const_value is not None}  # fmt: skip
+    return int(np.prod(shape)) <= sum(leaves.values())
+
+
+def _nodes_of(value: ir.Value, ids: set[int]) -> list[ir.Node]:
+    found, stack, seen = [], [value], set()
+    while stack:
+        node = stack.pop().producer()
+        if node is None or id(node) not in ids or id(node) in seen:
+            continue
+        seen.add(id(node))
+        found.append(node)
+        stack.extend(v for v in node.inputs if v is not None)
+    return found
 
 
 def _shares_a_leaf(model: ir.Model, cone: set[int]) -> bool:

@@ -23,10 +23,13 @@ from benchmarks.export import export_onnx  # noqa: E402
 # What the group analysis must find unprunable in each family, and why (part of a reason).
 BLOCKED_BY = {
     "vit_tiny": "concatenation along a non-channel axis",  # the residual stream: class token + patches
+    "vit_packed": "concatenation along a non-channel axis",
     "convnext_tiny": "LayerNormalization",
 }
 # Families whose attention heads prune as units of head-size channels (Q, K, V and the output projection).
-HEAD_SIZE = {"vit_tiny": 16}
+HEAD_SIZE = {"vit_tiny": 16, "vit_packed": 16}
+# Families whose heads come from one packed projection (timm's qkv): one source per head group.
+PACKED = {"vit_packed"}
 
 # Families whose last convolution feeds a recurrent layer (its input features are pruned).
 FEEDS_RNN = {"crnn_speech": "GRU", "crnn_text": "LSTM"}
@@ -81,8 +84,9 @@ def test_optimize_and_prune_other_families(name, dynamo, tmp_path):
         reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
         assert BLOCKED_BY[name] in reasons, reasons
     if name in HEAD_SIZE:
-        heads = [g for g in analysis.prunable if g.unit_width == HEAD_SIZE[name]]
-        assert len(heads) == 2 and all(len(g.sources) == 3 for g in heads)  # one per block: Q, K, V
+        heads = [g for g in analysis.prunable if g.unit_width == HEAD_SIZE[name] * (3 if name in PACKED else 1)]
+        sources = 1 if name in PACKED else 3  # one per block: Q, K, V (or the packed qkv)
+        assert len(heads) == 2 and all(len(g.sources) == sources for g in heads), [g.describe() for g in analysis.groups]
 
 
 @pytest.mark.parametrize("dynamo", [False, True])
