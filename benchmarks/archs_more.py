@@ -253,12 +253,12 @@ class PackedSelfAttention(nn.Module):
         self.register_buffer("bias_index", torch.randint(0, 2 * tokens, (tokens * tokens,)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
+        b, n, c = x.shape  # timm reads C off the input: TorchScript computes it at run time
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         bias = self.bias_table[self.bias_index].view(self.tokens, self.tokens, -1).permute(2, 0, 1).unsqueeze(0)
         scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1) + bias
-        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+        return (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
 
 
 class ViTTiny(nn.Module):

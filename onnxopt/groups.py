@@ -231,6 +231,8 @@ class _Walker:
         self.tracks: dict[str, _Track] = {}
         self.members: list[Member] = []
         self.handled: set[int] = set()
+        self._values: dict[str, ir.Value] | None = None
+        self._other_shapes: Mapping[str, tuple] | None = None
 
     # union-find -----------------------------------------------------------------------
     def new_elems(self, n: int) -> np.ndarray:
@@ -263,6 +265,54 @@ class _Walker:
             return
         for e in track.elems.tolist():
             self.reasons.setdefault(e, []).append(reason)
+
+    def blocked(self, track: _Track) -> bool:
+        """Whether the channels of ``track`` already carry a reason (they never change)."""
+        roots = {self.find(e) for e in track.elems.tolist()}
+        return any(self.find(e) in roots for e in self.reasons)
+
+    def fixed_size(self, name: str, axis: int) -> int | None:
+        """The size of value ``name`` along ``axis`` when neither pruning nor the input sizes
+        can change it: static in the model, and not its channel axis, or channels already
+        blocked, or computed by a node whose channel inputs are blocked (a LayerNorm's
+        output); else None. A Reshape target may then read
+        it like a constant (TorchScript reads a transformer's hidden size off its
+        LayerNorm)."""
+        if self._values is None:
+            graph = self.model.graph
+            self._values = {v.name: v for v in [*graph.inputs, *graph.initializers.values(), *(o for n in graph for o in n.outputs)]}
+        value = self._values.get(name)
+        size = self._static_size(value, axis)
+        if size is None:
+            return None
+        track = self.tracks.get(name)
+        if track is not None:
+            return size if track.axis != axis or self.blocked(track) else None
+        # Untracked: no channels reach it. Every handler gives its output the channels of
+        # a tracked input or blocks that input, and a Shape read of a channel count is only
+        # allowed into targets that are checked, so its sizes cannot change; checked here
+        # for the node that computes it.
+        node = value.producer()
+        if node is not None and any(t is not None and not self.blocked(t) for t in map(self.track, node.inputs)):
+            return None
+        return size
+
+    def _static_size(self, value: ir.Value | None, axis: int) -> int | None:
+        """``value``'s size along ``axis`` if it is the same whatever the model's dynamic
+        input sizes (a spatial size of a model that takes any resolution is no constant):
+        static in the model, or the same at the analysed sizes and at twice every dynamic
+        input size (one more shape inference, done once and only when asked)."""
+        if value is None:
+            return None
+        declared = value.shape
+        if declared is not None and axis < len(declared) and isinstance(declared[axis], int):
+            return int(declared[axis])
+        if self._other_shapes is None:
+            self._other_shapes = _shapes_at_other_sizes(self.model, self.shapes)
+        here, there = self.shape(value), self._other_shapes.get(value.name)
+        if here is None or there is None or axis >= min(len(here), len(there)):
+            return None
+        return here[axis] if isinstance(here[axis], int) and here[axis] == there[axis] else None
 
     def member(self, node: ir.Node, role: str, value: ir.Value, input_index: int, axis: int, block: int = 1,
                via: ir.Node | None = None) -> None:  # fmt: skip
@@ -982,6 +1032,16 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
             (merged_axes == [t.axis] or spelled_block is not None) and len(sizes) == 1 and sizes[0] in entry_own
         )
         follows = (follows and dims[b].factor == 1) or _merged_entry_follows(dims[b], name, merged_axes, t.axis, in_shape, own)
+        if not follows and not any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
+            # read off a size that pruning leaves alone (the merge back of attention heads,
+            # ``reshape(B, N, C)`` with C read off the LayerNorm before): spelled as a constant
+            block = new.block * repeats if spelled_block is None else spelled_block
+            piece = _fixed_entry_piece(w, node, dims[b], b, new.channels * block)
+            if piece is not None:
+                holder, index = piece
+                w.member(holder, SHAPE, spelled, index, 0, block, via=None if holder is node else node)
+                w.set_track(node.outputs[0], new)
+                return
         if not follows or any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
@@ -1002,6 +1062,30 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         block = new.block * repeats if spelled_block is None else spelled_block
         w.member(holder, SHAPE, spelled, index, offset, block)
     w.set_track(node.outputs[0], new)
+
+
+def _fixed_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, expected: int) -> tuple[ir.Node, int] | None:
+    """``(Concat, input)`` of the one-entry piece that writes entry ``b`` of a Reshape's
+    computed target, when that entry is a size pruning cannot change and equals
+    ``expected`` (the channel count times its block): the pass then writes the new count
+    there as a constant. None otherwise."""
+    fixed = [w.fixed_size(name, axis) for name, axis in dim.sizes]
+    if any(f is None for f in fixed) or dim.factor * math.prod(fixed) != expected:
+        return None
+    concat = node.inputs[1].producer()
+    if concat is None or concat.op_type != "Concat":
+        return None
+    start = 0
+    for index, piece in enumerate(concat.inputs):
+        shape = w.shape(piece)
+        if shape is None or len(shape) != 1 or not _known(shape):
+            return None
+        if start == b and shape[0] == 1:
+            return concat, index
+        if start <= b < start + shape[0]:
+            return None
+        start += shape[0]
+    return None
 
 
 def _merged_entry_follows(dim: _Dim, name: str, merged_axes: list[int], axis: int, in_shape: Sequence[int],
@@ -1663,6 +1747,27 @@ _SOURCES = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
 _DOMAINS: dict[str, tuple[dict[str, Handler], set[str]]] = {
     "": (HANDLERS, _SOURCES), "ai.onnx": (HANDLERS, _SOURCES), "com.microsoft": (CONTRIB_HANDLERS, _CONTRIB_SOURCES),
 }
+
+
+def _shapes_at_other_sizes(model: ir.Model, shapes: Mapping[str, tuple]) -> Mapping[str, tuple]:
+    """All shapes with every dynamic graph-input dimension at twice its analysed size; empty
+    when the model has none or inference fails there (then no size counts as static)."""
+    pins, dynamic = {}, False
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers or value.shape is None:
+            continue
+        analysed = shapes.get(value.name)
+        if analysed is None or not _known(analysed):
+            return {}
+        doubled = [d if isinstance(s, int) else 2 * d for s, d in zip(value.shape, analysed)]
+        dynamic |= doubled != list(analysed)
+        pins[value.name] = doubled
+    if not dynamic:
+        return dict(shapes)
+    try:
+        return static_shapes(model, pins)
+    except Exception:  # noqa: BLE001 - a model that does not run at other sizes: nothing is static
+        return {}
 
 
 def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None = None) -> GroupAnalysis:

@@ -154,13 +154,14 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
     touched. Returns whether anything was folded (a cone onnxscript declines to fold, e.g.
     an op it cannot evaluate, leaves the graph as it was and does not count)."""
     cone: set[int] = set()
+    computable = _computable_from_constants(model.graph)
     for node in model.graph:
         if node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type in WEIGHTED_OPS:
             operands = node.inputs[1:]
         elif node.op_type in _ELEMENTWISE:  # a per-channel constant, if it does not grow
-            operands = [v for v in node.inputs if v is not None and _folds_no_larger(v)]
+            operands = [v for v in node.inputs if v is not None and id(v) in computable and _folds_no_larger(v)]
         else:
             continue
         for value in operands:
@@ -180,6 +181,7 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
 
 
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
+_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
 
 def _folds_no_larger(value: ir.Value) -> bool:
@@ -196,6 +198,18 @@ def _folds_no_larger(value: ir.Value) -> bool:
     leaves = {id(v): v.const_value.size for n in _nodes_of(value, nodes) for v in n.inputs
               if v is not None and v.const_value is not None}  # fmt: skip
     return int(np.prod(shape)) <= sum(leaves.values())
+
+
+def _computable_from_constants(graph: ir.Graph) -> set[int]:
+    """ids of the computed values of ``graph`` that depend on constants alone (one sweep in
+    topological order, so that asking for each operand is not a walk up the graph)."""
+    found: set[int] = set()
+    for node in graph:
+        if has_subgraph(node) or node.op_type in _NONDETERMINISTIC:
+            continue
+        if all(v is None or v.const_value is not None or id(v) in found for v in node.inputs):
+            found.update(id(o) for o in node.outputs)
+    return found
 
 
 def _nodes_of(value: ir.Value, ids: set[int]) -> list[ir.Node]:

@@ -252,7 +252,10 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
         return
     if m.role == SHAPE:
         node = _own_shape_builder(m)
-        target = const_array(node.inputs[m.input_index]).copy()
+        target = const_array(node.inputs[m.input_index])
+        if target is None:  # a one-entry piece computed from a size that pruning leaves alone
+            target = np.zeros(1, dtype=np.int64)
+        target = target.copy()
         flat = target.reshape(-1)
         flat[m.axis] = channels * m.block
         set_const_input(node, m.input_index, flat.reshape(target.shape))

@@ -401,13 +401,17 @@ def test_reshape_target_computed_from_the_sizes_it_merges_follows_the_pruning():
 
 
 def test_reading_the_channel_count_otherwise_blocks_the_group():
-    # the feature entry reads H and W but spells the channel count as a constant (8 · H · W)
+    # the feature entry reads H and W but spells the channel count as a constant (8 · H · W):
+    # H and W are static in this model, so the entry is a constant in effect, and the pass
+    # writes the pruned count there (the computed piece becomes a constant)
     gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (2, 3)]
-    wrong = _sized_reshape([*gathers, helper.make_node("Mul", ["d2", "d3"], ["hw"]),
-                            helper.make_node("Mul", ["hw", "eight"], ["chw"])], "chw",
-                           [helper.make_tensor("eight", TensorProto.INT64, [1], [8])])  # fmt: skip
-    group = analyze_groups(wrong).by_name()["a"]
-    assert not group.prunable and any("computed from other sizes" in r for r in group.reasons)
+    spelled = _sized_reshape([*gathers, helper.make_node("Mul", ["d2", "d3"], ["hw"]),
+                              helper.make_node("Mul", ["hw", "eight"], ["chw"])], "chw",
+                             [helper.make_tensor("eight", TensorProto.INT64, [1], [8])])  # fmt: skip
+    analysis, pruned = _assert_exact(spelled)
+    assert analysis.by_name()["a"].prunable
+    concat = next(n for n in pruned.graph if n.op_type == "Concat")
+    assert const_array(concat.inputs[1]).tolist() == [(8 - 3) * 64]
     # C · H read, W (static, 8) spelled: the entry follows the channels
     gathers = [helper.make_node("Gather", ["sa", f"i{k}"], [f"d{k}"], axis=0) for k in (1, 2)]
     model = _sized_reshape([*gathers, helper.make_node("Mul", ["d1", "d2"], ["ch"]),
