@@ -1073,17 +1073,22 @@ def _fixed_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, expected: i
     if any(f is None for f in fixed) or dim.factor * math.prod(fixed) != expected:
         return None
     concat = node.inputs[1].producer()
-    if concat is None or concat.op_type != "Concat":
+    found = _concat_piece(w, concat, b) if concat is not None and concat.op_type == "Concat" else None
+    if found is None or found[1] != 0 or w.shape(found[2]) != (1,):
         return None
+    return concat, found[0]
+
+
+def _concat_piece(w: _Walker, concat: ir.Node, b: int) -> tuple[int, int, ir.Value] | None:
+    """``(input, offset, piece)``: where entry ``b`` of a ``Concat`` of 1-D size vectors
+    lies; None when a piece's length is unknown."""
     start = 0
     for index, piece in enumerate(concat.inputs):
         shape = w.shape(piece)
         if shape is None or len(shape) != 1 or not _known(shape):
             return None
-        if start == b and shape[0] == 1:
-            return concat, index
         if start <= b < start + shape[0]:
-            return None
+            return index, b - start, piece
         start += shape[0]
     return None
 
@@ -1177,16 +1182,9 @@ def _target_entry(w: _Walker, node: ir.Node, b: int, shared: bool = False, index
     concat = target.producer() if target is not None else None
     if concat is None or concat.op_type != "Concat" or (len(target.uses()) != 1 and not shared):
         return None
-    start = 0
-    for index, piece in enumerate(concat.inputs):
-        shape = w.shape(piece)
-        if shape is None or len(shape) != 1 or not _known(shape):
-            return None
-        if start <= b < start + shape[0]:
-            array = const_array(piece)
-            return None if array is None else (int(array.reshape(-1)[b - start]), concat, index, b - start)
-        start += shape[0]
-    return None
+    found = _concat_piece(w, concat, b)
+    array = const_array(found[2]) if found is not None else None
+    return None if array is None else (int(array.reshape(-1)[found[1]]), concat, found[0], found[1])
 
 
 def _merged_axes(shape: Sequence[int], axis: int, block: int) -> list[int]:
