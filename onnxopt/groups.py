@@ -1032,7 +1032,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
             (merged_axes == [t.axis] or spelled_block is not None) and len(sizes) == 1 and sizes[0] in entry_own
         )
         follows = (follows and dims[b].factor == 1) or _merged_entry_follows(dims[b], name, merged_axes, t.axis, in_shape, own)
-        if not follows and not any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
+        reads_elsewhere = any(own & set(d.sizes) for i, d in enumerate(dims) if i != b)
+        if not follows and not reads_elsewhere:
             # read off a size that pruning leaves alone (the merge back of attention heads,
             # ``reshape(B, N, C)`` with C read off the LayerNorm before): spelled as a constant
             block = new.block * repeats if spelled_block is None else spelled_block
@@ -1042,7 +1043,7 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
                 w.member(holder, SHAPE, spelled, index, 0, block, via=None if holder is node else node)
                 w.set_track(node.outputs[0], new)
                 return
-        if not follows or any(own & set(d.sizes) for i, d in enumerate(dims) if i != b):
+        if not follows or reads_elsewhere:
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
         w.set_track(node.outputs[0], new)

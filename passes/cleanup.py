@@ -161,12 +161,14 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
         if node.op_type in WEIGHTED_OPS:
             operands = node.inputs[1:]
         elif node.op_type in _ELEMENTWISE:  # a per-channel constant, if it does not grow
-            operands = [v for v in node.inputs if v is not None and id(v) in computable and _folds_no_larger(v)]
+            operands = [v for v in node.inputs if v is not None and id(v) in computable]
         else:
             continue
         for value in operands:
             if value is not None and value.const_value is None:
                 nodes = _constant_cone(value)
+                if node.op_type in _ELEMENTWISE and not _folds_no_larger(value, nodes):
+                    continue
                 if not _shares_a_leaf(model, nodes):
                     cone |= nodes
     if not cone:
@@ -184,16 +186,14 @@ _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
 
-def _folds_no_larger(value: ir.Value) -> bool:
-    """Whether ``value``, if computed from constants alone, holds no more elements than
-    the constants it is computed from (a Swin block's relative position bias: a
-    ``[N², heads]`` lookup viewed and transposed to ``[1, heads, N, N]``); an ``Expand`` or
-    a broadcast that multiplies a small tensor stays as it is."""
+def _folds_no_larger(value: ir.Value, nodes: set[int]) -> bool:
+    """Whether ``value``, computed from constants alone by the nodes ``nodes`` (its
+    :func:`_constant_cone`), holds no more elements than the constants they read (a Swin
+    block's relative position bias: a ``[N², heads]`` lookup viewed and transposed to
+    ``[1, heads, N, N]``); an ``Expand`` or a broadcast that multiplies a small tensor stays
+    as it is."""
     shape = value.shape
-    if shape is None or not all(isinstance(d, int) for d in shape):
-        return False
-    nodes = _constant_cone(value)
-    if not nodes:
+    if not nodes or shape is None or not all(isinstance(d, int) for d in shape):
         return False
     leaves = {id(v): v.const_value.size for n in _nodes_of(value, nodes) for v in n.inputs
               if v is not None and v.const_value is not None}  # fmt: skip
