@@ -431,6 +431,29 @@ class MiniT5(nn.Module):
         return self.head(x)
 
 
+class TorchAttentionEncoder(nn.Module):
+    """``[N, T, 16]`` → ``[N, T, 5]`` through ``torch.nn.MultiheadAttention``: self-attention
+    (one packed ``in_proj``, split into q, k, v after a ``[T, N, 3, E]`` reshape, heads merged
+    into the batch axis as ``[T, N·H, d]``) and cross-attention to a shorter memory (q
+    projected alone, k and v packed as two parts). ``need_weights`` adds the head-averaged
+    attention weights to the output, which mixes the self-attention's heads."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, need_weights: bool = False) -> None:
+        super().__init__()
+        self.inp, self.memory = nn.Linear(16, dim), nn.Linear(16, dim)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.need_weights = need_weights
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, memory = self.inp(x), self.memory(x[:, ::2])
+        a, weights = self.attention(h, h, h, need_weights=self.need_weights)
+        c, _ = self.cross(h, memory, memory, need_weights=False)
+        y = self.head(self.norm(h + a + c))
+        return y + weights.mean(-1, keepdim=True) if self.need_weights else y
+
+
 MORE_ARCHS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "efficientnet_tiny": (efficientnet_tiny, (3, 32, 32)),
     "convnext_tiny": (convnext_tiny, (3, 32, 32)),

@@ -985,6 +985,30 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         b += 1
         new, merged_axes = _Track(rows[:, 0].copy(), b), []
         spelled, spelled_block = node.outputs[0], 1
+    elif ok and t.block == 1 and inner == 1 and (parts := _packed_parts(w, node, in_shape[t.axis], out_shape, b)):
+        # [B, N, P·C] → [B, N, P, C], the P axis taken apart later (torch's
+        # nn.MultiheadAttention packs q, k, v so, and splits the heads off each part): channel
+        # c of every part is one unit, and the C axis holds the channels from here on.
+        rows = t.elems.reshape(parts, -1)
+        for j in range(1, parts):
+            w.union(rows[0], rows[j])
+        b += 1
+        new, merged_axes = _Track(rows[0].copy(), b), []
+        spelled, spelled_block = node.outputs[0], 1
+    elif (heads := _heads_into_batch(in_shape, out_shape, t)) is not None:
+        # [T, N, H·d] → [T, N·H, d] (nn.MultiheadAttention): head h of every sample is one
+        # unit, and the merged axis holds the heads N times over, sample-major
+        b, size = heads
+        rows = t.elems.reshape(-1, size)
+        for j in range(1, size):
+            w.union(rows[:, 0], rows[:, j])
+        new, merged_axes = _Track(np.tile(rows[:, 0], out_shape[b] // len(rows)), b), []
+        spelled, spelled_block = node.outputs[0], 1
+    elif (split := _heads_out_of_batch(w, in_shape, out_shape, t)) is not None:
+        # [N·H, T, d] → [N, H, T, d]: the heads N times over become the H axis
+        b = split
+        new, merged_axes = _Track(t.elems[: out_shape[b]].copy(), b), []
+        spelled, spelled_block = node.outputs[0], 1
     elif ok and t.block == 1 and (size := _group_size(in_shape[t.axis], inner, out_shape, b)):
         # [N, C, …] → [N, G, (C/G)·…]: channel g·k + j is group g's entry j (row-major), so
         # the k channels of a group become one unit and the groups are the channels from here
@@ -1118,6 +1142,86 @@ def _packed_heads(channels: int, out_shape: Sequence[int], b: int) -> tuple[int,
     if len(out_shape) != b + 3 or out_shape[b] not in (2, 3) or out_shape[b + 1] < 2:
         return None
     return tuple(out_shape[b:]) if math.prod(out_shape[b:]) == channels else None
+
+
+def _packed_parts(w: _Walker, node: ir.Node, channels: int, out_shape: Sequence[int], b: int) -> int | None:
+    """``P`` when a Reshape puts ``channels`` (the last axis) as ``[P, C]`` on its last two
+    axes, ``P`` 2 or 3, and every reader takes the P axis apart (a constant scalar Gather or a
+    Split along it, through Unsqueeze / Squeeze / Transpose); None otherwise. The readers
+    decide it: ``[N, T, 3, d]`` may as well be three attention heads."""
+    if len(out_shape) != b + 2 or out_shape[b] not in (2, 3) or out_shape[b] * out_shape[b + 1] != channels:
+        return None
+    return out_shape[b] if _taken_apart(w, node.outputs[0], b) else None
+
+
+def _taken_apart(w: _Walker, value: ir.Value, axis: int, depth: int = 0) -> bool:
+    """Whether every reader of ``value`` takes axis ``axis`` apart, see :func:`_packed_parts`."""
+    users = [n for n, _ in value.uses()]
+    if not users or depth > 8 or value.is_graph_output():
+        return False
+    for user in users:
+        rank = w.rank(user.inputs[0])
+        if rank is None or user.inputs[0] is not value:
+            return False
+        if user.op_type == "Gather":
+            indices = const_array(user.inputs[1])
+            if indices is None or indices.ndim != 0 or attr(user, "axis", 0) % rank != axis:
+                return False
+            continue
+        if user.op_type == "Split":
+            if attr(user, "axis", 0) % rank != axis:
+                return False
+            continue
+        out = user.outputs[0]
+        if user.op_type == "Transpose" and attr(user, "perm") is not None:
+            moved = list(attr(user, "perm")).index(axis)
+        elif user.op_type in ("Unsqueeze", "Squeeze") and (axes := _axes_of(user)) is not None:
+            out_rank = w.rank(out)
+            if out_rank is None:
+                return False
+            if user.op_type == "Unsqueeze":
+                inserted = {a % out_rank for a in axes}
+                moved = [i for i in range(out_rank) if i not in inserted][axis]
+            else:
+                squeezed = {a % rank for a in axes}
+                if axis in squeezed:
+                    return False
+                moved = axis - sum(a < axis for a in squeezed)
+        else:
+            return False
+        if not _taken_apart(w, out, moved, depth + 1):
+            return False
+    return True
+
+
+def _heads_into_batch(in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> tuple[int, int] | None:
+    """``(output axis, channels per head)`` when a Reshape merges the axis before the channel
+    axis (a batch ``N``) with the heads split off the channels: ``[…, N, H·d] → […, N·H,
+    d]``, the channel axis last; None otherwise."""
+    a = t.axis
+    if t.block != 1 or a < 1 or a != len(in_shape) - 1 or len(out_shape) != len(in_shape) or in_shape[a - 1] < 2:
+        return None
+    b, size = a - 1, out_shape[-1]
+    if list(out_shape[:b]) != list(in_shape[:b]) or size < 1 or in_shape[a] % size or in_shape[a] // size < 2:
+        return None
+    return (b, size) if out_shape[b] == in_shape[a - 1] * (in_shape[a] // size) else None
+
+
+def _heads_out_of_batch(w: _Walker, in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> int | None:
+    """The output axis of the heads when a Reshape splits an axis that holds them ``N``
+    times over (sample-major, from :func:`_heads_into_batch`) into ``[N, H]``: ``[N·H, T, d]
+    → [N, H, T, d]``; None otherwise."""
+    a = t.axis
+    if t.block != 1 or len(out_shape) != len(in_shape) + 1:
+        return None
+    b = a + 1
+    heads = out_shape[b]
+    if list(out_shape[:a]) != list(in_shape[:a]) or list(out_shape[b + 1 :]) != list(in_shape[a + 1 :]):
+        return None
+    if heads < 1 or out_shape[a] * heads != in_shape[a] or out_shape[a] < 2:
+        return None
+    roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[a], heads)
+    return b if (roots == roots[0]).all() else None
 
 
 def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:

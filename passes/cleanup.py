@@ -45,7 +45,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
-from onnxopt.graph import const_array, has_subgraph
+from onnxopt.graph import const_array, has_subgraph, unique_name
 from onnxopt.passes.base import LoggedPass
 
 
@@ -169,17 +169,44 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
                 nodes = _constant_cone(value)
                 if node.op_type in _ELEMENTWISE and not _folds_no_larger(value, nodes):
                     continue
-                if not _shares_a_leaf(model, nodes):
+                if not _shares_a_leaf(model, nodes, _SMALL_OPERAND if node.op_type in _ELEMENTWISE else _SMALL_WEIGHT):
                     cone |= nodes
     if not cone:
         return False
     nodes_before = len(model.graph)
+    _fold_constant_splits(model.graph, cone)
     with _quiet("onnxscript", "onnx_ir"):
         onnxscript.optimizer.fold_constants(
             model, input_size_limit=_UNLIMITED, output_size_limit=_UNLIMITED, should_fold=lambda n: id(n) in cone
         )
     common.RemoveUnusedNodesPass()(model)
     return len(model.graph) < nodes_before
+
+
+def _fold_constant_splits(graph: ir.Graph, cone: set[int]) -> None:
+    """Evaluate the ``Split`` nodes of ``cone`` whose inputs are all constant into one
+    initializer per output: onnxscript folds single-output nodes only, and the dynamo
+    exporter takes ``nn.MultiheadAttention``'s packed ``in_proj_weight`` apart with a Split
+    when the query differs from the key (cross-attention)."""
+    for node in [n for n in graph if id(n) in cone and n.op_type == "Split"]:
+        data = const_array(node.inputs[0])
+        sizes = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if data is None or (len(node.inputs) > 1 and node.inputs[1] is not None and sizes is None):
+            continue
+        axis = node.attributes.get_int("axis", 0) % data.ndim
+        if sizes is None:  # equal parts (the last one smaller, opset 18's ``num_outputs``)
+            part = -(-data.shape[axis] // len(node.outputs))
+            sizes = [min(part, data.shape[axis] - i * part) for i in range(len(node.outputs))]
+        bounds = np.cumsum([0, *np.asarray(sizes).reshape(-1).tolist()])
+        if len(bounds) != len(node.outputs) + 1 or bounds[-1] != data.shape[axis]:
+            continue
+        for i, out in enumerate(node.outputs):
+            piece = np.take(data, np.arange(bounds[i], bounds[i + 1]), axis=axis)
+            value = ir.Value(name=unique_name(graph, out.name), const_value=ir.tensor(piece))
+            value.shape, value.type = ir.Shape(piece.shape), ir.TensorType(ir.DataType.from_numpy(piece.dtype))
+            graph.register_initializer(value)
+            ir.convenience.replace_all_uses_with(out, value)
+        graph.remove(node, safe=True)
 
 
 _ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -224,14 +251,19 @@ def _nodes_of(value: ir.Value, ids: set[int]) -> list[ir.Node]:
     return found
 
 
-def _shares_a_leaf(model: ir.Model, cone: set[int]) -> bool:
-    """Whether a tensor the cone reads (beyond a few entries) is also read outside it:
+_SMALL_WEIGHT = 64  # elements of a shared tensor a weight's folding may copy
+_SMALL_OPERAND = 4096  # the same for an element-wise operand (a bias: the dynamo exporter merges
+# equal ones, so nn.MultiheadAttention's zero-initialised in_proj_bias is read by two layers)
+
+
+def _shares_a_leaf(model: ir.Model, cone: set[int], small: int = _SMALL_WEIGHT) -> bool:
+    """Whether a tensor the cone reads (more than ``small`` entries) is also read outside it:
     folding would then store its data twice (silero-vad's LSTM weights are read by an
     Unsqueeze in the graph and again inside an If branch: the file grew by 38 %)."""
     nodes = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if id(n) in cone]
     for node in nodes:
         for value in node.inputs:
-            if value is None or value.const_value is None or value.const_value.size <= 64:
+            if value is None or value.const_value is None or value.const_value.size <= small:
                 continue
             if any(id(user) not in cone for user, _ in value.uses()):
                 return True

@@ -17,7 +17,7 @@ from tests.test_groups import _assert_exact
 torch = pytest.importorskip("torch")
 
 from benchmarks.archs import randomize_bn_stats  # noqa: E402
-from benchmarks.archs_more import MORE_ARCHS, MiniBert, MiniLlama, MiniT5  # noqa: E402
+from benchmarks.archs_more import MORE_ARCHS, MiniBert, MiniLlama, MiniT5, TorchAttentionEncoder  # noqa: E402
 from benchmarks.export import export_onnx  # noqa: E402
 
 # What the group analysis must find unprunable in each family, and why (part of a reason).
@@ -242,3 +242,29 @@ def test_sdpa_heads_at_batch_one_prune_exactly(dynamo, tmp_path):
     analysis, _ = _assert_exact(model, data, fraction=0.5)
     heads = [g for g in analysis.prunable if g.unit_width == 8]
     assert [(g.units, len(g.sources)) for g in heads] == [(4, 3)], [(g.name, g.reasons) for g in analysis.groups]
+
+
+@pytest.mark.parametrize(("dynamo", "dynamic_batch"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_torch_multihead_attention_prunes_its_heads(dynamo, dynamic_batch, need_weights, tmp_path):
+    # nn.MultiheadAttention packs q, k, v (or k, v) in one projection and merges the heads
+    # into the batch axis: each head is one unit of d = 8 columns per part, pruned exactly.
+    # Returning the head-averaged weights mixes the self-attention's heads: blocked.
+    torch.manual_seed(0)
+    net = TorchAttentionEncoder(need_weights=need_weights).eval()
+    path = export_onnx(net, (torch.randn(2, 7, 16),), tmp_path / "mha.onnx", dynamo=dynamo, dynamic_batch=dynamic_batch)
+    model = load_model(path)
+    if dynamo:  # dynamo takes the cross-attention's packed weight apart with a Split: folded
+        from onnxopt.passes.cleanup import CleanupPass
+
+        CleanupPass()(model)
+    data = np.random.default_rng(0).standard_normal((2, 7, 16)).astype(np.float32)
+    analysis, _ = _assert_exact(model, Dataset({model.graph.inputs[0].name: data}), fraction=0.5)
+    heads = sorted((g.unit_width, len(g.sources)) for g in analysis.prunable if g.units == 4)
+    cross, packed = (8, 2), (24, 1)  # q's 8 columns + the packed kv; q, k and v in one projection
+    assert heads == ([cross] if need_weights else [cross, packed]), [g.describe() for g in analysis.groups]
+    memory = [g for g in analysis.prunable if g.units == 32]  # the memory projection, read by k and v
+    assert len(memory) == 1
+    if need_weights:
+        reasons = " ".join(r for g in analysis.unprunable for r in g.reasons)
+        assert "reduces over the channel axis" in reasons, reasons
