@@ -65,6 +65,7 @@ def _export_dynamo(
     dynamic_batch: bool,
     optimize: bool,
     batch_axes: dict[str, int],
+    sequence_axis: int | None,
 ) -> None:
     if opset is not None and opset < _DYNAMO_MIN_OPSET:
         # The exporter would fall back to 18 on its own after a failed down-conversion.
@@ -73,7 +74,8 @@ def _export_dynamo(
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         names = input_names or [""] * len(example_inputs)
-        dynamic_shapes = tuple({batch_axes.get(name, 0): batch} for name in names)
+        sequence = {} if sequence_axis is None else {sequence_axis: torch.export.Dim("sequence")}
+        dynamic_shapes = tuple({batch_axes.get(name, 0): batch, **sequence} for name in names)
     # Without torchvision the exporter logs one warning per torchvision op it cannot register.
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     old_level = registration_log.level
@@ -107,6 +109,7 @@ def _export_torchscript(
     dynamic_batch: bool,
     optimize: bool,
     batch_axes: dict[str, int],
+    sequence_axis: int | None,
 ) -> None:
     dynamic_axes = None
     if dynamic_batch:  # dynamic_axes is keyed by name, so every input and output needs one
@@ -116,6 +119,8 @@ def _export_torchscript(
         n_outputs = len(outputs) if isinstance(outputs, tuple | list) else 1
         output_names = output_names or [f"output_{i}" for i in range(n_outputs)]
         dynamic_axes = {name: {batch_axes.get(name, 0): "batch"} for name in [*input_names, *output_names]}
+        for name in input_names if sequence_axis is not None else ():
+            dynamic_axes[name][sequence_axis] = "sequence"
     # EVAL runs the exporter's Conv+BN fusion; PRESERVE on an eval-mode model skips only that.
     mode = torch.onnx.TrainingMode.EVAL if optimize else torch.onnx.TrainingMode.PRESERVE
     with warnings.catch_warnings():
@@ -148,13 +153,15 @@ def export_onnx(
     dynamic_batch: bool = False,
     optimize: bool = False,
     batch_axes: Mapping[str, int] | None = None,
+    sequence_axis: int | None = None,
 ) -> Path:
     """Export ``model`` (run in eval mode) on ``example_inputs`` to ``path`` and return it.
 
     ``opset=None`` uses the exporter's default (20 with torch 2.13; dynamo needs >= 18).
     ``dynamic_batch`` makes dimension 0 of every input and output symbolic (``batch``);
     ``batch_axes`` (name → axis, implies ``dynamic_batch``) moves it for the named inputs and
-    outputs, e.g. an RNN state ``[layers, batch, hidden]``.
+    outputs, e.g. an RNN state ``[layers, batch, hidden]``. ``sequence_axis`` (with
+    ``dynamic_batch``) makes that axis of every input symbolic too (``sequence``).
     ``optimize=False`` keeps BatchNormalization nodes unfused with both exporters (see the
     module docstring). The model's train/eval mode is restored afterwards.
     """
@@ -174,6 +181,7 @@ def export_onnx(
             dynamic_batch or bool(batch_axes),
             optimize,
             dict(batch_axes or {}),
+            sequence_axis,
         )
     finally:
         model.train(was_training)

@@ -87,6 +87,7 @@ DEPTHWISE = "depthwise"  # slice weight/bias axis 0 and lower the ``group`` attr
 GROUPED = "grouped"  # a grouped Conv's output ``value``: slice weight/bias axis 0, whole groups go
 PARAM = "param"  # slice a per-channel constant input along ``axis``
 SHAPE = "shape"  # rewrite entry ``axis`` of a constant Reshape / Expand target or Resize sizes
+SCALE = "scale"  # scale a computed target entry (piece ``input_index`` of the Concat ``node``) by kept / ``scale_from``
 SPLIT = "split"  # recount the sizes of a Split along the channel axis of ``value`` (its input)
 SLICE = "slice"  # move entry ``input_index`` of a channel-axis Slice's starts/ends of ``value``
 
@@ -110,6 +111,7 @@ class Member:
     axis: int
     block: int = 1
     via: ir.Node | None = None
+    scale_from: int = 0  # SCALE: the count (channels × block) the entry holds at the analysed sizes
 
     def describe(self) -> str:
         name = self.node.name or self.node.op_type
@@ -278,24 +280,29 @@ class _Walker:
         output); else None. A Reshape target may then read
         it like a constant (TorchScript reads a transformer's hidden size off its
         LayerNorm)."""
-        if self._values is None:
-            graph = self.model.graph
-            self._values = {v.name: v for v in [*graph.inputs, *graph.initializers.values(), *(o for n in graph for o in n.outputs)]}
-        value = self._values.get(name)
-        size = self._static_size(value, axis)
-        if size is None:
-            return None
+        size = self._static_size(self._value(name), axis)
+        return size if size is not None and self.unchanged_size(name, axis) else None
+
+    def unchanged_size(self, name: str, axis: int) -> bool:
+        """Whether pruning leaves the size of value ``name`` along ``axis`` alone (it may still
+        follow the model's input sizes, a dynamic batch): not the channel axis of a group
+        that may still be pruned."""
         track = self.tracks.get(name)
         if track is not None:
-            return size if track.axis != axis or self.blocked(track) else None
+            return track.axis != axis or self.blocked(track)
         # Untracked: no channels reach it. Every handler gives its output the channels of
         # a tracked input or blocks that input, and a Shape read of a channel count is only
         # allowed into targets that are checked, so its sizes cannot change; checked here
         # for the node that computes it.
-        node = value.producer()
-        if node is not None and any(t is not None and not self.blocked(t) for t in map(self.track, node.inputs)):
-            return None
-        return size
+        value = self._value(name)
+        node = value.producer() if value is not None else None
+        return node is None or not any(t is not None and not self.blocked(t) for t in map(self.track, node.inputs))
+
+    def _value(self, name: str) -> ir.Value | None:
+        if self._values is None:
+            graph = self.model.graph
+            self._values = {v.name: v for v in [*graph.inputs, *graph.initializers.values(), *(o for n in graph for o in n.outputs)]}
+        return self._values.get(name)
 
     def _static_size(self, value: ir.Value | None, axis: int) -> int | None:
         """``value``'s size along ``axis`` if it is the same whatever the model's dynamic
@@ -315,8 +322,8 @@ class _Walker:
         return here[axis] if isinstance(here[axis], int) and here[axis] == there[axis] else None
 
     def member(self, node: ir.Node, role: str, value: ir.Value, input_index: int, axis: int, block: int = 1,
-               via: ir.Node | None = None) -> None:  # fmt: skip
-        self.members.append(Member(node, role, value.name, input_index, axis, block, via))
+               via: ir.Node | None = None, scale_from: int = 0) -> None:  # fmt: skip
+        self.members.append(Member(node, role, value.name, input_index, axis, block, via, scale_from))
 
     def shape(self, value: ir.Value | None) -> tuple | None:
         if value is None:
@@ -1046,7 +1053,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         # is the product of exactly the merged axes (``x.view(b, c * h, w)`` exported with
         # dynamic shapes; dynamo's bidirectional RNN output: Shape[2]·Shape[3]); no other
         # entry may read the channel count. A size-1 factor is not ignored: it may be a batch
-        # pinned to 1 here (so a one-direction RNN's [T, N, 1, H] → [T, N, H] is not followed).
+        # pinned to 1 here (so a one-direction RNN's [T, N, 1, H] → [T, N, H] is not followed
+        # here; the clean-up folds such static sizes into a constant entry first).
         # Where the channel axis is not merged, the size may be read from any tensor with the
         # same channels (SegFormer's ``x.transpose(1, 2).view(B, C, H, W)`` with C read
         # before the Transpose; GroupNorm reshaped back to ``Shape`` of its input).
@@ -1067,6 +1075,12 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
                 w.member(holder, SHAPE, spelled, index, 0, block, via=None if holder is node else node)
                 w.set_track(node.outputs[0], new)
                 return
+            piece = _scaled_entry_piece(w, node, dims[b], b, new, block)
+            if piece is not None:  # the count times sizes pruning leaves alone: scaled
+                holder, index = piece
+                w.member(holder, SCALE, spelled, index, 0, block, via=node, scale_from=new.channels * block)
+                w.set_track(node.outputs[0], new)
+                return
         if not follows or reads_elsewhere:
             w.block(t, f"{_label(node)}: the target's channel entry is computed from other sizes")
             return
@@ -1075,7 +1089,9 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     if dims is not None and any(own & set(d.sizes) for d in dims):
         w.block(t, f"{_label(node)}: the target reads the channel count into another entry")
         return
-    entry = _target_entry(w, node, b)
+    # a Concat other Reshapes read too (TorchScript's q and k of a dynamic-batch attention,
+    # merged by onnxscript) is copied for this one by the pass
+    entry = _target_entry(w, node, b, shared=True)
     if entry is None:
         w.block(t, f"{_label(node)}: the target's channel entry is computed")
         return
@@ -1085,7 +1101,7 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         return
     if value > 0:  # the entry spells the channel count times the block (or the repeats)
         block = new.block * repeats if spelled_block is None else spelled_block
-        w.member(holder, SHAPE, spelled, index, offset, block)
+        w.member(holder, SHAPE, spelled, index, offset, block, via=None if holder is node else node)
     w.set_track(node.outputs[0], new)
 
 
@@ -1096,6 +1112,27 @@ def _fixed_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, expected: i
     there as a constant. None otherwise."""
     fixed = [w.fixed_size(name, axis) for name, axis in dim.sizes]
     if any(f is None for f in fixed) or dim.factor * math.prod(fixed) != expected:
+        return None
+    concat = node.inputs[1].producer()
+    found = _concat_piece(w, concat, b) if concat is not None and concat.op_type == "Concat" else None
+    if found is None or found[1] != 0 or w.shape(found[2]) != (1,):
+        return None
+    return concat, found[0]
+
+
+def _scaled_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, new: _Track, block: int) -> tuple[ir.Node, int] | None:
+    """``(Concat, input)`` of the one-entry piece that writes entry ``b`` of a Reshape's
+    computed target, when that entry is a constant factor holding the channel count times
+    sizes that pruning leaves alone but the input sizes may not (``bsz · num_heads`` of
+    TorchScript's ``nn.MultiheadAttention`` with a dynamic batch): the pass then scales the
+    entry by the kept share. None otherwise."""
+    sizes = [(w.shape(w._value(name)) or (None,) * (axis + 1))[axis] for name, axis in dim.sizes]
+    if not all(isinstance(n, int) for n in sizes) or not all(w.unchanged_size(*size) for size in dim.sizes):
+        return None
+    # each unit as often on the axis (heads N times over): the entry then scales by the kept
+    # share of units exactly, since the constant factor holds their count
+    _, repeats = np.unique([w.find(e) for e in new.elems.tolist()], return_counts=True)
+    if dim.factor * math.prod(sizes) != new.channels * block or dim.factor % len(repeats) or len(set(repeats.tolist())) != 1:
         return None
     concat = node.inputs[1].producer()
     found = _concat_piece(w, concat, b) if concat is not None and concat.op_type == "Concat" else None
@@ -1314,7 +1351,7 @@ class _Dim:
         return _Dim(self.factor * other.factor, tuple(sorted(self.sizes + other.sizes)))
 
 
-_SIZE_PICKS = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Mul", "Reshape")
+_SIZE_PICKS = ("Gather", "Slice", "Unsqueeze", "Squeeze", "Cast", "Identity", "Concat", "Mul", "Div", "Reshape")
 
 
 def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] | None:
@@ -1336,6 +1373,12 @@ def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] |
             return None
         axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
         return [_Dim(1, ((node.inputs[0].name, a),)) for a in axes]
+    if node.op_type == "Div":  # an exact division of the constant factor (a pruned SCALE entry)
+        numerator, divisor = _dims_of(w, node.inputs[0], depth + 1), const_array(node.inputs[1])
+        if numerator is None or divisor is None or divisor.size != 1 or int(divisor.reshape(-1)[0]) <= 0:
+            return None
+        d = int(divisor.reshape(-1)[0])
+        return None if any(n.factor % d for n in numerator) else [_Dim(n.factor // d, n.sizes) for n in numerator]
     parts = [_dims_of(w, v, depth + 1) for v in (node.inputs if node.op_type in ("Concat", "Mul") else node.inputs[:1])]
     if any(p is None for p in parts):
         return None
@@ -1447,7 +1490,8 @@ def _sizes_user_safe(user: ir.Node, index: int, x: ir.Value, depth: int = 0) -> 
         return True  # the output sizes of a Resize of x: its handler checks the channel entry
     if user.op_type in ("Reshape", "Expand", "Resize") and index != 0:  # another tensor shaped by these sizes
         return False
-    return user.op_type in _SIZE_ARITHMETIC and all(_only_reshapes(o, x, depth + 1) for o in user.outputs)
+    # a size that leaves the graph is read by whoever runs it
+    return user.op_type in _SIZE_ARITHMETIC and all(not o.is_graph_output() and _only_reshapes(o, x, depth + 1) for o in user.outputs)
 
 
 def _shape_entries_read(user: ir.Node, index: int, axes: list[int]) -> set[int] | None:

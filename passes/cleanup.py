@@ -1,7 +1,8 @@
 """Lossless clean-up: what the ONNX ecosystem already does well, wired as one pass.
 
 Rules, in order:
-1. ``onnxscript``'s optimizer: constant folding (shape arithmetic, the dynamo exporter's
+1. Sizes read off ``Shape`` that are static fold to constants (:func:`fold_static_shape_reads`),
+   then ``onnxscript``'s optimizer: constant folding (shape arithmetic, the dynamo exporter's
    ``Expand(CastLike(0, x))`` zero biases among them), its default rewrite rules (no-op
    removal, BatchNormalization fusion into Conv / ConvTranspose / Gemm, Pad into Conv, …)
    and removal of unused nodes, functions and opsets. Functions are inlined. A
@@ -34,7 +35,7 @@ nodes and pruning would then have to copy it back.
 
 from __future__ import annotations
 
-__all__ = ["CleanupPass", "fold_weight_subgraphs"]
+__all__ = ["CleanupPass", "fold_static_shape_reads", "fold_weight_subgraphs"]
 
 import contextlib
 import logging
@@ -78,12 +79,15 @@ class CleanupPass(LoggedPass):
         # and a TorchScript ALBERT, whose layers share weights through Identity nodes, grew
         # from 343 to 466 kB with each layer's own copy
         _eliminate_identities(model)
+        fold_static_shape_reads(model.graph)
         with _quiet("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
             if self.onnxscript_rules:
                 onnxscript.optimizer.optimize_ir(model, should_fold=_small_constant_of_shape)
             else:
                 onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape,
                                                     onnx_shape_inference=self.shape_inference)  # fmt: skip
+            if fold_static_shape_reads(model.graph):  # shape inference may have proven more sizes
+                onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape)
             fold_weight_subgraphs(model)
         _eliminate_identities(model)
         ir.passes.Sequential(
@@ -142,6 +146,65 @@ def _eliminate_identities(model: ir.Model) -> None:
                 continue
             out.replace_all_uses_with(node.inputs[0])
             graph.remove(node, safe=True)
+
+
+def fold_static_shape_reads(graph: ir.Graph) -> bool:
+    """Replace ``Slice(Shape(x))`` and ``Gather(Shape(x), i)`` by a constant where every entry
+    they pick is a static size of ``x`` (onnxscript folds neither a ``Slice`` nor a scalar
+    ``Gather`` index). The TorchScript exporter reads ``nn.MultiheadAttention``'s embedding
+    size so when the batch is dynamic (``query.shape[2:3]``, then ``in_proj_weight[0:E]``
+    and ``E // num_heads``): unfolded, the attention's weights were computed tensors and its
+    heads unprunable. Returns whether anything was folded."""
+    folded = False
+    for node in list(graph):
+        picked = _static_shape_read(node)
+        if picked is None or node.outputs[0].is_graph_output():
+            continue
+        array = picked
+        value = ir.Value(name=unique_name(graph, node.outputs[0].name), const_value=ir.tensor(array))
+        value.shape, value.type = ir.Shape(array.shape), ir.TensorType(ir.DataType.INT64)
+        graph.register_initializer(value)
+        ir.convenience.replace_all_uses_with(node.outputs[0], value)
+        graph.remove(node, safe=True)
+        folded = True
+    return folded
+
+
+def _static_shape_read(node: ir.Node) -> np.ndarray | None:
+    """The sizes a ``Slice`` or ``Gather`` of a ``Shape`` picks, when they are all static;
+    else None."""
+    if node.op_type not in ("Slice", "Gather") or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2 or node.inputs[0] is None:
+        return None
+    shape_node = node.inputs[0].producer()
+    if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain not in ("", "ai.onnx"):
+        return None
+    x = shape_node.inputs[0]
+    if x is None or x.shape is None:
+        return None
+    dims = list(x.shape)[shape_node.attributes.get_int("start", 0) : shape_node.attributes.get_int("end", len(x.shape))]
+    if node.op_type == "Gather":  # onnxscript folds a Gather of static sizes only with a 1-D index
+        indices = const_array(node.inputs[1])
+        if indices is None or indices.dtype.kind not in "iu" or node.attributes.get_int("axis", 0) != 0:
+            return None
+        flat = [int(i) for i in indices.reshape(-1)]
+        if not all(-len(dims) <= i < len(dims) and isinstance(dims[i], int) for i in flat):
+            return None
+        return np.array([int(dims[i]) for i in flat], dtype=np.int64).reshape(indices.shape)
+    if "starts" in node.attributes:  # opset < 10
+        bounds = [node.attributes.get_ints(k) for k in ("starts", "ends", "axes")] + [None]
+    else:
+        inputs = [*node.inputs[1:5], None, None, None, None][:4]
+        bounds = [None if v is None else const_array(v) for v in inputs]
+        if any(v is not None and b is None for v, b in zip(inputs, bounds)):
+            return None  # a bound computed at run time
+    starts, ends, axes, steps = (None if b is None else [int(v) for v in np.asarray(b).reshape(-1)] for b in bounds)
+    if starts is None or ends is None or len(starts) != 1 or len(ends) != 1 or axes not in (None, [0], [-1]):
+        return None
+    step = 1 if steps is None else steps[0] if len(steps) == 1 else 0
+    if step == 0:
+        return None
+    picked = dims[slice(starts[0], ends[0], step)]
+    return np.array([int(d) for d in picked], dtype=np.int64) if all(isinstance(d, int) for d in picked) else None
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"})

@@ -44,6 +44,7 @@ from onnxopt.graph import attr
 from onnxopt.groups import (
     PARAM,
     RECURRENT_GATES,
+    SCALE,
     SHAPE,
     SLICE,
     SPLIT,
@@ -100,7 +101,7 @@ class PadChannelsPass(LoggedPass):
                     continue
                 seen.add(key)
                 entry = inserts.setdefault(key, (member, []))
-                if member.role != SHAPE:
+                if member.role not in (SHAPE, SCALE):
                     entry[1].append((starts[member.value] + group.units, pad))
             self.did(group.name, f"{group.units} → {group.units + pad} channels (zero-padded)")
         for member, where in inserts.values():

@@ -40,6 +40,7 @@ from __future__ import annotations
 __all__ = ["PruneChannelsPass", "refresh_shapes", "resize_member"]
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -47,7 +48,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, set_const_input, unique_name
+from onnxopt.graph import attr, new_initializer, set_const_input, unique_name
 from onnxopt.groups import (
     CONSUMER,
     DEPTHWISE,
@@ -56,6 +57,7 @@ from onnxopt.groups import (
     PRODUCER,
     RECURRENT_GATES,
     RECURRENT_STATES,
+    SCALE,
     SHAPE,
     SLICE,
     SPLIT,
@@ -250,6 +252,9 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
     if m.role == PRODUCER and is_fused_attention(node):
         _resize_fused_attention(node, channels, edit)
         return
+    if m.role == SCALE:
+        _scale_entry(m, channels * m.block)
+        return
     if m.role == SHAPE:
         node = _own_shape_builder(m)
         target = const_array(node.inputs[m.input_index])
@@ -275,6 +280,28 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
     if m.role == GROUPED:  # whole groups went (or came): each keeps its C_out/g filters
         per_group = before.shape[0] // attr(node, "group", 1)
         node.attributes["group"] = ir.AttrInt64("group", channels // per_group)
+
+
+def _scale_entry(m: Member, count: int) -> None:
+    """Scale the computed piece ``m.input_index`` of the ``Concat`` building ``m.via``'s
+    target by ``count / m.scale_from`` as ``Div(Mul(piece, count/g), scale_from/g)`` (``g``
+    their gcd; exact, the piece being a multiple of the unit count, see
+    :func:`onnxopt.groups._scaled_entry_piece`)."""
+    builder = _own_shape_builder(m)
+    graph = builder.graph
+    assert graph is not None, "node must belong to a graph"
+    g = math.gcd(count, m.scale_from)
+    piece = builder.inputs[m.input_index]
+    dtype = piece.dtype.numpy() if piece.dtype is not None else np.dtype(np.int64)
+    scaled = piece
+    for op, factor in (("Mul", count // g), ("Div", m.scale_from // g)):
+        constant = new_initializer(graph, np.array([factor], dtype=dtype), f"{builder.name or 'Concat'}_scale")
+        step = ir.Node("", op, [scaled, constant], name=unique_name(graph, f"{builder.name or 'Concat'}_{op.lower()}"))
+        step.outputs[0].name = unique_name(graph, f"{piece.name}_scaled")
+        step.outputs[0].shape, step.outputs[0].type = piece.shape, piece.type
+        graph.insert_before(builder, step)
+        scaled = step.outputs[0]
+    builder.replace_input_with(m.input_index, scaled)
 
 
 def _own_shape_builder(m: Member) -> ir.Node:

@@ -552,6 +552,50 @@ def test_prune_folds_chunk_bounds_computed_from_shape(tmp_path):
     assert len(halves) >= 4 and halves & {layer["group"] for layer in result.layers if layer["after"] < layer["before"]}
 
 
+def test_cleanup_folds_static_sizes_read_off_a_shape_and_keeps_the_dynamic_ones():
+    """``Slice(Shape(y))`` and a scalar ``Gather(Shape(y))`` of static sizes fold to
+    constants, as TorchScript reads ``nn.MultiheadAttention``'s embedding size with a dynamic
+    batch (``in_proj_weight[0:E]``, ``E // num_heads``): the sliced weight becomes an
+    initializer. The batch entry stays read at run time."""
+    from onnxopt.passes.cleanup import CleanupPass
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+        helper.make_node("Shape", ["y"], ["s"]),
+        helper.make_node("Slice", ["s", "two", "three"], ["e"]),  # [8]
+        helper.make_node("Slice", ["packed", "zero1", "e", "zero1"], ["w2"]),  # packed[0:8]
+        helper.make_node("MatMul", ["y", "w2"], ["z"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),  # the batch: dynamic
+        helper.make_node("Gather", ["s", "two0"], ["c"], axis=0),  # scalar index: 8
+        helper.make_node("Div", ["c", "four0"], ["d"]),
+        helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+        helper.make_node("Unsqueeze", ["d", "zero1"], ["d1"]),
+        helper.make_node("Concat", ["n1", "d1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["z", "target"], ["out"]),
+    ]
+    ints = {"zero": ([], [0]), "two0": ([], [2]), "four0": ([], [4]), "zero1": ([1], [0]), "two": ([1], [2]),
+            "three": ([1], [3]), "minus1": ([1], [-1])}  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 5])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor("w", TensorProto.FLOAT, [5, 8], RNG.standard_normal(40).astype(np.float32)),
+         helper.make_tensor("packed", TensorProto.FLOAT, [24, 3], RNG.standard_normal(72).astype(np.float32)),
+         *(helper.make_tensor(k, TensorProto.INT64, dims, v) for k, (dims, v) in ints.items())],
+    )  # fmt: skip
+    model = ir.from_proto(onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    before = model.clone()
+    CleanupPass()(model)
+    matmuls = [n for n in model.graph if n.op_type == "MatMul"]
+    assert all(const_array(n.inputs[1]) is not None for n in matmuls), [n.op_type for n in model.graph]
+    assert const_array(matmuls[1].inputs[1]).shape == (8, 3)
+    reshape = next(n for n in model.graph if n.op_type == "Reshape")
+    assert const_array(reshape.inputs[1]) is None  # the batch is still read
+    assert "Div" not in [n.op_type for n in model.graph]  # 8 // 4 folded
+    for batch in (1, 3):
+        data = {"x": RNG.standard_normal((batch, 6, 5)).astype(np.float32)}
+        np.testing.assert_array_equal(evaluate.run(model, data)[0], evaluate.run(before, data)[0])
+
+
 def _group_norm_net():
     """Conv → GroupNorm(8 groups of 4) → ReLU → Conv → GroupNorm(4 of 4) → SiLU, a residual
     block whose Add joins two GroupNorm'd branches, and a head (a diffusion U-Net's or a

@@ -192,13 +192,15 @@ def test_attention_biases_computed_from_sizes_follow_the_heads(dynamo, tmp_path)
     """T5's biases. TorchScript keeps them computed: the relative position bias is a
     Gather from a [buckets, heads] table (its head column is pruned with the heads, and
     every layer reading the one bias prunes the same heads), the cross-attention's zero
-    bias a ConstantOfShape whose head entry is rewritten. Removing heads equals zeroing
-    their rows of the output projections; dynamo folds both biases into constants."""
+    bias a ConstantOfShape whose head entry is rewritten; with a dynamic sequence length
+    (a static one folds them). Removing heads equals zeroing their rows of the output
+    projections; dynamo folds both biases into constants."""
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (2, 12))
     from onnxopt.passes.cleanup import CleanupPass
 
-    path = export_onnx(MiniT5().eval(), (ids,), tmp_path / "t5.onnx", dynamo=dynamo, input_names=["input_ids"], dynamic_batch=True)
+    path = export_onnx(MiniT5().eval(), (ids,), tmp_path / "t5.onnx", dynamo=dynamo, input_names=["input_ids"], dynamic_batch=True,
+                       sequence_axis=None if dynamo else 1)  # fmt: skip
     model = load_model(path)
     CleanupPass()(model)
     data = Dataset({"input_ids": np.random.default_rng(0).integers(0, 100, (3, 12))})
@@ -244,7 +246,7 @@ def test_sdpa_heads_at_batch_one_prune_exactly(dynamo, tmp_path):
     assert [(g.units, len(g.sources)) for g in heads] == [(4, 3)], [(g.name, g.reasons) for g in analysis.groups]
 
 
-@pytest.mark.parametrize(("dynamo", "dynamic_batch"), [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize(("dynamo", "dynamic_batch"), [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_torch_multihead_attention_prunes_its_heads(dynamo, dynamic_batch, need_weights, tmp_path):
     # nn.MultiheadAttention packs q, k, v (or k, v) in one projection and merges the heads
@@ -254,11 +256,14 @@ def test_torch_multihead_attention_prunes_its_heads(dynamo, dynamic_batch, need_
     net = TorchAttentionEncoder(need_weights=need_weights).eval()
     path = export_onnx(net, (torch.randn(2, 7, 16),), tmp_path / "mha.onnx", dynamo=dynamo, dynamic_batch=dynamic_batch)
     model = load_model(path)
-    if dynamo:  # dynamo takes the cross-attention's packed weight apart with a Split: folded
-        from onnxopt.passes.cleanup import CleanupPass
+    # dynamo takes the cross-attention's packed weight apart with a Split, TorchScript with a
+    # dynamic batch slices it at ``query.shape[2]`` and computes ``bsz · num_heads``: the
+    # clean-up folds the weights, the pass scales the computed head entries
+    from onnxopt.passes.cleanup import CleanupPass
 
-        CleanupPass()(model)
-    data = np.random.default_rng(0).standard_normal((2, 7, 16)).astype(np.float32)
+    CleanupPass()(model)
+    # a dynamic batch runs at 5, not the batch the analysis and the scaled entries saw
+    data = np.random.default_rng(0).standard_normal((5 if dynamic_batch else 2, 7, 16)).astype(np.float32)
     analysis, _ = _assert_exact(model, Dataset({model.graph.inputs[0].name: data}), fraction=0.5)
     heads = sorted((g.unit_width, len(g.sources)) for g in analysis.prunable if g.units == 4)
     cross, packed = (8, 2), (24, 1)  # q's 8 columns + the packed kv; q, k and v in one projection

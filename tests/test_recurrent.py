@@ -257,11 +257,13 @@ def _zero_units(model: ir.Model, node_name: str, units) -> None:
 @pytest.mark.parametrize(
     "cell,bidirectional,dynamo",
     [("LSTM", True, False), ("GRU", True, False), ("RNN", False, False), ("LSTM", False, False),
-     ("LSTM", True, True), ("GRU", True, True)],
+     ("LSTM", True, True), ("GRU", True, True), ("GRU", False, True)],
 )  # fmt: skip
 def test_hidden_units_prune_exactly(tmp_path, cell, bidirectional, dynamo):
     """Removing hidden units (both directions, every gate, the recurrence columns, the zero
-    initial states' size, a Reshape target spelling 2·H) equals zeroing them first."""
+    initial states' size, a Reshape target spelling 2·H) equals zeroing them first. dynamo
+    reshapes a one-direction GRU's [T, N, 1, H] output to [T, N, H] with the target Shape[0],
+    Shape[1], Shape[2]·Shape[3]: the static sizes fold into a constant ``H`` entry first."""
     import onnx
 
     from onnxopt.cost import model_cost
@@ -286,22 +288,6 @@ def test_hidden_units_prune_exactly(tmp_path, cell, bidirectional, dynamo):
     original, expected, got = (evaluate.run(m, data)[0] for m in (model, zeroed, pruned))
     assert np.abs(expected - original).max() > 1e-3
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-
-
-def test_a_one_direction_rnn_behind_a_computed_reshape_target_keeps_its_hidden_size(tmp_path):
-    """dynamo reshapes a one-direction GRU's [T, N, 1, H] output to [T, N, H] with the target
-    Shape[0], Shape[1], Shape[2]·Shape[3]: onnxopt does not take the size-1 factor for the
-    direction axis (it might be a batch pinned to 1), so the hidden units stay and say why."""
-    model = Pruner_model(_export_speech(tmp_path, "GRU", False, True))
-    groups = _hidden_groups(analyze_groups(model))
-    assert len(groups) == 2 and not any(g.prunable for g in groups)
-    assert all(any("computed from other sizes" in r for r in g.reasons) for g in groups)
-
-
-def Pruner_model(model: ir.Model) -> ir.Model:
-    from onnxopt.pruning import Pruner
-
-    return Pruner(model, criterion="l1").model  # dynamo's computed weights folded
 
 
 def test_hidden_units_with_given_initial_states_are_unprunable(tmp_path):
