@@ -12,6 +12,12 @@ compensation, and with compensation + least-squares reconstruction. The automati
 ``obs`` (channels chosen by the error their consumers keep after the least-squares re-fit,
 :mod:`onnxopt.obs`), and ``obs`` with the search on the uniform ratio.
 
+Part 2b — a trained transformer on the same images
+(``benchmarks/models/hard_digits_transformer.onnx``, ``python -m benchmarks.train_demo
+transformer``): attention heads, FFN units and the stem's channels at a uniform share of 25 /
+50 %, with ``l1`` and ``obs``, without and with recovery, and the automatic mode at 1 %
+(``--trained-transformer`` runs it alone).
+
 Part 3 — latency: torchvision architectures (random weights, 224×224, batch 1) pruned with
 ``l1``/uniform at two ratios (kept channels rounded to onnxruntime's NCHWc block, the
 default: 8 on this AVX2 machine), plus the lower ratio with exact channel counts, and that
@@ -71,6 +77,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 HARD = ROOT / "benchmarks" / "models" / "hard_digits_cnn.onnx"
 HARD_DATA = ROOT / "benchmarks" / "models" / "hard_digits.npz"
+HARD_TRANSFORMER = ROOT / "benchmarks" / "models" / "hard_digits_transformer.onnx"
 N_CALIB = 256
 # Accuracy-vs-MACs tables bisect the knob to a share of MACs, which needs exact channel
 # counts; the latency part prunes with the default rounding (onnxruntime's NCHWc block) and
@@ -113,9 +120,10 @@ def _knob_for(pruner: Pruner, target_removed: float, macs0: int, allocation: str
     return best
 
 
-def _hard_split():
-    """(model, calibration set, held-out set) of the hard-digits CNN, split once with seed 0."""
-    model = load_model(HARD)
+def _hard_split(path: Path = HARD):
+    """(model, calibration set, held-out set) of the hard-digits CNN (or the transformer at
+    ``path``, which shares its images), split once with seed 0."""
+    model = load_model(path)
     data = load_npz(HARD_DATA, model)
     order = np.random.default_rng(0).permutation(len(data))
     return model, data.take(np.sort(order[:N_CALIB])), data.take(np.sort(order[N_CALIB:]))
@@ -240,6 +248,55 @@ def part_latency(full: bool) -> dict:
                 _log(f"{name} {row.model}: MACs ×{1 / factor:.3f}, p50 {row.p50_ms:.1f} ms, speed-up {speedup:.2f} "
                      f"(MAC factor {factor:.2f}, efficiency {speedup / factor:.2f})")
     return {"rows": out}
+
+
+def _kept_units(pruner: Pruner) -> str:
+    """What the last build kept: attention heads and FFN units per layer, other channels."""
+    removals = pruner.last_removals or {}
+    heads, ffn, other = [], [], []
+    for g in pruner.analysis.prunable:
+        kept = g.units - len(removals.get(g.name, ()))
+        if g.unit_width > 1:
+            heads.append(f"{kept}/{g.units}")
+        elif any(m.node.op_type == "MatMul" for m in g.sources):
+            ffn.append(f"{kept}/{g.units}")
+        else:
+            other.append(f"{kept}/{g.units}")
+    return f"heads {' '.join(heads)}; FFN {' '.join(ffn)}; stem {' '.join(other)}"
+
+
+def part_transformer_accuracy() -> dict:
+    """Part 2b: attention heads and FFN units of a trained transformer (the hard-digits
+    hybrid ViT, ``nn.TransformerEncoderLayer`` exported by TorchScript with a dynamic batch),
+    at a uniform share of every group's units, without and with recovery; then the
+    automatic mode at 1 %. Same images and split as the CNN."""
+    model, calib, held_out = _hard_split(HARD_TRANSFORMER)
+    evaluator = evaluate.Evaluator(model, held_out)
+    macs0 = model_cost(model).macs
+    _log(f"hard-digits transformer: baseline {evaluator.baseline:.4f}, {macs0 / 1e6:.2f} M MACs")
+    rows = []
+    for criterion in ("l1", "obs"):
+        pruner = Pruner(model, calib, criterion=criterion, allocation="uniform", seed=0, round_to=EXACT)
+        for ratio in (0.25, 0.5):
+            none, both = pruner.build(ratio, recover=False), pruner.build(ratio)
+            rows.append({"criterion": criterion, "ratio": ratio, "kept": _kept_units(pruner),
+                         "macs_removed": 1 - model_cost(both).macs / macs0,
+                         "acc_none": float(evaluator.score(none)), "acc_recovered": float(evaluator.score(both))})  # fmt: skip
+            _log(f"transformer {criterion} {ratio:.0%}: {rows[-1]['kept']}, MACs removed {rows[-1]['macs_removed']:.1%}, "
+                 f"acc {rows[-1]['acc_none']:.4f} / {rows[-1]['acc_recovered']:.4f}")
+    auto = []
+    for criterion, allocation in [(None, "cr"), ("obs", "uniform")]:
+        start = time.perf_counter()
+        result = prune_model(model, calib, evaluator, criterion=criterion, allocation=allocation, max_drop=0.01, round_to=EXACT)
+        d = result.to_dict()
+        accuracy = result.scores.get("pruned")
+        auto.append({"criterion": result.criterion, "allocation": allocation, "knob": result.knob,
+                     "macs_removed": 1 - d["macs_kept"], "accuracy": evaluator.baseline if accuracy is None else accuracy,
+                     "kept": ", ".join(f"{layer['after']}/{layer['before']}" for layer in result.layers),
+                     "seconds": time.perf_counter() - start})  # fmt: skip
+        _log(f"transformer auto 1% ({result.criterion}, {allocation}): MACs removed {auto[-1]['macs_removed']:.1%}, "
+             f"acc {auto[-1]['accuracy']:.4f}")
+    return {"baseline": evaluator.baseline, "macs": macs0, "calib": len(calib), "eval": len(held_out), "rows": rows, "auto": auto}
 
 
 def part_transformer_latency(ratios: tuple[float, ...] = (0.3, 0.5), seq: int = 128, layers: int = 4) -> dict:
@@ -469,6 +526,25 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {r['model']} | {r['variant']} | {r['macs'] / 1e9:.3f} | {r['mac_factor']:.2f} | "
                          f"{r['p50_ms']:.1f} | {r['speedup']:.2f} | {r['efficiency']:.2f} |")
         lines.append("")
+    trained = results.get("transformer_accuracy")
+    if trained:
+        lines += ["## Heads and FFN units of a trained transformer (hard digits)", "",
+                  f"`benchmarks/models/hard_digits_transformer.onnx` (a convolutional stem, then two pre-norm "
+                  f"`nn.TransformerEncoderLayer` blocks of 4 heads × 16 and 128 FFN units; TorchScript, dynamic batch), "
+                  f"held-out accuracy **{trained['baseline']:.4f}** on {trained['eval']} images, {trained['calib']} "
+                  f"calibration images, {trained['macs'] / 1e6:.2f} M MACs. The same uniform share of every prunable "
+                  "group's units (heads, FFN units, the first convolution's channels; the second feeds the "
+                  "LayerNorm'd residual stream and stays).", "",
+                  "| criterion | share of units | kept (per group) | MACs removed | no recovery | + compensation + reconstruction |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in trained["rows"]:
+            lines.append(f"| {r['criterion']} | {r['ratio']:.0%} | {r['kept']} | {r['macs_removed']:.1%} | "
+                         f"{r['acc_none']:.4f} | **{r['acc_recovered']:.4f}** |")
+        lines += ["", "Automatic mode at 1 % (drop + one standard error):", ""]
+        for a in trained["auto"]:
+            lines.append(f"- {a['criterion']} + {a['allocation']}: {a['macs_removed']:.1%} of the MACs removed at accuracy "
+                         f"{a['accuracy']:.4f} (kept {a['kept'] or 'everything'}; {a['seconds']:.0f} s)")
+        lines.append("")
     bert = results.get("transformer_latency")
     if bert:
         lines += ["## Latency of head + FFN pruning (random weights, batch 1, interleaved, 2 threads)", "",
@@ -525,6 +601,8 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="comma list of real models to profile group by group")
     parser.add_argument("--real-scale", type=float, default=1.0, help="scale the number of calibration/evaluation crops")
     parser.add_argument("--transformer", action="store_true", help="run only the transformer latency part (with --update)")
+    parser.add_argument("--trained-transformer", action="store_true",
+                        help="run only the trained transformer's accuracy part (with --update)")  # fmt: skip
     parser.add_argument("--update", action="store_true", help="keep the parts of the committed prune.json this run skips")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -532,12 +610,14 @@ def main() -> None:
     results.update({"full": args.full or results.get("full", False),
                     "env": {"cpu": platform.processor() or platform.machine(), "onnxruntime": ort.__version__}})  # fmt: skip
     start = time.perf_counter()
-    if args.transformer:
+    if args.transformer or args.trained_transformer:
         args.skip_digits = args.skip_latency = True
-    if not args.skip_latency or args.transformer:
+    if (not args.skip_latency and not args.trained_transformer) or args.transformer:
         results["transformer_latency"] = part_transformer_latency()
     if not args.skip_digits:
         results["digits"] = part_digits(args.full)
+    if not args.skip_digits or args.trained_transformer:
+        results["transformer_accuracy"] = part_transformer_accuracy()
     if args.real:
         results["real"] = part_real(args.real.split(","), args.real_scale)
     if args.profile:

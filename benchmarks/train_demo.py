@@ -1,4 +1,4 @@
-"""Train the two small digit CNNs that ship with onnxopt and its benchmarks, export them to ONNX.
+"""Train the small digit models that ship with onnxopt and its benchmarks, export them to ONNX.
 
 * **demo model** (``onnxopt/demo/digits_cnn.onnx`` + ``digits.npz``): residual CNN with
   BatchNorm and two fully-connected layers (Flatten → Gemm) on plain 16x16 digits, bundled for
@@ -6,17 +6,21 @@
 * **hard-digits model** (``benchmarks/models/hard_digits_cnn.onnx`` + ``hard_digits.npz``):
   a wider residual CNN (32/64 channels, global average pool) on the distorted 32x32 digits of
   :func:`benchmarks.digits.hard_digits`, where pruning mistakes cost visible accuracy.
+* **hard-digits transformer** (``benchmarks/models/hard_digits_transformer.onnx``, the same
+  test set): a convolutional stem and two ``nn.TransformerEncoderLayer`` blocks, so that
+  attention-head and FFN pruning are judged on trained weights.
 
-Both are exported with the TorchScript exporter (opset 17, dynamic batch, BatchNormalization
+All are exported with the TorchScript exporter (opset 17, dynamic batch, BatchNormalization
 kept unfused), input ``input`` ``[batch, 1, H, W]`` float32, output ``logits`` ``[batch, 10]``.
 The accuracy written to ``benchmarks/models/README.md`` is measured with onnxruntime on the
 saved ``.npz``. Deterministic (fixed seeds, one thread); each model trains in 1-3 minutes::
 
-    python -m benchmarks.train_demo
+    python -m benchmarks.train_demo [demo] [hard] [transformer]   # all three without names
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -101,6 +105,28 @@ def hard_digits_model() -> DigitsResNet:
     return DigitsResNet(32, 32, [(32, 2), (64, 2), (64, 1)], head="gap", stem_pool=True)
 
 
+class DigitsTransformer(nn.Module):
+    """A hybrid vision transformer for 32x32 digits: two Conv-BN-ReLU-MaxPool stages (32 and
+    ``dim`` channels) make 8x8 = 64 tokens, a learned position embedding is added, then
+    ``layers`` pre-norm ``nn.TransformerEncoderLayer`` blocks (``nn.MultiheadAttention`` with
+    ``heads`` heads, GELU FFN of ``ffn`` units), LayerNorm, the mean over tokens, Linear."""
+
+    def __init__(self, dim: int = 64, heads: int = 4, layers: int = 2, ffn: int = 128, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.pos = nn.Parameter(torch.randn(1, 64, dim) * 0.02)
+        block = nn.TransformerEncoderLayer(dim, heads, ffn, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.encoder(tokens)).mean(1))
+
+
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     """Multiply-accumulates of Conv2d and Linear layers for one sample."""
     total = 0
@@ -111,13 +137,18 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
             per_output = module.in_channels // module.groups * module.kernel_size[0] ** 2
             total += output[0].numel() * per_output
         else:
-            total += module.in_features * module.out_features
+            total += module.in_features * output[0].numel()  # per token for [N, T, features]
+
+    def attention_hook(module: nn.Module, inputs: tuple, _output: tuple) -> None:
+        nonlocal total  # q, k, v and output projections (read as weights, no Linear call), Q·Kᵀ, scores·V
+        tokens, dim = inputs[0].shape[-2], module.embed_dim  # batch_first
+        total += tokens * dim * 4 * dim + 2 * tokens * tokens * dim
 
     handles = [
         m.register_forward_hook(hook)
         for m in model.modules()
         if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
+    ] + [m.register_forward_hook(attention_hook) for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
     with torch.no_grad():
         model.eval()(example[:1])
     for handle in handles:
@@ -200,8 +231,10 @@ def train_and_export(
     npz_path: Path,
     epochs: int,
     lr: float,
+    save_test: bool = True,
 ) -> TrainResult:
-    """Train, export (TorchScript, opset 17, dynamic batch, BN unfused), save the test set."""
+    """Train, export (TorchScript, opset 17, dynamic batch, BN unfused), save the test set
+    (``save_test=False``: it is another model's, already saved)."""
     start = time.perf_counter()
     train(model, batches_per_epoch, epochs, lr)
     seconds = time.perf_counter() - start
@@ -215,7 +248,8 @@ def train_and_export(
         output_names=[OUTPUT_NAME],
         dynamic_batch=True,
     )
-    np.savez_compressed(npz_path, **{INPUT_NAME: x_test, "labels": y_test.astype(np.int64)})
+    if save_test:
+        np.savez_compressed(npz_path, **{INPUT_NAME: x_test, "labels": y_test.astype(np.int64)})
     return TrainResult(
         torch_accuracy=accuracy(model, x_test, y_test),
         onnx_accuracy=onnx_accuracy(onnx_path, npz_path),
@@ -239,8 +273,8 @@ def train_demo_model(epochs: int = 30) -> TrainResult:
     )  # fmt: skip
 
 
-def train_hard_digits_model(epochs: int = 40) -> TrainResult:
-    """Train the hard-digits model on freshly distorted 32x32 images every epoch."""
+def _train_on_hard_digits(build: Callable[[], nn.Module], file: str, epochs: int, save_test: bool) -> TrainResult:
+    """Train ``build()`` on freshly distorted 32x32 images every epoch, test on the fixed set."""
     torch.manual_seed(SEED)
     sources, labels = hard_digits_sources(SEED)
     test = hard_digits(SEED, size=32, train_copies=1)
@@ -249,39 +283,67 @@ def train_hard_digits_model(epochs: int = 40) -> TrainResult:
         return distort(sources, rng, 32), labels
 
     return train_and_export(
-        hard_digits_model(), batches, test.x_test, test.y_test,
-        MODELS_DIR / "hard_digits_cnn.onnx", MODELS_DIR / "hard_digits.npz", epochs, lr=3e-3,
+        build(), batches, test.x_test, test.y_test,
+        MODELS_DIR / file, MODELS_DIR / "hard_digits.npz", epochs, lr=3e-3, save_test=save_test,
     )  # fmt: skip
 
 
-def write_readme(
-    demo: TrainResult, hard: TrainResult, ridge_plain: float, ridge_hard: float
-) -> Path:
-    """Record what was trained and the accuracies onnxruntime measured."""
+def train_hard_digits_model(epochs: int = 40) -> TrainResult:
+    """Train the hard-digits CNN (and save the test set)."""
+    return _train_on_hard_digits(hard_digits_model, "hard_digits_cnn.onnx", epochs, save_test=True)
 
-    def row(name: str, path: str, data: str, result: TrainResult, ridge: float) -> str:
+
+def train_hard_digits_transformer(epochs: int = 60) -> TrainResult:
+    """Train the hard-digits transformer like the CNN, scored on the CNN's test set."""
+    return _train_on_hard_digits(DigitsTransformer, "hard_digits_transformer.onnx", epochs, save_test=False)
+
+
+# name → (file, test data, ridge probe's data size): the README's rows
+MODELS = {
+    "demo": ("onnxopt/demo/digits_cnn.onnx", "plain digits 16x16, 599 images", 16),
+    "hard digits": ("benchmarks/models/hard_digits_cnn.onnx", "hard digits 32x32, 599 images", 32),
+    "hard digits transformer": ("benchmarks/models/hard_digits_transformer.onnx", "hard digits 32x32, 599 images", 32),
+}
+TRAINERS: dict[str, Callable[[], TrainResult]] = {
+    "demo": lambda: train_demo_model(),
+    "hard": lambda: train_hard_digits_model(),
+    "transformer": lambda: train_hard_digits_transformer(),
+}
+_ROW_OF = {"demo": "demo", "hard": "hard digits", "transformer": "hard digits transformer"}
+
+
+def write_readme(results: dict[str, TrainResult], ridge: dict[int, float]) -> Path:
+    """Record what was trained and the accuracies onnxruntime measured; the rows of models
+    not trained this time are kept from the README as it was."""
+    path = MODELS_DIR / "README.md"
+    old = path.read_text().splitlines() if path.exists() else []
+
+    def row(name: str) -> str:
+        file, data, size = MODELS[name]
+        if name not in results:
+            return next((line for line in old if line.startswith(f"| {name} |")), f"| {name} | `{file}` | {data} | not trained |")
+        result = results[name]
         return (
-            f"| {name} | `{path}` | {data} | {result.onnx_accuracy:.2%} | "
-            f"{result.torch_accuracy:.2%} | {ridge:.2%} | {result.macs / 1e6:.2f} M | "
+            f"| {name} | `{file}` | {data} | {result.onnx_accuracy:.2%} | "
+            f"{result.torch_accuracy:.2%} | {ridge[size]:.2%} | {result.macs / 1e6:.2f} M | "
             f"{result.params / 1e3:.0f} k | {result.seconds:.0f} s |"
         )
 
     lines = [
         "# Trained digit models",
         "",
-        "Written by `python -m benchmarks.train_demo` (seed 0, one CPU thread). Both models are",
+        "Written by `python -m benchmarks.train_demo` (seed 0, one CPU thread). The models are",
         "exported by the TorchScript exporter (opset 17, BatchNormalization kept unfused) with a",
         f"dynamic batch: input `{INPUT_NAME}` float32 `[batch, 1, H, W]` in 0..1, output",
         f"`{OUTPUT_NAME}` float32 `[batch, 10]`. Each `.npz` holds the held-out test set:",
-        f"`{INPUT_NAME}` (float32 `[N, 1, H, W]`) and `labels` (int64 `[N]`).",
+        f"`{INPUT_NAME}` (float32 `[N, 1, H, W]`) and `labels` (int64 `[N]`); the transformer",
+        "shares `hard_digits.npz` with the hard-digits CNN. MACs count convolutions, linear",
+        "layers and attention (projections and both products).",
         "",
         "| model | file | test data | accuracy (onnxruntime) | accuracy (torch) "
         "| ridge linear probe | MACs | params | train time |",
         "|---|---|---|---|---|---|---|---|---|",
-        row("demo", "onnxopt/demo/digits_cnn.onnx", "plain digits 16x16, 599 images",
-            demo, ridge_plain),
-        row("hard digits", "benchmarks/models/hard_digits_cnn.onnx",
-            "hard digits 32x32, 599 images", hard, ridge_hard),
+        *(row(name) for name in MODELS),
         "",
         "The ridge linear probe is `RidgeClassifier` on raw pixels (train → test of the same",
         "split; for hard digits trained on 4 distorted copies of each train image). It shows how",
@@ -292,25 +354,28 @@ def write_readme(
         "disjoint train/test source images, random affine warps, contrast, occlusion, noise).",
         "",
     ]  # fmt: skip
-    path = MODELS_DIR / "README.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def main() -> None:
-    """Train and export both models, check them with onnxruntime, write the README."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train and export the named models (all without names: ``demo``, ``hard``,
+    ``transformer``), check them with onnxruntime, write the README."""
+    names = list(sys.argv[1:] if argv is None else argv) or list(TRAINERS)
+    unknown = [n for n in names if n not in TRAINERS]
+    if unknown:
+        raise SystemExit(f"unknown model {unknown[0]!r}; choose from {', '.join(TRAINERS)}")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
-    ridge_plain = ridge_probe_accuracy(load_digits_split(SEED, size=16))
-    ridge_hard = ridge_probe_accuracy(hard_digits(SEED, size=32))
-    demo = train_demo_model()
-    print(f"demo model: {demo}")
-    hard = train_hard_digits_model()
-    print(f"hard-digits model: {hard}")
-    print(f"ridge linear probe: plain {ridge_plain:.3f}, hard {ridge_hard:.3f}")
-    print(f"wrote {write_readme(demo, hard, ridge_plain, ridge_hard)}")
+    ridge = {16: ridge_probe_accuracy(load_digits_split(SEED, size=16)), 32: ridge_probe_accuracy(hard_digits(SEED, size=32))}
+    results = {}
+    for name in names:
+        results[_ROW_OF[name]] = TRAINERS[name]()
+        print(f"{name}: {results[_ROW_OF[name]]}")
+    print(f"ridge linear probe: plain {ridge[16]:.3f}, hard {ridge[32]:.3f}")
+    print(f"wrote {write_readme(results, ridge)}")
 
 
 if __name__ == "__main__":

@@ -1113,11 +1113,7 @@ def _fixed_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, expected: i
     fixed = [w.fixed_size(name, axis) for name, axis in dim.sizes]
     if any(f is None for f in fixed) or dim.factor * math.prod(fixed) != expected:
         return None
-    concat = node.inputs[1].producer()
-    found = _concat_piece(w, concat, b) if concat is not None and concat.op_type == "Concat" else None
-    if found is None or found[1] != 0 or w.shape(found[2]) != (1,):
-        return None
-    return concat, found[0]
+    return _one_entry_piece(w, node, b)
 
 
 def _scaled_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, new: _Track, block: int) -> tuple[ir.Node, int] | None:
@@ -1134,6 +1130,12 @@ def _scaled_entry_piece(w: _Walker, node: ir.Node, dim: _Dim, b: int, new: _Trac
     _, repeats = np.unique([w.find(e) for e in new.elems.tolist()], return_counts=True)
     if dim.factor * math.prod(sizes) != new.channels * block or dim.factor % len(repeats) or len(set(repeats.tolist())) != 1:
         return None
+    return _one_entry_piece(w, node, b)
+
+
+def _one_entry_piece(w: _Walker, node: ir.Node, b: int) -> tuple[ir.Node, int] | None:
+    """``(Concat, input)`` when entry ``b`` of a Reshape's target is a one-entry piece of the
+    ``Concat`` that builds it; None otherwise."""
     concat = node.inputs[1].producer()
     found = _concat_piece(w, concat, b) if concat is not None and concat.op_type == "Concat" else None
     if found is None or found[1] != 0 or w.shape(found[2]) != (1,):
