@@ -612,7 +612,7 @@ def main() -> None:
     start = time.perf_counter()
     if args.transformer or args.trained_transformer:
         args.skip_digits = args.skip_latency = True
-    if (not args.skip_latency and not args.trained_transformer) or args.transformer:
+    if not args.skip_latency or args.transformer:
         results["transformer_latency"] = part_transformer_latency()
     if not args.skip_digits:
         results["digits"] = part_digits(args.full)

@@ -298,18 +298,14 @@ def train_hard_digits_transformer(epochs: int = 60) -> TrainResult:
     return _train_on_hard_digits(DigitsTransformer, "hard_digits_transformer.onnx", epochs, save_test=False)
 
 
-# name → (file, test data, ridge probe's data size): the README's rows
-MODELS = {
-    "demo": ("onnxopt/demo/digits_cnn.onnx", "plain digits 16x16, 599 images", 16),
-    "hard digits": ("benchmarks/models/hard_digits_cnn.onnx", "hard digits 32x32, 599 images", 32),
-    "hard digits transformer": ("benchmarks/models/hard_digits_transformer.onnx", "hard digits 32x32, 599 images", 32),
-}
-TRAINERS: dict[str, Callable[[], TrainResult]] = {
-    "demo": lambda: train_demo_model(),
-    "hard": lambda: train_hard_digits_model(),
-    "transformer": lambda: train_hard_digits_transformer(),
-}
-_ROW_OF = {"demo": "demo", "hard": "hard digits", "transformer": "hard digits transformer"}
+# command-line name → (README row, file, test data, ridge probe's image size, trainer)
+MODELS: dict[str, tuple[str, str, str, int, Callable[[], TrainResult]]] = {
+    "demo": ("demo", "onnxopt/demo/digits_cnn.onnx", "plain digits 16x16, 599 images", 16, train_demo_model),
+    "hard": ("hard digits", "benchmarks/models/hard_digits_cnn.onnx", "hard digits 32x32, 599 images", 32,
+             train_hard_digits_model),
+    "transformer": ("hard digits transformer", "benchmarks/models/hard_digits_transformer.onnx",
+                    "hard digits 32x32, 599 images", 32, train_hard_digits_transformer),
+}  # fmt: skip
 
 
 def write_readme(results: dict[str, TrainResult], ridge: dict[int, float]) -> Path:
@@ -319,12 +315,12 @@ def write_readme(results: dict[str, TrainResult], ridge: dict[int, float]) -> Pa
     old = path.read_text().splitlines() if path.exists() else []
 
     def row(name: str) -> str:
-        file, data, size = MODELS[name]
+        label, file, data, size, _ = MODELS[name]
         if name not in results:
-            return next((line for line in old if line.startswith(f"| {name} |")), f"| {name} | `{file}` | {data} | not trained |")
+            return next((line for line in old if line.startswith(f"| {label} |")), f"| {label} | `{file}` | {data} | not trained |")
         result = results[name]
         return (
-            f"| {name} | `{file}` | {data} | {result.onnx_accuracy:.2%} | "
+            f"| {label} | `{file}` | {data} | {result.onnx_accuracy:.2%} | "
             f"{result.torch_accuracy:.2%} | {ridge[size]:.2%} | {result.macs / 1e6:.2f} M | "
             f"{result.params / 1e3:.0f} k | {result.seconds:.0f} s |"
         )
@@ -361,10 +357,10 @@ def write_readme(results: dict[str, TrainResult], ridge: dict[int, float]) -> Pa
 def main(argv: Sequence[str] | None = None) -> None:
     """Train and export the named models (all without names: ``demo``, ``hard``,
     ``transformer``), check them with onnxruntime, write the README."""
-    names = list(sys.argv[1:] if argv is None else argv) or list(TRAINERS)
-    unknown = [n for n in names if n not in TRAINERS]
+    names = list(sys.argv[1:] if argv is None else argv) or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
     if unknown:
-        raise SystemExit(f"unknown model {unknown[0]!r}; choose from {', '.join(TRAINERS)}")
+        raise SystemExit(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
@@ -372,8 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ridge = {16: ridge_probe_accuracy(load_digits_split(SEED, size=16)), 32: ridge_probe_accuracy(hard_digits(SEED, size=32))}
     results = {}
     for name in names:
-        results[_ROW_OF[name]] = TRAINERS[name]()
-        print(f"{name}: {results[_ROW_OF[name]]}")
+        results[name] = MODELS[name][4]()
+        print(f"{name}: {results[name]}")
     print(f"ridge linear probe: plain {ridge[16]:.3f}, hard {ridge[32]:.3f}")
     print(f"wrote {write_readme(results, ridge)}")
 

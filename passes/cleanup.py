@@ -46,7 +46,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
-from onnxopt.graph import const_array, has_subgraph, unique_name
+from onnxopt.graph import const_array, has_subgraph, new_initializer
 from onnxopt.passes.base import LoggedPass
 
 
@@ -160,11 +160,7 @@ def fold_static_shape_reads(graph: ir.Graph) -> bool:
         picked = _static_shape_read(node)
         if picked is None or node.outputs[0].is_graph_output():
             continue
-        array = picked
-        value = ir.Value(name=unique_name(graph, node.outputs[0].name), const_value=ir.tensor(array))
-        value.shape, value.type = ir.Shape(array.shape), ir.TensorType(ir.DataType.INT64)
-        graph.register_initializer(value)
-        ir.convenience.replace_all_uses_with(node.outputs[0], value)
+        ir.convenience.replace_all_uses_with(node.outputs[0], new_initializer(graph, picked, node.outputs[0].name))
         graph.remove(node, safe=True)
         folded = True
     return folded
@@ -265,10 +261,7 @@ def _fold_constant_splits(graph: ir.Graph, cone: set[int]) -> None:
             continue
         for i, out in enumerate(node.outputs):
             piece = np.take(data, np.arange(bounds[i], bounds[i + 1]), axis=axis)
-            value = ir.Value(name=unique_name(graph, out.name), const_value=ir.tensor(piece))
-            value.shape, value.type = ir.Shape(piece.shape), ir.TensorType(ir.DataType.from_numpy(piece.dtype))
-            graph.register_initializer(value)
-            ir.convenience.replace_all_uses_with(out, value)
+            ir.convenience.replace_all_uses_with(out, new_initializer(graph, piece, out.name))
         graph.remove(node, safe=True)
 
 
