@@ -14,10 +14,11 @@ import onnxruntime as ort
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
-def write(stem: str, rows: list[dict], start: float, markdown: Callable[[dict], str]) -> dict:
-    """Save ``rows`` (measured since ``time.perf_counter()`` was ``start``) and print the markdown."""
+def write(stem: str, rows: list[dict], start: float, markdown: Callable[[dict], str], **versions: str) -> dict:
+    """Save ``rows`` (measured since ``time.perf_counter()`` was ``start``) and print the
+    markdown; ``versions`` (e.g. ``torch="2.13.0"``) are stated beside onnxruntime's."""
     results = {
-        "machine": platform.machine(), "onnxruntime": ort.__version__, "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(), "onnxruntime": ort.__version__, **versions, "date": time.strftime("%Y-%m-%d"),
         "seconds": time.perf_counter() - start, "rows": rows,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)

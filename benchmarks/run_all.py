@@ -23,6 +23,7 @@ SCRIPTS = [
     ("bench_variants", [], []),
     ("suite", ["--quick"], []),
     ("corpus", ["--sample", "40"], []),
+    ("hf_archs", ["--only", "bert,t5-encoder,llama (GQA),whisper-encoder", "--no-optimize"], []),
     ("memory", [], []),
 ]
 

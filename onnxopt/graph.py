@@ -31,8 +31,10 @@ __all__ = [
     "has_subgraph",
     "subgraphs",
     "iter_nodes",
+    "quiet_loggers",
 ]
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -433,13 +435,10 @@ def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
             continue
         swapped.append((value, tensor))
         value.const_value = None
-    serde_log = logging.getLogger("onnx_ir.serde")
-    level = serde_log.level
-    serde_log.setLevel(logging.ERROR)  # it warns about every stubbed initializer
     try:
-        proto = ir.to_proto(model)
+        with quiet_loggers("onnx_ir.serde"):  # it warns about every stubbed initializer
+            proto = ir.to_proto(model)
     finally:
-        serde_log.setLevel(level)
         for value, tensor in swapped:
             value.const_value = tensor
     existing = {i.name for i in proto.graph.input}
@@ -451,3 +450,17 @@ def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
         )
         proto.graph.input.append(vi)
     return proto
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise the given loggers to ERROR for the duration (their levels are restored)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

@@ -880,12 +880,52 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
             a = _kept_axis(w.shape(producer.inputs[0]), w.shape(current), a)
             if a is None:
                 return None
+        elif producer.op_type == "Expand":  # MPNet expands its bias over the batch
+            dims, rank_in, rank_here = _dims_of(w, producer.inputs[1]), w.rank(producer.inputs[0]), w.rank(current)
+            if dims is None or rank_in is None or rank_here is None:
+                return None
+            entry = a - (rank_here - len(dims))
+            # 1 keeps the input's size (-1 too: TorchScript turns it into 1 with a Where)
+            if entry >= 0 and (dims[entry].sizes or dims[entry].factor not in (1, -1)):
+                return None
+            a -= rank_here - rank_in
+            if a < 0:
+                return None
+        elif producer.op_type == "Where":  # HuggingFace T5 masks its bias: Where(mask, bias, fill)
+            found = _where_branch(w, producer, current, a)
+            if found is None:
+                return None
+            branch, a = found
+            if (table := const_array(branch)) is not None:  # the bias folded (a static sequence)
+                track = _Track(w.new_elems(table.shape[a]), axis)
+                w.set_track(value, track)
+                w.member(producer, PARAM, value, list(producer.inputs).index(branch), a)
+                return track
+            current = branch
+            if len(current.uses()) != 1:
+                return None
+            continue
         elif producer.op_type not in ("Identity", "Cast"):
             return None
         current = producer.inputs[0]
         if current is None or len(current.uses()) != 1:  # a step of the chain read by anything else
             return None
     return None
+
+
+def _where_branch(w: _Walker, node: ir.Node, out: ir.Value, axis: int) -> tuple[ir.Value, int] | None:
+    """The one operand of ``Where`` that holds ``axis`` of its output, and that axis in it;
+    None unless the other two broadcast over it (a mask ``[N, 1, S, S]``, a scalar fill)."""
+    rank = w.rank(out)
+    held = []
+    for v in node.inputs:
+        shape = None if v is None else w.shape(v)
+        if rank is None or shape is None:
+            return None
+        at = axis - (rank - len(shape))
+        if at >= 0 and shape[at] != 1:
+            held.append((v, at))
+    return held[0] if len(held) == 1 and held[0][0] is not node.inputs[0] else None
 
 
 def _kept_axis(in_shape: Sequence | None, out_shape: Sequence | None, axis: int) -> int | None:
@@ -1014,8 +1054,8 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
     elif (split := _heads_out_of_batch(w, in_shape, out_shape, t)) is not None:
         # [N·H, T, d] → [N, H, T, d]: the heads N times over become the H axis
         b = split
-        new, merged_axes = _Track(t.elems[: out_shape[b]].copy(), b), []
-        spelled, spelled_block = node.outputs[0], 1
+        new, merged_axes = _Track(t.elems[: out_shape[b] // t.block].copy(), b, t.block), []
+        spelled, spelled_block = node.outputs[0], t.block
     elif ok and t.block == 1 and (size := _group_size(in_shape[t.axis], inner, out_shape, b)):
         # [N, C, …] → [N, G, (C/G)·…]: channel g·k + j is group g's entry j (row-major), so
         # the k channels of a group become one unit and the groups are the channels from here
@@ -1037,9 +1077,9 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         new, merged_axes = _Track(np.repeat(t.elems, merged), b), []
         spelled, spelled_block = node.outputs[0], 1
     elif (outer := _outer_merge(in_shape, out_shape, t)) is not None:
-        b, repeats, first = outer  # D×C merged (a bidirectional RNN's [T, N, 2, H] → [T, N, 2H])
-        new = _Track(np.tile(t.elems, repeats), b)  # the channels D times over
-        merged_axes = list(range(first, t.axis + 1))
+        b, repeats, first, last = outer  # D×C(×K) merged into one axis
+        new = _Track(np.tile(t.elems, repeats), b, math.prod(in_shape[t.axis + 1 : last + 1]))  # the channels D times over
+        merged_axes = list(range(first, last + 1))
     else:
         w.block(t, f"{_label(node)}: reshape mixes channels (e.g. channel shuffle)")
         return
@@ -1248,18 +1288,19 @@ def _heads_into_batch(in_shape: Sequence[int], out_shape: Sequence[int], t: _Tra
 
 def _heads_out_of_batch(w: _Walker, in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> int | None:
     """The output axis of the heads when a Reshape splits an axis that holds them ``N``
-    times over (sample-major, from :func:`_heads_into_batch`) into ``[N, H]``: ``[N·H, T, d]
-    → [N, H, T, d]``; None otherwise."""
+    times over (sample-major, from :func:`_heads_into_batch`; each head in a block of ``r``
+    after grouped-query attention's repeat) into ``[N, H]``: ``[N·H, T, d] → [N, H, T, d]``;
+    None otherwise."""
     a = t.axis
-    if t.block != 1 or len(out_shape) != len(in_shape) + 1:
+    if len(out_shape) != len(in_shape) + 1:
         return None
     b = a + 1
     heads = out_shape[b]
     if list(out_shape[:a]) != list(in_shape[:a]) or list(out_shape[b + 1 :]) != list(in_shape[a + 1 :]):
         return None
-    if heads < 1 or out_shape[a] * heads != in_shape[a] or out_shape[a] < 2:
+    if heads < 1 or out_shape[a] * heads != in_shape[a] or out_shape[a] < 2 or heads % t.block:
         return None
-    roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[a], heads)
+    roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[a], heads // t.block)
     return b if (roots == roots[0]).all() else None
 
 
@@ -1284,20 +1325,25 @@ def _same_channels(w: _Walker, t: _Track) -> set[tuple[str, int]]:
     }  # fmt: skip
 
 
-def _outer_merge(in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> tuple[int, int, int] | None:
-    """``(output axis, repeats, first merged input axis)`` when a Reshape merges the axes right before the channel
-    axis into it, outermost first (``[…, D, C, …] → […, D·C, …]``): the merged axis holds
-    the channels ``D`` times over. None otherwise."""
+def _outer_merge(in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> tuple[int, int, int, int] | None:
+    """``(output axis, repeats, first and last merged input axes)`` when a Reshape merges the
+    axes right before the channel axis into it, outermost first, and perhaps axes right
+    after it (``[…, D, C, K, …] → […, D·C·K, …]``): the merged axis holds the channels
+    ``D`` times over, each in a block of ``K`` (a bidirectional RNN's ``[T, N, 2, H]`` →
+    ``[T, N, 2H]``; dynamo's grouped-query attention, ``[N, H_kv, r, T, d]`` →
+    ``[N·H_kv·r, T, d]``). None otherwise."""
     if t.block != 1:
         return None
-    inner = math.prod(in_shape[t.axis + 1 :])
-    for first in range(t.axis - 1, -1, -1):
-        repeats = math.prod(in_shape[first : t.axis])
-        prefix = math.prod(in_shape[:first])
-        for b in range(len(out_shape)):
-            if (math.prod(out_shape[:b]) == prefix and out_shape[b] == repeats * in_shape[t.axis]
-                    and math.prod(out_shape[b + 1 :]) == inner and repeats > 1):
-                return b, repeats, first
+    for last in range(t.axis, len(in_shape)):
+        block = math.prod(in_shape[t.axis + 1 : last + 1])
+        inner = math.prod(in_shape[last + 1 :])
+        for first in range(t.axis - 1, -1, -1):
+            repeats = math.prod(in_shape[first : t.axis])
+            prefix = math.prod(in_shape[:first])
+            for b in range(len(out_shape)):
+                if (math.prod(out_shape[:b]) == prefix and out_shape[b] == repeats * in_shape[t.axis] * block
+                        and math.prod(out_shape[b + 1 :]) == inner and repeats > 1):
+                    return b, repeats, first, last
     return None
 
 
@@ -1830,6 +1876,13 @@ _PASSTHROUGH = (
     "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Cast", "Abs",
     "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu",
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "IsNaN", "IsInf", "Not", "Sin", "Cos", "Tan", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+)  # fmt: skip
+# element for element over broadcast operands: torch's SDPA export zeroes NaN rows of the
+# attention probabilities with ``Where(IsNaN(p), 0, p)``; masks combine with And / Or
+_ELEMENTWISE = (
+    "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", "Mod", "Where",
+    "And", "Or", "Xor", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual",
 )  # fmt: skip
 # ops after which a tensor still carries its input's channels (for a Reshape target read off
 # that input's Shape); their handlers pass the channels on or block them
@@ -1841,7 +1894,7 @@ _SIZE_ARITHMETIC = frozenset({*_SIZE_PICKS, "Where", "Equal", "Shape", "Constant
 
 HANDLERS: dict[str, Handler] = {
     **{op: _passthrough for op in _PASSTHROUGH},
-    **{op: _elementwise for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")},
+    **{op: _elementwise for op in _ELEMENTWISE},
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _scale_bias_norm,
     "GroupNormalization": _group_normalization,

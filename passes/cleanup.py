@@ -37,8 +37,6 @@ from __future__ import annotations
 
 __all__ = ["CleanupPass", "fold_static_shape_reads", "fold_weight_subgraphs"]
 
-import contextlib
-import logging
 
 import numpy as np
 import onnx
@@ -46,7 +44,14 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
-from onnxopt.graph import const_array, has_subgraph, new_initializer
+from onnxopt.graph import (
+    const_array,
+    has_subgraph,
+    new_initializer,
+    quiet_loggers,
+    unique_name,
+    value_names,
+)
 from onnxopt.passes.base import LoggedPass
 
 
@@ -80,12 +85,13 @@ class CleanupPass(LoggedPass):
         # from 343 to 466 kB with each layer's own copy
         _eliminate_identities(model)
         fold_static_shape_reads(model.graph)
-        with _quiet("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
+        with quiet_loggers("onnxscript", "onnx_ir"):  # per-initializer notes would flood the CLI
             if self.onnxscript_rules:
                 onnxscript.optimizer.optimize_ir(model, should_fold=_small_constant_of_shape)
             else:
                 onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape,
                                                     onnx_shape_inference=self.shape_inference)  # fmt: skip
+            _register_loose_constants(model.graph)
             if fold_static_shape_reads(model.graph):  # shape inference may have proven more sizes
                 onnxscript.optimizer.fold_constants(model, should_fold=_small_constant_of_shape)
             fold_weight_subgraphs(model)
@@ -120,6 +126,22 @@ def _small_constant_of_shape(node: ir.Node) -> bool | None:
         return None
     shape = const_array(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
     return True if shape is not None and shape.size and int(np.prod(shape)) <= SMALL_CONSTANT else None
+
+
+def _register_loose_constants(graph: ir.Graph) -> None:
+    """Register constants that nodes read but no graph holds. onnxscript 0.7's
+    ``Flatten2Reshape`` names its shape ``<x>/shape``; a second Flatten of the same ``x``
+    (HuggingFace BART flattens its attention mask twice) gets ``<x>/shape_1``, never
+    registered, and the model no longer clones or serialises."""
+    taken = value_names(graph)
+    for node in graph:
+        for v in node.inputs:
+            if v is None or v.producer() is not None or v.is_graph_input() or v.is_initializer() or v.const_value is None:
+                continue
+            if v.name is None or v.name in taken:
+                v.name = unique_name(graph, v.name or "constant", taken)
+            taken.add(v.name)
+            graph.register_initializer(v)
 
 
 def _eliminate_identities(model: ir.Model) -> None:
@@ -234,7 +256,7 @@ def fold_weight_subgraphs(model: ir.Model) -> bool:
         return False
     nodes_before = len(model.graph)
     _fold_constant_splits(model.graph, cone)
-    with _quiet("onnxscript", "onnx_ir"):
+    with quiet_loggers("onnxscript", "onnx_ir"):
         onnxscript.optimizer.fold_constants(
             model, input_size_limit=_UNLIMITED, output_size_limit=_UNLIMITED, should_fold=lambda n: id(n) in cone
         )
@@ -341,20 +363,6 @@ def _constant_cone(value: ir.Value) -> set[int]:
             nodes.add(id(node))
             stack.extend(i for i in node.inputs if i is not None)
     return nodes
-
-
-@contextlib.contextmanager
-def _quiet(*names: str):
-    """Raise the given loggers to ERROR for the duration (their levels are restored)."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _drop_newer_default_attributes(model: ir.Model) -> None:

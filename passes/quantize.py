@@ -89,6 +89,7 @@ from onnxopt.graph import (
     fixed_batch,
     new_initializer,
     producer,
+    quiet_loggers,
     value_names,
 )
 from onnxopt.model_io import _drop_untyped_value_info, _embedded_proto
@@ -195,7 +196,8 @@ def preprocess(model: ir.Model) -> tuple[ir.Model, str]:
             try:
                 # onnxruntime's symbolic shape inference saves sym_shape_infer_temp.onnx and
                 # its external data into the working directory when it fails: keep them here.
-                with contextlib.chdir(tmp):
+                # its symbolic shape inference warns about every broadcast it cannot prove
+                with contextlib.chdir(tmp), quiet_loggers("onnxruntime.tools.symbolic_shape_infer"):
                     quant_pre_process(src, dst, **kwargs)
                 result = _load(dst)
                 name_unnamed_nodes(result)
