@@ -821,11 +821,22 @@ def _elementwise(w: _Walker, node: ir.Node) -> None:
         if arr is None and d == width and ref.block == 1 and (table := _table_operand(w, node, v, out_rank, out_axis)) is not None:
             tracked.append((i, table))
             continue
-        _block_inputs(w, node, "an operand of fixed channel count (not constant, or a size that does not match)")
+        _block_inputs(w, node, _fixed_operand_reason(v, arr, d, width))
         return
     for _, t in tracked[1:]:
         w.union(ref.elems, t.elems)
     w.set_track(out, _Track(ref.elems, out_axis, ref.block))
+
+
+def _fixed_operand_reason(value: ir.Value, array: np.ndarray | None, size: int, width: int) -> str:
+    """Why an element-wise operand stops the channels, by kind (reports count these)."""
+    if array is not None or size != width:
+        return f"an operand of another size on the channel axis ({size}, not {width})"
+    producer = value.producer()
+    if producer is None:
+        return "an operand of fixed channel count (a graph input)"
+    # a transformer's residual stream: its channels are normalised together downstream
+    return f"an operand of fixed channel count (from {producer.op_type}, outside the group)"
 
 
 def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, out_axis: int) -> _Track | None:
