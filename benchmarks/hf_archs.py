@@ -20,7 +20,7 @@ symbolic batch (and sequence, for token inputs), and dynamo. For each export:
   weights this checks robustness (no crash, budget kept), not what a trained model allows.
 
 An export that fails inside torch is reported as such (the exporters' own limits, e.g.
-TorchScript has no ``aten::diff`` for GPT-2's mask, dynamo fails on Swin's and BEiT's).
+TorchScript has no ``aten::diff`` for GPT-2's mask; dynamo fails on T5, Swin and BEiT).
 """
 
 from __future__ import annotations

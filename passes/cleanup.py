@@ -37,7 +37,6 @@ from __future__ import annotations
 
 __all__ = ["CleanupPass", "fold_static_shape_reads", "fold_weight_subgraphs"]
 
-
 import numpy as np
 import onnx
 import onnx_ir as ir
