@@ -99,3 +99,37 @@ def test_cleanup_registers_the_shape_of_a_second_flatten():
     onnx.checker.check_model(ir.to_proto(model.clone()), full_check=True)
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     assert [float(v) for v in evaluate.run(model, Dataset({"x": x}, axes={"x": None}))] == [276.0, 276.0]
+
+
+@pytest.mark.parametrize("name", ["bert", "llama (GQA)", "wav2vec2"])
+def test_optimize_with_data_on_a_dynamic_export(name, tmp_path):
+    """The whole pipeline on an export with a symbolic batch (and sequence): every stage
+    runs without failing, the budget holds on held-out samples, the input file is kept and
+    the output runs at another batch size."""
+    import onnx
+
+    from onnxopt import evaluate
+    from onnxopt.optimize import optimize
+
+    path, _ = export(name, "dynamic", tmp_path / "model.onnx")
+    before = path.read_bytes()
+    rng = np.random.default_rng(0)
+    model = load_model(path)
+    inputs = {}
+    for v in model.graph.inputs:
+        if v.name == "input_values":
+            inputs[v.name] = rng.standard_normal((40, 4000)).astype(np.float32)
+        elif v.name == "attention_mask":
+            inputs[v.name] = np.ones((40, 16), np.int64)
+            inputs[v.name][::3, 12:] = 0
+        else:
+            inputs[v.name] = rng.integers(3, 1000, (40, 16))
+    data = Dataset(inputs)
+    out = tmp_path / "out.onnx"
+    result = optimize(path, out, data=data, max_drop=0.02, speed_check=False)
+    assert path.read_bytes() == before
+    failed = [f"{r.name}: {r.reason}" for r in result.stages if r.reason.startswith("stage failed")]
+    assert not failed, failed
+    assert result.baseline_score - result.final_score <= 0.02 + 1e-9
+    onnx.checker.check_model(str(out))
+    assert evaluate.run(load_model(out), data.take(slice(0, 3)))[0].shape[0] == 3
