@@ -793,6 +793,15 @@ def _elementwise(w: _Walker, node: ir.Node) -> None:
     if out_rank is None:
         _block_inputs(w, node, "output rank unknown")
         return
+    # one channel broadcast over the other operand's channels (MobileViTv2's context scores
+    # [N, 1, P, S] times its keys [N, C, P, S]): the keys' channels pass on; the lone channel
+    # is a unit a layer keeps anyway
+    wide = [(i, t) for i, t in tracked if t.channels * t.block > 1]
+    if wide and len(wide) < len(tracked):
+        for _, t in tracked:
+            if t.channels * t.block == 1:
+                w.block(t, f"{_label(node)}: one channel broadcast over the other operand's channels")
+        tracked = wide
     ref: _Track | None = None
     out_axis = None
     for i, t in tracked:
@@ -2016,13 +2025,16 @@ def _collect(w: _Walker) -> GroupAnalysis:
     for m in sources:
         for e in w.tracks[m.value].elems.tolist():
             signature.setdefault(int(roots[e]), []).append(m.value)
-    by_sig: dict[tuple[str, ...], list[int]] = {}
+    # Units of the same sources form one group, the blocked ones apart: a source whose
+    # channels are split (MobileViTv2's qkv into 1 + C + C) keeps its prunable part when
+    # another part is blocked (the lone query channel broadcast over the keys).
+    by_sig: dict[tuple[tuple[str, ...], bool], list[int]] = {}
     for root, sig in signature.items():
-        by_sig.setdefault(tuple(sorted(set(sig))), []).append(root)
+        by_sig.setdefault((tuple(sorted(set(sig))), root in reasons), []).append(root)
     order = {m.value: i for i, m in enumerate(sources)}
     groups: list[ChannelGroup] = []
     unit_of_root: dict[int, tuple[int, int]] = {}
-    for sig, group_roots in sorted(by_sig.items(), key=lambda kv: min(order[v] for v in kv[0])):
+    for (sig, _), group_roots in sorted(by_sig.items(), key=lambda kv: (min(order[v] for v in kv[0][0]), kv[0][1])):
         first = min(sig, key=order.__getitem__)
         # Units numbered by the channel order of the first source.
         first_roots = [int(roots[e]) for e in w.tracks[first].elems.tolist()]

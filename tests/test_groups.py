@@ -306,6 +306,27 @@ def test_split_hands_each_output_its_channel_range():
     assert sum(const_array(nodes["halves"].inputs[1]).tolist()) == const_array(nodes["c5"].inputs[1]).shape[0]
 
 
+def test_a_one_channel_gate_broadcast_over_the_channels_leaves_them_prunable():
+    """MobileViTv2's separable attention: one 1×1 conv makes a query channel and C key
+    channels (Split [1, C]); the query's softmax over the positions, [N, 1, H·W], scales every
+    key channel. The lone query channel is a unit apart (blocked, kept); the keys prune."""
+    qk, iq = _conv("qk", "x", "a", 3, 9, k=1)
+    sizes = helper.make_tensor("sizes", TensorProto.INT64, [2], [1, 8])
+    split = helper.make_node("Split", ["a", "sizes"], ["q", "k"], name="split", axis=1)
+    shape = helper.make_tensor("flat", TensorProto.INT64, [3], [1, 1, 64])
+    flat = helper.make_node("Reshape", ["q", "flat"], ["qf"], name="flatq")
+    soft = helper.make_node("Softmax", ["qf"], ["sf"], name="soft", axis=-1)
+    back = helper.make_tensor("back", TensorProto.INT64, [4], [1, 1, 8, 8])
+    unflat = helper.make_node("Reshape", ["sf", "back"], ["scores"], name="unflatq")
+    gate = helper.make_node("Mul", ["k", "scores"], ["g"], name="gate")
+    out, io = _conv("out", "g", "y", 8, 4, k=1)
+    model = _model([qk, split, flat, soft, unflat, gate, out], iq + io + [sizes, shape, back])
+    analysis, _ = _assert_exact(model, fraction=0.5)
+    groups = analysis.by_name()
+    assert groups["a[1:9]"].prunable and groups["a[1:9]"].units == 8  # the keys
+    assert not groups["a[0:1]"].prunable and "broadcast" in groups["a[0:1]"].reasons[0]
+
+
 def test_channel_shuffle_prunes_whole_groups_and_a_mixing_reshape_is_unprunable():
     """A shuffle ([N, G, k, H, W] → Transpose → [N, C, H, W]) interleaves whole groups:
     removing group g removes its k filters and the k interleaved input channels they became.
