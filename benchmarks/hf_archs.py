@@ -20,7 +20,8 @@ symbolic batch (and sequence, for token inputs), and dynamo. For each export:
   weights this checks robustness (no crash, budget kept), not what a trained model allows.
 
 An export that fails inside torch is reported as such (the exporters' own limits, e.g.
-TorchScript has no ``aten::diff`` for GPT-2's mask; dynamo fails on T5, Swin and BEiT).
+TorchScript has no ``aten::diff`` for GPT-2's mask nor ``col2im`` for MobileViTV2; dynamo fails
+on T5, Swin and BEiT).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ ARCHS: dict[str, tuple[str, Any, Any, Callable[[int], dict], dict]] = {
     "regnet": ("vision", T.RegNetConfig, T.RegNetModel, _pixels(64), dict(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], embedding_size=16, groups_width=8)),
     "mobilenet-v2": ("vision", T.MobileNetV2Config, T.MobileNetV2Model, _pixels(64), dict(depth_multiplier=0.35, image_size=64)),
     "mobilevit": ("vision", T.MobileViTConfig, T.MobileViTModel, _pixels(64), dict(hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 24, 32, 40, 80], image_size=64)),
+    "mobilevit-v2": ("vision", T.MobileViTV2Config, T.MobileViTV2Model, _pixels(64), dict(image_size=64, width_multiplier=0.5)),
     "levit": ("vision", T.LevitConfig, T.LevitModel, _pixels(64), dict(image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 3, 4], depths=[1, 1, 1], key_dim=[8, 8, 8])),
     "poolformer": ("vision", T.PoolFormerConfig, T.PoolFormerModel, _pixels(64), dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])),
     "pvt": ("vision", T.PvtConfig, T.PvtModel, _pixels(64), dict(image_size=64, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 2, 4, 4])),
