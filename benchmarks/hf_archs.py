@@ -198,13 +198,19 @@ def _optimized(path: Path, out: Path, inputs: dict[str, torch.Tensor]) -> dict:
     }
 
 
+def example_inputs(name: str, batch: int) -> dict[str, torch.Tensor]:
+    """``batch`` samples for ``ARCHS[name]``, by input name (token ids with some samples
+    padded, pixels or audio), drawn from torch's generator."""
+    return ARCHS[name][3](batch)
+
+
 def export(name: str, mode: str, path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     """Build ``ARCHS[name]`` (seeded) and export it to ``path`` in ``mode`` (one of
     :data:`MODES`); returns the path and the example inputs, batch :data:`BATCH`."""
-    _, config_cls, model_cls, make_inputs, kwargs = ARCHS[name]
+    _, config_cls, model_cls, _, kwargs = ARCHS[name]
     torch.manual_seed(0)
     net = model_cls(config_cls(**kwargs)).eval()
-    inputs = make_inputs(BATCH)
+    inputs = example_inputs(name, BATCH)
     dynamic = mode == "dynamic"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -214,7 +220,7 @@ def export(name: str, mode: str, path: Path) -> tuple[Path, dict[str, torch.Tens
 
 
 def run_one(name: str, mode: str, tmp: Path, with_optimize: bool) -> dict:
-    family, _, _, make_inputs, _ = ARCHS[name]
+    family = ARCHS[name][0]
     row: dict[str, Any] = {"model": name, "family": family, "mode": mode}
     try:
         path, inputs = export(name, mode, tmp / f"{name.split()[0]}_{mode}.onnx")
@@ -234,7 +240,7 @@ def run_one(name: str, mode: str, tmp: Path, with_optimize: bool) -> dict:
     if with_optimize and mode == "dynamic":
         torch.manual_seed(1)
         try:
-            row["optimize"] = _optimized(path, tmp / "optimized.onnx", make_inputs(48))
+            row["optimize"] = _optimized(path, tmp / "optimized.onnx", example_inputs(name, 48))
         except Exception as exc:  # noqa: BLE001
             row["optimize"] = f"crashed: {_first_line(exc)}"
     return row

@@ -865,6 +865,7 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
         producer = current.producer()
         if producer is None:
             return None
+        upstream = producer.inputs[0]  # the chain's next step (a Where's: the bias branch)
         if producer.op_type == "ConstantOfShape" and current is value:
             # one value everywhere (T5's zero cross-attention bias [1, heads, S, S]): only
             # the head entry of its shape changes
@@ -915,19 +916,15 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
             found = _where_branch(w, producer, current, a)
             if found is None:
                 return None
-            branch, a = found
-            if (table := const_array(branch)) is not None:  # the bias folded (a static sequence)
+            upstream, a = found
+            if (table := const_array(upstream)) is not None:  # the bias folded (a static sequence)
                 track = _Track(w.new_elems(table.shape[a]), axis)
                 w.set_track(value, track)
-                w.member(producer, PARAM, value, list(producer.inputs).index(branch), a)
+                w.member(producer, PARAM, value, list(producer.inputs).index(upstream), a)
                 return track
-            current = branch
-            if len(current.uses()) != 1:
-                return None
-            continue
         elif producer.op_type not in ("Identity", "Cast"):
             return None
-        current = producer.inputs[0]
+        current = upstream
         if current is None or len(current.uses()) != 1:  # a step of the chain read by anything else
             return None
     return None
@@ -942,9 +939,8 @@ def _where_branch(w: _Walker, node: ir.Node, out: ir.Value, axis: int) -> tuple[
         shape = None if v is None else w.shape(v)
         if rank is None or shape is None:
             return None
-        at = axis - (rank - len(shape))
-        if at >= 0 and shape[at] != 1:
-            held.append((v, at))
+        if _operand_dim(tuple(shape), rank, axis) != 1:
+            held.append((v, axis - (rank - len(shape))))
     return held[0] if len(held) == 1 and held[0][0] is not node.inputs[0] else None
 
 

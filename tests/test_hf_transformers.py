@@ -24,10 +24,10 @@ from onnxopt.model_io import load_model
 from onnxopt.passes.cleanup import CleanupPass
 from tests.test_groups import _assert_exact
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from benchmarks.hf_archs import export  # noqa: E402
+from benchmarks.hf_archs import example_inputs, export  # noqa: E402
 
 
 def _export(name: str, mode: str, tmp_path):
@@ -113,18 +113,8 @@ def test_optimize_with_data_on_a_dynamic_export(name, tmp_path):
 
     path, _ = export(name, "dynamic", tmp_path / "model.onnx")
     before = path.read_bytes()
-    rng = np.random.default_rng(0)
-    model = load_model(path)
-    inputs = {}
-    for v in model.graph.inputs:
-        if v.name == "input_values":
-            inputs[v.name] = rng.standard_normal((40, 4000)).astype(np.float32)
-        elif v.name == "attention_mask":
-            inputs[v.name] = np.ones((40, 16), np.int64)
-            inputs[v.name][::3, 12:] = 0
-        else:
-            inputs[v.name] = rng.integers(3, 1000, (40, 16))
-    data = Dataset(inputs)
+    torch.manual_seed(1)
+    data = Dataset({k: x.numpy() for k, x in example_inputs(name, 40).items()})
     out = tmp_path / "out.onnx"
     result = optimize(path, out, data=data, max_drop=0.02, speed_check=False)
     assert path.read_bytes() == before
