@@ -1,7 +1,8 @@
 """The exactness check of channel pruning, shared by the tests and the architecture sweeps:
 removing a random share of every prunable group's units must give the outputs of the
 original with those units' contributions zeroed (their consumers' input weights, and a
-recurrent layer's own recurrence weights, set to 0)."""
+recurrent layer's own recurrence weights, set to 0; an operand of a product of two
+activations that sums over the units, masked)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import onnx_ir as ir
 
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset
-from onnxopt.graph import set_const_input
+from onnxopt.graph import new_initializer, set_const_input, unique_name
 from onnxopt.groups import (
     CONSUMER,
+    CONTRACTED,
     PRODUCER,
     RECURRENT_GATES,
     GroupAnalysis,
@@ -45,6 +47,9 @@ def zero_then_prune(
                 r = const_array(m.node.inputs[2]).copy()
                 r[:, :, g.removed_positions(m.value, units)] = 0
                 set_const_input(m.node, 2, r)
+            if m.role == CONTRACTED:
+                _mask_last_axis(m.node, m.input_index, g.removed_positions(m.value, units), m.block,
+                                analysis.channels[m.value])  # fmt: skip
             if m.role != CONSUMER:
                 continue
             pos = g.removed_positions(m.value, units)
@@ -59,3 +64,19 @@ def zero_then_prune(
     assert result.modified == bool(removals)
     check_model(pruned)
     return evaluate.run(zeroed, data)[0], evaluate.run(pruned, data)[0], analysis, removals, pruned
+
+
+def _mask_last_axis(node: ir.Node, index: int, positions: np.ndarray, block: int, channels: int) -> None:
+    """Multiply input ``index`` of ``node`` by a 0/1 mask that zeroes ``positions`` (in
+    channels of ``block`` entries) along its last axis (the contracted one)."""
+    mask = np.ones(channels * block, np.float32)
+    mask[(positions[:, None] * block + np.arange(block)).reshape(-1)] = 0
+    graph = node.graph
+    operand = node.inputs[index]
+    dtype = operand.dtype.numpy() if operand.dtype is not None else np.dtype(np.float32)
+    const = new_initializer(graph, mask.astype(dtype), "contracted_mask")
+    name = unique_name(graph, f"{operand.name}_masked")  # value names are unique: the node's too
+    mul = ir.Node("", "Mul", [operand, const], name=name)
+    mul.outputs[0].name = name
+    graph.insert_before(node, mul)
+    node.replace_input_with(index, mul.outputs[0])

@@ -31,6 +31,11 @@ output relate to the channels of its inputs:
 - a MatMul of two activations with the same tracked batch axis (attention's ``Q·Kᵀ`` and
   ``scores·V`` on ``[N, H, S, d]``) unites head *h* of both operands: with the split above,
   attention heads prune as units (Q, K, V columns and the output projection's rows);
+  one that sums over both operands' channels (single-head attention's ``Q·Kᵀ``, a
+  non-local block's affinity) unites channel *c* of both, whose term of the sum goes with
+  it, and ``scores·V`` passes V's channels on;
+- LayerNormalization over axes after the channel axis (a per-head query/key norm) passes
+  the channels on; over the channel axis it blocks them;
 - ``Expand`` passes the channels on where their axis is not broadcast: grouped-query
   attention repeats each key/value head for its query heads (``expand`` + ``reshape``),
   so key/value head *g* and its query heads are one unit;
@@ -90,6 +95,7 @@ SHAPE = "shape"  # rewrite entry ``axis`` of a constant Reshape / Expand target 
 SCALE = "scale"  # scale a computed target entry (piece ``input_index`` of the Concat ``node``) by kept / ``scale_from``
 SPLIT = "split"  # recount the sizes of a Split along the channel axis of ``value`` (its input)
 SLICE = "slice"  # move entry ``input_index`` of a channel-axis Slice's starts/ends of ``value``
+CONTRACTED = "contracted"  # a MatMul of two activations summing over the channels of ``value``: nothing to slice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +239,7 @@ class _Walker:
         self.tracks: dict[str, _Track] = {}
         self.members: list[Member] = []
         self.handled: set[int] = set()
+        self.expand_as: dict[int, list[tuple[_Track, int]]] = {}  # Expand node id → (track, rank) of the tensors whose Shape is its target
         self._values: dict[str, ir.Value] | None = None
         self._other_shapes: Mapping[str, tuple] | None = None
 
@@ -405,6 +412,24 @@ def _channel_axis_safe(axis_attr: str, default: int) -> Handler:
         w.set_track(node.outputs[0], t)
 
     return handler
+
+
+def _layer_norm(w: _Walker, node: ir.Node) -> None:
+    """LayerNormalization / RMSNormalization normalise over the axes from ``axis`` on: over
+    the channels, removing one changes the mean and variance the others see (a transformer's
+    residual stream stays whole); over later axes only (a per-head norm of the head size),
+    the channels pass on and the scale and bias, shaped like those axes, stay."""
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    rank = w.rank(node.inputs[0])
+    if rank is None or attr(node, "axis", -1) % rank <= t.axis:
+        w.block(t, f"{_label(node)}: normalizes over the channel axis (removing a channel changes the others' mean and variance)")
+        return
+    if any(w.track(v) is not None for v in node.inputs[1:]) or any(o.uses() for o in node.outputs[1:]):
+        _block_inputs(w, node, "a channel-carrying scale or bias, or a used mean / inverse deviation output")
+        return
+    w.set_track(node.outputs[0], t)
 
 
 def _batchnorm(w: _Walker, node: ir.Node) -> None:
@@ -585,7 +610,9 @@ def _matmul(w: _Walker, node: ir.Node) -> None:
     t = w.track(a)
     weight = const_array(node.inputs[1])
     rank = w.rank(a)
-    if weight is None and (w.track(node.inputs[1]) is not None or t is not None) and _batched_heads(w, node):
+    if weight is None and (w.track(node.inputs[1]) is not None or t is not None) and (
+        _batched_heads(w, node) or _activation_product(w, node)
+    ):
         return
     if weight is None or weight.ndim != 2 or rank is None or rank < 2:
         if weight is None and w.track(node.inputs[1]) is not None:
@@ -623,6 +650,38 @@ def _batched_heads(w: _Walker, node: ir.Node) -> bool:
     w.union(heads_a, heads_b)
     w.set_track(node.outputs[0], _Track(heads_a, ta.axis))
     return True
+
+
+def _activation_product(w: _Walker, node: ir.Node) -> bool:
+    """A MatMul of two activations that keeps each channel apart (single-head attention,
+    SegFormer's first stage or a non-local block, whose channels are not split into heads):
+
+    - ``Q·Kᵀ`` with the channels on the contracted axis of both operands (``[…, S, C] @
+      […, C, S]``) sums one term per channel: channel *c* of both is one unit, removing it
+      drops its term (a :data:`CONTRACTED` member, where the exactness check masks it), and
+      the product carries no channels;
+    - ``scores·V`` with the channels on the last axis of the right operand only (or the rows
+      of the left one) gives each output channel from that channel alone: they pass on.
+
+    Whether handled."""
+    a, b = node.inputs[0], node.inputs[1]
+    ta, tb = w.track(a), w.track(b)
+    ra, rb, ro = w.rank(a), w.rank(b), w.rank(node.outputs[0])
+    if ra is None or rb is None or ro is None or min(ra, rb) < 2 or const_array(a) is not None:
+        return False
+    if ta is not None and tb is not None:
+        if ta.axis != ra - 1 or tb.axis != rb - 2 or ta.channels != tb.channels or ta.block != tb.block:
+            return False
+        w.union(ta.elems, tb.elems)
+        w.member(node, CONTRACTED, a, 0, ra - 1, ta.block)
+        return True
+    if ta is None and tb.axis == rb - 1:
+        w.set_track(node.outputs[0], _Track(tb.elems, ro - 1, tb.block))
+        return True
+    if tb is None and ta.axis == ra - 2:
+        w.set_track(node.outputs[0], _Track(ta.elems, ro - 2, ta.block))
+        return True
+    return False
 
 
 RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -1517,6 +1576,9 @@ def _shape(w: _Walker, node: ir.Node) -> None:
     axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
     for user, index in node.outputs[0].uses():
         read = _shape_entries_read(user, index, axes)
+        if read is None and user.op_type == "Expand" and index == 1 and len(axes) == rank:
+            w.expand_as.setdefault(id(user), []).append((t, rank))  # ``y.expand_as(x)``: the Expand decides
+            continue
         if read is None:  # the whole shape (GroupNorm reshaped back, dynamo's Resize sizes)
             if not _sizes_user_safe(user, index, node.inputs[0]):
                 w.block(t, f"{_label(node)}: the channel count is read")
@@ -1528,15 +1590,17 @@ def _shape(w: _Walker, node: ir.Node) -> None:
 
 def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) -> bool:
     """Whether ``value`` is ``x`` or computed from it by ops that keep its channels apart
-    (a Transpose, activations, per-channel norms and constants). The Reshape handler then
-    checks that the channels really are the same ones; a tensor reached any other way
-    would take the channel count without being pruned with it."""
+    (a Transpose, activations, per-channel norms and constants, or as the right operand of
+    attention's ``scores·V``). The Reshape handler then checks that the channels really are
+    the same ones; a tensor reached any other way would take the channel count without
+    being pruned with it."""
     if value is x:
         return True
     node = value.producer() if value is not None else None
-    if node is None or depth > 16 or node.op_type not in _CHANNEL_KEEPING:
+    if node is None or depth > 16 or (node.op_type not in _CHANNEL_KEEPING and node.op_type != "MatMul"):
         return False
-    return any(v is not None and const_array(v) is None and _carries_channels_of(v, x, depth + 1) for v in node.inputs)
+    inputs = node.inputs[1:] if node.op_type == "MatMul" else node.inputs
+    return any(v is not None and const_array(v) is None and _carries_channels_of(v, x, depth + 1) for v in inputs)
 
 
 def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
@@ -1642,6 +1706,9 @@ def _expand(w: _Walker, node: ir.Node) -> None:
     1 (keeps the input's size), read off a tensor with the same channels, or the count
     itself, which is rewritten."""
     t = w.track(node.inputs[0])
+    if id(node) in w.expand_as:
+        _expand_as(w, node, t, w.expand_as.pop(id(node)))
+        return
     if t is None:
         return
     in_shape, out_shape = w.shape(node.inputs[0]), w.shape(node.outputs[0])
@@ -1673,6 +1740,29 @@ def _expand(w: _Walker, node: ir.Node) -> None:
         _, holder, index, offset = found
         w.member(holder, SHAPE, node.inputs[0], index, offset, t.block, via=None if holder is node else node)
     w.set_track(node.outputs[0], _Track(t.elems, axis, t.block))
+
+
+def _expand_as(w: _Walker, node: ir.Node, t: _Track | None, targets: list[tuple[_Track, int]]) -> None:
+    """``y.expand_as(x)`` with sizes read at run time (TorchScript with a dynamic batch):
+    ``Expand(y, Shape(x))`` takes x's channel count. The channels of y, on the same axis,
+    become one unit with x's, so both lose the same ones (an SE gate, MobileViTv2's context
+    vector); a y broadcast along that axis takes x's channels; anything else blocks."""
+    in_shape, out_rank = w.shape(node.inputs[0]), w.rank(node.outputs[0])
+    (x, rank), *more = targets
+    if more or in_shape is None or out_rank != rank:
+        for other, _ in targets:
+            w.block(other, f"{_label(node)}: the channel count is read")
+        w.block(t, f"{_label(node)}: shapes unknown")
+        return
+    shift = rank - len(in_shape)
+    if t is not None and t.axis + shift == x.axis and t.channels == x.channels and t.block == x.block:
+        w.union(t.elems, x.elems)
+        w.set_track(node.outputs[0], _Track(t.elems, x.axis, t.block))
+    elif t is None and (x.axis < shift or in_shape[x.axis - shift] == 1):
+        w.set_track(node.outputs[0], x)
+    else:
+        w.block(x, f"{_label(node)}: expands a tensor of other channels to this one's shape")
+        w.block(t, f"{_label(node)}: expands to the shape of a tensor of other channels")
 
 
 def _transpose(w: _Walker, node: ir.Node) -> None:
@@ -1940,6 +2030,8 @@ HANDLERS: dict[str, Handler] = {
     "Gather": _gather,
     "Split": _split,
     "Shape": _shape,
+    "LayerNormalization": _layer_norm,
+    "RMSNormalization": _layer_norm,
     "Softmax": _channel_axis_safe("axis", -1),
     "LogSoftmax": _channel_axis_safe("axis", -1),
     "RoiAlign": _roi_align,
@@ -1951,7 +2043,7 @@ MatMul) create channels even when no input is tracked; the others act only on tr
 # onnxruntime's fused element-wise ops (``onnxruntime.transformers`` writes them into BERT /
 # GPT-2 / ViT graphs): ``BiasGelu(x, bias)`` and ``FastGelu(x, bias?)`` are ``Gelu(x + bias)``,
 # an Add, channel for channel, then a channel-wise activation. (SkipLayerNormalization
-# normalises over the channels and stays unknown, so it blocks them, as LayerNormalization does.)
+# normalises over the channels and stays unknown, so it blocks them, as _layer_norm does.)
 CONTRIB_HANDLERS: dict[str, Handler] = {
     **{op: _elementwise for op in ("BiasGelu", "FastGelu")},
     **{op: _passthrough for op in ("Gelu", "QuickGelu")},
@@ -1996,9 +2088,12 @@ def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None =
         w.handled.add(id(node))
         handlers, sources = _DOMAINS.get(node.domain, ({}, set()))
         has_tracked = any(w.track(v) is not None for v in node.inputs)
-        if not has_tracked and node.op_type not in sources:
+        if not has_tracked and node.op_type not in sources and id(node) not in w.expand_as:
             continue
         handlers.get(node.op_type, _unknown)(w, node)
+    for pending in w.expand_as.values():  # an Expand never walked (inside a subgraph) took the count
+        for t, _ in pending:
+            w.block(t, "the channel count is read")
     for value in model.graph.outputs:
         w.block(w.track(value), f"{value.name} is a graph output")
     values = {out.name: out for node in model.graph for out in node.outputs}

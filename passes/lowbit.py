@@ -178,7 +178,7 @@ class LowBitWeightPass(LoggedPass):
         self.stats = []
         self._shared = {}
         graph = model.graph
-        self._taken = value_names(graph) | {n.name for n in graph if n.name}
+        self._taken = value_names(graph)
         opset = default_opset(model)
         candidates: list[tuple[ir.Node, int, int, np.ndarray]] = []
         for node in list(graph):

@@ -51,6 +51,7 @@ from onnxopt.errors import OnnxoptError
 from onnxopt.graph import attr, new_initializer, set_const_input, unique_name
 from onnxopt.groups import (
     CONSUMER,
+    CONTRACTED,
     DEPTHWISE,
     GROUPED,
     PARAM,
@@ -246,6 +247,8 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
     ``channels``. Pruning deletes entries, :class:`~onnxopt.passes.pad_channels.PadChannelsPass`
     inserts them."""
     node = m.node
+    if m.role == CONTRACTED:  # a product of two activations: the sliced operands are elsewhere
+        return
     if m.role == PRODUCER and node.op_type in RECURRENT_GATES:
         _resize_recurrent(node, channels, edit)
         return

@@ -112,6 +112,17 @@ def test_unique_names_made_in_a_batch_do_not_collide():
     assert value.name == "w_4" and unique_name(graph, "w") == "w_1"  # without taken: the graph alone
 
 
+def test_unique_names_avoid_node_names():
+    """A name made for a new node must not repeat another node's name (onnxruntime refuses
+    the model), though node names live apart from value names in ONNX."""
+    from onnxopt.graph import unique_name
+
+    node = ir.Node("", "Relu", [ir.Value(name="x")], name="mask_mul")
+    node.outputs[0].name = "y"
+    graph = ir.Graph([node.inputs[0]], [node.outputs[0]], nodes=[node], name="g")
+    assert unique_name(graph, "mask_mul") == "mask_mul_1"
+
+
 def test_onnxruntime_fused_attention_counts_its_projections_and_products():
     """A graph after onnxruntime.transformers: the packed Q/K/V weights of a com.microsoft
     Attention are parameters and its projections and score/value products MACs."""
