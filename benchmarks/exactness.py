@@ -6,6 +6,8 @@ activations that sums over the units, masked)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 import onnx_ir as ir
 
@@ -26,19 +28,20 @@ from onnxopt.pipeline import check_model
 
 
 def zero_then_prune(
-    model: ir.Model, data: Dataset, fraction: float = 0.4, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray, GroupAnalysis, dict[str, np.ndarray], ir.Model]:
+    model: ir.Model, data: Dataset, fraction: float = 0.4, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, GroupAnalysis, dict[str, np.ndarray], ir.Model]:  # fmt: skip
     """(zeroed outputs, pruned outputs, analysis, removals, pruned model) for a random
     removal of ``fraction`` of every prunable group's units (at least one); the first
-    output of each model on ``data``. ``model`` is left unchanged."""
+    output of each model on ``data``, analysed at ``shapes`` (dynamic sizes at 1 if not
+    given). ``model`` is left unchanged."""
     rng = np.random.default_rng(seed)
-    analysis = analyze_groups(model)
+    analysis = analyze_groups(model, shapes)
     removals = {
         g.name: rng.choice(g.units, max(1, int(g.units * fraction)), replace=False)
         for g in analysis.prunable if g.units > 1
     }  # fmt: skip
     zeroed = model.clone()
-    groups = analyze_groups(zeroed).by_name()
+    groups = analyze_groups(zeroed, shapes).by_name()
     for name, units in removals.items():
         g = groups[name]
         for m in g.members:
@@ -60,7 +63,7 @@ def zero_then_prune(
             w[tuple(index)] = 0
             set_const_input(m.node, 1, w)
     pruned = model.clone()
-    result = PruneChannelsPass(removals)(pruned)
+    result = PruneChannelsPass(removals, shapes=shapes)(pruned)
     assert result.modified == bool(removals)
     check_model(pruned)
     return evaluate.run(zeroed, data)[0], evaluate.run(pruned, data)[0], analysis, removals, pruned

@@ -7,7 +7,8 @@ table of small handlers (one per op type, :data:`HANDLERS`) says how the channel
 output relate to the channels of its inputs:
 
 - *pass-through* ops (activations, pooling, BatchNormalization, Pad, Resize, …) give their
-  output the same channel elements as their input;
+  output the same channel elements as their input; pooling and reductions (ReduceMean …
+  ReduceL2, Swin V2's cosine attention) only where they leave the channel axis alone;
 - element-wise ops with several channel-carrying operands (residual ``Add``, SE ``Mul``)
   **unite** channel *c* of every operand: the channels become one *unit*;
 - ``Concat`` on the channel axis lays the operands' elements side by side (channel ranges
@@ -34,6 +35,13 @@ output relate to the channels of its inputs:
   one that sums over both operands' channels (single-head attention's ``Q·Kᵀ``, a
   non-local block's affinity) unites channel *c* of both, whose term of the sum goes with
   it, and ``scores·V`` passes V's channels on;
+- attention heads merged back into channels (``[N, H·d, h, w]``, EfficientViT's linear
+  attention) are blocks of ``d`` input channels of a dense or depthwise Conv; heads merged
+  into the batch axis (MViT pools ``[N·H, d, h, w]``) pass a Conv, whose weights every
+  batch entry shares;
+- ``Einsum`` passes a tracked operand's channels on where their letter stays in the
+  output, uniting the operands that share the letter; a letter summed over or shared with
+  a weight blocks them;
 - LayerNormalization over axes after the channel axis (a per-head query/key norm) passes
   the channels on; over the channel axis it blocks them;
 - ``Expand`` passes the channels on where their axis is not broadcast: grouped-query
@@ -381,6 +389,22 @@ def _passthrough(w: _Walker, node: ir.Node) -> None:
         w.set_track(node.outputs[0], t)
 
 
+def _pool(w: _Walker, node: ir.Node) -> None:
+    """Pooling windows slide over the axes after the channel axis: channels on the batch or
+    channel axis pass on; on a pooled axis (``MaxPool1d`` over a ``[N, T, C]`` sequence's
+    features) a window would mix them. MaxPool's ``Indices`` count the channels before each
+    entry, so a read of them blocks."""
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    if t.axis >= 2:
+        w.block(t, f"{_label(node)}: pools over the channel axis")
+    elif len(node.outputs) > 1 and node.outputs[1].uses():
+        w.block(t, f"{_label(node)}: its indices count the channels")
+    else:
+        w.set_track(node.outputs[0], t)
+
+
 def _roi_align(w: _Walker, node: ir.Node) -> None:
     """``RoiAlign`` / ``MaxRoiPool``: output ``[regions, C, h, w]`` samples every channel of
     ``X [N, C, H, W]`` on its own (a detector's box and mask heads read the FPN's maps so), so
@@ -500,18 +524,57 @@ def _constant_weights(w: _Walker, node: ir.Node) -> np.ndarray | None:
 
 
 def _new_source(w: _Walker, node: ir.Node, in_axis: int, out_axis: int, channels: int) -> None:
-    """A dense (group 1) source: input channels on weight axis ``in_axis`` (consumer),
+    """A dense (group 1) source: input channels on weight axis ``in_axis`` (consumer; a
+    unit may own a block of them, an attention head merged back into the channels),
     ``channels`` fresh output channels on ``out_axis`` (producer)."""
     x = node.inputs[0]
     t = w.track(x)
     if t is not None:
-        if t.axis != 1 or t.block != 1:
+        if t.axis != 1 or t.channels * t.block != const_array(node.inputs[1]).shape[in_axis]:
             w.block(t, f"{_label(node)}: input channel axis is not 1")
         else:
-            w.member(node, CONSUMER, x, 1, in_axis)
+            w.member(node, CONSUMER, x, 1, in_axis, t.block)
     out = node.outputs[0]
     w.set_track(out, _Track(w.new_elems(channels), 1))
     w.member(node, PRODUCER, out, 1, out_axis)
+
+
+def _on_batch_axis(w: _Walker, node: ir.Node, t: _Track | None) -> bool:
+    """Channels merged into the batch axis (MViT pools each head as ``[N·H, d, h, w]``)
+    pass a convolution untouched: its weights are shared by every batch entry. Its own
+    output channels then have no track (one per value), so they are left alone."""
+    if t is None or t.axis != 0:
+        return False
+    w.set_track(node.outputs[0], t)
+    return True
+
+
+def _einsum(w: _Walker, node: ir.Node) -> None:
+    """An Einsum (MViT's relative positions ``byhwc,hkc->byhwk``) passes the channels of a
+    tracked operand on when their letter stays in the output and every other operand that
+    has the letter carries the same channels there (united); a summed-over letter, or one
+    that a weight also has, is blocked (its sliced side is not modelled)."""
+    equation = str(attr(node, "equation", "")).replace(" ", "")
+    lhs, _, out = equation.partition("->")
+    terms = lhs.split(",")
+    tracked = [(i, t) for i, t in enumerate(map(w.track, node.inputs)) if t is not None]
+    if "." in equation or not out or len(terms) != len(node.inputs) or any(t.axis >= len(terms[i]) for i, t in tracked):
+        _block_inputs(w, node, "an Einsum with ellipsis or an implicit output")
+        return
+    letter = terms[tracked[0][0]][tracked[0][1].axis]
+    ref = tracked[0][1]
+    sharing = [i for i, term in enumerate(terms) if letter in term]
+    agree = all(
+        (t := w.track(node.inputs[i])) is not None and terms[i][t.axis] == letter
+        and terms[i].count(letter) == 1 and t.channels == ref.channels and t.block == ref.block
+        for i in sharing
+    )  # fmt: skip
+    if letter not in out or out.count(letter) != 1 or not agree or len(tracked) != len(sharing):
+        _block_inputs(w, node, f"Einsum {equation!r}: the channels are summed over, or met by a weight or by other channels")
+        return
+    for _, t in tracked[1:]:
+        w.union(ref.elems, t.elems)
+    w.set_track(node.outputs[0], _Track(ref.elems, out.index(letter), ref.block))
 
 
 def _conv(w: _Walker, node: ir.Node) -> None:
@@ -520,6 +583,8 @@ def _conv(w: _Walker, node: ir.Node) -> None:
         return
     x = node.inputs[0]
     t = w.track(x)
+    if _on_batch_axis(w, node, t):
+        return
     groups = attr(node, "group", 1)
     cout, cin_per_group = weight.shape[:2]
     cin = cin_per_group * groups
@@ -527,11 +592,11 @@ def _conv(w: _Walker, node: ir.Node) -> None:
         _new_source(w, node, 1, 0, cout)
         return
     if groups == cin and cout == cin and cin_per_group == 1:
-        if t is not None:  # depthwise: input channel c is output channel c
-            if t.axis != 1 or t.block != 1:
+        if t is not None:  # depthwise: input channel c is output channel c (block: a head's)
+            if t.axis != 1:
                 w.block(t, f"{_label(node)}: input channel axis is not 1")
                 return
-            w.member(node, DEPTHWISE, x, 1, 0)
+            w.member(node, DEPTHWISE, x, 1, 0, t.block)
             w.set_track(node.outputs[0], t)
         return
     if t is not None and t.axis == 1 and t.block == 1 and t.channels == cin and cout % groups == 0:
@@ -572,6 +637,8 @@ def _conv_transpose(w: _Walker, node: ir.Node) -> None:
     output channels on axis 1 (and the bias). Only ``group=1`` is modelled."""
     weight = _constant_weights(w, node)
     if weight is None:
+        return
+    if _on_batch_axis(w, node, w.track(node.inputs[0])):
         return
     if attr(node, "group", 1) != 1:
         why = f"{_label(node)}: grouped transposed convolution couples channels across groups"
@@ -1175,6 +1242,12 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         # before the Transpose; GroupNorm reshaped back to ``Shape`` of its input).
         expected = sorted((name, a) for a in merged_axes)
         sizes = sorted(dims[b].sizes)
+        # A dynamic batch, 1 here, merged with the heads right after it (TorchScript's MViT
+        # pools each head as ``[N·H, d, h, w]``, the entry ``Shape[0]·Shape[1]``): the entry
+        # follows, and the merged axis holds the heads N times over, as analysed at N = 1.
+        batch = [(name, a) for a in range(b, t.axis) if in_shape[a] == 1 and w._static_size(node.inputs[0], a) is None]
+        if batch and len(batch) == t.axis - b:
+            expected = sorted(expected + batch)
         follows = (bool(merged_axes) and sizes == expected) or (
             (merged_axes == [t.axis] or spelled_block is not None) and len(sizes) == 1 and sizes[0] in entry_own
         )
@@ -1364,14 +1437,15 @@ def _heads_into_batch(in_shape: Sequence[int], out_shape: Sequence[int], t: _Tra
 def _heads_out_of_batch(w: _Walker, in_shape: Sequence[int], out_shape: Sequence[int], t: _Track) -> int | None:
     """The output axis of the heads when a Reshape splits an axis that holds them ``N``
     times over (sample-major, from :func:`_heads_into_batch`; each head in a block of ``r``
-    after grouped-query attention's repeat) into ``[N, H]``: ``[N·H, T, d] → [N, H, T, d]``;
+    after grouped-query attention's repeat) into ``[N, H]``: ``[N·H, T, d] → [N, H, T, d]``,
+    the axes after it perhaps regrouped (MViT's pooled ``[N·H, d, h, w] → [N, H, d, h·w]``);
     None otherwise."""
     a = t.axis
-    if len(out_shape) != len(in_shape) + 1:
-        return None
     b = a + 1
+    if len(out_shape) <= b:
+        return None
     heads = out_shape[b]
-    if list(out_shape[:a]) != list(in_shape[:a]) or list(out_shape[b + 1 :]) != list(in_shape[a + 1 :]):
+    if list(out_shape[:a]) != list(in_shape[:a]) or math.prod(out_shape[b + 1 :]) != math.prod(in_shape[a + 1 :]):
         return None
     if heads < 1 or out_shape[a] * heads != in_shape[a] or out_shape[a] < 2 or heads % t.block:
         return None
@@ -1496,12 +1570,15 @@ def _dims_of(w: _Walker, value: ir.Value | None, depth: int = 0) -> list[_Dim] |
             return None
         axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
         return [_Dim(1, ((node.inputs[0].name, a),)) for a in axes]
-    if node.op_type == "Div":  # an exact division of the constant factor (a pruned SCALE entry)
+    if node.op_type == "Div":
         numerator, divisor = _dims_of(w, node.inputs[0], depth + 1), const_array(node.inputs[1])
         if numerator is None or divisor is None or divisor.size != 1 or int(divisor.reshape(-1)[0]) <= 0:
             return None
         d = int(divisor.reshape(-1)[0])
-        return None if any(n.factor % d for n in numerator) else [_Dim(n.factor // d, n.sizes) for n in numerator]
+        # an exact division of the constant factor (a pruned SCALE entry); otherwise a size
+        # divided (MaxViT's ``H // P`` windows): the quotient is marked by a size no tensor
+        # has, so it matches no expected entry, and the sizes it reads stay visible
+        return [_Dim(n.factor // d, n.sizes) if n.factor % d == 0 else _Dim(n.factor, (*n.sizes, (f"/{d}", 0))) for n in numerator]
     parts = [_dims_of(w, v, depth + 1) for v in (node.inputs if node.op_type in ("Concat", "Mul") else node.inputs[:1])]
     if any(p is None for p in parts):
         return None
@@ -1591,15 +1668,15 @@ def _shape(w: _Walker, node: ir.Node) -> None:
 def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) -> bool:
     """Whether ``value`` is ``x`` or computed from it by ops that keep its channels apart
     (a Transpose, activations, per-channel norms and constants, or as the right operand of
-    attention's ``scores·V``). The Reshape handler then checks that the channels really are
-    the same ones; a tensor reached any other way would take the channel count without
-    being pruned with it."""
+    attention's ``scores·V``, or through a convolution when they are merged into its batch
+    axis). The Reshape handler then checks that the channels really are the same ones; a
+    tensor reached any other way would take the channel count without being pruned with it."""
     if value is x:
         return True
     node = value.producer() if value is not None else None
-    if node is None or depth > 16 or (node.op_type not in _CHANNEL_KEEPING and node.op_type != "MatMul"):
+    if node is None or depth > 16 or (node.op_type not in _CHANNEL_KEEPING and node.op_type not in ("MatMul", "Conv")):
         return False
-    inputs = node.inputs[1:] if node.op_type == "MatMul" else node.inputs
+    inputs = node.inputs[1:] if node.op_type == "MatMul" else node.inputs[:1] if node.op_type == "Conv" else node.inputs
     return any(v is not None and const_array(v) is None and _carries_channels_of(v, x, depth + 1) for v in inputs)
 
 
@@ -1697,6 +1774,20 @@ def _unsqueeze(w: _Walker, node: ir.Node) -> None:
     inserted = {a % out_rank for a in axes}
     kept = [i for i in range(out_rank) if i not in inserted]
     w.set_track(node.outputs[0], _Track(t.elems, kept[t.axis], t.block))
+
+
+def _tile(w: _Walker, node: ir.Node) -> None:
+    """``Tile`` repeats whole slices along each axis: channels pass on where their axis is
+    repeated once (GCViT's global query tiled over the windows); repeats that must be read
+    at run time count as once only when spelled as a constant 1 there."""
+    t = w.track(node.inputs[0])
+    if t is None:
+        return
+    repeats = _dims_of(w, node.inputs[1]) if len(node.inputs) > 1 and w.track(node.inputs[1]) is None else None
+    if repeats is None or t.axis >= len(repeats) or repeats[t.axis] != _Dim(1):
+        w.block(t, f"{_label(node)}: repeats the channel axis, or repeats not known")
+        return
+    w.set_track(node.outputs[0], t)
 
 
 def _expand(w: _Walker, node: ir.Node) -> None:
@@ -1981,9 +2072,13 @@ _PASSTHROUGH = (
     "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish", "Elu", "Selu",
     "Celu", "Gelu", "Erf", "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Cast", "Abs",
     "Neg", "Sqrt", "Exp", "Log", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "ThresholdedRelu",
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
     "IsNaN", "IsInf", "Not", "Sin", "Cos", "Tan", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
 )  # fmt: skip
+# reductions over other axes keep each channel's values apart (Swin V2's cosine attention
+# divides q and k by their ReduceL2 over each head's channels)
+_REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+           "ReduceLogSumExp", "ReduceProd")  # fmt: skip
+_POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 # element for element over broadcast operands: torch's SDPA export zeroes NaN rows of the
 # attention probabilities with ``Where(IsNaN(p), 0, p)``; masks combine with And / Or
 _ELEMENTWISE = (
@@ -1992,7 +2087,7 @@ _ELEMENTWISE = (
 )  # fmt: skip
 # ops after which a tensor still carries its input's channels (for a Reshape target read off
 # that input's Shape); their handlers pass the channels on or block them
-_CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, "Transpose", "Reshape", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Add", "Sub",
+_CHANNEL_KEEPING = frozenset({*_PASSTHROUGH, *_POOLS, "Transpose", "Reshape", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Add", "Sub",
                               "Mul", "Div", "Unsqueeze", "Squeeze", "Expand", "RoiAlign", "MaxRoiPool", "Resize", "Upsample"})  # fmt: skip
 # size arithmetic that only passes sizes on to a Reshape / Expand target (TorchScript's
 # ``expand`` turns −1 entries into 1 with Equal / Where on a ConstantOfShape)
@@ -2001,6 +2096,7 @@ _SIZE_ARITHMETIC = frozenset({*_SIZE_PICKS, "Where", "Equal", "Shape", "Constant
 HANDLERS: dict[str, Handler] = {
     **{op: _passthrough for op in _PASSTHROUGH},
     **{op: _elementwise for op in _ELEMENTWISE},
+    **{op: _pool for op in _POOLS},
     "BatchNormalization": _batchnorm,
     "InstanceNormalization": _scale_bias_norm,
     "GroupNormalization": _group_normalization,
@@ -2009,6 +2105,7 @@ HANDLERS: dict[str, Handler] = {
     "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,
+    "Einsum": _einsum,
     "LSTM": _recurrent,
     "GRU": _recurrent,
     "RNN": _recurrent,
@@ -2018,11 +2115,9 @@ HANDLERS: dict[str, Handler] = {
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "Expand": _expand,
+    "Tile": _tile,
     "Transpose": _transpose,
-    "ReduceMean": _reduce,
-    "ReduceSum": _reduce,
-    "ReduceMax": _reduce,
-    "ReduceMin": _reduce,
+    **{op: _reduce for op in _REDUCE},
     "Pad": _pad,
     "Resize": _resize,
     "Upsample": _resize,

@@ -277,9 +277,9 @@ def resize_member(m: Member, channels: int, edit: Callable[[np.ndarray, int, int
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias = const_array(bias_value) if bias_value is not None else None
         if bias is not None and bias.size > 1:
-            set_const_input(node, 2, edit(bias, bias.ndim - 1, 1))
+            set_const_input(node, 2, edit(bias, bias.ndim - 1, m.block))
     if m.role == DEPTHWISE:
-        node.attributes["group"] = ir.AttrInt64("group", channels)
+        node.attributes["group"] = ir.AttrInt64("group", channels * m.block)
     if m.role == GROUPED:  # whole groups went (or came): each keeps its C_out/g filters
         per_group = before.shape[0] // attr(node, "group", 1)
         node.attributes["group"] = ir.AttrInt64("group", channels // per_group)

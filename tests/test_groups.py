@@ -70,10 +70,10 @@ def _data(model: ir.Model, n: int = 4) -> Dataset:
     return Dataset({value.name: RNG.standard_normal(shape).astype(np.float32)})
 
 
-def _assert_exact(model, data=None, fraction=0.4):
+def _assert_exact(model, data=None, fraction=0.4, shapes=None):
     data = data or _data(model)
     original = evaluate.run(model, data)[0]
-    zeroed, pruned, analysis, removals, pruned_model = zero_then_prune(model, data, fraction)
+    zeroed, pruned, analysis, removals, pruned_model = zero_then_prune(model, data, fraction, shapes=shapes)
     assert removals, "nothing was prunable"
     assert np.abs(zeroed - original).max() > 1e-3  # the zeroing did change something
     np.testing.assert_allclose(pruned, zeroed, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(zeroed).max()))
@@ -325,6 +325,51 @@ def test_a_one_channel_gate_broadcast_over_the_channels_leaves_them_prunable():
     groups = analysis.by_name()
     assert groups["a[1:9]"].prunable and groups["a[1:9]"].units == 8  # the keys
     assert not groups["a[0:1]"].prunable and "broadcast" in groups["a[0:1]"].reasons[0]
+
+
+def test_pooling_over_the_channel_axis_blocks_the_channels():
+    """A MaxPool1d over a ``[N, T, C]`` sequence's features (window 2, stride 1, size kept)
+    mixes neighbouring channels: removing one changes its neighbour's maximum, so the group is
+    unprunable with the reason. Pooled on the spatial axes of ``[N, C, H, W]`` the channels
+    prune, unless the pool's indices (which count the channels before each entry) are read."""
+    fc = helper.make_node("MatMul", ["x", "w1"], ["a"], name="fc")
+    pool = helper.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[2], strides=[1], pads=[0, 1])
+    out = helper.make_node("MatMul", ["p", "w2"], ["y"], name="out")
+    model = _model([fc, pool, out], [_init("w1", [8, 16]), _init("w2", [16, 4])], in_shape=(1, 6, 8))
+    group = analyze_groups(model).by_name()["a"]
+    assert not group.prunable and "pools over the channel axis" in group.reasons[0], group.reasons
+    for indices in (False, True):
+        c1, i1 = _conv("c1", "x", "a", 3, 8)
+        outputs = ["p", "idx"] if indices else ["p"]
+        pool = helper.make_node("MaxPool", ["a"], outputs, name="pool", kernel_shape=[2, 2], strides=[2, 2])
+        c2, i2 = _conv("c2", "p", "y", 8, 4)
+        extra = [helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT), helper.make_node("ReduceMean", ["idx_f"], ["m"]),
+                 helper.make_node("Add", ["y", "m"], ["z"])]  # fmt: skip
+        model = _model([c1, pool, c2, *(extra if indices else [])], i1 + i2, out="z" if indices else "y")
+        group = analyze_groups(model).by_name()["a"]
+        assert group.prunable != indices, group.reasons
+        if indices:
+            assert "indices count the channels" in group.reasons[0], group.reasons
+        else:
+            _assert_exact(model)
+
+
+@pytest.mark.parametrize("repeats", [[1, 1, 2, 1], [2, 1, 1, 3], [1, 2, 1, 1]])
+def test_tile_passes_channels_unless_it_repeats_them(repeats):
+    """``x.repeat(…)`` exports as Tile: repeated along the batch or spatial axes the
+    channels pass on and prune exactly; repeated along the channel axis, channel c is also
+    channel c + C, so the group is unprunable with the reason."""
+    c1, i1 = _conv("c1", "x", "a", 3, 8)
+    reps = helper.make_tensor("reps", TensorProto.INT64, [4], repeats)
+    tile = helper.make_node("Tile", ["a", "reps"], ["t"], name="tile")
+    c2, i2 = _conv("c2", "t", "y", 8 * repeats[1], 4)
+    model = _model([c1, tile, c2], i1 + i2 + [reps])
+    group = analyze_groups(model).by_name()["a"]
+    if repeats[1] == 1:
+        assert group.prunable, group.reasons
+        _assert_exact(model)
+    else:
+        assert not group.prunable and "repeats the channel axis" in group.reasons[0], group.reasons
 
 
 def test_channel_shuffle_prunes_whole_groups_and_a_mixing_reshape_is_unprunable():

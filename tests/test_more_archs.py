@@ -416,3 +416,178 @@ def test_expand_as_gate_prunes_with_the_tensor_it_takes_the_shape_of(dynamo, dyn
             continue
         analysis, _ = _assert_exact(model, data, fraction=0.5)
         assert len(analysis.prunable) == 3 and len(analysis.unprunable) == 1, [g.describe() for g in analysis.groups]
+
+
+class _LinearAttention(torch.nn.Module):
+    """EfficientViT-B's LiteMLA: a 1×1 qkv convolution and its multi-scale twin (depthwise,
+    then grouped per head) viewed as heads ``[N, H, 3d, HW]``, ReLU linear attention
+    ``q·(kᵀ·[v, 1])`` normalised by its last column, the heads merged back into channels
+    ``[N, H·d, h, w]`` for a depthwise convolution (a block of d channels per head) and
+    the output projection."""
+
+    def __init__(self, c: int = 16, dim: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.dim, heads = dim, c // dim
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.qkv = nn.Conv2d(c, 3 * c, 1, bias=False)
+        self.aggreg = nn.Sequential(nn.Conv2d(3 * c, 3 * c, 3, padding=1, groups=3 * c, bias=False),
+                                    nn.Conv2d(3 * c, 3 * c, 1, groups=3 * heads, bias=False))  # fmt: skip
+        self.local = nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.proj = nn.Sequential(nn.Conv2d(2 * c, c, 1, bias=False), nn.BatchNorm2d(c))
+        self.head = nn.Linear(c, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        qkv = self.qkv(x)
+        qkv = torch.cat([qkv, self.aggreg(qkv)], dim=1).reshape(b, -1, 3 * self.dim, h * w).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        v = torch.nn.functional.pad(v, (0, 1), mode="constant", value=1.0)
+        out = torch.relu(q) @ (torch.relu(k).transpose(-1, -2) @ v)
+        out = (out[..., :-1] / (out[..., -1:] + 1e-5)).transpose(-1, -2).reshape(b, -1, h, w)
+        return self.head((x + self.proj(self.local(out))).mean((2, 3)))
+
+
+class _PooledAttention(torch.nn.Module):
+    """MViT's pooling attention: k and v of every head are pooled by one depthwise
+    convolution over ``[N·H, d, h, w]`` (the heads merged into the batch), then split back
+    into ``[N, H, L, d]``."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, side: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.heads, self.side, d = heads, side, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.pool_k, self.pool_v = (nn.Conv2d(d, d, 3, stride=2, padding=1, groups=d, bias=False) for _ in range(2))
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def _pool(self, conv: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
+        b, h, _, d = t.shape
+        t = conv(t.reshape(b * h, self.side, self.side, d).permute(0, 3, 1, 2))
+        return t.reshape(b, h, d, -1).transpose(2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        k, v = self._pool(self.pool_k, k), self._pool(self.pool_v, v)
+        a = ((q @ k.transpose(-1, -2)) * 0.3).softmax(-1) @ v
+        return self.head(x + self.proj(a.transpose(1, 2).reshape(b, n, c)))
+
+
+class _EinsumAttention(torch.nn.Module):
+    """Multi-head attention written with ``torch.einsum`` (exported as Einsum nodes), and
+    optionally a single-head one whose score sums over the channels (``bqc,bkc->bqk``)."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, single: bool = False) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.heads, self.single = heads, single
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        if self.single:
+            a = torch.einsum("bqc,bkc->bqk", self.q(x), self.k(x)).softmax(-1)
+            return self.head(x + self.o(torch.einsum("bqk,bkc->bqc", a, self.v(x))))
+        q, k, v = (p(x).view(b, t, self.heads, c // self.heads) for p in (self.q, self.k, self.v))
+        a = torch.einsum("bqhd,bkhd->bhqk", q, k).softmax(-1)
+        return self.head(x + self.o(torch.einsum("bhqk,bkhd->bqhd", a, v).reshape(b, t, c)))
+
+
+def _exact_groups(net: torch.nn.Module, shape: tuple, dynamo: bool, tmp_path, name: str, sequence_axis: int | None = None,
+                  dynamic_batch: bool = True) -> list[tuple[int, int, int]]:  # fmt: skip
+    """Export ``net`` at batch 2, with a dynamic batch (and ``sequence_axis``) unless told
+    not, check that pruning every prunable group equals zeroing it (at batch 3 where the
+    batch is dynamic), and return the groups as ``(units, unit width, sources)``."""
+    from onnxopt.passes.cleanup import CleanupPass
+
+    path = export_onnx(net, (torch.randn(2, *shape),), tmp_path / f"{name}.onnx", dynamo=dynamo, dynamic_batch=dynamic_batch,
+                       sequence_axis=sequence_axis)  # fmt: skip
+    model = load_model(path)
+    CleanupPass()(model)
+    name = model.graph.inputs[0].name
+    batch = 3 if dynamic_batch else 2
+    data = Dataset({name: np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)})
+    shapes = {name: [1, *shape]} if sequence_axis is not None else None  # analysed at the data's size, as `prune --data` does
+    analysis, _ = _assert_exact(model, data, fraction=0.5, shapes=shapes)
+    return sorted((g.units, g.unit_width, len(g.sources)) for g in analysis.prunable)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_linear_attention_heads_prune_through_their_merge_back(dynamo, tmp_path):
+    """A LiteMLA head owns 3d channels of qkv and of its multi-scale twin; merged back into
+    channels, each head is a block of d input channels of the depthwise convolution (its
+    group count shrinks by d per head) and of the projection: heads prune as units."""
+    torch.manual_seed(0)
+    groups = _exact_groups(randomize_bn_stats(_LinearAttention().eval()), (3, 8, 8), dynamo, tmp_path, "lite_mla")
+    assert groups == [(4, 12, 1), (16, 1, 2)], groups
+
+
+@pytest.mark.parametrize(("dynamo", "dynamic_batch"), [(False, True), (True, True), (False, False), (True, False)])
+def test_heads_pooled_on_the_batch_axis_prune_exactly(dynamo, dynamic_batch, tmp_path):
+    """Heads merged into the batch pass the pooling convolution (its weights serve every
+    head); TorchScript spells the merged size ``Shape[0]·Shape[1]``, which follows the
+    pruning. Split back (``[N·H, d, h, w] → [N, H, d, h·w]``, at a fixed batch of 2 too) the
+    heads are one group of q, k and v, each head a unit, exact at any batch."""
+    torch.manual_seed(0)
+    groups = _exact_groups(_PooledAttention().eval(), (16, 32), dynamo, tmp_path, "pooled", dynamic_batch=dynamic_batch)
+    assert groups == [(4, 24, 1)], groups
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_einsum_attention_heads_prune_exactly(dynamo, tmp_path):
+    """Einsum passes the heads on where their letter stays in the output (``bqhd,bkhd->bhqk``
+    unites q's and k's heads); a single head whose score sums over the channels is blocked
+    at the Einsum, with the reason."""
+    from onnxopt.passes.cleanup import CleanupPass
+
+    torch.manual_seed(0)
+    assert _exact_groups(_EinsumAttention().eval(), (6, 32), dynamo, tmp_path, "einsum") == [(4, 8, 3)]
+    path = export_onnx(_EinsumAttention(single=True).eval(), (torch.randn(2, 6, 32),), tmp_path / "single.onnx",
+                       dynamo=dynamo, dynamic_batch=True)  # fmt: skip
+    model = load_model(path)
+    CleanupPass()(model)
+    reasons = [r for g in analyze_groups(model).unprunable for r in g.reasons]
+    assert any("Einsum" in r and "summed over" in r for r in reasons), reasons
+
+
+class _CosineWindowAttention(torch.nn.Module):
+    """Swin V2's cosine attention (q and k divided by their L2 norm over each head's
+    channels, a learnt logit scale per head) inside MaxViT's window partition, whose
+    TorchScript targets read the sizes at run time (``x.reshape(B, C, H // P, P, W // P, P)``)."""
+
+    def __init__(self, c: int = 16, heads: int = 4, p: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.heads, self.p = heads, p
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.rand(heads, 1, 1) + 1))
+        self.out = nn.Conv2d(c, 8, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        p = self.p
+        win = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p, c)
+        g, n = win.shape[1], win.shape[2]
+        q, k, v = self.qkv(win).reshape(b, g, n, 3, self.heads, -1).permute(3, 0, 1, 4, 2, 5).unbind(0)
+        scores = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+        a = (scores * torch.clamp(self.logit_scale, max=4.6).exp()).softmax(-1) @ v
+        y = self.proj(a.transpose(2, 3).reshape(b, g, n, c))
+        y = y.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+        return self.head(self.out(x + y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_cosine_attention_in_windows_prunes_its_heads(dynamo, tmp_path):
+    """A reduction over each head's channels (ReduceL2) keeps the heads apart; a target
+    entry that divides a size read at run time (``H // P``) reads no channel count, so the
+    window partition around it follows the pruning. Heads and the stem's channels prune."""
+    torch.manual_seed(0)
+    net = randomize_bn_stats(_CosineWindowAttention().eval())
+    groups = _exact_groups(net, (3, 8, 8), dynamo, tmp_path, "cosine", sequence_axis=2)  # any height: H // P at run time
+    assert groups == [(4, 12, 1), (8, 1, 1), (16, 1, 2)], groups
