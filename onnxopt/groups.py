@@ -18,7 +18,9 @@ output relate to the channels of its inputs:
   time by a ``Concat`` is rewritten in its constant piece, and ``Shape`` may read every size
   but the channel count;
 - depthwise Conv ties input channel *c* to output channel *c*; a grouped Conv unites the
-  input and output channels of each of its groups into one unit (whole groups are pruned);
+  input and output channels of each of its groups into one unit (whole groups are pruned),
+  or, where its output is split into its groups afterwards (ResNeSt's radix splits),
+  prunes output channel *j* of every group as one unit and keeps its inputs;
 - LSTM / GRU / RNN read their input features like a Gemm (a CRNN's convolutional
   features, a speech model's front end), and their hidden units are a source (one unit
   spans both directions of a bidirectional layer); a ``Reshape`` that merges the
@@ -611,14 +613,38 @@ def _grouped_conv(w: _Walker, node: ir.Node, t: _Track, groups: int, cout: int) 
     """A grouped Conv (ResNeXt, RegNet, a depthwise channel multiplier): output group *k*
     reads input group *k* alone, so its ``C_in/g`` input and ``C_out/g`` output channels are
     one unit, removed together (``group`` falls by one per removed unit). Each group must
-    keep as many channels as the others, so whole groups are the only removable part."""
+    keep as many channels as the others, so whole groups are the only removable part.
+    Where the output is split into its groups afterwards (ResNeSt's ``[N, R, C, h, w]``,
+    summed over the R radix splits), output channel *j* of every group is one unit instead,
+    removed from each group (``group`` stays); the input channels are then kept."""
     per_in, per_out = t.channels // groups, cout // groups
+    if _split_into_groups(w, node.outputs[0], groups, per_out):
+        w.block(t, f"{_label(node)}: a grouped convolution pruned within its groups keeps its input channels")
+        out = np.tile(w.new_elems(per_out), groups)
+        w.member(node, PRODUCER, node.outputs[0], 1, 0)
+        w.set_track(node.outputs[0], _Track(out, 1))
+        return
     for k in range(groups):
         w.union(np.repeat(t.elems[k * per_in], per_in), t.elems[k * per_in:(k + 1) * per_in])
     out = w.new_elems(cout)
     w.union(np.repeat(t.elems[::per_in], per_out), out)
     w.member(node, GROUPED, node.outputs[0], 1, 0)
     w.set_track(node.outputs[0], _Track(out, 1))
+
+
+def _split_into_groups(w: _Walker, value: ir.Value, groups: int, per_group: int, depth: int = 0) -> bool:
+    """Whether ``value`` ``[N, G·C, …]`` (through activations and per-channel norms) only
+    reaches a Reshape to ``[N, G, C, …]`` (a Shape may read its sizes: it has a handler)."""
+    users = [n for n, _ in value.uses() if n.op_type != "Shape"]
+    if len(users) != 1 or value.is_graph_output() or depth > 4:
+        return False
+    user = users[0]
+    if user.op_type == "Reshape" and user.inputs[0] is value:
+        shape = w.shape(user.outputs[0])
+        return shape is not None and len(shape) >= 3 and tuple(shape[1:3]) == (groups, per_group)
+    if user.op_type in _PASSTHROUGH or user.op_type == "BatchNormalization":
+        return user.inputs[0] is value and _split_into_groups(w, user.outputs[0], groups, per_group, depth + 1)
+    return False
 
 
 def _blocked_source(w: _Walker, node: ir.Node, channels: int, why: str) -> None:
@@ -1174,10 +1200,11 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         b += 1
         new, merged_axes = _Track(rows[:, 0].copy(), b), []
         spelled, spelled_block = node.outputs[0], 1
-    elif ok and t.block == 1 and inner == 1 and (parts := _packed_parts(w, node, in_shape[t.axis], out_shape, b)):
+    elif ok and t.block == 1 and inner == 1 and (packed := _packed_parts(w, node, in_shape[t.axis], out_shape, b)):
         # [B, N, P·C] → [B, N, P, C], the P axis taken apart later (torch's
         # nn.MultiheadAttention packs q, k, v so, and splits the heads off each part): channel
         # c of every part is one unit, and the C axis holds the channels from here on.
+        parts, b = packed
         rows = t.elems.reshape(parts, -1)
         for j in range(1, parts):
             w.union(rows[0], rows[j])
@@ -1197,6 +1224,13 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         # [N·H, T, d] → [N, H, T, d]: the heads N times over become the H axis
         b = split
         new, merged_axes = _Track(t.elems[: out_shape[b] // t.block].copy(), b, t.block), []
+        spelled, spelled_block = node.outputs[0], t.block
+    elif ok and (per := _repeated_units(w, t, in_shape[t.axis], inner, out_shape, b)):
+        # [N, G·C, …] → [N, G, C, …] where channel j of every group is the same unit (a
+        # grouped Conv pruned within its groups, ResNeSt's radix splits): the G axis is an
+        # ordinary one from here on, the C axis holds the channels
+        b += 1
+        new, merged_axes = _Track(t.elems[:per].copy(), b, t.block), []
         spelled, spelled_block = node.outputs[0], t.block
     elif ok and t.block == 1 and (size := _group_size(in_shape[t.axis], inner, out_shape, b)):
         # [N, C, …] → [N, G, (C/G)·…]: channel g·k + j is group g's entry j (row-major), so
@@ -1371,14 +1405,18 @@ def _packed_heads(channels: int, out_shape: Sequence[int], b: int) -> tuple[int,
     return tuple(out_shape[b:]) if math.prod(out_shape[b:]) == channels else None
 
 
-def _packed_parts(w: _Walker, node: ir.Node, channels: int, out_shape: Sequence[int], b: int) -> int | None:
-    """``P`` when a Reshape puts ``channels`` (the last axis) as ``[P, C]`` on its last two
-    axes, ``P`` 2 or 3, and every reader takes the P axis apart (a constant scalar Gather or a
-    Split along it, through Unsqueeze / Squeeze / Transpose); None otherwise. The readers
-    decide it: ``[N, T, 3, d]`` may as well be three attention heads."""
+def _packed_parts(w: _Walker, node: ir.Node, channels: int, out_shape: Sequence[int], b: int) -> tuple[int, int] | None:
+    """``(P, its axis)`` when a Reshape puts ``channels`` (the last axis) as ``[P, C]`` on its
+    last two axes (after axes of size 1: ResNeSt's ``[N, 1, R, C]`` of one cardinal group),
+    ``P`` 2 or 3, and every reader takes the P axis apart (a constant scalar Gather or a
+    Split along it, through Unsqueeze / Squeeze / Transpose) or takes a Softmax over it
+    (ResNeSt's split attention weighs the parts of each channel); None otherwise. The
+    readers decide it: ``[N, T, 3, d]`` may as well be three attention heads."""
+    while b + 2 < len(out_shape) and out_shape[b] == 1:
+        b += 1
     if len(out_shape) != b + 2 or out_shape[b] not in (2, 3) or out_shape[b] * out_shape[b + 1] != channels:
         return None
-    return out_shape[b] if _taken_apart(w, node.outputs[0], b) else None
+    return (out_shape[b], b) if _taken_apart(w, node.outputs[0], b) else None
 
 
 def _taken_apart(w: _Walker, value: ir.Value, axis: int, depth: int = 0) -> bool:
@@ -1397,6 +1435,10 @@ def _taken_apart(w: _Walker, value: ir.Value, axis: int, depth: int = 0) -> bool
             continue
         if user.op_type == "Split":
             if attr(user, "axis", 0) % rank != axis:
+                return False
+            continue
+        if user.op_type == "Softmax":
+            if attr(user, "axis", -1) % rank != axis:
                 return False
             continue
         out = user.outputs[0]
@@ -1451,6 +1493,18 @@ def _heads_out_of_batch(w: _Walker, in_shape: Sequence[int], out_shape: Sequence
         return None
     roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[a], heads // t.block)
     return b if (roots == roots[0]).all() else None
+
+
+def _repeated_units(w: _Walker, t: _Track, size: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:
+    """``C`` when a Reshape splits an axis of ``size`` = ``G·C`` entries into ``[G, C]`` on
+    axes ``b``, ``b + 1`` (the ``inner`` entries after it kept behind them) and the ``G``
+    groups hold the same units in the same order; None otherwise."""
+    if len(out_shape) < b + 2 or out_shape[b] < 2 or out_shape[b] * out_shape[b + 1] != size or math.prod(out_shape[b + 2 :]) != inner:
+        return None
+    if out_shape[b + 1] % t.block:
+        return None
+    roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[b], -1)
+    return out_shape[b + 1] // t.block if (roots == roots[0]).all() else None
 
 
 def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:

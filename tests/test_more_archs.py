@@ -591,3 +591,39 @@ def test_cosine_attention_in_windows_prunes_its_heads(dynamo, tmp_path):
     net = randomize_bn_stats(_CosineWindowAttention().eval())
     groups = _exact_groups(net, (3, 8, 8), dynamo, tmp_path, "cosine", sequence_axis=2)  # any height: H // P at run time
     assert groups == [(4, 12, 1), (8, 1, 1), (16, 1, 2)], groups
+
+
+class _SplitAttention(torch.nn.Module):
+    """ResNeSt's split attention (radix 2, one cardinal group): a grouped convolution makes
+    R·C channels, viewed as ``[N, R, C, h, w]`` and summed over the R splits; the attention
+    ``fc2`` makes R·C logits, a softmax over R per channel weighs the splits."""
+
+    def __init__(self, c: int = 16, radix: int = 2) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.radix = radix
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(c, c * radix, 3, padding=1, groups=radix), nn.BatchNorm2d(c * radix), nn.ReLU())
+        self.fc1 = nn.Sequential(nn.Conv2d(c, 8, 1), nn.ReLU())
+        self.fc2 = nn.Conv2d(8, c * radix, 1)
+        self.out, self.head = nn.Conv2d(c, 8, 1), nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.stem(x))
+        b, rc, h, w = x.shape
+        x = x.reshape(b, self.radix, rc // self.radix, h, w)
+        attn = self.fc2(self.fc1(x.sum(1).mean((2, 3), keepdim=True)))
+        attn = attn.view(b, 1, self.radix, -1).transpose(1, 2).softmax(1).reshape(b, -1).view(b, -1, 1, 1)
+        y = (x * attn.reshape(b, self.radix, rc // self.radix, 1, 1)).sum(1)
+        return self.head(self.out(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_split_attention_prunes_channel_j_of_every_radix_split(dynamo, tmp_path):
+    """The grouped convolution whose groups are split apart afterwards is pruned within its
+    groups: channel j of every split, its attention logits and the consumers' columns are one
+    unit (the softmax over the splits stays within it). Its input channels are kept, with
+    the reason; every other group prunes, exact at any batch."""
+    torch.manual_seed(0)
+    net = randomize_bn_stats(_SplitAttention().eval())
+    assert _exact_groups(net, (3, 8, 8), dynamo, tmp_path, "split_attn") == [(8, 1, 1), (8, 1, 1), (16, 2, 2)]
