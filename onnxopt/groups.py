@@ -1225,13 +1225,6 @@ def _reshape(w: _Walker, node: ir.Node) -> None:
         b = split
         new, merged_axes = _Track(t.elems[: out_shape[b] // t.block].copy(), b, t.block), []
         spelled, spelled_block = node.outputs[0], t.block
-    elif ok and (per := _repeated_units(w, t, in_shape[t.axis], inner, out_shape, b)):
-        # [N, G·C, …] → [N, G, C, …] where channel j of every group is the same unit (a
-        # grouped Conv pruned within its groups, ResNeSt's radix splits): the G axis is an
-        # ordinary one from here on, the C axis holds the channels
-        b += 1
-        new, merged_axes = _Track(t.elems[:per].copy(), b, t.block), []
-        spelled, spelled_block = node.outputs[0], t.block
     elif ok and t.block == 1 and (size := _group_size(in_shape[t.axis], inner, out_shape, b)):
         # [N, C, …] → [N, G, (C/G)·…]: channel g·k + j is group g's entry j (row-major), so
         # the k channels of a group become one unit and the groups are the channels from here
@@ -1480,7 +1473,9 @@ def _heads_out_of_batch(w: _Walker, in_shape: Sequence[int], out_shape: Sequence
     """The output axis of the heads when a Reshape splits an axis that holds them ``N``
     times over (sample-major, from :func:`_heads_into_batch`; each head in a block of ``r``
     after grouped-query attention's repeat) into ``[N, H]``: ``[N·H, T, d] → [N, H, T, d]``,
-    the axes after it perhaps regrouped (MViT's pooled ``[N·H, d, h, w] → [N, H, d, h·w]``);
+    the axes after it perhaps regrouped (MViT's pooled ``[N·H, d, h, w] → [N, H, d, h·w]``).
+    The same holds for any axis whose outer entries repeat the same units: a grouped Conv
+    pruned within its groups split into them (ResNeSt's ``[N, R·C, h, w] → [N, R, C, h, w]``).
     None otherwise."""
     a = t.axis
     b = a + 1
@@ -1493,18 +1488,6 @@ def _heads_out_of_batch(w: _Walker, in_shape: Sequence[int], out_shape: Sequence
         return None
     roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[a], heads // t.block)
     return b if (roots == roots[0]).all() else None
-
-
-def _repeated_units(w: _Walker, t: _Track, size: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:
-    """``C`` when a Reshape splits an axis of ``size`` = ``G·C`` entries into ``[G, C]`` on
-    axes ``b``, ``b + 1`` (the ``inner`` entries after it kept behind them) and the ``G``
-    groups hold the same units in the same order; None otherwise."""
-    if len(out_shape) < b + 2 or out_shape[b] < 2 or out_shape[b] * out_shape[b + 1] != size or math.prod(out_shape[b + 2 :]) != inner:
-        return None
-    if out_shape[b + 1] % t.block:
-        return None
-    roots = np.array([w.find(e) for e in t.elems.tolist()]).reshape(out_shape[b], -1)
-    return out_shape[b + 1] // t.block if (roots == roots[0]).all() else None
 
 
 def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> int | None:
