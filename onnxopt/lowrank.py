@@ -392,6 +392,7 @@ def lowrank_stage(**options: Any) -> Stage:
         result = lowrank_model(model, ctx.calib, ctx.evaluator, **kwargs)
         modified = bool(result.split_layers)
         details = result.to_dict()
+        details["budget_limited"] = any(not step.accepted for step in result.steps)  # a stronger setting failed it
         if not modified:
             details["reason"] = (
                 f"no split within the budget ({len(result.steps)} search steps)" if result.steps

@@ -13,7 +13,10 @@ budget up to a cumulative cap — prune ``0.5·B``, lowrank ``0.75·B``, quantiz
 so that pruning (the largest MAC saving) cannot leave nothing to the later stages, and the
 total never exceeds B. When the budget still limited the last stage (quantize kept layers
 float), that stage is also run alone with all of B and kept instead if it measures faster
-(:func:`onnxopt.pipeline.try_last_stage_alone`). "Within" means the drop plus one standard error of the paired
+(:func:`onnxopt.pipeline.try_last_stage_alone`). When the later stages left their part of
+the budget unused (declined, not faster, rolled back) and it limited the last kept stage,
+that stage runs once more with all of B and is kept instead if it measures faster
+(:func:`onnxopt.pipeline.reclaim_budget`). "Within" means the drop plus one standard error of the paired
 per-sample drop (:class:`onnxopt.evaluate.Evaluator`): a search that keeps the most
 compressed passing candidate would otherwise meet the budget on the held-out set by
 selection and miss it on new inputs. With ``speed_check`` a lossy stage is also kept only when it makes
@@ -63,6 +66,7 @@ from onnxopt.pipeline import (
     StageRecord,
     confirm_speedup,
     pass_stage,
+    reclaim_budget,
     run_stages,
     try_last_stage_alone,
 )
@@ -250,6 +254,7 @@ def optimize(
     elif stages is not None and not list(stages):
         lossless_why = "no lossy stage asked for (--stages none)"
     lossless_only = lossless_why is not None
+    whole_budget: dict[str, Stage] = {}
     if not lossless_only:
         names = list(stages) if stages is not None else list(LOSSY_STAGES)
         for name in names:
@@ -259,15 +264,21 @@ def optimize(
             options = dict((stage_options or {}).get(name, {}))
             if not any(k in options for k in _FIXED_AMOUNT_KEYS):
                 options["max_drop"] = max_drop * share  # searched under its share of the budget
+                if share < 1:  # for reclaim_budget, should the later stages leave theirs unused
+                    whole_budget[name] = factory(**{**options, "max_drop": max_drop})
             pipeline.append(factory(**options))
     before = summarize(original, input_path, shapes)
     optimized, records = run_stages(original.clone(), pipeline, ctx)
     if speed_check:
-        optimized, records = try_last_stage_alone(optimized, records, pipeline, ctx)
+        optimized, records = try_last_stage_alone(optimized, records, pipeline, ctx, whole_budget)
     speedup = final_timing = None
     if speed_check and any(r.kept and not r.lossless for r in records):
         ctx.progress("final speed check")
         optimized, speedup, final_timing = confirm_speedup(original, optimized, records, ctx)
+    if speed_check:  # also when every lossy stage was rolled back: too little to be faster, say
+        optimized, records, speedup, final_timing = reclaim_budget(
+            original, optimized, records, whole_budget, ctx, speedup, final_timing
+        )  # fmt: skip
     final_outputs = evaluate.run(optimized, verify_data)
     fidelity = evaluate.compare(reference, final_outputs, names=[o.name for o in original.graph.outputs], labels=verify_data.labels,
                                 axes=evaluate.score_axes(original))  # fmt: skip

@@ -482,6 +482,7 @@ def prune_stage(**options: Any):
         applied = [(layer["group"], f"{layer['before']} → {layer['after']} channels") for layer in result.layers if layer["after"] < layer["before"]]
         skipped = [(u["group"], "; ".join(u["reasons"])) for u in result.unprunable]
         details = result.to_dict()
+        details["budget_limited"] = any(not step.accepted for step in result.steps)  # a stronger setting failed it
         if not result.modified:
             details["reason"] = (
                 "no prunable channel group" if not result.layers

@@ -251,6 +251,103 @@ def test_budget_limited_last_stage_is_tried_alone_and_kept_when_faster(monkeypat
         assert "not kept" in records[1].details["alone"]
 
 
+def _append_identities(k: int):
+    def run(model: ir.Model, ctx: Context) -> StageOutcome:
+        for _ in range(k):
+            outcome = _append_identity(model, ctx)
+        outcome.details["budget_limited"] = True
+        return outcome
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "limited, later_kept, rolled_back, over_result, over_original, reclaimed",
+    [(True, False, False, 1.2, 1.3, True), (True, False, True, 1.2, 1.3, True), (True, False, False, 0.9, None, False),
+     (True, False, False, 1.2, 0.95, False), (False, False, False, None, None, False), (True, True, False, None, None, False)],
+)  # fmt: skip
+def test_budget_left_unused_by_later_stages_goes_to_the_last_one_it_limited(
+    monkeypatch, limited, later_kept, rolled_back, over_result, over_original, reclaimed
+):
+    """Prune searched under half the budget, and the later stage was not kept (not faster):
+    the other half is unused. Prune runs again with all of it and replaces the result when
+    faster than it and than the original, also when prune itself was rolled back as too
+    little to be faster; otherwise (or when a later stage used its share, or prune's share
+    did not limit it) the confirmed result stands."""
+    import onnxopt.pipeline as pipeline
+    from onnxopt.pipeline import reclaim_budget
+
+    monkeypatch.setattr(pipeline, "measure_speedup", lambda *a, **k: over_result)
+
+    def timed(current, candidate, ctx, seconds=None, labels=("current", "candidate")):
+        return types.SimpleNamespace(rows=[types.SimpleNamespace(model=labels[0], ratio=None),
+                                           types.SimpleNamespace(model=labels[1], ratio=over_original)])  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "time_pair", timed)
+
+    def first(model: ir.Model, ctx: Context) -> StageOutcome:
+        outcome = _append_identity(model, ctx)
+        outcome.details["budget_limited"] = limited
+        return outcome
+
+    def later(model: ir.Model, ctx: Context) -> StageOutcome:
+        return _append_identity(model, ctx) if later_kept else StageOutcome(model, False)
+
+    model = _model()
+    ctx = _ctx(model)
+    stages = [Stage("prune", first, lossless=False), Stage("quantize", later, lossless=False)]
+    result, records = run_stages(model, stages, ctx)
+    if rolled_back:  # as the final check does
+        result, records[0].kept, records[0].reason = records[0].before, False, "final check: …; rolled back"
+    whole = {"prune": Stage("prune", _append_identities(3), lossless=False)}
+    final, records, speedup, timing = reclaim_budget(model, result, records, whole, ctx, 1.1, "confirmed")
+    assert [r.kept for r in records] == [reclaimed or not rolled_back, later_kept]
+    if reclaimed:
+        assert len(final.graph) == len(model.graph) + 3 and speedup == over_original
+        assert "whole budget" in records[0].details["reclaim"] and timing.rows[1].model == "optimized"
+        assert len(records[0].before.graph) == len(model.graph)
+    else:
+        assert final is result and (speedup, timing) == (1.1, "confirmed")
+        assert ("not kept" in records[0].details.get("reclaim", "")) == (limited and not later_kept)
+
+
+def test_optimize_hands_the_budget_int8_left_unused_back_to_prune(monkeypatch):
+    """End to end through ``optimize``: prune under its half of the budget does too little to
+    be faster (rolled back), int8 declines; prune built with the whole budget does more, is
+    faster and is what ``optimize`` returns, with the final timing against the original."""
+    import onnxopt.optimize as optimize_module
+    import onnxopt.pipeline as pipeline
+
+    budgets = []
+
+    def prune(max_drop: float) -> Stage:
+        def run_(model: ir.Model, ctx: Context) -> StageOutcome:
+            budgets.append(max_drop)
+            outcome = _append_identities(1 if max_drop < 0.01 else 3)(model, ctx)
+            outcome.details["budget_limited"] = max_drop < 0.01
+            return outcome
+
+        return Stage("prune", run_, lossless=False)
+
+    declines = lambda max_drop: Stage("quantize", lambda m, ctx: StageOutcome(m, False), lossless=False)  # noqa: E731
+    monkeypatch.setattr(optimize_module, "LOSSY_STAGES", {"prune": (prune, 0.5), "quantize": (declines, 1.0)})
+    identities = lambda m: sum(n.op_type == "Identity" for n in m.graph)  # noqa: E731
+    speed = lambda a, b: 0.8 + 0.1 * (identities(b) - identities(a))  # noqa: E731  one more: 0.9×, three: 1.1×
+    monkeypatch.setattr(pipeline, "measure_speedup", lambda a, b, ctx, seconds=None: speed(a, b))
+
+    def timed(a, b, ctx, seconds=None, labels=("current", "candidate")):
+        return types.SimpleNamespace(rows=[types.SimpleNamespace(model=labels[0], ratio=None),
+                                           types.SimpleNamespace(model=labels[1], ratio=speed(a, b))])  # fmt: skip
+
+    monkeypatch.setattr(pipeline, "time_pair", timed)
+    model = _model()
+    result = optimize_module.optimize(model, data=synthetic(model, 8, seed=0), max_drop=0.01)
+    assert budgets == [0.005, 0.01]
+    record = next(r for r in result.stages if r.name == "prune")
+    assert record.kept and "whole budget" in record.details["reclaim"]
+    assert identities(result.model) == 3 and result.speedup == pytest.approx(1.1)
+
+
 def test_float16_model_verified_with_float16_tolerance():
     """A one-ulp float16 difference (relative ~1e-3) is exact for a float16 output."""
     from onnxopt.evaluate import compare
