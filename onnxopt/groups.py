@@ -1013,9 +1013,28 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
     if axis is None or axis < 0 or any(id(user) in w.handled and user is not node for user, _ in value.uses()):
         return None
     current, a = value, axis
+    reader: tuple[ir.Node, int] | None = None  # the chain's node that reads ``current``, and which input
+    # Expand / Reshape targets that name the channel count, rewritten when a constant ends the
+    # chain (a table or fill end takes none, as before; a Reshape entry computed at run time
+    # leaves a constant end unproven)
+    resized: list[tuple[ir.Node, int, int, ir.Node | None]] = []
+    reshaped: list[tuple[ir.Node, int, int, ir.Node | None]] = []
+    reshape_open = False
     for _ in range(8):
+        if reader is not None and (constant := const_array(current)) is not None:
+            # a per-channel constant broadcast by the chain (``gamma.expand_as(x)``, a bias
+            # expanded over the batch or reshaped to ``[1, C, 1, 1]``): sliced like any
+            # per-channel constant
+            if reshape_open or not 0 <= a < constant.ndim or constant.shape[a] != w.shape(value)[axis]:
+                return None
+            track = _Track(w.new_elems(constant.shape[a]), axis)
+            w.set_track(value, track)
+            w.member(reader[0], PARAM, value, reader[1], a)
+            for holder, index, offset, via in resized + reshaped:
+                w.member(holder, SHAPE, value, index, offset, via=via)
+            return track
         producer = current.producer()
-        if producer is None:
+        if producer is None or resized and producer.op_type in ("ConstantOfShape", "Gather"):
             return None
         upstream = producer.inputs[0]  # the chain's next step (a Where's: the bias branch)
         if producer.op_type == "ConstantOfShape" and current is value:
@@ -1050,6 +1069,12 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
                 return None
             a -= sum(1 for x in inserted if x < a)
         elif producer.op_type == "Reshape":  # Swin's table lookup viewed as [N, N, heads]
+            found = _target_entry(w, producer, a, shared=True)
+            if found is not None and found[0] == w.shape(current)[a]:
+                _, holder, index, offset = found
+                reshaped.append((holder, index, offset, None if holder is producer else producer))
+            elif found is None or found[0] != -1:
+                reshape_open = True
             a = _kept_axis(w.shape(producer.inputs[0]), w.shape(current), a)
             if a is None:
                 return None
@@ -1058,9 +1083,14 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
             if dims is None or rank_in is None or rank_here is None:
                 return None
             entry = a - (rank_here - len(dims))
-            # 1 keeps the input's size (-1 too: TorchScript turns it into 1 with a Where)
+            # 1 keeps the input's size (-1 too: TorchScript turns it into 1 with a Where); the
+            # count itself (``b.expand(1, 16, h, w)``) is rewritten when a constant ends the chain
             if entry >= 0 and (dims[entry].sizes or dims[entry].factor not in (1, -1)):
-                return None
+                found = None if dims[entry].sizes else _target_entry(w, producer, entry, shared=True)
+                if found is None or found[0] != w.shape(current)[a]:
+                    return None
+                _, holder, index, offset = found
+                resized.append((holder, index, offset, None if holder is producer else producer))
             a -= rank_here - rank_in
             if a < 0:
                 return None
@@ -1069,14 +1099,14 @@ def _table_operand(w: _Walker, node: ir.Node, value: ir.Value, out_rank: int, ou
             if found is None:
                 return None
             upstream, a = found
-            if (table := const_array(upstream)) is not None:  # the bias folded (a static sequence)
+            if (table := const_array(upstream)) is not None and not resized:  # the bias folded (a static sequence)
                 track = _Track(w.new_elems(table.shape[a]), axis)
                 w.set_track(value, track)
                 w.member(producer, PARAM, value, list(producer.inputs).index(upstream), a)
                 return track
         elif producer.op_type not in ("Identity", "Cast"):
             return None
-        current = upstream
+        current, reader = upstream, (producer, list(producer.inputs).index(upstream))
         if current is None or len(current.uses()) != 1:  # a step of the chain read by anything else
             return None
     return None
@@ -1888,6 +1918,9 @@ def _expand_as(w: _Walker, node: ir.Node, t: _Track | None, targets: list[tuple[
         w.set_track(node.outputs[0], _Track(t.elems, x.axis, t.block))
     elif t is None and (x.axis < shift or in_shape[x.axis - shift] == 1):
         w.set_track(node.outputs[0], x)
+    elif t is None and const_array(node.inputs[0]) is not None and in_shape[x.axis - shift] == x.channels * x.block:
+        w.set_track(node.outputs[0], x)  # ``gamma.expand_as(x)``: a per-channel constant, sliced with x
+        w.member(node, PARAM, node.outputs[0], 0, x.axis - shift, x.block)
     else:
         w.block(x, f"{_label(node)}: expands a tensor of other channels to this one's shape")
         w.block(t, f"{_label(node)}: expands to the shape of a tensor of other channels")

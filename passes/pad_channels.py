@@ -61,6 +61,14 @@ from onnxopt.passes.prune import refresh_shapes, resize_member
 _ONE_FILLED = {("BatchNormalization", 4), ("Div", 1), ("Pow", 1)}
 
 
+def _one_filled(m: Member) -> bool:
+    """Whether a per-channel constant is padded with 1: a divisor or exponent, also when
+    an ``Expand`` broadcasts it first (``x / scale.expand_as(x)``)."""
+    if m.node.op_type == "Expand" and m.input_index == 0:
+        return any((user.op_type, index) in _ONE_FILLED for user, index in m.node.outputs[0].uses())
+    return (m.node.op_type, m.input_index) in _ONE_FILLED
+
+
 class PadChannelsPass(LoggedPass):
     """Pad every prunable channel group to a multiple of ``multiple`` channels (default:
     onnxruntime's NCHWc block on this CPU, :func:`onnxopt.cpu.nchwc_block`) with zero
@@ -142,7 +150,7 @@ class PadChannelsPass(LoggedPass):
 
     def _apply(self, m: Member, where: list[tuple[int, int]], analysis: GroupAnalysis, added: Mapping[str, int]) -> None:
         # only per-channel constants (never a producer with a bias) are filled with 1
-        fill = 1.0 if m.role == PARAM and (m.node.op_type, m.input_index) in _ONE_FILLED else 0.0
+        fill = 1.0 if m.role == PARAM and _one_filled(m) else 0.0
         resize_member(m, analysis.channels[m.value] + added[m.value],
                       lambda a, axis, block: _insert(a, where, axis, block, fill))  # fmt: skip
 

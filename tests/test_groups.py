@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from benchmarks.exactness import zero_then_prune
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset
-from onnxopt.groups import analyze_groups, const_array
+from onnxopt.groups import PARAM, SHAPE, analyze_groups, const_array
 from onnxopt.passes.prune import PruneChannelsPass
 
 RNG = np.random.default_rng(0)
@@ -706,7 +706,9 @@ def test_shufflenet_runs_and_reports_unprunable_groups(tmp_path):
 
 def test_a_bias_computed_from_constants_is_folded_before_pruning():
     """PaddlePaddle writes a Conv bias as ``Add(conv, Reshape(b, [1, C, 1, 1]))``: the prune
-    API folds such constant subgraphs first, so the group stays prunable."""
+    API folds such constant subgraphs first, so the group stays prunable. Unfolded, ``b`` is
+    a per-channel constant too, sliced with the Reshape target's channel entry; the same
+    target computed at run time leaves the group unprunable."""
     from onnxopt.pruning import prune_model
 
     c1, i1 = _conv("c1", "x", "a", 3, 8, bias=False)
@@ -715,11 +717,17 @@ def test_a_bias_computed_from_constants_is_folded_before_pruning():
              helper.make_node("Relu", ["ab"], ["r"]), c2]  # fmt: skip
     inits = i1 + i2 + [_init("b", [8]), helper.make_tensor("b_shape", TensorProto.INT64, [4], [1, 8, 1, 1])]
     model = _model(nodes, inits)
-    assert not analyze_groups(model).by_name()["a"].prunable  # the raw graph: Add's operand is computed
+    raw = analyze_groups(model).by_name()["a"]
+    assert raw.prunable and {m.role for m in raw.members} >= {PARAM, SHAPE}, raw.describe()
+    _assert_exact(model)
     result = prune_model(model, ratio=0.5, criterion="l1", reconstruct=False, bias_compensation=False, round_to=1)
     pruned = {n.name: n for n in result.model.graph}
     assert const_array(pruned["c1"].inputs[1]).shape[0] == 4 and const_array(pruned["c2"].inputs[1]).shape[1] == 4
     assert evaluate.run(result.model, _data(model))[0].shape == (4, 2, 8, 8)
+    computed = [helper.make_node("Shape", ["b"], ["b_len"]), helper.make_node("Concat", ["one", "b_len", "one", "one"], ["b_shape"], axis=0)]
+    nodes[1:1] = computed
+    inits[-1] = helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    assert not analyze_groups(_model(nodes, inits)).by_name()["a"].prunable
 
 
 def _torchscript_export(net, example, path, *, fold: bool = True):

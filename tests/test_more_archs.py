@@ -395,8 +395,8 @@ class _ExpandAsGate(torch.nn.Module):
 def test_expand_as_gate_prunes_with_the_tensor_it_takes_the_shape_of(dynamo, dynamic_batch, tmp_path):
     """``Expand(gate, Shape(x))`` takes x's channel count: the gate's channels and x's are one
     unit (the Mul unites them too), so the SE block and its backbone group prune exactly.
-    A per-channel constant expanded to x's shape would keep its count: that group stays
-    unprunable, with the reason."""
+    A per-channel constant expanded to x's shape is sliced with x (since 2026-12-07; it
+    used to block the group)."""
     from onnxopt.passes.cleanup import CleanupPass
 
     torch.manual_seed(0)
@@ -408,12 +408,6 @@ def test_expand_as_gate_prunes_with_the_tensor_it_takes_the_shape_of(dynamo, dyn
                            input_names=["x"])  # fmt: skip
         model = load_model(path)
         CleanupPass()(model)
-        if constant_scale:
-            analysis = analyze_groups(model)
-            blocked = [r for g in analysis.unprunable for r in g.reasons if "graph output" not in r]
-            if dynamic_batch and not dynamo:  # elsewhere the scale is broadcast, not expanded at run time
-                assert any("expands a tensor of other channels" in r for r in blocked), blocked
-            continue
         analysis, _ = _assert_exact(model, data, fraction=0.5)
         assert len(analysis.prunable) == 3 and len(analysis.unprunable) == 1, [g.describe() for g in analysis.groups]
 
@@ -627,3 +621,32 @@ def test_split_attention_prunes_channel_j_of_every_radix_split(dynamo, tmp_path)
     torch.manual_seed(0)
     net = randomize_bn_stats(_SplitAttention().eval())
     assert _exact_groups(net, (3, 8, 8), dynamo, tmp_path, "split_attn") == [(8, 1, 1), (8, 1, 1), (16, 2, 2)]
+
+
+class _ExpandedConstants(torch.nn.Module):
+    """Per-channel constants broadcast by ``Expand`` before they scale or shift channels: a
+    layer scale ``gamma.expand_as(x)``, a bias expanded over the batch with ``-1`` for its
+    channels, and one expanded to fixed sizes that name the channel count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 12, 3, padding=1)
+        self.c3, self.c4 = torch.nn.Conv2d(12, 8, 3, padding=1), torch.nn.Conv2d(8, 4, 1)
+        self.gamma = torch.nn.Parameter(torch.rand(16, 1, 1) + 0.5)
+        self.bias = torch.nn.Parameter(torch.randn(1, 12, 1, 1))
+        self.shift = torch.nn.Parameter(torch.randn(1, 8, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.c1(x))
+        y = torch.relu(self.c2(y * self.gamma.expand_as(y)))
+        y = torch.relu(self.c3(y + self.bias.expand(x.shape[0], -1, y.shape[2], y.shape[3])))
+        return self.c4(y + self.shift.expand(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_per_channel_constants_broadcast_by_expand_are_sliced(dynamo, tmp_path):
+    """Each expanded constant is a per-channel parameter of its group (the fixed target's
+    channel entry is rewritten): all three groups prune exactly."""
+    torch.manual_seed(0)
+    groups = _exact_groups(_ExpandedConstants().eval(), (3, 8, 8), dynamo, tmp_path, "expanded")
+    assert groups == [(8, 1, 1), (12, 1, 1), (16, 1, 1)], groups
