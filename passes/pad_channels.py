@@ -61,12 +61,19 @@ from onnxopt.passes.prune import refresh_shapes, resize_member
 _ONE_FILLED = {("BatchNormalization", 4), ("Div", 1), ("Pow", 1)}
 
 
-def _one_filled(m: Member) -> bool:
-    """Whether a per-channel constant is padded with 1: a divisor or exponent, also when
-    an ``Expand`` broadcasts it first (``x / scale.expand_as(x)``)."""
-    if m.node.op_type == "Expand" and m.input_index == 0:
-        return any((user.op_type, index) in _ONE_FILLED for user, index in m.node.outputs[0].uses())
-    return (m.node.op_type, m.input_index) in _ONE_FILLED
+# ops that carry a per-channel constant to the op using it (the chains of
+# :func:`onnxopt.groups._table_operand`): input index -> passes its values on
+_CARRYING = {"Expand": (0,), "Reshape": (0,), "Transpose": (0,), "Unsqueeze": (0,), "Squeeze": (0,),
+             "Identity": (0,), "Cast": (0,), "Where": (1, 2)}  # fmt: skip
+
+
+def _one_filled(node: ir.Node, index: int) -> bool:
+    """Whether a per-channel constant, input ``index`` of ``node``, is padded with 1: a
+    divisor or exponent, also when ops carry it there first (``x / scale.expand_as(x)``,
+    ``x / Reshape(scale, [1, C, 1, 1])``)."""
+    if (node.op_type, index) in _ONE_FILLED:
+        return True
+    return index in _CARRYING.get(node.op_type, ()) and any(_one_filled(u, i) for u, i in node.outputs[0].uses())
 
 
 class PadChannelsPass(LoggedPass):
@@ -150,7 +157,7 @@ class PadChannelsPass(LoggedPass):
 
     def _apply(self, m: Member, where: list[tuple[int, int]], analysis: GroupAnalysis, added: Mapping[str, int]) -> None:
         # only per-channel constants (never a producer with a bias) are filled with 1
-        fill = 1.0 if m.role == PARAM and _one_filled(m) else 0.0
+        fill = 1.0 if m.role == PARAM and _one_filled(m.node, m.input_index) else 0.0
         resize_member(m, analysis.channels[m.value] + added[m.value],
                       lambda a, axis, block: _insert(a, where, axis, block, fill))  # fmt: skip
 

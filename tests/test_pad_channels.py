@@ -77,21 +77,28 @@ def test_exported_models_pruned_to_exact_counts_are_padded_exactly(name, size, t
     assert model_cost(exact).macs < model_cost(result.model).macs <= model_cost(model).macs
 
 
-def test_a_divisor_broadcast_by_expand_is_padded_with_one():
-    """``x / scale.expand_as(x)``: the new channels' divisor is 1, not 0 (0 / 0 is NaN)."""
+@pytest.mark.parametrize("carrier", ["Expand", "Reshape"])
+def test_a_divisor_carried_to_its_div_is_padded_with_one(carrier):
+    """``x / scale.expand_as(x)``, ``x / Reshape(scale, [1, C, 1, 1])``: the new channels'
+    divisor is 1, not 0 (0 / 0 is NaN)."""
+    from onnx import TensorProto
+
     c1, i1 = _conv("c1", "x", "a", 3, 6)
-    shape = helper.make_node("Shape", ["a"], ["sa"])
-    expand = helper.make_node("Expand", ["scale", "sa"], ["se"])
+    if carrier == "Expand":
+        carry = [helper.make_node("Shape", ["a"], ["sa"]), helper.make_node("Expand", ["scale", "sa"], ["se"])]
+        scale, extra = _init("scale", [6, 1, 1]), []
+    else:
+        carry = [helper.make_node("Reshape", ["scale", "s_shape"], ["se"])]
+        scale, extra = _init("scale", [6]), [helper.make_tensor("s_shape", TensorProto.INT64, [4], [1, 6, 1, 1])]
     div = helper.make_node("Div", ["a", "se"], ["q"])
     c2, i2 = _conv("c2", "q", "y", 6, 4)
-    scale = _init("scale", [6, 1, 1])
     scale.float_data[:] = np.abs(np.array(scale.float_data)) + 0.5
-    model = _model([c1, shape, expand, div, c2], i1 + [scale] + i2)
+    model = _model([c1, *carry, div, c2], i1 + [scale, *extra] + i2)
     data = _data(model)
     result, p = _padded(model, 4)
     assert result.modified and len(p.applied) == 1
-    expanded = next(n for n in result.model.graph if n.op_type == "Expand")
-    np.testing.assert_array_equal(const_array(expanded.inputs[0])[6:], 1.0)
+    carried = next(n for n in result.model.graph if n.op_type == carrier)
+    np.testing.assert_array_equal(const_array(carried.inputs[0]).reshape(-1)[6:], 1.0)
     np.testing.assert_allclose(evaluate.run(result.model, data)[0], evaluate.run(model, data)[0], rtol=1e-5, atol=1e-6)
 
 
