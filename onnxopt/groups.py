@@ -52,6 +52,11 @@ output relate to the channels of its inputs:
 - an operand computed from sizes and constants that carries the channels (T5's relative
   position bias gathered from a ``[buckets, heads]`` table, a ``ConstantOfShape`` zero
   bias) is pruned in its table column or shape entry, and every reader of it is united;
+- ``RoiAlign`` passes a feature map's channels to the regions it pools; a tensor shaped at
+  run time by a channel count ``Shape`` read (a ``ConstantOfShape``, an ``Expand`` of a
+  tensor of size 1 there) has those channels, and ``ScatterElements`` / ``GatherElements``
+  along another axis unite their inputs' channels (torchvision's ``MultiScaleRoIAlign``
+  scatters each level's regions into zeros shaped like them);
 
 A connected component of elements is a **unit**: the set of (value, channel) positions that
 disappear when one channel is pruned. Units created by the same source ops form one
@@ -250,6 +255,7 @@ class _Walker:
         self.members: list[Member] = []
         self.handled: set[int] = set()
         self.expand_as: dict[int, list[tuple[_Track, int]]] = {}  # Expand node id → (track, rank) of the tensors whose Shape is its target
+        self.sized: dict[int, list[_Track]] = {}  # ConstantOfShape / Expand node id → tracks whose channel count its sizes read
         self._values: dict[str, ir.Value] | None = None
         self._other_shapes: Mapping[str, tuple] | None = None
 
@@ -1718,6 +1724,7 @@ def _shape(w: _Walker, node: ir.Node) -> None:
         w.block(t, f"{_label(node)}: the channel count is read")
         return
     axes = list(range(rank))[attr(node, "start", 0) : attr(node, "end", rank)]
+    sized: list[ir.Node] = []  # tensors shaped by the count: their handlers decide
     for user, index in node.outputs[0].uses():
         read = _shape_entries_read(user, index, axes)
         if read is None and user.op_type == "Expand" and index == 1 and len(axes) == rank:
@@ -1727,9 +1734,11 @@ def _shape(w: _Walker, node: ir.Node) -> None:
             if not _sizes_user_safe(user, index, node.inputs[0]):
                 w.block(t, f"{_label(node)}: the channel count is read")
                 return
-        elif t.axis in read and not _only_reshapes(user.outputs[0], node.inputs[0]):
+        elif t.axis in read and not _only_reshapes(user.outputs[0], node.inputs[0], sized=sized):
             w.block(t, f"{_label(node)}: the channel count is read")
             return
+    for user in sized:
+        w.sized.setdefault(id(user), []).append(t)
 
 
 def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) -> bool:
@@ -1747,23 +1756,31 @@ def _carries_channels_of(value: ir.Value | None, x: ir.Value, depth: int = 0) ->
     return any(v is not None and const_array(v) is None and _carries_channels_of(v, x, depth + 1) for v in inputs)
 
 
-def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0) -> bool:
+def _only_reshapes(sizes: ir.Value, x: ir.Value, depth: int = 0, sized: list[ir.Node] | None = None) -> bool:
     """Whether every path from ``sizes`` (picked out of ``Shape(x)``) through size arithmetic
     ends in the target of a Reshape or Expand of ``x`` (or the output sizes of a Resize of
-    it), or of a tensor carrying its channels (whose handler checks the entry)."""
-    return depth <= 16 and all(_sizes_user_safe(user, index, x, depth) for user, index in sizes.uses())
+    it), or of a tensor carrying its channels (whose handler checks the entry). With
+    ``sized``, also in the sizes of a ``ConstantOfShape`` or the target of an ``Expand`` of
+    another tensor, which are collected there: their handlers (:func:`_sized_by_count`)
+    check that the count shapes one axis of a tensor that then has x's channels there."""
+    return depth <= 16 and all(_sizes_user_safe(user, index, x, depth, sized) for user, index in sizes.uses())
 
 
-def _sizes_user_safe(user: ir.Node, index: int, x: ir.Value, depth: int = 0) -> bool:
+def _sizes_user_safe(user: ir.Node, index: int, x: ir.Value, depth: int = 0, sized: list[ir.Node] | None = None) -> bool:
     """:func:`_only_reshapes` for one reader ``user`` (input ``index``) of sizes of ``x``."""
     if user.op_type in ("Reshape", "Expand") and index == 1 and _carries_channels_of(user.inputs[0], x):
         return True
     if user.op_type == "Resize" and index == 3 and _carries_channels_of(user.inputs[0], x):
         return True  # the output sizes of a Resize of x: its handler checks the channel entry
+    if sized is not None and (user.op_type, index) in (("ConstantOfShape", 0), ("Expand", 1)):
+        sized.append(user)  # a tensor shaped like x (MultiScaleRoIAlign's zeros, its scatter indices)
+        return True
     if user.op_type in ("Reshape", "Expand", "Resize") and index != 0:  # another tensor shaped by these sizes
         return False
     # a size that leaves the graph is read by whoever runs it
-    return user.op_type in _SIZE_ARITHMETIC and all(not o.is_graph_output() and _only_reshapes(o, x, depth + 1) for o in user.outputs)
+    return user.op_type in _SIZE_ARITHMETIC and all(
+        not o.is_graph_output() and _only_reshapes(o, x, depth + 1, sized) for o in user.outputs
+    )  # fmt: skip
 
 
 def _shape_entries_read(user: ir.Node, index: int, axes: list[int]) -> set[int] | None:
@@ -1867,8 +1884,17 @@ def _expand(w: _Walker, node: ir.Node) -> None:
     if id(node) in w.expand_as:
         _expand_as(w, node, t, w.expand_as.pop(id(node)))
         return
+    pending = w.sized.pop(id(node), [])
     if t is None:
+        if pending:
+            _sized_by_count(w, node, pending, w.shape(node.inputs[0]))
         return
+    roots = [w.find(e) for e in t.elems.tolist()]
+    for other in pending:  # the target reads the count of other channels than the input's
+        if [w.find(e) for e in other.elems.tolist()] != roots:
+            w.block(other, f"{_label(node)}: expands a tensor of other channels to this one's channel count")
+            w.block(t, f"{_label(node)}: expands to the channel count of a tensor of other channels")
+            return
     in_shape, out_shape = w.shape(node.inputs[0]), w.shape(node.outputs[0])
     if in_shape is None or out_shape is None:
         w.block(t, f"{_label(node)}: shapes unknown")
@@ -1898,6 +1924,79 @@ def _expand(w: _Walker, node: ir.Node) -> None:
         _, holder, index, offset = found
         w.member(holder, SHAPE, node.inputs[0], index, offset, t.block, via=None if holder is node else node)
     w.set_track(node.outputs[0], _Track(t.elems, axis, t.block))
+
+
+def _sized_by_count(w: _Walker, node: ir.Node, pending: list[_Track], data_shape: Sequence[int] | None = None) -> None:
+    """A ``ConstantOfShape`` (or an ``Expand`` of an untracked tensor, whose shape is
+    ``data_shape``) whose sizes read the channel count of the ``pending`` tracks at run
+    time: torchvision's ``MultiScaleRoIAlign`` fills zeros of the pooled maps' shape and
+    expands each level's region indices to it, then scatters the levels into the zeros.
+    When exactly one entry of the sizes is that count (read off a tensor with the same
+    channels) and the filled or broadcast values are the same for every channel (the
+    Expand's input has size 1 there), the output has those channels on that axis: pruning
+    shrinks it with them and nothing is rewritten. Any other use of the count blocks."""
+    dims = _dims_of(w, node.inputs[0] if node.op_type == "ConstantOfShape" else node.inputs[1])
+    out_rank = w.rank(node.outputs[0])
+    entries: dict[int, list[_Track]] = {}
+    for t in pending:
+        own = _same_channels(w, t)
+        hits = [] if dims is None else [i for i, d in enumerate(dims) if own & set(d.sizes)]
+        if dims is not None and not hits:  # the sizes read no count (TorchScript's expand: the rank)
+            continue
+        exact = len(hits) == 1 and dims[hits[0]].factor == 1 and len(dims[hits[0]].sizes) == 1
+        if not exact or out_rank is None:
+            w.block(t, f"{_label(node)}: its sizes read the channel count in a way onnxopt does not model")
+            continue
+        entries.setdefault(out_rank - len(dims) + hits[0], []).append(t)
+    if len(entries) > 1:  # the counts of two groups shape one tensor
+        for tracks in entries.values():
+            for t in tracks:
+                w.block(t, f"{_label(node)}: its sizes read the channel counts of several groups")
+        return
+    for axis, (t, *more) in entries.items():
+        if node.op_type == "Expand":
+            broadcast = axis - (out_rank - len(data_shape)) if data_shape is not None else None
+            if broadcast is None or (broadcast >= 0 and data_shape[broadcast] != 1):
+                for other in (t, *more):
+                    w.block(other, f"{_label(node)}: expands a tensor of other channels to this one's channel count")
+                return
+        for other in more:
+            w.union(t.elems, other.elems)
+        w.set_track(node.outputs[0], _Track(t.elems, axis, t.block))
+
+
+def _constant_of_shape(w: _Walker, node: ir.Node) -> None:
+    """A fill tensor whose sizes read a channel count (see :func:`_sized_by_count`)."""
+    pending = w.sized.pop(id(node), [])
+    if pending:
+        _sized_by_count(w, node, pending)
+
+
+def _scatter_gather_elements(w: _Walker, node: ir.Node) -> None:
+    """``ScatterElements(data, indices, updates)`` / ``GatherElements(data, indices)`` move
+    elements along ``axis`` only and match the inputs element by element on every other
+    axis: with the channels on another axis, output channel *c* depends on channel *c* of
+    each input alone, so the inputs' channels are one unit (MultiScaleRoIAlign scatters
+    each level's pooled regions, axis 0, into one tensor). Every input must carry the
+    channels (indices shaped at run time do, see :func:`_sized_by_count`); a constant of a
+    fixed channel count, or moving along the channel axis, blocks them."""
+    tracks = [w.track(v) for v in node.inputs]
+    known = [t for t in tracks if t is not None]
+    rank = w.rank(node.inputs[0])
+    if not known:
+        return
+    first = known[0]
+    axis = attr(node, "axis", 0)
+    if (
+        rank is None or len(known) != len(tracks) or axis % rank == first.axis
+        or any((t.axis, t.channels, t.block) != (first.axis, first.channels, first.block) for t in known)
+    ):  # fmt: skip
+        for t in known:
+            w.block(t, f"{_label(node)}: moves elements along the channel axis, or meets a tensor of other channels")
+        return
+    for t in known[1:]:
+        w.union(first.elems, t.elems)
+    w.set_track(node.outputs[0], first)
 
 
 def _expand_as(w: _Walker, node: ir.Node, t: _Track | None, targets: list[tuple[_Track, int]]) -> None:
@@ -2201,6 +2300,9 @@ HANDLERS: dict[str, Handler] = {
     "LogSoftmax": _channel_axis_safe("axis", -1),
     "RoiAlign": _roi_align,
     "MaxRoiPool": _roi_align,
+    "ConstantOfShape": _constant_of_shape,
+    "ScatterElements": _scatter_gather_elements,
+    "GatherElements": _scatter_gather_elements,
 }
 """op type → handler. Supporting a new op is one entry here. Source ops (Conv, Gemm,
 MatMul) create channels even when no input is tracked; the others act only on tracked inputs."""
@@ -2253,11 +2355,14 @@ def analyze_groups(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None =
         w.handled.add(id(node))
         handlers, sources = _DOMAINS.get(node.domain, ({}, set()))
         has_tracked = any(w.track(v) is not None for v in node.inputs)
-        if not has_tracked and node.op_type not in sources and id(node) not in w.expand_as:
+        if not has_tracked and node.op_type not in sources and id(node) not in w.expand_as and id(node) not in w.sized:
             continue
         handlers.get(node.op_type, _unknown)(w, node)
     for pending in w.expand_as.values():  # an Expand never walked (inside a subgraph) took the count
         for t, _ in pending:
+            w.block(t, "the channel count is read")
+    for tracks in w.sized.values():  # likewise a ConstantOfShape / Expand sized by it
+        for t in tracks:
             w.block(t, "the channel count is read")
     for value in model.graph.outputs:
         w.block(w.track(value), f"{value.name} is a graph output")

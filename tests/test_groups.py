@@ -960,3 +960,84 @@ def test_roi_align_passes_the_feature_channels_to_the_box_head():
     assert {m.node.name for m in b.members} == {"conv_b", "gemm_h"}  # through RoiAlign and Flatten (2×2 columns each)
     (head,) = [n for n in pruned.graph if n.name == "gemm_h"]
     assert head.inputs[1].const_value.numpy().shape[0] == 2 * 2 * (8 - 3)  # 3 of conv b's 8 channels removed
+
+
+def _multi_level_roi_model(data: str = "sized", scatter_axis: int = 0) -> ir.Model:
+    """torchvision's ``MultiScaleRoIAlign`` as its TorchScript export writes it: regions
+    pooled from two levels (Conv p → Relu, and its MaxPool) are scattered (axis 0) into
+    zeros shaped at run time like the first level's crops (``ConstantOfShape`` of sizes
+    read by ``Shape``), each level's row indices expanded to its crops' shape (the
+    exporter's ``expand``: −1 entries turned into 1 by Equal / Where); a box head (Flatten
+    → Gemm) reads the merged crops. ``data="constant"``: the zeros are a constant of a
+    fixed channel count instead."""
+    n = helper.make_node
+
+    def i64(name, values, shape=None):
+        return helper.make_tensor(name, TensorProto.INT64, [len(values)] if shape is None else shape, values)
+
+    def f32(name, values, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, np.asarray(values, np.float32).ravel())
+
+    inits = [*_conv("p", "x", "p", 3, 8)[1], _init("wh", [8 * 2 * 2, 4]), _init("bh", [4]),
+             f32("rois_a", [[0, 0, 6, 6], [4, 2, 12, 10]], [2, 4]), f32("rois_b", [[1, 1, 5, 7], [0, 2, 8, 8], [3, 0, 7, 4]], [3, 4]),
+             i64("batch_a", [0, 0]), i64("batch_b", [0, 0, 0]), i64("at_a", [0, 3]), i64("at_b", [1, 2, 4]),
+             i64("all_rois", [0] * 5), i64("column", [-1, 1, 1, 1]), i64("flat", [-1]), i64("zero", [0]),
+             *[i64(f"pick{k}", [k], []) for k in range(4)], i64("minus_one", [-1], [])]  # fmt: skip
+    nodes = [_conv("p", "x", "p", 3, 8)[0], n("Relu", ["p"], ["rp"], name="relu_p"),
+             n("MaxPool", ["rp"], ["rq"], name="pool_q", kernel_shape=[2, 2], strides=[2, 2]),
+             n("RoiAlign", ["rp", "rois_a", "batch_a"], ["crops_a"], name="roi_a", output_height=2, output_width=2),
+             n("RoiAlign", ["rq", "rois_b", "batch_b"], ["crops_b"], name="roi_b", output_height=2, output_width=2,
+               spatial_scale=0.5),
+             n("Shape", ["all_rois"], ["rois_shape"], name="rois_shape"),
+             n("Gather", ["rois_shape", "pick0"], ["regions"], name="regions", axis=0)]  # fmt: skip
+    for level in ("a", "b"):
+        nodes.append(n("Shape", [f"crops_{level}"], [f"shape_{level}"], name=f"shape_{level}"))
+        for k in range(1, 4):
+            nodes += [n("Gather", [f"shape_{level}", f"pick{k}"], [f"d{k}_{level}"], name=f"d{k}_{level}", axis=0),
+                      n("Unsqueeze", [f"d{k}_{level}", "zero"], [f"u{k}_{level}"], name=f"u{k}_{level}")]  # fmt: skip
+    nodes += [n("Unsqueeze", ["regions", "zero"], ["u0"], name="u0"),
+              n("Concat", ["u0", "u1_a", "u2_a", "u3_a"], ["merged_shape"], name="merged_shape", axis=0)]  # fmt: skip
+    if data == "constant":
+        inits.append(f32("zeros", np.zeros([5, 8, 2, 2]), [5, 8, 2, 2]))
+    else:
+        nodes.append(n("ConstantOfShape", ["merged_shape"], ["zeros"], name="zeros",
+                       value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0])))  # fmt: skip
+    merged = "zeros"
+    for level in ("a", "b"):
+        nodes += [
+            n("Reshape", [f"at_{level}", "column"], [f"rows_{level}"], name=f"rows_{level}"),
+            n("Shape", [f"rows_{level}"], [f"rows_shape_{level}"], name=f"rows_shape_{level}"),
+            n("Gather", [f"rows_shape_{level}", "pick0"], [f"r0_{level}"], name=f"r0_{level}", axis=0),
+            n("Unsqueeze", [f"r0_{level}", "zero"], [f"ur0_{level}"], name=f"ur0_{level}"),
+            n("Concat", [f"ur0_{level}", f"u1_{level}", f"u2_{level}", f"u3_{level}"], [f"sizes_{level}"], name=f"sizes_{level}", axis=0),
+            n("Reshape", [f"sizes_{level}", "flat"], [f"target_{level}"], name=f"target_{level}"),
+            n("Shape", [f"target_{level}"], [f"target_len_{level}"], name=f"target_len_{level}"),
+            n("ConstantOfShape", [f"target_len_{level}"], [f"ones_{level}"], name=f"ones_{level}",
+              value=helper.make_tensor("value", TensorProto.INT64, [1], [1])),
+            n("Mul", [f"ones_{level}", "minus_one"], [f"minus_{level}"], name=f"minus_{level}"),
+            n("Equal", [f"target_{level}", f"minus_{level}"], [f"is_minus_{level}"], name=f"is_minus_{level}"),
+            n("Where", [f"is_minus_{level}", f"ones_{level}", f"target_{level}"], [f"expand_to_{level}"], name=f"expand_to_{level}"),
+            n("Expand", [f"rows_{level}", f"expand_to_{level}"], [f"index_{level}"], name=f"index_{level}"),
+            n("ScatterElements", [merged, f"index_{level}", f"crops_{level}"], [f"merged_{level}"], name=f"scatter_{level}",
+              axis=scatter_axis),
+        ]  # fmt: skip
+        merged = f"merged_{level}"
+    nodes += [n("Flatten", [merged], ["flat_crops"], name="flatten"), n("Gemm", ["flat_crops", "wh", "bh"], ["y"], name="box_head")]
+    return _model(nodes, inits, in_shape=(1, 3, 16, 16), out_shape=[5, 4])
+
+
+def test_multi_level_roi_align_merged_by_scatter_prunes_the_feature_channels():
+    model = _multi_level_roi_model()
+    analysis, pruned = _assert_exact(model, _data(model, 1))
+    p = analysis.by_name()["p"]
+    assert p.prunable and {m.node.name for m in p.members} >= {"p", "box_head"}
+    (head,) = [n for n in pruned.graph if n.name == "box_head"]
+    assert const_array(head.inputs[1]).shape[0] == 2 * 2 * (8 - 3)  # 3 of 8 channels, 2×2 columns each
+
+
+@pytest.mark.parametrize("variant", [{"data": "constant"}, {"scatter_axis": 1}])
+def test_a_scatter_into_a_fixed_count_or_along_the_channels_blocks(variant):
+    model = _multi_level_roi_model(**variant)
+    evaluate.run(model, _data(model, 1))  # a valid model
+    p = analyze_groups(model).by_name()["p"]
+    assert not p.prunable and any("scatter_" in r and "moves elements along the channel axis" in r for r in p.reasons), p.reasons
