@@ -180,7 +180,8 @@ def benchmark(
         for batch in batch_sizes:
             rows.extend(
                 _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed,
-                             progress, None if data is None else _first_samples(data, batch, labelled[0][2]))
+                             progress, None if data is None else _first_samples(data, batch, labelled[0][2]),
+                             stacked=data is not None and bool(data.stacked))
             )  # fmt: skip
     env = {
         "onnxruntime": ort.__version__,
@@ -303,11 +304,12 @@ def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int
 
 
 def _first_samples(data: Dataset, batch: int, model: ir.Model) -> dict[str, np.ndarray]:
-    """The first ``batch`` samples of ``data`` (the model's fixed batch, if it has one)."""
-    batch = fixed_batch(model) or batch
+    """The first ``batch`` samples of ``data`` (the model's fixed batch, if it has one; one
+    sample for a model that takes one without a sample axis)."""
+    batch = 1 if data.stacked else fixed_batch(model) or batch
     if len(data) < batch:
         raise OnnxoptError(f"the data has {len(data)} samples, fewer than the batch of {batch} to time")
-    return data.take(slice(0, batch)).inputs
+    return data.take(slice(0, batch)).feed
 
 
 @functools.cache
@@ -324,7 +326,7 @@ def _start_runtime(provider: str, threads: int) -> None:
 
 
 def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress,
-                 given=None):  # fmt: skip
+                 given=None, stacked=False):  # fmt: skip
     sessions, feeds, mems = [], [], []
     _start_runtime(provider, threads)
     for _label, src, model in labelled:
@@ -358,7 +360,9 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         mems.append(after - before if before is not None and after is not None else None)
     # samples timed: the count taken from the data (whose axes may be the user's), else
     # what the random inputs hold on the model's sample axis
-    b = (fixed_batch(labelled[0][2]) or batch) if given is not None else len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
+    b = len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
+    if given is not None:
+        b = 1 if stacked else fixed_batch(labelled[0][2]) or batch
     say = (lambda rounds: progress(f"{key} batch {b}: {rounds} rounds")) if progress else None
     times = interleaved_times(sessions, feeds, rounds=iterations, seconds=seconds, progress=say)
     rows = []

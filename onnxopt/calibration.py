@@ -101,11 +101,14 @@ class Dataset:
     """Named input arrays and optional labels. Samples lie on each input's sample axis
     (``axes``; the first axis unless it says otherwise, e.g. 1 for an RNN state
     ``[layers, batch, hidden]``); an input without it (a scalar, a state shared by all
-    samples) is fed whole with every batch."""
+    samples) is fed whole with every batch. An input in ``stacked`` takes one sample without
+    a sample axis (torchvision's detectors read one image ``[3, H, W]``): its samples are
+    stacked on a new first axis here, and each feed holds one of them without it."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    stacked: frozenset[str] = frozenset()
 
     def axis(self, name: str) -> int | None:
         """The sample axis of input ``name`` (None: it has none, e.g. a scalar, or a
@@ -138,7 +141,16 @@ class Dataset:
         """The samples at ``index``; an input without the sample axis (a scalar, or one of
         another length, such as a state shared by all samples) is shared."""
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self._cut(index), labels, dict(self.axes))
+        return Dataset(self._cut(index), labels, dict(self.axes), self.stacked)
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        """The inputs as the model takes them: a stacked input's one sample without its axis."""
+        if not self.stacked:
+            return self.inputs
+        if len(self) != 1:
+            raise ValueError(f"a feed of stacked inputs holds one sample, not {len(self)}")
+        return {k: v[0] if k in self.stacked else v for k, v in self.inputs.items()}
 
     def split(self, eval_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint (calibration, evaluation) halves, shuffled with ``seed``."""
@@ -152,17 +164,30 @@ class Dataset:
         return self.take(np.sort(order[n_eval:])), self.take(np.sort(order[:n_eval]))
 
     def parts(self, batch_size: int) -> Iterator[Dataset]:
-        """Consecutive parts of ``batch_size`` samples (the last one may be smaller)."""
-        for start in range(0, len(self), batch_size):
-            yield self.take(slice(start, start + batch_size))
+        """Consecutive parts of ``batch_size`` samples (the last one may be smaller; one
+        sample each with stacked inputs)."""
+        step = 1 if self.stacked else batch_size
+        for start in range(0, len(self), step):
+            yield self.take(slice(start, start + step))
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of ``batch_size`` samples (the last one may be smaller)."""
+        """Feeds of ``batch_size`` samples (the last one may be smaller; see :meth:`parts`)."""
         for part in self.parts(batch_size):
-            yield part.inputs
+            yield part.feed
+
+
+def _stacked(array: np.ndarray, spec: InputSpec) -> bool:
+    """Whether ``array`` holds samples of an input without a sample axis, stacked on a new
+    first axis: one axis more than the input, the others of its fixed sizes."""
+    if spec.shape is None or np.ndim(array) != len(spec.shape) + 1 or not array.shape[0]:
+        return False
+    return all(not isinstance(want, int) or want <= 0 or got == want for got, want in zip(array.shape[1:], spec.shape))
 
 
 def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
+    if _stacked(array, spec):  # checked per sample
+        _check_array(name, array[0], dataclasses.replace(spec, axis=None))
+        return _check_array_values(name, array, spec)
     if spec.shape is not None:
         if array.ndim != len(spec.shape):
             raise OnnxoptError(
@@ -178,6 +203,10 @@ def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
                     f"input {name!r}: data has shape {list(array.shape)} but the model expects "
                     f"{_fmt_shape(spec.shape)} (dimension {i} is {got}, expected {want}{hint})"
                 )
+    return _check_array_values(name, array, spec)
+
+
+def _check_array_values(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
     if array.dtype != spec.dtype:
         same_kind = (array.dtype.kind in "f") == (spec.dtype.kind in "f") and array.dtype.kind != "b"
         if not same_kind and not (array.dtype.kind in "iu" and spec.dtype.kind in "iu"):
@@ -280,6 +309,8 @@ def load_npz(
             )
     for spec in specs:
         inputs[spec.name] = _check_array(spec.name, arrays[spec.name], spec)
+    stacked = frozenset(s.name for s in specs if _stacked(inputs[s.name], s))
+    specs = [dataclasses.replace(s, axis=0) if s.name in stacked else s for s in specs]
     counts = _sample_counts(inputs, specs)
     if labels is not None:
         counts.add(len(labels))
@@ -290,7 +321,7 @@ def load_npz(
         raise OnnxoptError(f"{path}: {n} samples, at least {min_samples} needed")
     if labels is not None:
         labels = np.asarray(labels).reshape(n, -1) if labels.ndim > 1 else np.asarray(labels)
-    return Dataset(inputs, labels, {s.name: s.axis for s in specs})
+    return Dataset(inputs, labels, {s.name: s.axis for s in specs}, stacked)
 
 
 def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
@@ -300,12 +331,14 @@ def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
     if missing:
         raise OnnxoptError(f"data has no array for model input(s) {missing}; its keys are {sorted(dataset.inputs)}")
     inputs = {s.name: _check_array(s.name, np.asarray(dataset.inputs[s.name]), s) for s in specs}
+    stacked = frozenset(s.name for s in specs if _stacked(inputs[s.name], s))
+    specs = [dataclasses.replace(s, axis=0) if s.name in stacked else s for s in specs]
     counts = _sample_counts(inputs, specs)
     if dataset.labels is not None:
         counts.add(len(dataset.labels))
     if len(counts) > 1:
         raise OnnxoptError(f"data arrays disagree on the number of samples ({sorted(counts)})")
-    return Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs})
+    return Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs}, stacked)
 
 
 def _batch_dims(spec: InputSpec, shapes: Mapping[str, Sequence[int]], n: int, dynamic_size: int) -> list[int]:

@@ -133,11 +133,12 @@ def batched_feeds(
         raise OnnxoptError(f"no data for model input(s) {missing}")
     shapes = _session_shapes(sess)
     axes = sample_axes(shapes) | (data.axes if isinstance(data, Dataset) else {})  # the data's own axes win
-    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes)
+    stacked = data.stacked if isinstance(data, Dataset) else frozenset()
+    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes, stacked=stacked & set(names))
     step = batch_along(shapes) or batch_size
     # Sequences, maps and optionals cannot be cut: then everything is fed at once, as are
     # small sets.
-    whole = len(feed_data) <= step or any(not isinstance(inputs[k], np.ndarray) for k in names)
+    whole = (len(feed_data) <= step and not feed_data.stacked) or any(not isinstance(inputs[k], np.ndarray) for k in names)
     return ([feed_data.inputs] if whole else list(feed_data.batches(step))), feed_data.axes
 
 
@@ -161,11 +162,22 @@ def run(
             chunks.append(sess.run(None, feed))
     except Exception as exc:
         raise OnnxoptError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
+    stacked = isinstance(data, Dataset) and bool(data.stacked & {i.name for i in sess.get_inputs()})
+    if stacked:  # one sample per feed, without a sample axis: stacked again on a new one
+        return [_stack([c[i] for c in chunks]) for i in range(len(chunks[0]))]
     if len(chunks) == 1:
         return chunks[0]
     sizes = [len(Dataset(f, axes=axes)) for f in feeds]
     out_axes = [_output_axis(o.shape, _session_shapes(sess)) for o in sess.get_outputs()]
     return [_concat([c[i] for c in chunks], sizes, out_axes[i]) for i in range(len(chunks[0]))]
+
+
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    """Outputs of one sample each on a new first axis; joined on their first axis where
+    their shapes differ (a detector's boxes, as many as it found)."""
+    if all(isinstance(p, np.ndarray) and p.shape == parts[0].shape for p in parts):
+        return np.stack(parts)
+    return _concat(parts, [1] * len(parts), 0)
 
 
 # sizes tried for length inputs, at most this many (largest first)

@@ -150,7 +150,7 @@ class Probe:
         sums: dict[str, np.ndarray] = {}
         n = len(data)
         for part in data.parts(step):
-            feed = {k: part.inputs[k] for k in names}
+            feed = {k: part.feed[k] for k in names}
             rows = len(part)
             for key, out in zip(self.keys, sess.run(self.keys, feed)):
                 out = np.asarray(out, dtype=np.float64) * (rows if key in self.weighted else 1)

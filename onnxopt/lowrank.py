@@ -167,7 +167,7 @@ def collect_second_moments(
     for part in data.parts(batch_size):
         if fixed is not None and len(part) != fixed:
             continue  # the incomplete last batch of a fixed-batch model
-        feed = {k: part.inputs[k] for k in feed_names}
+        feed = {k: part.feed[k] for k in feed_names}
         values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
         values.update({k: v for k, v in feed.items() if k in wanted})
         for key, layer in groups.items():

@@ -109,6 +109,9 @@ def shapes_from_data(model: ir.Model, data: Dataset, shapes: Mapping[str, Sequen
     out = {k: list(v) for k, v in shapes.items()}
     for spec in input_specs(model):
         array = data.inputs.get(spec.name)
+        if array is not None and spec.name in data.stacked:  # one sample, as the model takes it
+            array = array[0]
+            spec = dataclasses.replace(spec, axis=None)
         if spec.name in out or array is None or spec.shape is None or array.ndim != len(spec.shape):
             continue
         if all(isinstance(d, int) for a, d in enumerate(spec.shape) if a != spec.axis):

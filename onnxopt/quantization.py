@@ -150,9 +150,9 @@ class QuantizeResult:
 # --------------------------------------------------------------------------- latency
 def _one_batch(model: ir.Model, calib: Dataset | None) -> dict[str, np.ndarray]:
     """One batch for timing: a single sample, or as many as a fixed batch dimension needs."""
-    batch = fixed_batch(model) or 1
+    batch = 1 if calib is not None and calib.stacked else fixed_batch(model) or 1
     if calib is not None and len(calib) >= batch:
-        return calib.take(slice(0, batch)).inputs
+        return calib.take(slice(0, batch)).feed
     return synthetic(model, batch, seed=0).inputs
 
 

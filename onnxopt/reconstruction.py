@@ -231,7 +231,7 @@ def reconstruct(
         return []
     fixed = fixed_batch(original)
     parts = list(calib.parts(fixed or batch_size))
-    batches = [part.inputs for part in parts]
+    batches = [part.feed for part in parts]
     first = np.cumsum([0] + [len(part) for part in parts])  # global index of each batch's first sample
     sy, keys = value_session(original, [fit.original_output for fit in fits])  # targets of every layer: one run
     rng = np.random.default_rng(seed)
