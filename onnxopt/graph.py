@@ -35,6 +35,7 @@ __all__ = [
 ]
 
 import contextlib
+import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -454,6 +455,20 @@ def _proto_without_weights(model: ir.Model) -> onnx.ModelProto:
         )
         proto.graph.input.append(vi)
     return proto
+
+
+def content_digest(model: ir.Model) -> str:
+    """A hash of ``model``'s graph and weights: equal for a clone, different after any change
+    of a node, a name or a weight (a key for what is computed from a model, e.g. the
+    pruning importances a budget search re-uses)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(_proto_without_weights(model).SerializeToString())
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is not None and tensor.size > 1024:  # the smaller ones are in the proto
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(tensor.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -43,7 +43,9 @@ How a pipeline runs (:func:`run_stages`):
    when it measures faster than the result, timed against it, and at least
    ``ctx.min_speedup`` times the original's speed, timed against that (the report's
    measurement). The hard-digits CNN: int8 and low-rank are not faster on a 0.1 ms model,
-   and pruning under half of a 1 % budget removed too little to measure faster.
+   and pruning under half of a 1 % budget removed too little to measure faster. The
+   second search re-uses the first one's importances (``Context.cache``: by the model's
+   content, so only when it starts from the same model).
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Context:
     providers: tuple[str, ...] = ("cpu",)
     threads: int | None = 2
     speed_seconds: float = 2.0
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)  # what stages compute once per run (prune's importances)
 
 
 def time_pair(current: ir.Model, candidate: ir.Model, ctx: Context, seconds: float | None = None,

@@ -44,7 +44,7 @@ from onnxopt.cost import model_cost
 from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
-from onnxopt.graph import attr, has_subgraph, iter_nodes, name_nodes
+from onnxopt.graph import attr, content_digest, has_subgraph, iter_nodes, name_nodes
 from onnxopt.groups import (
     CONSUMER,
     PRODUCER,
@@ -377,11 +377,15 @@ def prune_model(
     shapes: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 0.01,
     progress: Callable[[str], None] | None = None,
+    pruners: dict[tuple, Pruner] | None = None,
 ) -> PruneResult:
     """Prune ``model`` (not modified) by ``ratio``, by ``cr``, or automatically under
     ``max_drop`` (needs ``evaluator``, or calibration data to split one off); ``criterion``
-    defaults to :func:`default_criterion`."""
+    defaults to :func:`default_criterion`. ``pruners`` keeps the :class:`Pruner` (groups,
+    importances, feature means) of each model and setting it is called with, to be used
+    again: ``optimize`` searches once more with the whole budget on the model it pruned."""
     progress = progress or (lambda message: None)
+    given_calib = calib
     calib = with_sample_axes(calib, model)
     allocation = allocation or ("uniform" if ratio is not None else "cr")
     criterion = criterion or default_criterion(calib, reconstruct, allocation)
@@ -396,11 +400,17 @@ def prune_model(
             raise OnnxoptError("max-accuracy-drop needs calibration data (--data) to evaluate candidates")
         calib, held_out = calib.split(0.5, seed)
         evaluator = Evaluator(model, held_out)
-    pruner = Pruner(
-        model, calib, criterion=criterion, allocation=allocation, round_to=round_to, round_nearest=ratio is not None,
-        reconstruct=reconstruct, bias_compensation=bias_compensation, seed=seed,
-        shapes=shapes, progress=progress,
-    )  # fmt: skip
+    settings = dict(criterion=criterion, allocation=allocation, round_to=round_to, round_nearest=ratio is not None,
+                    reconstruct=reconstruct, bias_compensation=bias_compensation, seed=seed, shapes=shapes)  # fmt: skip
+    # the same data (the caller's object: a split above is the same split again) and settings
+    key = (content_digest(model), id(given_calib), repr(sorted(settings.items()))) if pruners is not None else None
+    pruner = pruners.get(key) if pruners is not None else None
+    if pruner is None:
+        pruner = Pruner(model, calib, **settings, progress=progress)
+        if pruners is not None:
+            pruners[key] = pruner
+    else:
+        progress(f"importance ({criterion}): computed before, on the same model")
     before = model_cost(model, shapes)
     steps: list[SearchStep] = []
     start = time.perf_counter()
@@ -475,6 +485,7 @@ def prune_stage(**options: Any):
         opts.setdefault("seed", ctx.seed)
         opts.setdefault("shapes", ctx.shapes or None)
         opts.setdefault("progress", ctx.progress)
+        opts.setdefault("pruners", ctx.cache.setdefault("pruners", {}))
         try:
             result = prune_model(model, ctx.calib, ctx.evaluator, **opts)
         except NoPrunableGroup as exc:  # nothing to try: the stage did not change the model

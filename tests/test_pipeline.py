@@ -9,13 +9,14 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxopt.calibration import synthetic
+from onnxopt.calibration import load_npz, synthetic
 from onnxopt.evaluate import Evaluator, run
 from onnxopt.graph import const_array, set_const_input
 from onnxopt.passes.base import LoggedPass
 from onnxopt.passes.cleanup import CleanupPass
 from onnxopt.pipeline import Context, Stage, StageOutcome, pass_stage, run_stages
 from tests.builders import conv_bn_relu_gemm
+from tests.conftest import ROOT
 
 
 class ScaleFirstConvPass(LoggedPass):
@@ -460,3 +461,28 @@ def test_optimize_warns_when_one_held_out_sample_outweighs_the_budget(held_out, 
     if warned:
         assert "4 held-out samples" in result.warnings[0] and "needs 100" in result.warnings[0]
         assert result.to_dict()["warnings"] == result.warnings
+
+
+def test_pruning_again_on_the_same_model_reuses_its_importances(monkeypatch):
+    """The budget reclaim prunes the model it pruned before, with a larger budget: the
+    groups and importances are computed once per model (by its content, a clone matches),
+    and the second search gives what a search from scratch gives."""
+    import onnxopt.pruning as pruning
+    from onnxopt.model_io import load_model
+
+    calls = []
+    importance = pruning.group_importance
+    monkeypatch.setattr(pruning, "group_importance", lambda *a, **k: calls.append(1) or importance(*a, **k))
+    model = load_model(ROOT / "benchmarks" / "models" / "hard_digits_cnn.onnx")
+    data = load_npz(ROOT / "benchmarks" / "models" / "hard_digits.npz", model)
+    calib, held_out = data.take(np.arange(0, 64)), data.take(np.arange(64, 264))
+    ctx = Context(verify_data=held_out.take(slice(0, 8)), calib=calib, evaluator=Evaluator(model, held_out), max_drop=0.02)
+    half, whole = pruning.prune_stage(max_drop=0.01, criterion="l1"), pruning.prune_stage(max_drop=0.02, criterion="l1")
+    half.run(model.clone(), ctx)
+    again = whole.run(model.clone(), ctx)
+    assert len(calls) == 1  # the second search on the clone re-used the importances
+    fresh = whole.run(model.clone(), Context(verify_data=ctx.verify_data, calib=calib, evaluator=ctx.evaluator, max_drop=0.02))
+    assert len(calls) == 2 and again.details["knob"] == fresh.details["knob"] and again.details["macs_after"] == fresh.details["macs_after"]
+    pruned = again.model.clone()
+    other = whole.run(pruned, ctx)  # another model: its own importances
+    assert len(calls) == 3 and other is not None
