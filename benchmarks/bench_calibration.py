@@ -24,12 +24,9 @@ from __future__ import annotations
 import functools
 import time
 
-import numpy as np
-
 import onnxopt.pruning as pruning
 import onnxopt.reconstruction as reconstruction
 from benchmarks import bench_prune, record
-from benchmarks.digits import distort, hard_digits_sources
 from benchmarks.real_data import real_inputs
 from onnxopt import evaluate
 from onnxopt.calibration import Dataset
@@ -77,13 +74,8 @@ def real(kind: str) -> list[dict]:
 def hard_digits() -> list[dict]:
     sizes, shares = HARD
     model, _, held_out = bench_prune._hard_split()
-    sources, _ = hard_digits_sources()
-    rng = np.random.default_rng([0, 7])
-    copies = -(-max(sizes) // len(sources))
-    images = np.concatenate([distort(sources, rng, 32) for _ in range(copies)])
-    images = images[np.random.default_rng(0).permutation(len(images))]
-    name = model.graph.inputs[0].name
-    return _rows("hard digits", model, [Dataset({name: images[:n]}) for n in sizes], shares, evaluate.Evaluator(model, held_out))
+    calib = bench_prune.hard_digits_training_calibration(model, max(sizes))
+    return _rows("hard digits", model, [calib.take(slice(0, n)) for n in sizes], shares, evaluate.Evaluator(model, held_out))
 
 
 def markdown(results: dict) -> str:
