@@ -152,16 +152,22 @@ class Dataset:
             raise ValueError(f"a feed of stacked inputs holds one sample, not {len(self)}")
         return {k: v[0] if k in self.stacked else v for k, v in self.inputs.items()}
 
-    def split(self, eval_fraction: float = 0.5, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """Disjoint (calibration, evaluation) halves, shuffled with ``seed``."""
-        n = len(self)
-        if n < 2:
+    def split(self, eval_fraction: float = 0.5, seed: int = 0, multiple: int = 1) -> tuple[Dataset, Dataset]:
+        """Disjoint (calibration, evaluation) halves, shuffled with ``seed``; each holds a
+        multiple of ``multiple`` samples (a model's fixed batch), the rest is left out."""
+        n, multiple = len(self), max(1, multiple)
+        if n < 2 * multiple:
+            batches = f" (2 batches of the model's fixed {multiple})" if multiple > 1 else ""
+            hint = ("; a model that reads one sample without a sample axis takes them stacked on a new first axis"
+                    if multiple > 1 and not self.stacked else "")  # fmt: skip
             raise OnnxoptError(
-                f"need at least 2 samples to split into calibration and evaluation data, got {n}"
+                f"need at least {2 * multiple} samples{batches} to split into calibration and evaluation data, got {n}{hint}"
             )
         order = np.random.default_rng(seed).permutation(n)
-        n_eval = min(n - 1, max(1, round(n * eval_fraction)))
-        return self.take(np.sort(order[n_eval:])), self.take(np.sort(order[:n_eval]))
+        batches = n // multiple
+        n_eval = min(batches - 1, max(1, round(batches * eval_fraction))) * multiple
+        n_calib = (batches * multiple - n_eval) // multiple * multiple
+        return self.take(np.sort(order[n_eval : n_eval + n_calib])), self.take(np.sort(order[:n_eval]))
 
     def parts(self, batch_size: int) -> Iterator[Dataset]:
         """Consecutive parts of ``batch_size`` samples (the last one may be smaller; one

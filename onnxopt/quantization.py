@@ -603,7 +603,7 @@ def quantize_model(
     if max_drop is not None and evaluator is None:
         if calib is None or len(calib) < 4:
             raise OnnxoptError("--max-accuracy-drop needs data to measure it on (--data, or --eval-data)")
-        calib, held_out = calib.split(0.5, seed)
+        calib, held_out = calib.split(0.5, seed, multiple=1 if calib.stacked else fixed_batch(model) or 1)
         evaluator = evaluate.Evaluator(model, held_out)
     result = QuantizeResult(model, mode, False, [], {}, serialized_size(model), serialized_size(model))
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)

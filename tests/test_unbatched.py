@@ -89,3 +89,14 @@ def test_optimize_with_data_on_a_model_without_a_sample_axis(tmp_path):
     assert all("traceback" not in r.details for r in records.values()), {r.name: r.reason for r in records.values()}
     assert records["prune"].details["steps"]  # the budget search scored candidates on the stacked samples
     assert result.speedup is None or result.speedup > 0  # the speed checks timed one sample
+
+
+def test_a_split_keeps_whole_fixed_batches_and_one_unstacked_sample_says_how_to_stack():
+    data = Dataset({"x": _samples(7)})
+    calib, held_out = data.split(0.5, seed=0, multiple=2)
+    assert (len(calib), len(held_out)) == (2, 4)  # whole batches of 2; the seventh sample is left out
+    assert not set(calib.inputs["x"][:, 0, 0, 0]) & set(held_out.inputs["x"][:, 0, 0, 0])
+    assert [len(part) for part in data.split(0.5, seed=0)] == [3, 4]  # no fixed batch: every sample is used
+    model = _unbatched_cnn()  # one sample given as it is fed: its 3 channels read as a fixed batch of 3
+    with pytest.raises(OnnxoptError, match="need at least 6 samples .* stacked on a new first axis"):
+        optimize(ir.from_proto(model), data=Dataset({"x": _samples(1)[0]}))
