@@ -190,6 +190,15 @@ def _stacked(array: np.ndarray, spec: InputSpec) -> bool:
     return all(not isinstance(want, int) or want <= 0 or got == want for got, want in zip(array.shape[1:], spec.shape))
 
 
+def _stacked_specs(inputs: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> tuple[list[InputSpec], frozenset[str]]:
+    """The specs with the sample axes of stacked inputs (0), and their names. When one input
+    is stacked, the model takes one sample per run: the others are fed whole with each."""
+    stacked = frozenset(s.name for s in specs if _stacked(inputs[s.name], s))
+    if not stacked:
+        return list(specs), stacked
+    return [dataclasses.replace(s, axis=0 if s.name in stacked else None) for s in specs], stacked
+
+
 def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
     if _stacked(array, spec):  # checked per sample
         _check_array(name, array[0], dataclasses.replace(spec, axis=None))
@@ -315,8 +324,7 @@ def load_npz(
             )
     for spec in specs:
         inputs[spec.name] = _check_array(spec.name, arrays[spec.name], spec)
-    stacked = frozenset(s.name for s in specs if _stacked(inputs[s.name], s))
-    specs = [dataclasses.replace(s, axis=0) if s.name in stacked else s for s in specs]
+    specs, stacked = _stacked_specs(inputs, specs)
     counts = _sample_counts(inputs, specs)
     if labels is not None:
         counts.add(len(labels))
@@ -337,8 +345,7 @@ def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
     if missing:
         raise OnnxoptError(f"data has no array for model input(s) {missing}; its keys are {sorted(dataset.inputs)}")
     inputs = {s.name: _check_array(s.name, np.asarray(dataset.inputs[s.name]), s) for s in specs}
-    stacked = frozenset(s.name for s in specs if _stacked(inputs[s.name], s))
-    specs = [dataclasses.replace(s, axis=0) if s.name in stacked else s for s in specs]
+    specs, stacked = _stacked_specs(inputs, specs)
     counts = _sample_counts(inputs, specs)
     if dataset.labels is not None:
         counts.add(len(dataset.labels))

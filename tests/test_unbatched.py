@@ -100,3 +100,19 @@ def test_a_split_keeps_whole_fixed_batches_and_one_unstacked_sample_says_how_to_
     model = _unbatched_cnn()  # one sample given as it is fed: its 3 channels read as a fixed batch of 3
     with pytest.raises(OnnxoptError, match="need at least 6 samples .* stacked on a new first axis"):
         optimize(ir.from_proto(model), data=Dataset({"x": _samples(1)[0]}))
+
+
+def test_inputs_beside_a_stacked_one_are_fed_whole_with_every_sample(tmp_path):
+    n = helper.make_node
+    graph = helper.make_graph(
+        [n("ReduceMean", ["x", "axes"], ["m"], keepdims=0), n("Mul", ["m", "scale"], ["y"])], "scaled_means",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8, 8]), helper.make_tensor_value_info("scale", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], [numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    x, scale = _samples(5), np.array([1.0, -2.0, 3.0], np.float32)
+    np.savez(tmp_path / "data.npz", x=x, scale=scale)
+    data = load_npz(tmp_path / "data.npz", model)  # 3 scale entries are not 3 samples
+    assert len(data) == 5 and data.stacked == {"x"} and data.take(slice(2, 4)).inputs["scale"].shape == (3,)
+    (y,) = evaluate.run(model, data)
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3)) * scale, rtol=1e-5)
