@@ -28,11 +28,11 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import Dataset, input_specs, shapes_text, synthetic
+from onnxopt.calibration import Dataset, feed_batch, input_specs, shapes_text, synthetic
 from onnxopt.cpu import simd_level
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import _first_line, _session_shapes, runnable_synthetic, session
-from onnxopt.graph import fixed_batch, sample_axes
+from onnxopt.graph import sample_axes
 from onnxopt.model_io import load_model
 
 PROVIDERS = {
@@ -178,10 +178,10 @@ def benchmark(
     rows: list[BenchRow] = []
     for key, provider in chosen:
         for batch in batch_sizes:
+            given, given_samples = (None, None) if data is None else _first_samples(data, batch, labelled[0][2])
             rows.extend(
                 _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed,
-                             progress, None if data is None else _first_samples(data, batch, labelled[0][2]),
-                             stacked=data is not None and bool(data.stacked))
+                             progress, given, given_samples)
             )  # fmt: skip
     env = {
         "onnxruntime": ort.__version__,
@@ -303,13 +303,13 @@ def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int
     return out
 
 
-def _first_samples(data: Dataset, batch: int, model: ir.Model) -> dict[str, np.ndarray]:
-    """The first ``batch`` samples of ``data`` (the model's fixed batch, if it has one; one
-    sample for a model that takes one without a sample axis)."""
-    batch = 1 if data.stacked else fixed_batch(model) or batch
+def _first_samples(data: Dataset, batch: int, model: ir.Model) -> tuple[dict[str, np.ndarray], int]:
+    """The feed of the first ``batch`` samples of ``data`` (as many as one run takes, if the
+    model says: :func:`~onnxopt.calibration.feed_batch`), and their number."""
+    batch = feed_batch(model, data) or batch
     if len(data) < batch:
         raise OnnxoptError(f"the data has {len(data)} samples, fewer than the batch of {batch} to time")
-    return data.take(slice(0, batch)).feed
+    return data.take(slice(0, batch)).feed, batch
 
 
 @functools.cache
@@ -326,7 +326,7 @@ def _start_runtime(provider: str, threads: int) -> None:
 
 
 def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterations, seconds, opt_level, seed, progress,
-                 given=None, stacked=False):  # fmt: skip
+                 given=None, given_samples=None):  # fmt: skip
     sessions, feeds, mems = [], [], []
     _start_runtime(provider, threads)
     for _label, src, model in labelled:
@@ -360,9 +360,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         mems.append(after - before if before is not None and after is not None else None)
     # samples timed: the count taken from the data (whose axes may be the user's), else
     # what the random inputs hold on the model's sample axis
-    b = len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
-    if given is not None:
-        b = 1 if stacked else fixed_batch(labelled[0][2]) or batch
+    b = given_samples if given is not None else len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
     say = (lambda rounds: progress(f"{key} batch {b}: {rounds} rounds")) if progress else None
     times = interleaved_times(sessions, feeds, rounds=iterations, seconds=seconds, progress=say)
     rows = []

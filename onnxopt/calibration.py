@@ -17,6 +17,7 @@ from __future__ import annotations
 __all__ = [
     "Dataset",
     "InputSpec",
+    "feed_batch",
     "input_specs",
     "has_dynamic_dims",
     "sample_elements",
@@ -39,7 +40,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, const_array, sample_axes
+from onnxopt.graph import attr, const_array, fixed_batch, sample_axes
 
 _LABEL_KEYS = ("labels", "label", "y", "targets")
 
@@ -157,17 +158,16 @@ class Dataset:
         multiple of ``multiple`` samples (a model's fixed batch), the rest is left out."""
         n, multiple = len(self), max(1, multiple)
         if n < 2 * multiple:
-            batches = f" (2 batches of the model's fixed {multiple})" if multiple > 1 else ""
+            fixed = f" (2 batches of the model's fixed {multiple})" if multiple > 1 else ""
             hint = ("; a model that reads one sample without a sample axis takes them stacked on a new first axis"
                     if multiple > 1 and not self.stacked else "")  # fmt: skip
             raise OnnxoptError(
-                f"need at least {2 * multiple} samples{batches} to split into calibration and evaluation data, got {n}{hint}"
+                f"need at least {2 * multiple} samples{fixed} to split into calibration and evaluation data, got {n}{hint}"
             )
         order = np.random.default_rng(seed).permutation(n)
         batches = n // multiple
         n_eval = min(batches - 1, max(1, round(batches * eval_fraction))) * multiple
-        n_calib = (batches * multiple - n_eval) // multiple * multiple
-        return self.take(np.sort(order[n_eval : n_eval + n_calib])), self.take(np.sort(order[:n_eval]))
+        return self.take(np.sort(order[n_eval : batches * multiple])), self.take(np.sort(order[:n_eval]))
 
     def parts(self, batch_size: int) -> Iterator[Dataset]:
         """Consecutive parts of ``batch_size`` samples (the last one may be smaller; one
@@ -199,9 +199,14 @@ def _stacked_specs(inputs: Mapping[str, np.ndarray], specs: Sequence[InputSpec])
     return [dataclasses.replace(s, axis=0 if s.name in stacked else None) for s in specs], stacked
 
 
+def feed_batch(model: ir.Model, data: Dataset | None) -> int | None:
+    """The samples one run of ``model`` takes from ``data``: one when its inputs are stacked,
+    else the model's fixed batch (None: any number)."""
+    return 1 if data is not None and data.stacked else fixed_batch(model)
+
+
 def _check_array(name: str, array: np.ndarray, spec: InputSpec) -> np.ndarray:
-    if _stacked(array, spec):  # checked per sample
-        _check_array(name, array[0], dataclasses.replace(spec, axis=None))
+    if _stacked(array, spec):  # each sample has the input's shape (``_stacked`` checked it)
         return _check_array_values(name, array, spec)
     if spec.shape is not None:
         if array.ndim != len(spec.shape):

@@ -272,6 +272,10 @@ class _Walker:
             e = parent[e]
         return e
 
+    def roots(self, elems: np.ndarray) -> list[int]:
+        """The unit each element belongs to (its union-find root), in order."""
+        return [self.find(e) for e in elems.tolist()]
+
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
             rx, ry = self.find(x), self.find(y)
@@ -1540,10 +1544,10 @@ def _group_size(channels: int, inner: int, out_shape: Sequence[int], b: int) -> 
 def _same_channels(w: _Walker, t: _Track) -> set[tuple[str, int]]:
     """``(value, axis)`` of every tracked value whose channel axis holds exactly ``t``'s
     channels (as far as the walk has united them): their sizes there are ``t``'s count."""
-    roots = [w.find(e) for e in t.elems.tolist()]
+    roots = w.roots(t.elems)
     return {
         (name, other.axis) for name, other in w.tracks.items()
-        if other.block == t.block and other.channels == t.channels and [w.find(e) for e in other.elems.tolist()] == roots
+        if other.block == t.block and other.channels == t.channels and w.roots(other.elems) == roots
     }  # fmt: skip
 
 
@@ -1887,11 +1891,11 @@ def _expand(w: _Walker, node: ir.Node) -> None:
     pending = w.sized.pop(id(node), [])
     if t is None:
         if pending:
-            _sized_by_count(w, node, pending, w.shape(node.inputs[0]))
+            _sized_by_count(w, node, pending)
         return
-    roots = [w.find(e) for e in t.elems.tolist()]
+    roots = w.roots(t.elems)
     for other in pending:  # the target reads the count of other channels than the input's
-        if [w.find(e) for e in other.elems.tolist()] != roots:
+        if w.roots(other.elems) != roots:
             w.block(other, f"{_label(node)}: expands a tensor of other channels to this one's channel count")
             w.block(t, f"{_label(node)}: expands to the channel count of a tensor of other channels")
             return
@@ -1926,9 +1930,8 @@ def _expand(w: _Walker, node: ir.Node) -> None:
     w.set_track(node.outputs[0], _Track(t.elems, axis, t.block))
 
 
-def _sized_by_count(w: _Walker, node: ir.Node, pending: list[_Track], data_shape: Sequence[int] | None = None) -> None:
-    """A ``ConstantOfShape`` (or an ``Expand`` of an untracked tensor, whose shape is
-    ``data_shape``) whose sizes read the channel count of the ``pending`` tracks at run
+def _sized_by_count(w: _Walker, node: ir.Node, pending: list[_Track]) -> None:
+    """A ``ConstantOfShape`` (or an ``Expand`` of an untracked tensor) whose sizes read the channel count of the ``pending`` tracks at run
     time: torchvision's ``MultiScaleRoIAlign`` fills zeros of the pooled maps' shape and
     expands each level's region indices to it, then scatters the levels into the zeros.
     When exactly one entry of the sizes is that count (read off a tensor with the same
@@ -1955,6 +1958,7 @@ def _sized_by_count(w: _Walker, node: ir.Node, pending: list[_Track], data_shape
         return
     for axis, (t, *more) in entries.items():
         if node.op_type == "Expand":
+            data_shape = w.shape(node.inputs[0])
             broadcast = axis - (out_rank - len(data_shape)) if data_shape is not None else None
             if broadcast is None or (broadcast >= 0 and data_shape[broadcast] != 1):
                 for other in (t, *more):

@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt import evaluate
-from onnxopt.calibration import Dataset, with_sample_axes
+from onnxopt.calibration import Dataset, feed_batch, with_sample_axes
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import attr, fixed_batch, static_shapes
 from onnxopt.passes.lowrank import (
@@ -261,7 +261,7 @@ def lowrank_model(
     if mode == "max_drop" and evaluator is None:
         if calib is None:
             raise OnnxoptError("an accuracy budget needs data: pass calibration data (--data)")
-        calib, held_out = calib.split(0.5, seed, multiple=1 if calib.stacked else fixed_batch(model) or 1)
+        calib, held_out = calib.split(0.5, seed, multiple=feed_batch(model, calib) or 1)
         evaluator = evaluate.Evaluator(model, held_out)
         notes.append(f"evaluation on {len(held_out)} held-out samples split from the calibration data")
     layers, _ = linear_layers(model.graph, conv1x1=conv1x1)

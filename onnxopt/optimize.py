@@ -48,6 +48,7 @@ from onnxopt.bench import BenchResult, benchmark, resolve_providers
 from onnxopt.calibration import (
     Dataset,
     check_dataset,
+    feed_batch,
     has_dynamic_dims,
     input_specs,
     load_npz,
@@ -55,7 +56,6 @@ from onnxopt.calibration import (
     synthetic,
 )
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import fixed_batch
 from onnxopt.lowrank import lowrank_stage
 from onnxopt.model_io import check_output_path, load_model, save_model
 from onnxopt.passes.cleanup import CleanupPass
@@ -229,7 +229,7 @@ def optimize(
     calib = _as_dataset(data, original, sample_axes)
     held_out = _as_dataset(eval_data, original, sample_axes)
     if calib is not None and held_out is None:
-        calib, held_out = calib.split(0.5, seed, multiple=1 if calib.stacked else fixed_batch(original) or 1)
+        calib, held_out = calib.split(0.5, seed, multiple=feed_batch(original, calib) or 1)
     if calib is not None:
         shapes = shapes_from_data(original, calib, shapes)
     if held_out is not None:

@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.calibration import Dataset, with_sample_axes
+from onnxopt.calibration import Dataset, feed_batch, with_sample_axes
 from onnxopt.cost import model_cost
 from onnxopt.cpu import nchwc_block
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import Evaluator
-from onnxopt.graph import attr, content_digest, fixed_batch, has_subgraph, iter_nodes, name_nodes
+from onnxopt.graph import attr, content_digest, has_subgraph, iter_nodes, name_nodes
 from onnxopt.groups import (
     CONSUMER,
     PRODUCER,
@@ -398,7 +398,7 @@ def prune_model(
     if max_drop is not None and evaluator is None:
         if calib is None:
             raise OnnxoptError("max-accuracy-drop needs calibration data (--data) to evaluate candidates")
-        calib, held_out = calib.split(0.5, seed, multiple=1 if calib.stacked else fixed_batch(model) or 1)
+        calib, held_out = calib.split(0.5, seed, multiple=feed_batch(model, calib) or 1)
         evaluator = Evaluator(model, held_out)
     settings = dict(criterion=criterion, allocation=allocation, round_to=round_to, round_nearest=ratio is not None,
                     reconstruct=reconstruct, bias_compensation=bias_compensation, seed=seed, shapes=shapes)  # fmt: skip

@@ -63,9 +63,9 @@ import onnx_ir as ir
 
 from onnxopt import evaluate
 from onnxopt.bench import latency_ratio, latency_ratios
-from onnxopt.calibration import Dataset, synthetic, with_sample_axes
+from onnxopt.calibration import Dataset, feed_batch, synthetic, with_sample_axes
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, default_opset, fixed_batch, iter_nodes
+from onnxopt.graph import attr, default_opset, iter_nodes
 from onnxopt.model_io import _embedded_proto, serialized_size
 from onnxopt.passes.cleanup import fold_weight_subgraphs
 from onnxopt.passes.lowbit import LowBitWeightPass
@@ -150,7 +150,7 @@ class QuantizeResult:
 # --------------------------------------------------------------------------- latency
 def _one_batch(model: ir.Model, calib: Dataset | None) -> dict[str, np.ndarray]:
     """One batch for timing: a single sample, or as many as a fixed batch dimension needs."""
-    batch = 1 if calib is not None and calib.stacked else fixed_batch(model) or 1
+    batch = feed_batch(model, calib) or 1
     if calib is not None and len(calib) >= batch:
         return calib.take(slice(0, batch)).feed
     return synthetic(model, batch, seed=0).inputs
@@ -603,7 +603,7 @@ def quantize_model(
     if max_drop is not None and evaluator is None:
         if calib is None or len(calib) < 4:
             raise OnnxoptError("--max-accuracy-drop needs data to measure it on (--data, or --eval-data)")
-        calib, held_out = calib.split(0.5, seed, multiple=1 if calib.stacked else fixed_batch(model) or 1)
+        calib, held_out = calib.split(0.5, seed, multiple=feed_batch(model, calib) or 1)
         evaluator = evaluate.Evaluator(model, held_out)
     result = QuantizeResult(model, mode, False, [], {}, serialized_size(model), serialized_size(model))
     result.settings.update(mode=mode, max_drop=max_drop, skip_first_last=skip_first_last, provider=provider)
