@@ -550,13 +550,7 @@ def write_markdown(results: dict, path: Path) -> None:
             lines.append(f"| {r['criterion']} | {r['allocation']} | {r['target']:.0%} | {r['macs_removed']:.1%} | "
                          f"{r['acc_none']:.4f} | {r['acc_bias_comp']:.4f} | **{r['acc_recovered']:.4f}** | {d['linear_probe']:.4f} |")
         lines += ["", "Automatic mode (binary search on cr, or on the ratio for uniform allocation; budget 1 % "
-                  "accuracy: drop + one standard error of the per-sample drop ≤ 1 %):", "",
-                  "| criterion | allocation | knob | MACs removed | params removed | accuracy | without recovery | steps | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for a in d["auto"]:
-            lines.append(f"| {a['criterion']} | {a.get('allocation', 'cr')} | {a['cr']:.4f} | {a['macs_removed']:.1%} | {a['params_removed']:.1%} | "
-                         f"{a['accuracy']:.4f} | {a['accuracy_without_recovery']:.4f} | {len(a['steps'])} | {a['seconds']:.0f} |")
-        lines.append("")
+                  "accuracy: drop + one standard error of the per-sample drop ≤ 1 %):", "", *_auto_table(d["auto"])]  # fmt: skip
         for a in d["auto"]:
             knob = "cr" if a.get("allocation", "cr") == "cr" else "ratio"
             lines += [f"Search steps ({a['criterion']}, {a.get('allocation', 'cr')}): " + ", ".join(
@@ -567,13 +561,7 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += [f"Automatic mode at 1 % with **{large['calib']} calibration images**: distortions of the CNN's "
                   "training digits (a generator training never drew from) instead of the 256 committed images, "
                   f"the same {large['eval']} held-out images (original {large['baseline']:.4f}); ridge linear probe on "
-                  f"these calibration pixels: **{large['linear_probe']:.4f}**.", "",
-                  "| criterion | allocation | knob | MACs removed | params removed | accuracy | without recovery | steps | seconds |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for a in large["auto"]:
-            lines.append(f"| {a['criterion']} | {a['allocation']} | {a['cr']:.4f} | {a['macs_removed']:.1%} | {a['params_removed']:.1%} | "
-                         f"{a['accuracy']:.4f} | {a['accuracy_without_recovery']:.4f} | {len(a['steps'])} | {a['seconds']:.0f} |")
-        lines.append("")
+                  f"these calibration pixels: **{large['linear_probe']:.4f}**.", "", *_auto_table(large["auto"])]  # fmt: skip
     hard = results.get("hard_latency")
     if hard:
         lines += ["## Hard digits: what pruning alone buys at batch 1", "",
@@ -628,6 +616,16 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append("")
     lines += _targets(results)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _auto_table(auto: list[dict]) -> list[str]:
+    """Markdown lines of the automatic mode's rows (:func:`_auto_row`), a blank line after."""
+    lines = ["| criterion | allocation | knob | MACs removed | params removed | accuracy | without recovery | steps | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for a in auto:
+        lines.append(f"| {a['criterion']} | {a.get('allocation', 'cr')} | {a['cr']:.4f} | {a['macs_removed']:.1%} | {a['params_removed']:.1%} | "
+                     f"{a['accuracy']:.4f} | {a['accuracy_without_recovery']:.4f} | {len(a['steps'])} | {a['seconds']:.0f} |")
+    return [*lines, ""]
 
 
 def _targets(results: dict) -> list[str]:
