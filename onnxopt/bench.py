@@ -23,6 +23,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -303,6 +304,22 @@ def _batch_shapes(model: ir.Model, batch: int, shapes: Mapping[str, Sequence[int
     return out
 
 
+def _samples_in(sess: ort.InferenceSession, feed: Mapping[str, np.ndarray], outputs: Sequence[Any]) -> int:
+    """The samples one run on ``feed`` holds: the size of the inputs' sample axis — unless
+    that axis is fixed above 1 and no output has it first, declared or at run time. Such a
+    model reads one sample without a sample axis (torchvision's detectors take one image
+    ``[3, H, W]`` and return boxes ``[k, 4]``): its 3 is channels, not a batch of 3."""
+    shapes = _session_shapes(sess)
+    axes = sample_axes(shapes)
+    n = len(Dataset(dict(feed), axes=axes))
+    if n <= 1 or any(a is not None and shapes[k] and not isinstance(shapes[k][a], int) for k, a in axes.items()):
+        return n  # a dynamic sample axis is one the random inputs were sized on
+    # first axes, and the second of a time-major sequence [T, N, C]
+    declared = [d for o in sess.get_outputs() for d in (o.shape or [])[: 2 if len(o.shape or []) >= 3 else 1]]
+    run = [d for o in outputs for d in np.shape(o)[: 2 if np.ndim(o) >= 3 else 1]]
+    return n if n in declared or n in run else 1
+
+
 def _first_samples(data: Dataset, batch: int, model: ir.Model) -> tuple[dict[str, np.ndarray], int]:
     """The feed of the first ``batch`` samples of ``data`` (as many as one run takes, if the
     model says: :func:`~onnxopt.calibration.feed_batch`), and their number."""
@@ -339,7 +356,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         feed = {i.name: data[i.name] for i in sess.get_inputs()}
         try:
             try:
-                sess.run(None, feed)
+                outputs = sess.run(None, feed)
             except Exception:
                 if given is not None:
                     raise
@@ -348,6 +365,7 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
                 given_shapes = {k: v for k, v in _batch_shapes(model, batch, shapes).items() if k in (shapes or {})}
                 data = runnable_synthetic(model, batch, seed=seed, shapes=given_shapes, sess=sess)[0].inputs
                 feed = {i.name: data[i.name] for i in sess.get_inputs()}
+                outputs = sess.run(None, feed)
             for _ in range(warmup - 1):  # the run above, which checks the inputs, is the first warm-up run
                 sess.run(None, feed)
         except Exception as exc:  # e.g. a dynamic dimension that 1 does not fit
@@ -357,10 +375,12 @@ def _bench_group(labelled, key, provider, batch, threads, shapes, warmup, iterat
         after = _rss_mb()
         sessions.append(sess)
         feeds.append(feed)
+        if len(sessions) == 1:
+            first_outputs = outputs
         mems.append(after - before if before is not None and after is not None else None)
     # samples timed: the count taken from the data (whose axes may be the user's), else
     # what the random inputs hold on the model's sample axis
-    b = given_samples if given is not None else len(Dataset(feeds[0], axes=sample_axes(_session_shapes(sessions[0]))))
+    b = given_samples if given is not None else _samples_in(sessions[0], feeds[0], first_outputs)
     say = (lambda rounds: progress(f"{key} batch {b}: {rounds} rounds")) if progress else None
     times = interleaved_times(sessions, feeds, rounds=iterations, seconds=seconds, progress=say)
     rows = []

@@ -116,3 +116,25 @@ def test_inputs_beside_a_stacked_one_are_fed_whole_with_every_sample(tmp_path):
     assert len(data) == 5 and data.stacked == {"x"} and data.take(slice(2, 4)).inputs["scale"].shape == (3,)
     (y,) = evaluate.run(model, data)
     np.testing.assert_allclose(y, x.mean(axis=(2, 3)) * scale, rtol=1e-5)
+
+
+def _fixed_first_axis_model(reduce: bool) -> ir.Model:
+    """``x [3, 4]`` → Relu, then (``reduce``) summed over its first axis: ``y [4]``."""
+    nodes = [helper.make_node("Relu", ["x"], ["r" if reduce else "y"])]
+    if reduce:
+        nodes.append(helper.make_node("ReduceSum", ["r", "axes"], ["y"], keepdims=0))
+    inits = [numpy_helper.from_array(np.array([0], np.int64), "axes")] if reduce else []
+    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4] if reduce else [3, 4])], inits)  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_bench_counts_one_sample_when_no_output_carries_the_fixed_first_axis():
+    from onnxopt.bench import benchmark
+
+    unbatched = benchmark([("cnn", ir.from_proto(_unbatched_cnn()))], iterations=2, warmup=1).rows[0]
+    assert unbatched.batch == 1  # [3, 8, 8] is one image of 3 channels, not 3 samples
+    reduced = benchmark([("sum", _fixed_first_axis_model(reduce=True))], iterations=2, warmup=1).rows[0]
+    assert reduced.batch == 1
+    batched = benchmark([("relu", _fixed_first_axis_model(reduce=False))], iterations=2, warmup=1).rows[0]
+    assert batched.batch == 3 and batched.throughput == pytest.approx(3 / (batched.p50_ms / 1e3))
