@@ -45,7 +45,9 @@ How a pipeline runs (:func:`run_stages`):
    measurement). The hard-digits CNN: int8 and low-rank are not faster on a 0.1 ms model,
    and pruning under half of a 1 % budget removed too little to measure faster. The
    second search re-uses the first one's importances (``Context.cache``: by the model's
-   content, so only when it starts from the same model).
+   content, so only when it starts from the same model) and the scores of the settings
+   the first one tried: it retraces them until one that failed the share fits the whole
+   budget (on hard digits the reclaim's prune search took 1.4 s instead of 2.9 s).
 """
 
 from __future__ import annotations

@@ -226,6 +226,17 @@ class PruneResult:
         return d
 
 
+@dataclasses.dataclass
+class _Candidate:
+    """A search step's candidate: its model (None when an earlier search on the same pruner
+    scored this knob), score (a message when onnxruntime rejected it) and MACs kept."""
+
+    knob: float
+    model: ir.Model | None
+    score: float | str | None
+    cost: float
+
+
 class Pruner:
     """Importances and statistics computed once; ``build(knob)`` makes candidates.
 
@@ -270,6 +281,11 @@ class Pruner:
         self.reconstructed: list[str] = []
         self.last_removals: dict[str, np.ndarray] = {}
         self.refitted: dict[float, list[str]] = {}
+        # knob → (evaluator, its score or rejection, MACs kept): a search again on the same
+        # pruner (optimize's reclaim, with a larger budget) retraces the first one until a
+        # setting that failed the smaller budget fits the larger one; those steps are not
+        # built and scored again
+        self.scored: dict[float, tuple[Any, float | str, float]] = {}
 
     def removals_of(self, knob: float) -> dict[str, np.ndarray]:
         """Units removed per group at ``knob`` (groups that lose nothing are left out)."""
@@ -417,24 +433,39 @@ def prune_model(
     if max_drop is not None:
         assert evaluator is not None
 
-        def evaluate(candidate: ir.Model) -> tuple[float, bool]:
-            score = evaluator.score(candidate)
-            progress(f"candidate score {score:.4f}")
-            return score, evaluator.within(score, max_drop)
+        def build(knob: float) -> _Candidate:
+            known = pruner.scored.get(knob)
+            if known is not None and known[0] is evaluator:
+                return _Candidate(knob, None, known[1], known[2])
+            model = pruner.build(knob)
+            return _Candidate(knob, model, None, model_cost(model, shapes).macs / max(before.macs, 1))
 
-        def cost(candidate: ir.Model) -> float:
-            return model_cost(candidate, shapes).macs / max(before.macs, 1)
+        def evaluate(candidate: _Candidate) -> tuple[float, bool]:
+            known = candidate.score
+            if known is None:
+                try:
+                    known = evaluator.score(candidate.model)
+                except OnnxoptError as exc:
+                    known = str(exc)
+                pruner.scored[candidate.knob] = (evaluator, known, candidate.cost)
+            if isinstance(known, str):
+                raise OnnxoptError(known)
+            progress(f"candidate score {known:.4f}" + (" (scored before)" if candidate.model is None else ""))
+            return known, evaluator.within(known, max_drop)
 
         # cr: a smaller value removes more; the ratio of uniform / global: a larger one does.
         direction = "down" if allocation == "cr" else "up"
-        found = search_budget(pruner.build, evaluate, lo=0.0, hi=1.0, more_compression=direction, tolerance=tolerance, cost=cost)
+        found = search_budget(build, evaluate, lo=0.0, hi=1.0, more_compression=direction, tolerance=tolerance,
+                              cost=lambda c: c.cost)  # fmt: skip
         steps = found.steps
         knob = found.best_knob
         if found.best is None:
             knob = 1.0 if allocation == "cr" else 0.0
             pruned = pruner.build(knob)
+        elif found.best.model is None:  # scored by an earlier search: built again
+            pruned = pruner.build(knob)
         else:
-            pruned = found.best
+            pruned = found.best.model
             pruner.last_removals = pruner.removals_of(knob)
             pruner.reconstructed = pruner.refitted.get(knob, [])
     else:

@@ -486,3 +486,39 @@ def test_pruning_again_on_the_same_model_reuses_its_importances(monkeypatch):
     pruned = again.model.clone()
     other = whole.run(pruned, ctx)  # another model: its own importances
     assert len(calls) == 3 and other is not None
+
+
+def test_a_second_search_with_a_larger_budget_does_not_build_again_what_the_first_scored(monkeypatch):
+    """The reclaim's search retraces the first one until a setting that failed the half
+    budget fits the whole; those steps are taken from the first search's scores, and the
+    result is the one a search from scratch finds."""
+    import onnxopt.pruning as pruning
+    from onnxopt.model_io import load_model
+
+    built = []
+    build = pruning.Pruner.build
+
+    def counted(self, knob, **options):
+        if options.get("recover", True):  # not the score without recovery the result reports
+            built.append(knob)
+        return build(self, knob, **options)
+
+    monkeypatch.setattr(pruning.Pruner, "build", counted)
+    model = load_model(ROOT / "benchmarks" / "models" / "hard_digits_cnn.onnx")
+    data = load_npz(ROOT / "benchmarks" / "models" / "hard_digits.npz", model)
+    calib, held_out = data.take(np.arange(0, 64)), data.take(np.arange(64, 264))
+    ctx = Context(verify_data=held_out.take(slice(0, 8)), calib=calib, evaluator=Evaluator(model, held_out), max_drop=0.02)
+    half, whole = pruning.prune_stage(max_drop=0.01, criterion="l1"), pruning.prune_stage(max_drop=0.02, criterion="l1")
+    first = half.run(model.clone(), ctx)
+    assert first.details["budget_limited"]
+    searched = {s["knob"] for s in first.details["steps"]}
+    built.clear()
+    again = whole.run(model.clone(), ctx)
+    repeated = [s["knob"] for s in again.details["steps"] if s["knob"] in searched]
+    assert repeated  # at least the gentlest setting and the midpoint
+    new = [s["knob"] for s in again.details["steps"] if s["knob"] not in searched]
+    assert sorted(built) == sorted(new + [again.details["knob"]] * (again.details["knob"] in searched))
+    fresh = whole.run(model.clone(), Context(verify_data=ctx.verify_data, calib=calib, evaluator=ctx.evaluator, max_drop=0.02))
+    assert again.details["knob"] == fresh.details["knob"] and again.details["steps"] == fresh.details["steps"]
+    x = held_out.take(slice(0, 16))
+    np.testing.assert_allclose(run(again.model, x)[0], run(fresh.model, x)[0], rtol=1e-5, atol=1e-6)
