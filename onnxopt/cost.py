@@ -3,9 +3,11 @@
 Counting rules (one MAC = one multiply + one add; per inference of the given input shape):
 - Conv (and its int8 forms): ``out_elements * (C_in / group) * prod(kernel)``; ConvTranspose: ``in_elements *
   (C_out / group) * prod(kernel)``.
-- Gemm / MatMul: ``prod(output batch dims) * M * N * K``.
+- Gemm / MatMul: ``prod(output batch dims) * M * N * K``; their int8 and 4-bit forms
+  (``MatMulInteger``, ``QLinearMatMul``, ``QGemm``, ``DynamicQuantizeMatMul``,
+  ``MatMulIntegerToFloat``, ``MatMulNBits``) alike.
 - onnxruntime's fused attention (``com.microsoft``, written by ``onnxruntime.transformers``):
-  ``Attention`` counts its packed Q/K/V projection ``B·S·H_in·(H_q + H_k + H_v)`` and the
+  ``Attention`` (and its int8 form ``QAttention``, from ``quantize_dynamic``) counts its packed Q/K/V projection ``B·S·H_in·(H_q + H_k + H_v)`` and the
   score and value products ``B·S·L·(H_q + H_v)`` (L: the key length, past included);
   ``MultiHeadAttention`` (projections outside) the latter only. ``FusedConv`` / ``FusedGemm``
   / ``FusedMatMul`` count as Conv / Gemm / MatMul, the fused normalisations and bias
@@ -51,6 +53,9 @@ _ELEMENTWISE = {
     "EmbedLayerNormalization", "BiasGelu", "FastGelu", "QuickGelu", "BiasAdd", "BiasSoftmax",
 }
 _POOLS = {"MaxPool", "AveragePool", "LpPool"}
+# A (the activations) is the first input of each; onnxruntime's int8 and 4-bit forms too
+_MATMULS = {"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul", "QGemm", "MatMulIntegerToFloat",
+            "DynamicQuantizeMatMul", "MatMulNBits"}  # fmt: skip
 _RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
 _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "ReduceMean", "ReduceSum", "ReduceMax"}
 
@@ -105,7 +110,7 @@ def _attention_macs(node: ir.Node, shape_of, out: Sequence[int] | None) -> int |
         return None
     sizes = attr(node, "qkv_hidden_sizes", None)
     hq, _, hv = (list(sizes) if sizes else [w[1] // 3] * 3)
-    past = shape_of(4)
+    past = shape_of(8 if node.op_type == "QAttention" else 4)
     keys = steps + (past[3] if past is not None and len(past) == 5 else 0)
     return batch * steps * (q[2] * w[1] + keys * (hq + hv))
 
@@ -130,16 +135,16 @@ def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
         if x is None or w is None:
             return None
         return _prod(x) * _prod(w[1:])
-    if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedGemm", "FusedMatMul"):
+    if op in _MATMULS:
         a = shape_of(0)
         if out is None or a is None:
             return None
-        if op in ("Gemm", "FusedGemm"):
+        if op in ("Gemm", "FusedGemm", "QGemm"):
             k = a[0] if attr(node, "transA", 0) else a[-1]
         else:
             k = a[-2] if op == "FusedMatMul" and attr(node, "transA", 0) else a[-1]
         return _prod(out) * k
-    if op in ("Attention", "MultiHeadAttention"):
+    if op in ("Attention", "QAttention", "MultiHeadAttention"):
         return _attention_macs(node, shape_of, out)
     if op in _RECURRENT:
         x, w, r = shape_of(0), shape_of(1), shape_of(2)

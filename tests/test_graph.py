@@ -144,3 +144,33 @@ def test_onnxruntime_fused_attention_counts_its_projections_and_products():
     # projection 4 steps · 8 inputs · 24 outputs; scores and values 4 · 4 keys · (8 + 8)
     assert (cost["attention"].macs, cost["attention"].params) == (4 * 8 * 24 + 4 * 4 * 16, 8 * 24 + 24)
     assert (cost["gelu"].macs, cost["gelu"].params) == (32, 8) and not cost["attention"].unknown
+
+
+def test_int8_forms_of_onnxruntime_kernels_count_the_macs_of_their_float_layers(tmp_path):
+    """onnxruntime's ``quantize_dynamic`` turns a fused ``Attention`` into ``QAttention`` and a
+    MatMul into ``MatMulInteger`` (or ``DynamicQuantizeMatMul``): the MACs stay those of
+    the float model (a report showed BERT's MACs ×0.80 after int8 alone)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in [
+        ("qkv_w", rng.standard_normal((8, 24))), ("qkv_b", rng.standard_normal(24)), ("w", rng.standard_normal((8, 2)))]]  # fmt: skip
+    nodes = [
+        helper.make_node("Attention", ["x", "qkv_w", "qkv_b"], ["a"], name="attention", domain="com.microsoft", num_heads=2),
+        helper.make_node("MatMul", ["a", "w"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "fused", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(proto, tmp_path / "float.onnx")
+    quantize_dynamic(tmp_path / "float.onnx", tmp_path / "int8.onnx", weight_type=QuantType.QInt8)
+    quantized = ir.load(tmp_path / "int8.onnx")
+    ops = {n.op_type for n in quantized.graph}
+    assert "QAttention" in ops and ops & {"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+    evaluate.run(quantized, {"x": rng.standard_normal((1, 4, 8)).astype(np.float32)})
+    by_op = {n.op_type: n.macs for n in model_cost(quantized).nodes}
+    assert by_op["QAttention"] == 4 * 8 * 24 + 4 * 4 * 16  # as the float Attention above
+    products = [m for op, m in by_op.items() if op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")]
+    assert products == [4 * 8 * 2]
+    # and in all: the float model's, plus the element-wise rescaling of the int8 product
+    assert 0 <= model_cost(quantized).macs - model_cost(ir.from_proto(proto)).macs <= 4 * 2 + 1
