@@ -209,7 +209,8 @@ def runnable_synthetic(
     error is kept. When a dynamic dimension besides the sample axis is not given in
     ``shapes`` and 1 does not fit it, each of :data:`DYNAMIC_SIZES` is tried for all of them
     (up to a sample of ``2**24`` elements), and the first that runs is kept. Otherwise the
-    first error is raised. ``sess``: a session of ``model`` to run them on (default: a CPU one).
+    first error is raised, unless feeding the samples one per run works (a state input of a
+    fixed batch 1 beside a dynamic one). ``sess``: a session of ``model`` to run them on (default: a CPU one).
     """
     data = synthetic(model, n, seed=seed, shapes=shapes)
     described = f"{len(data)} random samples (seed {seed})"
@@ -238,7 +239,23 @@ def runnable_synthetic(
                 return sized, run(sess, sized), f"{described[:-1]}; dynamic dimensions {size})"
             except OnnxoptError:
                 continue
+    if n > 1:  # the inputs' batch sizes are coupled in a way the signature does not say
+        try:
+            single = _one_per_run(model, n, seed=seed, shapes=shapes)
+            return single, run(sess, single), f"{described[:-1]}; one per run)"
+        except OnnxoptError:
+            pass
     raise first
+
+
+def _one_per_run(model: ir.Model, n: int, *, seed: int, shapes: Mapping[str, Sequence[int]] | None) -> Dataset:
+    """``n`` random samples of one per run, stacked on a new first axis (a model whose
+    fixed-size state, such as a GRU's ``h0 [layers, 1, hidden]``, ties its batch to 1 while
+    its other inputs declare a dynamic one)."""
+    samples = [synthetic(model, 1, seed=seed + i, shapes=shapes).inputs for i in range(n)]
+    names = list(samples[0])
+    inputs = {k: np.stack([s[k] for s in samples]) for k in names}
+    return Dataset(inputs, axes=dict.fromkeys(names, 0), stacked=frozenset(names))
 
 
 def output_sample_axes(model: ir.Model) -> list[int | None]:

@@ -67,6 +67,29 @@ def test_dynamic_sizes_that_1_does_not_fit_are_found_without_data(pad, size):
     assert benchmark([("audio", model)], iterations=3, warmup=1).rows
 
 
+def batch_one_state_model() -> ir.Model:
+    """x [batch, 4] (dynamic) and h0 [1, 4] concatenated on axis 1: the batch must be 1, as
+    AECMOS's GRU, whose input says ``batch_size``, takes ``h0 [4, 1, 64]``."""
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["x", "h0"], ["y"], axis=1)], "state",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_inputs_whose_batch_a_fixed_state_ties_to_1_are_generated_one_per_run():
+    model = batch_one_state_model()
+    data, outputs, described = evaluate.runnable_synthetic(model, 8)
+    assert described.endswith("one per run)") and data.stacked == {"x", "h0"}
+    assert data.inputs["x"].shape == (8, 1, 4) and outputs[0].shape == (8, 1, 8)
+    assert len({data.inputs["x"][i].tobytes() for i in range(8)}) == 8  # 8 different samples
+    result = optimize(model)
+    assert result.fidelity.within()
+    assert benchmark([("state", model)], iterations=3, warmup=1).rows
+
+
 def test_bench_runs_a_model_whose_first_axis_is_not_the_batch():
     result = benchmark([("audio", stateful_audio_model())], shapes={"audio": [1, 64]}, iterations=3, warmup=1)
     assert result.rows and all(r.p50_ms > 0 for r in result.rows)
