@@ -40,6 +40,7 @@ __all__ = [
     "load_metric",
 ]
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -208,9 +209,11 @@ def runnable_synthetic(
     must match the frames of ``x``), and the first that runs is kept. Otherwise the first
     error is kept. When a dynamic dimension besides the sample axis is not given in
     ``shapes`` and 1 does not fit it, each of :data:`DYNAMIC_SIZES` is tried for all of them
-    (up to a sample of ``2**24`` elements), and the first that runs is kept. Otherwise the
-    first error is raised, unless feeding the samples one per run works (a state input of a
-    fixed batch 1 beside a dynamic one). ``sess``: a session of ``model`` to run them on (default: a CPU one).
+    (up to a sample of ``2**24`` elements), and the first that runs is kept;
+    then the default size 1. At a kept size, when ``n`` samples in one batch fail, they are
+    fed one per run (:func:`_at_size`: a state input of a fixed batch 1 beside a dynamic
+    one). Otherwise the first error is raised. ``sess``: a session of ``model`` to run them
+    on (default: a CPU one).
     """
     data = synthetic(model, n, seed=seed, shapes=shapes)
     described = f"{len(data)} random samples (seed {seed})"
@@ -228,31 +231,47 @@ def runnable_synthetic(
                 return filled, run(sess, filled), f"{described[:-1]}; {', '.join(lengths)} = {size})"
             except OnnxoptError:
                 continue
-    if has_dynamic_dims(model, shapes):
-        for size in DYNAMIC_SIZES:
-            if sample_elements(model, shapes, size) > _MAX_SAMPLE_ELEMENTS:
-                break
-            make = functools.partial(synthetic, model, seed=seed, shapes=shapes, dynamic_size=size)
-            try:
-                run(sess, make(1))  # one sample first: a size that does not fit fails cheaply
-                sized = make(n)
-                return sized, run(sess, sized), f"{described[:-1]}; dynamic dimensions {size})"
-            except OnnxoptError:
-                continue
-    if n > 1:  # the inputs' batch sizes are coupled in a way the signature does not say
-        try:
-            single = _one_per_run(model, n, seed=seed, shapes=shapes)
-            return single, run(sess, single), f"{described[:-1]}; one per run)"
-        except OnnxoptError:
-            pass
+    sizes = [s for s in DYNAMIC_SIZES if sample_elements(model, shapes, s) <= _MAX_SAMPLE_ELEMENTS] \
+        if has_dynamic_dims(model, shapes) else []  # fmt: skip
+    sizes += [1] if n > 1 else []  # the default size, one sample per run
+    for size in sizes:
+        if (found := _at_size(model, n, sess, seed=seed, shapes=shapes, size=size)) is not None:
+            data, outputs, how = found
+            return data, outputs, f"{described[:-1]}{'' if size == 1 else f'; dynamic dimensions {size}'}{how})"
     raise first
 
 
-def _one_per_run(model: ir.Model, n: int, *, seed: int, shapes: Mapping[str, Sequence[int]] | None) -> Dataset:
+def _at_size(
+    model: ir.Model, n: int, sess: ort.InferenceSession, *, seed: int, shapes: Mapping[str, Sequence[int]] | None,
+    size: int,
+) -> tuple[Dataset, Outputs, str] | None:
+    """Random inputs of dynamic dimensions ``size`` the model runs on, its outputs and how
+    they are fed (``""`` or ``"; one per run"``), or None. One sample runs first (a size that
+    does not fit fails cheaply); when it runs but ``n`` in one batch do not, the inputs' batch
+    sizes are coupled in a way the signature does not say, and the samples go one per run."""
+    make = functools.partial(synthetic, model, seed=seed, shapes=shapes, dynamic_size=size)
+    try:
+        run(sess, make(1))
+    except OnnxoptError:
+        return None
+    if size > 1:  # at the default size, n in one batch already failed
+        with contextlib.suppress(OnnxoptError):
+            sized = make(n)
+            return sized, run(sess, sized), ""
+    if n > 1:
+        with contextlib.suppress(OnnxoptError):
+            single = _one_per_run(model, n, seed=seed, shapes=shapes, size=size)
+            return single, run(sess, single), "; one per run"
+    return None
+
+
+def _one_per_run(
+    model: ir.Model, n: int, *, seed: int, shapes: Mapping[str, Sequence[int]] | None, size: int = 1
+) -> Dataset:
     """``n`` random samples of one per run, stacked on a new first axis (a model whose
     fixed-size state, such as a GRU's ``h0 [layers, 1, hidden]``, ties its batch to 1 while
     its other inputs declare a dynamic one)."""
-    samples = [synthetic(model, 1, seed=seed + i, shapes=shapes).inputs for i in range(n)]
+    samples = [synthetic(model, 1, seed=seed + i, shapes=shapes, dynamic_size=size).inputs for i in range(n)]
     names = list(samples[0])
     inputs = {k: np.stack([s[k] for s in samples]) for k in names}
     return Dataset(inputs, axes=dict.fromkeys(names, 0), stacked=frozenset(names))

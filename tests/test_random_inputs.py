@@ -90,6 +90,30 @@ def test_inputs_whose_batch_a_fixed_state_ties_to_1_are_generated_one_per_run():
     assert benchmark([("state", model)], iterations=3, warmup=1).rows
 
 
+def batch_one_state_audio_model() -> ir.Model:
+    """audio [batch, T] → reflect Pad by 4 (T > 4) → ReduceMean → concatenated with h0 [1, 4]:
+    neither the default size nor a batch of several runs."""
+    nodes = [
+        helper.make_node("Pad", ["audio", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("ReduceMean", ["padded"], ["level"], axes=[1], keepdims=1),
+        helper.make_node("Concat", ["level", "h0"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "state",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", "T"]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(np.array([0, 4, 0, 4], np.int64), "pads")],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_inputs_that_need_a_larger_dynamic_size_and_one_per_run_keep_the_first_size_that_runs():
+    data, outputs, described = evaluate.runnable_synthetic(batch_one_state_audio_model(), 8)
+    assert described.endswith("dynamic dimensions 16; one per run)")
+    assert data.inputs["audio"].shape == (8, 1, 16) and outputs[0].shape == (8, 1, 5)
+
+
 def test_bench_runs_a_model_whose_first_axis_is_not_the_batch():
     result = benchmark([("audio", stateful_audio_model())], shapes={"audio": [1, 64]}, iterations=3, warmup=1)
     assert result.rows and all(r.p50_ms > 0 for r in result.rows)
