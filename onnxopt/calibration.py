@@ -28,6 +28,8 @@ __all__ = [
     "length_inputs",
     "parse_shapes",
     "with_sample_axes",
+    "limit_batch",
+    "ACTIVATION_BUDGET",
 ]
 
 import dataclasses
@@ -40,7 +42,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, const_array, fixed_batch, sample_axes
+from onnxopt.graph import attr, const_array, fixed_batch, sample_axes, static_shapes
 
 _LABEL_KEYS = ("labels", "label", "y", "targets")
 
@@ -110,6 +112,7 @@ class Dataset:
     labels: np.ndarray | None = None
     axes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     stacked: frozenset[str] = frozenset()
+    max_batch: int | None = None  # samples per run at most (:func:`limit_batch`)
 
     def axis(self, name: str) -> int | None:
         """The sample axis of input ``name`` (None: it has none, e.g. a scalar, or a
@@ -142,7 +145,7 @@ class Dataset:
         """The samples at ``index``; an input without the sample axis (a scalar, or one of
         another length, such as a state shared by all samples) is shared."""
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self._cut(index), labels, dict(self.axes), self.stacked)
+        return Dataset(self._cut(index), labels, dict(self.axes), self.stacked, self.max_batch)
 
     @property
     def feed(self) -> dict[str, np.ndarray]:
@@ -170,9 +173,9 @@ class Dataset:
         return self.take(np.sort(order[n_eval : batches * multiple])), self.take(np.sort(order[:n_eval]))
 
     def parts(self, batch_size: int) -> Iterator[Dataset]:
-        """Consecutive parts of ``batch_size`` samples (the last one may be smaller; one
-        sample each with stacked inputs)."""
-        step = 1 if self.stacked else batch_size
+        """Consecutive parts of ``batch_size`` samples, or :attr:`max_batch` when fewer
+        (the last one may be smaller; one sample each with stacked inputs)."""
+        step = 1 if self.stacked else min(batch_size, self.max_batch or batch_size)
         for start in range(0, len(self), step):
             yield self.take(slice(start, start + step))
 
@@ -340,7 +343,7 @@ def load_npz(
         raise OnnxoptError(f"{path}: {n} samples, at least {min_samples} needed")
     if labels is not None:
         labels = np.asarray(labels).reshape(n, -1) if labels.ndim > 1 else np.asarray(labels)
-    return Dataset(inputs, labels, {s.name: s.axis for s in specs}, stacked)
+    return limit_batch(Dataset(inputs, labels, {s.name: s.axis for s in specs}, stacked), model)
 
 
 def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
@@ -356,7 +359,30 @@ def check_dataset(dataset: Dataset, model: ir.Model) -> Dataset:
         counts.add(len(dataset.labels))
     if len(counts) > 1:
         raise OnnxoptError(f"data arrays disagree on the number of samples ({sorted(counts)})")
-    return Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs}, stacked)
+    return limit_batch(Dataset(inputs, dataset.labels, {s.name: s.axis for s in specs}, stacked), model)
+
+
+ACTIVATION_BUDGET = 256 * 2**20
+"""Bytes the largest value of one batch may take (:func:`limit_batch`)."""
+
+
+def limit_batch(data: Dataset, model: ir.Model) -> Dataset:
+    """``data`` with :attr:`Dataset.max_batch` set so that the largest value of ``model``
+    (after shape inference at one sample's shape, as float32) stays within
+    :data:`ACTIVATION_BUDGET` per batch: DNSMOS's sig.onnx holds 128 × 901 × 161 floats per
+    sample, 74 MB, and ran at 9-12 GB resident in batches of 16. A model with a fixed batch
+    takes that batch; a dataset that already has a limit keeps it."""
+    if data.max_batch is not None or fixed_batch(model) or not len(data):
+        return data
+    one = data.take(slice(0, 1)).feed
+    pinned = {k: np.shape(v) for k, v in one.items() if isinstance(v, np.ndarray)}
+    shapes = static_shapes(model, pinned, execute=False)
+    weights = set(model.graph.initializers) | {  # shared by all samples: not per batch
+        node.outputs[0].name for node in model.graph if node.op_type == "Constant"}
+    sizes = [math.prod(shape) for name, shape in shapes.items()
+             if name not in weights and shape and all(isinstance(d, int) and d > 0 for d in shape)]  # fmt: skip
+    largest = 4 * max(sizes, default=0)
+    return dataclasses.replace(data, max_batch=max(1, ACTIVATION_BUDGET // largest)) if largest else data
 
 
 def _batch_dims(spec: InputSpec, shapes: Mapping[str, Sequence[int]], n: int, dynamic_size: int) -> list[int]:
@@ -397,7 +423,7 @@ def with_sample_axes(data: Dataset | None, model: ir.Model) -> Dataset | None:
     if data is None:
         return None
     axes = {s.name: s.axis for s in input_specs(model)} | data.axes
-    return dataclasses.replace(data, axes=axes)
+    return limit_batch(dataclasses.replace(data, axes=axes), model)
 
 
 # ops that pass integer indices on unchanged (an input's ids reach their Gather through these)
@@ -471,7 +497,7 @@ def synthetic(
         else:
             raise OnnxoptError(f"input {spec.name!r}: cannot generate data of dtype {spec.dtype}; pass --data")
         inputs[spec.name] = arr
-    return Dataset(inputs, axes={s.name: s.axis for s in specs})
+    return limit_batch(Dataset(inputs, axes={s.name: s.axis for s in specs}), model)
 
 
 def length_inputs(model: ir.Model) -> list[str]:

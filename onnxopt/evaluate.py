@@ -135,8 +135,10 @@ def batched_feeds(
     shapes = _session_shapes(sess)
     axes = sample_axes(shapes) | (data.axes if isinstance(data, Dataset) else {})  # the data's own axes win
     stacked = data.stacked if isinstance(data, Dataset) else frozenset()
-    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes, stacked=stacked & set(names))
-    step = batch_along(shapes) or batch_size
+    fixed = batch_along(shapes)
+    limit = None if fixed or not isinstance(data, Dataset) else data.max_batch  # a fixed batch is not cut
+    feed_data = Dataset({k: inputs[k] for k in names}, axes=axes, stacked=stacked & set(names), max_batch=limit)
+    step = fixed or min(batch_size, limit or batch_size)
     # Sequences, maps and optionals cannot be cut: then everything is fed at once, as are
     # small sets.
     whole = (len(feed_data) <= step and not feed_data.stacked) or any(not isinstance(inputs[k], np.ndarray) for k in names)

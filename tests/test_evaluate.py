@@ -9,8 +9,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt import calibration
 from onnxopt.calibration import Dataset
-from onnxopt.evaluate import Evaluator, Score
+from onnxopt.evaluate import Evaluator, Score, batched_feeds, run, session
+from tests.builders import conv_bn_relu_gemm
 
 
 def _shift_model(shift: np.ndarray, shape: list, time_major: bool = False) -> ir.Model:
@@ -442,3 +444,20 @@ def test_labels_score_a_sigmoid_binary_classifier_by_its_decisions():
 
     with pytest.raises(Exception, match="one sigmoid probability per sample"):
         accuracy([x[:, :1]], labels)  # no model to say that [N, 1] holds probabilities
+
+
+def test_samples_per_run_are_capped_so_the_largest_value_fits_the_activation_budget(monkeypatch):
+    monkeypatch.setattr(calibration, "ACTIVATION_BUDGET", 3 * 4 * 256)  # 3 samples of the conv's [4, 8, 8] floats
+    model = ir.from_proto(conv_bn_relu_gemm())
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    data = calibration.check_dataset(Dataset({"input": x}), model)
+    assert data.max_batch == 3 and data.split(0.5)[0].max_batch == 3
+    sess = session(model)
+    feeds, _ = batched_feeds(sess, data)
+    assert [len(f["input"]) for f in feeds] == [3, 3, 3, 1]
+    assert [len(p) for p in data.parts(16)] == [3, 3, 3, 1]
+    np.testing.assert_allclose(run(sess, data)[0], sess.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    fixed = ir.from_proto(conv_bn_relu_gemm(batch=5))  # a fixed batch is what the model takes: never cut
+    assert calibration.check_dataset(Dataset({"input": x}), fixed).max_batch is None
+    monkeypatch.setattr(calibration, "ACTIVATION_BUDGET", 2**30)
+    assert calibration.check_dataset(Dataset({"input": x}), model).max_batch >= 64  # small values: not capped
