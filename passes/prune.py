@@ -48,7 +48,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from onnxopt.errors import OnnxoptError
-from onnxopt.graph import attr, new_initializer, set_const_input, unique_name
+from onnxopt.graph import attr, new_initializer, quiet_loggers, set_const_input, unique_name
 from onnxopt.groups import (
     CONSUMER,
     CONTRACTED,
@@ -402,6 +402,7 @@ def refresh_shapes(model: ir.Model) -> None:
             if id(out) not in outputs:
                 out.shape = None
     try:
-        common.ShapeInferencePass()(model)
+        with quiet_loggers("onnx_ir.passes.common.shape_inference"):  # it logs its failure with a traceback
+            common.ShapeInferencePass()(model)
     except Exception as exc:  # inference is a convenience; onnxruntime infers on load
         logger.debug("shape inference after pruning failed: %s", exc)
