@@ -29,6 +29,7 @@ __all__ = [
     "parse_shapes",
     "with_sample_axes",
     "limit_batch",
+    "sample_value_sizes",
     "ACTIVATION_BUDGET",
 ]
 
@@ -374,15 +375,22 @@ def limit_batch(data: Dataset, model: ir.Model) -> Dataset:
     takes that batch; a dataset that already has a limit keeps it."""
     if data.max_batch is not None or fixed_batch(model) or not len(data):
         return data
+    largest = 4 * max(sample_value_sizes(model, data), default=0)
+    return dataclasses.replace(data, max_batch=max(1, ACTIVATION_BUDGET // largest)) if largest else data
+
+
+def sample_value_sizes(model: ir.Model, data: Dataset) -> list[int]:
+    """Elements of each value ``model`` computes for one sample of ``data`` (its inputs and
+    node outputs whose shapes inference makes static; weights and constants excluded)."""
+    if not len(data):
+        return []
     one = data.take(slice(0, 1)).feed
     pinned = {k: np.shape(v) for k, v in one.items() if isinstance(v, np.ndarray)}
     shapes = static_shapes(model, pinned, execute=False)
     weights = set(model.graph.initializers) | {  # shared by all samples: not per batch
         node.outputs[0].name for node in model.graph if node.op_type == "Constant"}
-    sizes = [math.prod(shape) for name, shape in shapes.items()
-             if name not in weights and shape and all(isinstance(d, int) and d > 0 for d in shape)]  # fmt: skip
-    largest = 4 * max(sizes, default=0)
-    return dataclasses.replace(data, max_batch=max(1, ACTIVATION_BUDGET // largest)) if largest else data
+    return [math.prod(shape) for name, shape in shapes.items()
+            if name not in weights and shape and all(isinstance(d, int) and d > 0 for d in shape)]  # fmt: skip
 
 
 def _batch_dims(spec: InputSpec, shapes: Mapping[str, Sequence[int]], n: int, dynamic_size: int) -> list[int]:

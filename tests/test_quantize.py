@@ -1068,3 +1068,22 @@ def test_local_errors_of_dynamic_int8_layers_equal_splicing_each_alone():
     for layer in ("fc1", "fc2", "fc3"):
         expected, alone = _layer_output(model, layer, x), _layer_output(splice_quantized(model, full, layer), layer, x, model)
         assert local[layer] == pytest.approx(np.linalg.norm(alone - expected) / np.linalg.norm(expected), rel=1e-4)
+
+
+def test_calibration_runs_few_enough_samples_that_all_their_values_fit_the_budget(monkeypatch):
+    import onnxopt.passes.quantize as quantize_pass
+
+    model = ir.from_proto(builders.conv_bn_relu_gemm())
+    x = np.random.default_rng(0).standard_normal((12, 3, 8, 8)).astype(np.float32)
+    data = Dataset({"input": x})
+    per_sample = 4 * (192 + 4 * 256 + 5)  # input, Conv, BN, Relu, Flatten outputs and logits, as float32
+    full = quantize_static_int8(model, data)
+    monkeypatch.setattr(quantize_pass, "ACTIVATION_BUDGET", 3 * per_sample)
+    assert quantize_pass._batch_size(model, data) == 3
+    runs = []
+    monkeypatch.setattr(quantize_pass.DatasetReader, "get_next",
+                        lambda self: runs.append(feed := next(self._iter, None)) or feed)  # fmt: skip
+    small = quantize_static_int8(model, data)
+    assert [len(f["input"]) for f in runs if f is not None] == [3, 3, 3, 3]
+    scales = lambda m: {k: v.const_value.numpy().tolist() for k, v in m.graph.initializers.items() if "scale" in k}  # noqa: E731
+    assert scales(full) and scales(small) == scales(full)  # min and max merge exactly across runs
