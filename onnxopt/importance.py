@@ -37,10 +37,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxopt.calibration import Dataset
+from onnxopt.calibration import Dataset, batch_keeping_all_values
 from onnxopt.errors import OnnxoptError
 from onnxopt.evaluate import session
-from onnxopt.graph import ancestors, attr, default_opset, fixed_batch, subgraphs
+from onnxopt.graph import ancestors, attr, default_opset, subgraphs
 from onnxopt.groups import (
     PARAM,
     PRODUCER,
@@ -146,7 +146,7 @@ class Probe:
             return {}, len(data)
         sess = self.session()
         names = [i.name for i in sess.get_inputs()]
-        step = fixed_batch(self.model) or batch_size
+        step = batch_keeping_all_values(self.model, data, batch_size)  # statistics come last
         sums: dict[str, np.ndarray] = {}
         n = len(data)
         for part in data.parts(step):

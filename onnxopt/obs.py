@@ -56,8 +56,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt.calibration import Dataset
-from onnxopt.graph import fixed_batch
+from onnxopt.calibration import Dataset, batch_keeping_all_values
 from onnxopt.groups import CONSUMER, ChannelGroup, GroupAnalysis, Member, const_array
 from onnxopt.importance import Probe
 from onnxopt.reconstruction import (
@@ -112,7 +111,7 @@ def input_grams(
     names = [i.name for i in sess.get_inputs()]
     rng = np.random.default_rng(seed)
     sums = [NormalEquations() for _ in nodes]
-    for batch in calib.batches(fixed_batch(model) or batch_size):
+    for batch in calib.batches(batch_keeping_all_values(probe.model, calib, batch_size)):
         for i, (node, x) in enumerate(zip(nodes, sess.run(probe.keys, {k: batch[k] for k in names}))):
             a, weight = _input_rows(x, node, rng, per_sample)
             if has_intercept(node):

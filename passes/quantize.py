@@ -80,13 +80,12 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from onnxopt.calibration import ACTIVATION_BUDGET, Dataset, sample_value_sizes
+from onnxopt.calibration import Dataset, batch_keeping_all_values
 from onnxopt.cpu import cpu_flags, is_x86
 from onnxopt.errors import OnnxoptError
 from onnxopt.graph import (
     const_array,
     consumers,
-    fixed_batch,
     new_initializer,
     producer,
     quiet_loggers,
@@ -252,19 +251,6 @@ def resolve_reduce_range(reduce_range: bool | None, weight_type: str) -> bool:
     return (weight_type == "s8" and u8s8_saturates()) if reduce_range is None else reduce_range
 
 
-def _batch_size(model: ir.Model, data: Dataset) -> int:
-    """Samples per calibration run: at most 16, and few enough that all values of one run fit
-    :data:`~onnxopt.calibration.ACTIVATION_BUDGET` — onnxruntime's calibration model appends a
-    ReduceMin and ReduceMax of every value after the graph's last node, so all values of a
-    run stay alive at once
-    (SLANet-plus on 488 × 488 tables, 16 per run: 5.3 GB resident and 13.5 s; one per run:
-    0.9 GB and 7.1 s)."""
-    if fixed := fixed_batch(model):
-        return fixed
-    total = 4 * sum(sample_value_sizes(model, data))
-    return max(1, min(16, ACTIVATION_BUDGET // total)) if total else 16
-
-
 def quantize_static_int8(
     model: ir.Model,
     calib: Dataset,
@@ -308,7 +294,7 @@ def quantize_static_int8(
                 quantize_static(
                     src,
                     dst,
-                    DatasetReader(data, _batch_size(model, data)),
+                    DatasetReader(data, batch_keeping_all_values(model, data, 16)),
                     quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
                     activation_type=QUANT_TYPES[activation_type],

@@ -8,10 +8,11 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import evaluate
+from onnxopt import calibration, evaluate
 from onnxopt.calibration import Dataset
 from onnxopt.errors import OnnxoptError
 from onnxopt.importance import Probe
+from tests import builders
 
 
 def _model_with_a_failing_tail() -> ir.Model:
@@ -103,3 +104,39 @@ def _with_weight() -> ir.Model:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [numpy_helper.from_array(np.full((3, 2), 0.5, np.float32), "w")],
     )  # fmt: skip
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_a_probe_runs_few_enough_samples_that_all_their_values_fit_the_budget(monkeypatch):
+    # its statistics are read after the model's last node, so every value of a run stays alive
+    model = ir.from_proto(builders.conv_bn_relu_gemm())
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    data = Dataset({"input": x})
+
+    def relu_sums() -> tuple[np.ndarray, list[int]]:
+        probe = Probe(model)
+        probe.output("s", probe.reduce("ReduceSum", probe.value("r"), [0, 2, 3]))
+        sess = probe.session()
+        rows = []
+        monkeypatch.setattr(probe, "session", lambda: _Counting(sess, rows))
+        sums, n = probe.run(data)
+        return sums["s"], rows
+
+    whole, rows = relu_sums()
+    assert rows == [10]
+    monkeypatch.setattr(calibration, "ACTIVATION_BUDGET", 4 * 4 * 1000)  # 4 samples of ~970 floats (input, Conv, BN, Relu)
+    capped, rows = relu_sums()
+    assert rows == [4, 4, 2] and np.allclose(capped, whole, rtol=1e-6)
+
+
+class _Counting:
+    """A session that records the samples of each run."""
+
+    def __init__(self, sess, rows: list[int]) -> None:
+        self.sess, self.rows = sess, rows
+
+    def get_inputs(self):
+        return self.sess.get_inputs()
+
+    def run(self, names, feed):
+        self.rows.append(len(feed["input"]))
+        return self.sess.run(names, feed)

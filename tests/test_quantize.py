@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import evaluate
+from onnxopt import calibration, evaluate
 from onnxopt.calibration import Dataset, load_npz
 from onnxopt.errors import OnnxoptError
 from onnxopt.model_io import load_model, save_model
@@ -1078,8 +1078,8 @@ def test_calibration_runs_few_enough_samples_that_all_their_values_fit_the_budge
     data = Dataset({"input": x})
     per_sample = 4 * (192 + 4 * 256 + 5)  # input, Conv, BN, Relu, Flatten outputs and logits, as float32
     full = quantize_static_int8(model, data)
-    monkeypatch.setattr(quantize_pass, "ACTIVATION_BUDGET", 3 * per_sample)
-    assert quantize_pass._batch_size(model, data) == 3
+    monkeypatch.setattr(calibration, "ACTIVATION_BUDGET", 3 * per_sample)
+    assert calibration.batch_keeping_all_values(model, data, 16) == 3
     runs = []
     monkeypatch.setattr(quantize_pass.DatasetReader, "get_next",
                         lambda self: runs.append(feed := next(self._iter, None)) or feed)  # fmt: skip
