@@ -7,7 +7,8 @@ Two families of numbers:
 - **Task score** (:func:`task_score`): the single number an accuracy budget is measured
   on. With labels: accuracy. Without: agreement with the original, chosen from the output
   shape — top-1 for ``[N, C]`` logits, per-step argmax for ``[N, T, C]`` sequences of
-  class scores along the axis a Softmax or linear layer gave them (:func:`score_axes`), equal
+  class scores along the axis a Softmax or linear layer gave them (:func:`score_axes`; over
+  the steps both have when a decoder loop ran longer or shorter), equal
   yes/no decisions at 0.5 for sigmoid probabilities, ``1 - relative L2 error`` for dense maps,
   embeddings and detection heads — and the worst output counts; a detector that runs
   NonMaxSuppression in the graph, or an Ultralytics YOLO head, scores the F1 of its boxes
@@ -513,8 +514,10 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
     over the class ``axis``, the share of equal decisions at 0.5 for :data:`DECISIONS`, or
     for ``None`` (not known to hold class scores) top-1 of a ``[N, C]`` output and
     ``1 − relative L2 error`` of anything else."""
-    if a.shape != b.shape:  # a data-dependent shape (detections after NMS) changed
-        return 0.0
+    if a.shape != b.shape:
+        a, b = _common_steps(a, b)
+        if a.shape != b.shape:  # a data-dependent shape (detections after NMS) changed
+            return 0.0
     if a.dtype.kind != "f":
         return float(np.mean(a == b))
     if axis == DECISIONS and (a.ndim < 2 or (a.ndim == 2 and a.shape[1] <= MAX_DECISIONS)):
@@ -523,6 +526,17 @@ def _agreement_output(a: np.ndarray, b: np.ndarray, axis: int | None = -1) -> fl
     if top1 is not None:
         return top1
     return _one_minus_rel_l2(a, b)
+
+
+def _common_steps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``[N, T, C]`` outputs of different step counts, cut to the steps both have. A
+    decoder loop runs until the batch's longest sequence ends, so one sample decoded one
+    step longer lengthens every sample; a changed end shows as a changed step within the
+    shorter length (SLANet-plus's table structure tokens). Other shapes come back as given."""
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
+        return a, b
+    steps = min(a.shape[1], b.shape[1])
+    return a[:, :steps], b[:, :steps]
 
 
 def _one_minus_rel_l2(a: np.ndarray, b: np.ndarray) -> float:

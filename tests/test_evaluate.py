@@ -9,7 +9,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import calibration
+from onnxopt import calibration, evaluate
 from onnxopt.calibration import Dataset
 from onnxopt.evaluate import Evaluator, Score, batched_feeds, run, session
 from tests.builders import conv_bn_relu_gemm
@@ -461,3 +461,16 @@ def test_samples_per_run_are_capped_so_the_largest_value_fits_the_activation_bud
     assert calibration.check_dataset(Dataset({"input": x}), fixed).max_batch is None
     monkeypatch.setattr(calibration, "ACTIVATION_BUDGET", 2**30)
     assert calibration.check_dataset(Dataset({"input": x}), model).max_batch >= 64  # small values: not capped
+
+
+def test_sequences_decoded_to_different_lengths_agree_over_the_steps_both_have():
+    # a decoder loop runs to the batch's longest sequence: SLANet-plus decoded 61 steps
+    # instead of 60 after pruning, and every sample scored 0 though 6 of 8 kept their tokens
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    longer = np.concatenate([reference, rng.standard_normal((2, 1, 4)).astype(np.float32)], axis=1)
+    assert evaluate.agreement([reference], [longer]) == 1.0
+    changed = longer.copy()
+    changed[1, 2] = -changed[1, 2]  # one step of ten decides otherwise
+    assert evaluate.agreement([reference], [changed]) == pytest.approx(0.9)
+    assert evaluate.agreement([reference], [longer[:, :, :3]]) == 0.0  # other classes: not comparable
