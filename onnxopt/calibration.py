@@ -373,8 +373,9 @@ def limit_batch(data: Dataset, model: ir.Model) -> Dataset:
     (after shape inference at one sample's shape, as float32) stays within
     :data:`ACTIVATION_BUDGET` per batch: DNSMOS's sig.onnx holds 128 × 901 × 161 floats per
     sample, 74 MB, and ran at 9-12 GB resident in batches of 16. A model with a fixed batch
-    takes that batch; a dataset that already has a limit keeps it."""
-    if data.max_batch is not None or fixed_batch(model) or not len(data):
+    takes that batch; a dataset that already has a limit keeps it, and one of a single sample,
+    or of stacked samples (fed one per run), has nothing to cut."""
+    if data.max_batch is not None or data.stacked or len(data) <= 1 or fixed_batch(model):
         return data
     largest = 4 * max(sample_value_sizes(model, data), default=0)
     return dataclasses.replace(data, max_batch=max(1, ACTIVATION_BUDGET // largest)) if largest else data

@@ -289,12 +289,13 @@ def quantize_static_int8(
         _unshare_small_initializers(proto)
         onnx.save_model(proto, src)
         first: Exception | None = None
+        batch = batch_keeping_all_values(model, data, 16)
         for options in (extra, retry):
             try:
                 quantize_static(
                     src,
                     dst,
-                    DatasetReader(data, batch_keeping_all_values(model, data, 16)),
+                    DatasetReader(data, batch),
                     quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
                     activation_type=QUANT_TYPES[activation_type],
